@@ -1,0 +1,128 @@
+import { createReadStream, createWriteStream } from 'node:fs'
+import { lstat, mkdir, readdir, realpath, stat } from 'node:fs/promises'
+import { isAbsolute, join, relative } from 'node:path'
+import { pipeline } from 'node:stream/promises'
+import { archiveFormat, parseSnapshotUri, SnapshotUriError } from '../../src/services/snapshots/uri.ts'
+import { assertArchiveSupported, extractTar } from './archive.ts'
+import { ProgressMeter, type ProgressListener } from './progress.ts'
+import { RestoreError } from './restore-error.ts'
+import { restoreS3Archive, restoreS3Prefix, type S3Settings } from './s3.ts'
+
+export { RestoreError }
+
+export interface RestoreOptions {
+  /** When set, `file://` snapshots must resolve (symlinks followed) to a path under it. */
+  snapshotRoot?: string
+  s3: S3Settings
+  signal: AbortSignal
+  onProgress: ProgressListener
+}
+
+/**
+ * Restores the snapshot at `uri` into `dataDir` (existing and empty). Throws
+ * RestoreError with the reason the session fails with, or the signal's abort error.
+ */
+export async function restoreSnapshot(uri: string, dataDir: string, options: RestoreOptions): Promise<void> {
+  const location = parseLocation(uri)
+  if (location.scheme === 'file') {
+    await restoreFile(uri, location.path, dataDir, options)
+  } else {
+    const format = archiveFormat(location.key)
+    if (format) {
+      assertArchiveSupported(uri, format)
+      await restoreS3Archive(location, dataDir, { snapshot: uri, ...options })
+    } else {
+      await restoreS3Prefix(location, dataDir, { snapshot: uri, ...options })
+    }
+  }
+  await assertChromaPersistDir(uri, dataDir)
+}
+
+function parseLocation(uri: string) {
+  try {
+    return parseSnapshotUri(uri)
+  } catch (err) {
+    if (err instanceof SnapshotUriError) throw new RestoreError(err.message)
+    throw err
+  }
+}
+
+async function restoreFile(uri: string, path: string, dataDir: string, options: RestoreOptions): Promise<void> {
+  const real = await realpath(path).catch((err: NodeJS.ErrnoException) => {
+    throw new RestoreError(`snapshot ${uri} cannot be read: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`)
+  })
+  if (options.snapshotRoot !== undefined) await assertUnderRoot(uri, real, options.snapshotRoot)
+  const info = await stat(real)
+  if (info.isDirectory()) return copyDirectory(uri, real, dataDir, options)
+  const format = archiveFormat(real)
+  if (!info.isFile() || !format) {
+    throw new RestoreError(`snapshot ${uri} is neither a directory nor a .tar, .tar.gz or .tgz archive`)
+  }
+  assertArchiveSupported(uri, format)
+  const progress = new ProgressMeter(info.size, options.onProgress)
+  await extractTar(createReadStream(real), dataDir, { snapshot: uri, progress, signal: options.signal })
+}
+
+async function assertUnderRoot(uri: string, real: string, snapshotRoot: string): Promise<void> {
+  const root = await realpath(snapshotRoot).catch(() => {
+    throw new RestoreError(`SNAPSHOT_ROOT ${snapshotRoot} does not exist`)
+  })
+  const rel = relative(root, real)
+  if (rel === '..' || rel.startsWith('../') || isAbsolute(rel)) {
+    throw new RestoreError(`snapshot ${uri} is outside SNAPSHOT_ROOT ${snapshotRoot}`)
+  }
+}
+
+/**
+ * Copies a persist directory that is stored as a directory. Like archives, it may
+ * hold only files and directories: a symlink could point anywhere.
+ */
+async function copyDirectory(uri: string, source: string, dataDir: string, options: RestoreOptions): Promise<void> {
+  const files = await listTree(uri, source)
+  const totalBytes = files.reduce((sum, f) => sum + f.size, 0)
+  const progress = new ProgressMeter(totalBytes, options.onProgress)
+  for (const file of files) {
+    const target = join(dataDir, file.relPath)
+    if (file.isDirectory) {
+      await mkdir(target, { recursive: true })
+    } else {
+      await pipeline(createReadStream(join(source, file.relPath)), progress.tap(), createWriteStream(target), {
+        signal: options.signal,
+      })
+    }
+  }
+}
+
+interface TreeEntry {
+  relPath: string
+  isDirectory: boolean
+  size: number
+}
+
+/** Every entry under `root`, parents before children. */
+async function listTree(uri: string, root: string, relDir = ''): Promise<TreeEntry[]> {
+  const entries: TreeEntry[] = []
+  for (const name of await readdir(join(root, relDir))) {
+    const relPath = join(relDir, name)
+    const info = await lstat(join(root, relPath))
+    if (info.isDirectory()) {
+      entries.push({ relPath, isDirectory: true, size: 0 }, ...(await listTree(uri, root, relPath)))
+    } else if (info.isFile()) {
+      entries.push({ relPath, isDirectory: false, size: info.size })
+    } else {
+      throw new RestoreError(`snapshot ${uri} contains ${JSON.stringify(relPath)}, which is neither a file nor a directory; refusing to restore it`)
+    }
+  }
+  return entries
+}
+
+/** Without it, Chroma would happily start on an empty database and serve nothing. */
+async function assertChromaPersistDir(uri: string, dataDir: string): Promise<void> {
+  const sqlite = await stat(join(dataDir, 'chroma.sqlite3')).catch(() => null)
+  if (!sqlite?.isFile()) {
+    throw new RestoreError(
+      `snapshot ${uri} has no chroma.sqlite3 at its root, so it is not a Chroma persist directory ` +
+        '(an archive must hold the directory\'s contents, e.g. made with tar -C DIR -cf snapshot.tar .)',
+    )
+  }
+}

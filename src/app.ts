@@ -1,0 +1,117 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { Ajv } from 'ajv'
+import addFormats from 'ajv-formats'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Database } from './database/client.ts'
+import authPlugin from './plugins/auth.ts'
+import problemDetails from './plugins/problem-details.ts'
+import healthRoutes from './routes/health.ts'
+import leaseRoutes from './routes/leases.ts'
+import proxyRoutes from './routes/proxy.ts'
+import queryRoutes from './routes/query.ts'
+import sessionRoutes from './routes/sessions.ts'
+import { Problem } from './schemas/common.ts'
+import { Lease } from './schemas/lease.ts'
+import { Session, SessionEvent } from './schemas/session.ts'
+import type { Services } from './services/index.ts'
+import { Metrics } from './services/metrics.ts'
+import type { Clock } from './services/clock.ts'
+
+export interface AppDeps {
+  db: Database
+  clock: Clock
+  services: Services
+  publicUrl?: string
+  bodyLimitBytes?: number
+  proxyBodyLimitBytes?: number
+  logger?: FastifyServerOptions['logger']
+  /** True once shutdown began: /readyz turns 503 so load balancers drain this replica. */
+  isShuttingDown?: () => boolean
+}
+
+export const OPENAPI_INFO = {
+  title: 'chroma-lease',
+  version: '1.0.0',
+  description:
+    'Leases on-demand ChromaDB sessions to workflows. Acquire a lease on a snapshot, query it through the proxy with the lease token, release it; idle sessions stop by themselves.',
+}
+
+/** Secrets never reach the log, whatever logs the request. */
+export const REDACTED_PATHS = [
+  'req.headers.authorization',
+  'req.headers["x-api-key"]',
+  'req.headers["x-chroma-token"]',
+  'req.headers.cookie',
+  'res.headers["set-cookie"]',
+  'token',
+  '*.token',
+  'key',
+]
+
+function validator(coerceTypes: false | 'array'): Ajv {
+  const ajv = new Ajv({ coerceTypes, useDefaults: true, removeAdditional: false, allErrors: false, strict: false })
+  addFormats.default(ajv)
+  return ajv
+}
+
+/**
+ * Builds the HTTP app from its dependencies with no side effects (no listening, no
+ * workers, no migrations): the server and the tests build the same app.
+ */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: deps.logger ?? false,
+    bodyLimit: deps.bodyLimitBytes ?? 1024 * 1024,
+    requestIdHeader: 'x-request-id',
+    genReqId: () => crypto.randomUUID(),
+  }).withTypeProvider<TypeBoxTypeProvider>()
+  // Query strings, params and headers arrive as text and are coerced to their schema's
+  // types; JSON bodies are not, so `{"ttlSeconds": "60"}` is an error, not a guess.
+  const validators = { body: validator(false), other: validator('array') }
+  app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? validators.body : validators.other).compile(schema))
+  const metrics = new Metrics(deps.db, deps.clock)
+
+  for (const schema of [Problem, Session, Lease, SessionEvent]) app.addSchema(schema)
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: OPENAPI_INFO,
+      tags: [
+        { name: 'leases', description: 'Acquire, read, renew and release leases' },
+        { name: 'sessions', description: 'Operators: inspect, drain and stop sessions' },
+        { name: 'query', description: 'JSON queries for callers without a Chroma client' },
+        { name: 'proxy', description: "Chroma's own HTTP API through the control plane" },
+        { name: 'health', description: 'Liveness, readiness, metrics' },
+      ],
+      components: {
+        securitySchemes: {
+          apiKey: { type: 'apiKey', in: 'header', name: 'x-api-key' },
+          bearer: { type: 'http', scheme: 'bearer', description: 'An API key, or a lease token on the proxy and query routes' },
+          chromaToken: { type: 'apiKey', in: 'header', name: 'x-chroma-token', description: 'A lease token' },
+        },
+      },
+      security: [{ apiKey: [] }, { bearer: [] }],
+    },
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { persistAuthorization: true, tryItOutEnabled: true } })
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+
+  await app.register(problemDetails)
+  await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.httpDuration.observe(
+      { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_class: `${Math.floor(reply.statusCode / 100)}xx` },
+      reply.elapsedTime / 1000,
+    )
+  })
+
+  await app.register(healthRoutes, { db: deps.db, metrics, isShuttingDown: deps.isShuttingDown ?? (() => false) })
+  await app.register(leaseRoutes, { services: deps.services, publicUrl: deps.publicUrl })
+  await app.register(sessionRoutes, { services: deps.services, publicUrl: deps.publicUrl })
+  await app.register(queryRoutes, { services: deps.services })
+  await app.register(proxyRoutes, { services: deps.services, bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024 })
+  return app
+}

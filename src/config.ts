@@ -1,0 +1,163 @@
+import { join, resolve } from 'node:path'
+import { envSchema } from 'env-schema'
+import { Type, type Static } from 'typebox'
+
+/**
+ * Every setting the service reads, validated once at start. Names and defaults are
+ * documented in README.md and .env.example; keep the three in step.
+ */
+const EnvSchema = Type.Object({
+  DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  DATA_DIR: Type.String({ default: '.data' }),
+  HOST: Type.Optional(Type.String({ minLength: 1 })),
+  PORT: Type.Integer({ default: 8080, minimum: 0, maximum: 65535 }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+    { default: 'info' },
+  ),
+  PUBLIC_URL: Type.Optional(Type.String({ minLength: 1 })),
+  LAUNCHER: Type.Union([Type.Literal('process'), Type.Literal('fargate')], { default: 'process' }),
+  API_KEYS: Type.String({ default: '' }),
+  SNAPSHOT_ROOT: Type.Optional(Type.String({ minLength: 1 })),
+  S3_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
+  AWS_REGION: Type.String({ default: 'us-east-1' }),
+  LEASE_TTL_SECONDS: Type.Integer({ default: 300, minimum: 5 }),
+  MAX_LEASE_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 5 }),
+  IDLE_TTL_SECONDS: Type.Integer({ default: 300, minimum: 0 }),
+  MAX_IDLE_TTL_SECONDS: Type.Integer({ default: 3600, minimum: 0 }),
+  MAX_SESSION_SECONDS: Type.Integer({ default: 43200, minimum: 60 }),
+  START_TIMEOUT_SECONDS: Type.Integer({ default: 600, minimum: 5 }),
+  SWEEP_INTERVAL_SECONDS: Type.Number({ default: 15, exclusiveMinimum: 0 }),
+  RECONCILE_INTERVAL_SECONDS: Type.Number({ default: 1, exclusiveMinimum: 0 }),
+  BODY_LIMIT_BYTES: Type.Integer({ default: 1048576, minimum: 1024 }),
+  PROXY_BODY_LIMIT_BYTES: Type.Integer({ default: 33554432, minimum: 1024 }),
+  ECS_CLUSTER: Type.Optional(Type.String({ minLength: 1 })),
+  ECS_TASK_DEFINITION: Type.Optional(Type.String({ minLength: 1 })),
+  ECS_SUBNETS: Type.Optional(Type.String({ minLength: 1 })),
+  ECS_SECURITY_GROUPS: Type.Optional(Type.String({ minLength: 1 })),
+  ECS_CONTAINER_NAME: Type.String({ default: 'chroma-session' }),
+  ECS_ASSIGN_PUBLIC_IP: Type.Boolean({ default: false }),
+  ECS_CAPACITY_PROVIDER: Type.String({ default: 'FARGATE' }),
+  ECS_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
+})
+type Env = Static<typeof EnvSchema>
+
+export interface ApiKeySeed {
+  role: 'client' | 'operator'
+  key: string
+}
+
+export interface Config {
+  databaseUrl: string | undefined
+  dataDir: string
+  host: string
+  port: number
+  logLevel: string
+  publicUrl: string | undefined
+  launcher: 'process' | 'fargate'
+  apiKeys: ApiKeySeed[]
+  /** Absolute directory that `file://` snapshots must lie under. */
+  snapshotRoot: string
+  s3Endpoint: string | undefined
+  awsRegion: string
+  leaseTtlSeconds: number
+  maxLeaseTtlSeconds: number
+  idleTtlSeconds: number
+  maxIdleTtlSeconds: number
+  maxSessionSeconds: number
+  startTimeoutSeconds: number
+  sweepIntervalSeconds: number
+  reconcileIntervalSeconds: number
+  bodyLimitBytes: number
+  proxyBodyLimitBytes: number
+  ecs: {
+    cluster: string | undefined
+    taskDefinition: string | undefined
+    subnets: string[]
+    securityGroups: string[]
+    containerName: string
+    assignPublicIp: boolean
+    capacityProvider: string
+    endpoint: string | undefined
+  }
+}
+
+export class ConfigError extends Error {}
+
+export function parseApiKeys(spec: string): ApiKeySeed[] {
+  return spec
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const colon = entry.indexOf(':')
+      const role = entry.slice(0, colon)
+      const key = entry.slice(colon + 1)
+      if (colon < 0 || (role !== 'client' && role !== 'operator')) {
+        throw new ConfigError(`API_KEYS entries are role:key with role client or operator; got ${JSON.stringify(entry.slice(0, 12) + '…')}`)
+      }
+      if (key.length < 16) throw new ConfigError(`API_KEYS: a ${role} key is shorter than 16 characters`)
+      return { role, key }
+    })
+}
+
+const list = (s: string | undefined) => (s ?? '').split(',').map((x) => x.trim()).filter(Boolean)
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  let e: Env
+  try {
+    e = envSchema<Env>({ schema: EnvSchema, data: env, dotenv: false })
+  } catch (err) {
+    throw new ConfigError(`invalid configuration: ${(err as Error).message}`)
+  }
+  const apiKeys = parseApiKeys(e.API_KEYS)
+  if (e.IDLE_TTL_SECONDS > e.MAX_IDLE_TTL_SECONDS) throw new ConfigError('IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS')
+  if (e.LEASE_TTL_SECONDS > e.MAX_LEASE_TTL_SECONDS) throw new ConfigError('LEASE_TTL_SECONDS exceeds MAX_LEASE_TTL_SECONDS')
+  if (e.LAUNCHER === 'fargate') {
+    const missing = (['ECS_CLUSTER', 'ECS_TASK_DEFINITION', 'ECS_SUBNETS'] as const).filter((k) => !e[k])
+    if (missing.length) throw new ConfigError(`LAUNCHER=fargate needs ${missing.join(', ')}`)
+  }
+  // With no API key configured, anyone who can reach the port could lease compute:
+  // bind to loopback only unless keys are set (DESIGN.md, Auth).
+  const host = e.HOST ?? (apiKeys.length ? '0.0.0.0' : '127.0.0.1')
+  if (!apiKeys.length && !isLoopback(host)) {
+    throw new ConfigError(`HOST=${host} is not loopback, but no API_KEYS are configured: set API_KEYS or bind to 127.0.0.1`)
+  }
+  return {
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.DATA_DIR,
+    host,
+    port: e.PORT,
+    logLevel: e.LOG_LEVEL,
+    publicUrl: e.PUBLIC_URL,
+    launcher: e.LAUNCHER,
+    apiKeys,
+    snapshotRoot: resolve(e.SNAPSHOT_ROOT ?? join(e.DATA_DIR, 'snapshots')),
+    s3Endpoint: e.S3_ENDPOINT,
+    awsRegion: e.AWS_REGION,
+    leaseTtlSeconds: e.LEASE_TTL_SECONDS,
+    maxLeaseTtlSeconds: e.MAX_LEASE_TTL_SECONDS,
+    idleTtlSeconds: e.IDLE_TTL_SECONDS,
+    maxIdleTtlSeconds: e.MAX_IDLE_TTL_SECONDS,
+    maxSessionSeconds: e.MAX_SESSION_SECONDS,
+    startTimeoutSeconds: e.START_TIMEOUT_SECONDS,
+    sweepIntervalSeconds: e.SWEEP_INTERVAL_SECONDS,
+    reconcileIntervalSeconds: e.RECONCILE_INTERVAL_SECONDS,
+    bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    proxyBodyLimitBytes: e.PROXY_BODY_LIMIT_BYTES,
+    ecs: {
+      cluster: e.ECS_CLUSTER,
+      taskDefinition: e.ECS_TASK_DEFINITION,
+      subnets: list(e.ECS_SUBNETS),
+      securityGroups: list(e.ECS_SECURITY_GROUPS),
+      containerName: e.ECS_CONTAINER_NAME,
+      assignPublicIp: e.ECS_ASSIGN_PUBLIC_IP,
+      capacityProvider: e.ECS_CAPACITY_PROVIDER,
+      endpoint: e.ECS_ENDPOINT,
+    },
+  }
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.')
+}

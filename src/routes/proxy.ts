@@ -1,0 +1,95 @@
+import replyFrom from '@fastify/reply-from'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { Type } from 'typebox'
+import { IdParams, problems } from '../schemas/common.ts'
+import { badRequest, ProblemError } from '../services/errors.ts'
+import type { Services } from '../services/index.ts'
+import { leaseTokenFrom } from '../services/lease-routes.ts'
+import { sendProblem } from '../plugins/problem-details.ts'
+
+/** Credentials meant for the control plane; a session never sees them. */
+const STRIPPED_HEADERS = ['x-chroma-token', 'authorization', 'x-api-key', 'cookie']
+const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] as const
+
+/**
+ * The upstream path for a proxied request, from the raw (undecoded) URL, so that
+ * encoded dot segments and slashes are seen for what they are and refused.
+ */
+export function upstreamPath(rawUrl: string, prefixLength: number): string {
+  const path = rawUrl.slice(prefixLength)
+  const q = path.indexOf('?')
+  const pathname = q < 0 ? path : path.slice(0, q)
+  if (!pathname.startsWith('/api/v2/') && pathname !== '/api/v2') {
+    throw badRequest('bad_proxy_path', 'the proxy serves the Chroma API under /api/v2/ only')
+  }
+  const segments = pathname.split('/').slice(1)
+  for (const seg of segments) {
+    const decoded = seg.replace(/%2e/gi, '.')
+    if (decoded === '.' || decoded === '..' || /%2f|%5c|\\/i.test(seg) || seg === '') {
+      if (seg === '' && seg === segments.at(-1)) continue // a trailing slash is harmless
+      throw badRequest('bad_proxy_path', 'proxy paths may not contain empty, dot or encoded-slash segments')
+    }
+  }
+  return path
+}
+
+/**
+ * Chroma's HTTP API, streamed to the session a lease token opens, bodies untouched.
+ * `/api/v2/*` serves official Chroma clients pointed at the control plane (they
+ * ignore URL paths); `/v1/sessions/{id}/chroma/*` serves plain HTTP callers.
+ */
+export default async function proxyRoutes(app: FastifyInstance, { services, bodyLimit }: { services: Services; bodyLimit: number }) {
+  // Bodies pass through as streams: no parsing, no re-encoding, no buffering.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (_request, payload, done) => done(null, payload))
+  await app.register(replyFrom, {
+    undici: { connections: 128, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: 120_000, bodyTimeout: 120_000 },
+    disableRequestLogging: true,
+  })
+
+  const forward = async (request: FastifyRequest, reply: FastifyReply, sessionId: string | undefined, prefixLength: number) => {
+    const length = Number(request.headers['content-length'] ?? 0)
+    if (length > bodyLimit) throw new ProblemError(413, 'payload_too_large', 'Content Too Large', `proxied bodies are limited to ${bodyLimit} bytes`)
+    const path = upstreamPath(request.url, prefixLength)
+    const route = await services.router.resolve(leaseTokenFrom(request.headers), sessionId)
+    return reply.from(`${route.base}${path}`, {
+      rewriteRequestHeaders: (_req, headers) => {
+        const out = { ...headers }
+        for (const h of STRIPPED_HEADERS) delete out[h]
+        return out
+      },
+      onError: (r, { error }) => {
+        request.log.warn({ err: error, sessionId: route.sessionId }, 'proxied request failed')
+        sendProblem(r as unknown as FastifyReply, 502, 'session_unreachable', 'Bad Gateway', `session ${route.sessionId} did not answer: ${error.message}`)
+      },
+    })
+  }
+
+  const common = {
+    tags: ['proxy'],
+    security: [{ chromaToken: [] }, { bearer: [] }] as Array<Record<string, string[]>>,
+    response: problems(400, 401, 403, 409, 413, 502),
+  }
+  app.route({
+    method: [...METHODS],
+    url: '/api/v2/*',
+    schema: {
+      ...common,
+      summary: "Chroma's API v2 on the session the lease token opens (point official Chroma clients here)",
+    },
+    handler: (request, reply) => forward(request, reply, undefined, 0),
+  })
+  app.route({
+    method: [...METHODS],
+    url: '/v1/sessions/:id/chroma/*',
+    schema: {
+      ...common,
+      summary: "Chroma's API on this session, e.g. /v1/sessions/{id}/chroma/api/v2/heartbeat",
+      params: Type.Object({ ...IdParams.properties, '*': Type.String() }),
+    },
+    handler: (request, reply) => {
+      const id = (request.params as { id: string }).id
+      return forward(request, reply, id, `/v1/sessions/${id}/chroma`.length)
+    },
+  })
+}

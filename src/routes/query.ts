@@ -1,0 +1,24 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { IdParams, problems } from '../schemas/common.ts'
+import { QueryAnswer, QueryBody } from '../schemas/query.ts'
+import type { Services } from '../services/index.ts'
+import { leaseTokenFrom } from '../services/lease-routes.ts'
+
+const queryRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app, { services }) => {
+  app.post('/v1/sessions/:id/query', {
+    schema: {
+      tags: ['query'],
+      summary: 'Query a collection with JSON, for callers without a Chroma client (Step Functions); results trimmed to maxResultBytes',
+      description: 'Authorised by the lease token (x-chroma-token or Authorization: Bearer), which opens only its own session.',
+      security: [{ chromaToken: [] }, { bearer: [] }],
+      params: IdParams,
+      body: QueryBody,
+      response: { 200: QueryAnswer, ...problems(400, 401, 403, 404, 409, 502) },
+    },
+  }, async (request) => {
+    const { maxResultBytes, ...q } = request.body
+    return services.query.query(leaseTokenFrom(request.headers), request.params.id, q, maxResultBytes)
+  })
+}
+
+export default queryRoutes

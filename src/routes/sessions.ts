@@ -1,0 +1,61 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { IdParams, problems } from '../schemas/common.ts'
+import { SessionEvents, SessionEventsQuery, SessionList, SessionListQuery, StopQuery } from '../schemas/session.ts'
+import type { Services } from '../services/index.ts'
+import { SessionService } from '../services/sessions.ts'
+import { baseUrlOf } from './base-url.ts'
+
+const tags = ['sessions']
+const Session = { $ref: 'Session' } as const
+
+const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: string }> = async (app, { services, publicUrl }) => {
+  const { sessions } = services
+  app.addHook('preHandler', app.requireRole('operator'))
+
+  app.get('/v1/sessions', {
+    schema: { tags, summary: 'List sessions with their live lease counts, newest first', querystring: SessionListQuery, response: { 200: SessionList, ...problems(400, 401, 403) } },
+  }, async (request) => {
+    const { status, limit, before } = request.query
+    const rows = await sessions.list({ status, limit, before: before ? new Date(before) : undefined })
+    return { sessions: rows.map((s) => SessionService.view(s, baseUrlOf(request, publicUrl))) }
+  })
+
+  app.get('/v1/sessions/:id', {
+    schema: { tags, summary: 'Inspect a session', params: IdParams, response: { 200: Session, ...problems(400, 401, 403, 404) } },
+  }, async (request) => SessionService.view(await sessions.get(request.params.id), baseUrlOf(request, publicUrl)))
+
+  app.get('/v1/sessions/:id/events', {
+    schema: { tags, summary: "The session's timeline, oldest first", params: IdParams, querystring: SessionEventsQuery, response: { 200: SessionEvents, ...problems(400, 401, 403, 404) } },
+  }, async (request) => {
+    const { after, limit } = request.query
+    const events = await sessions.events(request.params.id, { afterId: after === undefined ? undefined : BigInt(after), limit })
+    return {
+      events: events.map((e) => ({
+        id: e.id.toString(),
+        at: e.at.toISOString(),
+        type: e.type,
+        status: e.status,
+        reason: e.reason,
+        leaseId: e.leaseId,
+        detail: e.detail,
+      })),
+    }
+  })
+
+  app.delete('/v1/sessions/:id', {
+    schema: {
+      tags,
+      summary: 'Drain a session (no new leases; stops when its leases end), or force stop it now with ?force=true',
+      params: IdParams,
+      querystring: StopQuery,
+      response: { 200: Session, ...problems(400, 401, 403, 404) },
+    },
+  }, async (request) => {
+    const { force, reason } = request.query
+    const why = reason ?? `operator ${request.principal.id}`
+    const s = force ? await sessions.forceStop(request.params.id, why) : await sessions.drain(request.params.id, why)
+    return SessionService.view(s, baseUrlOf(request, publicUrl))
+  })
+}
+
+export default sessionRoutes

@@ -1,0 +1,105 @@
+import { resolve } from 'node:path'
+import { S3Client } from '@aws-sdk/client-s3'
+import pino, { type Logger } from 'pino'
+import { REDACTED_PATHS } from './app.ts'
+import type { Config } from './config.ts'
+import { PostgresChangeFeed } from './database/change-feed.ts'
+import { createDatabase } from './database/client.ts'
+import { startEmbeddedPostgres } from './database/embedded-postgres.ts'
+import { migrate } from './database/migrator.ts'
+import { loadLeaseTokenSecret } from './services/auth.ts'
+import { DatabaseClock } from './services/clock.ts'
+import { createServices } from './services/index.ts'
+import type { Launcher } from './services/launchers/launcher.ts'
+import { ProcessLauncher } from './services/launchers/process-launcher.ts'
+import { createWorkers } from './workers/index.ts'
+
+export function createLogger(level: string): Logger {
+  return pino({ level, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } })
+}
+
+export function createS3(config: Config): S3Client {
+  return new S3Client({
+    region: config.awsRegion,
+    ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
+  })
+}
+
+export function createLauncher(config: Config, logger: Logger): Launcher {
+  if (config.launcher === 'fargate') {
+    throw new Error('LAUNCHER=fargate is not available in this build yet; use LAUNCHER=process')
+  }
+  return new ProcessLauncher({
+    rootDir: resolve(config.dataDir, 'sessions'),
+    snapshotRoot: config.snapshotRoot,
+    s3Endpoint: config.s3Endpoint,
+    logger,
+  })
+}
+
+/**
+ * Everything the process needs, opened in order and closed in reverse: the database
+ * (embedded when DATABASE_URL is unset), migrations, the change feed, the services
+ * and the workers. The server and the demo share it.
+ */
+export async function openRuntime(config: Config, logger: Logger) {
+  const embedded = config.databaseUrl ? null : await startEmbeddedPostgres(config.dataDir, logger)
+  const databaseUrl = config.databaseUrl ?? embedded!.url
+  const migrations = await migrate(databaseUrl)
+  if (migrations.applied.length) logger.info({ applied: migrations.applied }, 'database migrated')
+  const db = createDatabase(databaseUrl)
+  const clock = new DatabaseClock(db)
+  await clock.sync()
+  const changes = await PostgresChangeFeed.connect(databaseUrl, logger)
+  const services = createServices({
+    db,
+    clock,
+    changes,
+    tokenSecret: await loadLeaseTokenSecret(db),
+    snapshotRoot: config.snapshotRoot,
+    s3: createS3(config),
+    limits: {
+      leaseTtlSeconds: config.leaseTtlSeconds,
+      maxLeaseTtlSeconds: config.maxLeaseTtlSeconds,
+      idleTtlSeconds: config.idleTtlSeconds,
+      maxIdleTtlSeconds: config.maxIdleTtlSeconds,
+      launcher: config.launcher,
+    },
+  })
+  await services.apiKeys.init(config.apiKeys)
+  const launcher = createLauncher(config, logger)
+  const workers = createWorkers({
+    db,
+    clock,
+    services,
+    launcher,
+    logger,
+    settings: {
+      startTimeoutSeconds: config.startTimeoutSeconds,
+      maxSessionSeconds: config.maxSessionSeconds,
+      drainGraceSeconds: config.leaseTtlSeconds,
+      reconcileIntervalSeconds: config.reconcileIntervalSeconds,
+      sweepIntervalSeconds: config.sweepIntervalSeconds,
+    },
+  })
+  const clockSync = setInterval(() => clock.sync().catch((err) => logger.warn({ err }, 'clock sync failed')), 30_000).unref()
+  return {
+    db,
+    clock,
+    changes,
+    services,
+    launcher,
+    workers,
+    databaseUrl,
+    /** Stops this process's parts. Sessions keep running for the next process to adopt. */
+    async close() {
+      clearInterval(clockSync)
+      await workers.stop()
+      services.router.close()
+      await launcher.close?.()
+      await changes.close()
+      await db.$disconnect()
+      await embedded?.stop()
+    },
+  }
+}

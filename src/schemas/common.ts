@@ -1,0 +1,28 @@
+import { Type } from 'typebox'
+
+export const Problem = Type.Object(
+  {
+    type: Type.String({ description: 'A URI naming the problem type' }),
+    title: Type.String(),
+    status: Type.Integer(),
+    detail: Type.String(),
+    code: Type.String({ description: 'Stable machine-readable error code' }),
+    instance: Type.Optional(Type.String()),
+  },
+  { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details (application/problem+json)' },
+)
+
+export const ProblemRef = Type.Ref('Problem')
+
+/** The problem responses a route can give, by status. */
+export function problems(...statuses: number[]): Record<number, ReturnType<typeof Type.Ref>> {
+  return Object.fromEntries(statuses.map((s) => [s, Type.Ref('Problem')]))
+}
+
+export const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
+
+export const WaitSeconds = Type.Integer({
+  minimum: 0,
+  maximum: 50,
+  description: 'Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s)',
+})

@@ -1,0 +1,53 @@
+import { Type } from 'typebox'
+import { WaitSeconds } from './common.ts'
+
+export const AcquireBody = Type.Object(
+  {
+    snapshot: Type.String({
+      minLength: 1,
+      maxLength: 2048,
+      description: 's3://bucket/key-or-prefix, or file:///abs/path (a tar archive or a directory) under SNAPSHOT_ROOT',
+    }),
+    collection: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'READY waits for this collection to exist' })),
+    mode: Type.Optional(Type.Union([Type.Literal('shared'), Type.Literal('exclusive')], { description: 'shared (default): reuse the pool session; exclusive: a private one' })),
+    ttlSeconds: Type.Optional(Type.Integer({ minimum: 5, description: 'Lease TTL; renew or use the proxy to keep it alive' })),
+    idleTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Session idle TTL, set by the acquire that creates the session' })),
+    waitSeconds: Type.Optional(WaitSeconds),
+    holder: Type.Optional(Type.String({ maxLength: 2048, description: 'Free text, e.g. a Step Functions execution ARN' })),
+  },
+  { additionalProperties: false },
+)
+
+export const IdempotencyHeaders = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Retries with the same key return the same lease' })),
+})
+
+export const Lease = Type.Object(
+  {
+    id: Type.String({ format: 'uuid' }),
+    token: Type.Optional(Type.String({ description: 'Bearer token for the proxy and query routes; returned on creation and its idempotent replays only' })),
+    status: Type.Union([Type.Literal('active'), Type.Literal('released'), Type.Literal('expired')]),
+    holder: Type.Union([Type.String(), Type.Null()]),
+    ttlSeconds: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    expiresAt: Type.String({ format: 'date-time' }),
+    endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    session: Type.Ref('Session'),
+  },
+  { $id: 'Lease' },
+)
+
+export const LeaseList = Type.Object({ leases: Type.Array(Type.Ref('Lease')) })
+
+export const LeaseListQuery = Type.Object({
+  sessionId: Type.Optional(Type.String({ format: 'uuid' })),
+  active: Type.Optional(Type.Boolean({ description: 'Only active leases' })),
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+})
+
+export const GetLeaseQuery = Type.Object({ waitSeconds: Type.Integer({ ...WaitSeconds, default: 0 }) })
+
+export const RenewBody = Type.Union([
+  Type.Object({ ttlSeconds: Type.Optional(Type.Integer({ minimum: 5 })) }, { additionalProperties: false }),
+  Type.Null(),
+])

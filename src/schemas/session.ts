@@ -1,0 +1,62 @@
+import { Type } from 'typebox'
+
+export const SessionStatus = Type.Union(
+  ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING', 'STOPPED', 'FAILED'].map((s) => Type.Literal(s)),
+)
+
+export const Session = Type.Object(
+  {
+    id: Type.String({ format: 'uuid' }),
+    mode: Type.Union([Type.Literal('shared'), Type.Literal('exclusive')]),
+    status: SessionStatus,
+    snapshot: Type.String(),
+    collection: Type.Union([Type.String(), Type.Null()]),
+    leaseCount: Type.Integer({ description: 'Live (active, unexpired) leases holding the session' }),
+    endpoint: Type.Union([
+      Type.Object({ host: Type.String(), port: Type.Integer(), url: Type.String() }),
+      Type.Null(),
+    ], { description: "The session's own Chroma address; null until READY" }),
+    proxyUrl: Type.String({ description: 'The same Chroma API through the control plane, authorised by the lease token' }),
+    error: Type.Union([Type.String(), Type.Null()], { description: 'Why the session FAILED' }),
+    stopReason: Type.Union([Type.String(), Type.Null()]),
+    generation: Type.Integer(),
+    idleTtlSeconds: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    readyAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  },
+  { $id: 'Session' },
+)
+
+export const SessionList = Type.Object({ sessions: Type.Array(Type.Ref('Session')) })
+
+export const SessionListQuery = Type.Object({
+  status: Type.Optional(Type.Array(SessionStatus, { description: 'Only sessions in these statuses' })),
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+  before: Type.Optional(Type.String({ format: 'date-time', description: 'Only sessions created before this time (paging)' })),
+})
+
+export const SessionEvent = Type.Object(
+  {
+    id: Type.String({ description: 'Monotonic event id (use as `after` to page)' }),
+    at: Type.String({ format: 'date-time' }),
+    type: Type.String(),
+    status: Type.Union([SessionStatus, Type.Null()]),
+    reason: Type.Union([Type.String(), Type.Null()]),
+    leaseId: Type.Union([Type.String(), Type.Null()]),
+    detail: Type.Unknown(),
+  },
+  { $id: 'SessionEvent' },
+)
+
+export const SessionEvents = Type.Object({ events: Type.Array(Type.Ref('SessionEvent')) })
+
+export const SessionEventsQuery = Type.Object({
+  after: Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' })),
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 200 }),
+})
+
+export const StopQuery = Type.Object({
+  force: Type.Boolean({ default: false, description: 'Stop now, ending every lease (recorded with the reason); otherwise drain' }),
+  reason: Type.Optional(Type.String({ maxLength: 500 })),
+})

@@ -1,0 +1,314 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { appendFile, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
+import { join, resolve } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import type { Logger } from 'pino'
+import type { AgentStatus } from '../../../container/agent/status.ts'
+import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from './launcher.ts'
+
+/**
+ * Runs each session's agent (container/agent/main.ts, the same program as in the
+ * Fargate image) as a local process, for development and tests.
+ *
+ * Everything it knows lives on disk, one directory per launch attempt, so that a
+ * restarted control plane (or a second one on the same machine) sees the same state:
+ *
+ *   <rootDir>/<sessionId>-g<generation>/
+ *     claim            created exclusively by the launch() that won the race
+ *     port             the loopback port Chroma listens on
+ *     pid              the agent's pid = the launch ref (written once the agent runs)
+ *     status.json      the agent's STATUS_FILE
+ *     agent.log        the agent's stdout and stderr, Chroma's output included
+ *     data/            the restored snapshot (the agent deletes it when it exits)
+ *     stop-requested   when stop() was first called, and why
+ *
+ * Agents are detached process-group leaders, so they outlive the control plane. A pid
+ * counts as the agent only while /proc/<pid>/cmdline names the session and generation
+ * (pids get reused), which makes this launcher Linux-only.
+ *
+ * Clean-up: the agent deletes data/ itself on any exit it survives. When describe()
+ * or stop() find an agent dead (SIGKILL, crash), they delete data/ for it; the small
+ * files stay for post-mortems, and removing old launch directories is left to the
+ * operator.
+ */
+export interface ProcessLauncherOptions {
+  /** Where launch directories go, e.g. ./.data/sessions. */
+  rootDir: string
+  /** Passed to agents as SNAPSHOT_ROOT: file:// snapshots must lie under it. */
+  snapshotRoot?: string
+  /** Passed to agents as S3_ENDPOINT. */
+  s3Endpoint?: string
+  /** Extra environment for agents, e.g. AWS credentials and region. */
+  env?: Record<string, string>
+  /** How long after the first stop request a later stop() escalates to SIGKILL. */
+  stopGraceMs?: number
+  logger?: Logger
+}
+
+const AGENT_MAIN = fileURLToPath(new URL('../../../container/agent/main.ts', import.meta.url))
+const TSX_LOADER = import.meta.resolve('tsx')
+/** Agents on this machine only ever listen on loopback. */
+const AGENT_HOST = '127.0.0.1'
+/** Variables of the control plane's own environment that agents inherit; nothing else (no DATABASE_URL, no API keys). */
+const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ']
+/** How long a launch() that lost the claim waits for the winner's pid file. */
+const CLAIM_WAIT_MS = 10_000
+
+export class ProcessLauncher implements Launcher {
+  readonly kind = 'process' as const
+  private readonly rootDir: string
+  private readonly stopGraceMs: number
+
+  constructor(private readonly options: ProcessLauncherOptions) {
+    this.rootDir = resolve(options.rootDir)
+    this.stopGraceMs = options.stopGraceMs ?? 15_000
+  }
+
+  async launch(spec: LaunchSpec): Promise<{ ref: string }> {
+    const dir = this.launchDir(spec.sessionId, spec.generation)
+    await mkdir(dir, { recursive: true })
+    if (!(await createExclusive(join(dir, 'claim'), `${process.pid}\n`))) {
+      return { ref: String(await waitForPid(dir)) }
+    }
+    const port = await freeLoopbackPort()
+    let pid: number | undefined
+    try {
+      await writeFile(join(dir, 'port'), `${port}\n`)
+      pid = await this.spawnAgent(spec, dir, port)
+      await writeAtomically(join(dir, 'pid'), `${pid}\n`)
+    } catch (err) {
+      // Undo, so that a retry of this launch attempt starts afresh and nothing runs unrecorded.
+      if (pid !== undefined) signalGroup(pid, 'SIGKILL')
+      await rm(join(dir, 'claim'), { force: true })
+      throw err
+    }
+    this.options.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, pid, port, dir }, 'session agent launched')
+    return { ref: String(pid) }
+  }
+
+  async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
+    const observed = await Promise.all(targets.map(async (t) => [t.ref, await this.observe(t)] as const))
+    return new Map(observed)
+  }
+
+  async stop(target: LaunchTarget, reason: string): Promise<void> {
+    const dir = this.launchDir(target.sessionId, target.generation)
+    const pid = parsePid(target.ref)
+    if (pid === null || !(await isAgentProcess(pid, target.sessionId, target.generation))) {
+      await removeData(dir)
+      return
+    }
+    const firstRequestAt = await recordStopRequest(dir, reason)
+    const signal = Date.now() - firstRequestAt >= this.stopGraceMs ? 'SIGKILL' : 'SIGTERM'
+    // The whole group: the agent and its Chroma child. The agent stops Chroma
+    // gracefully on SIGTERM (Chroma itself ignores SIGTERM); SIGKILL takes both.
+    signalGroup(pid, signal)
+    this.options.logger?.info({ sessionId: target.sessionId, generation: target.generation, pid, signal, reason }, 'session agent signalled')
+  }
+
+  async listRunning(): Promise<RunningCompute[]> {
+    const names = await readdir(this.rootDir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return []
+      throw err
+    })
+    const running: RunningCompute[] = []
+    for (const name of names) {
+      const match = /^(?<sessionId>.+)-g(?<generation>\d+)$/.exec(name)
+      if (!match?.groups) continue
+      const sessionId = match.groups.sessionId!
+      const generation = Number(match.groups.generation)
+      const pid = await readPid(join(this.rootDir, name))
+      if (pid !== null && (await isAgentProcess(pid, sessionId, generation))) {
+        running.push({ ref: String(pid), sessionId, generation })
+      }
+    }
+    return running
+  }
+
+  private launchDir(sessionId: string, generation: number): string {
+    // The id becomes a path segment: refuse anything that could leave rootDir.
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(sessionId)) {
+      throw new Error(`session id ${JSON.stringify(sessionId)} cannot name a launch directory (letters, digits, - and _ only)`)
+    }
+    if (!Number.isSafeInteger(generation) || generation < 0) throw new Error(`invalid generation ${generation}`)
+    return join(this.rootDir, `${sessionId}-g${generation}`)
+  }
+
+  private async spawnAgent(spec: LaunchSpec, dir: string, port: number): Promise<number> {
+    const log = await open(join(dir, 'agent.log'), 'a')
+    try {
+      // The session and generation in argv are what /proc/<pid>/cmdline is checked against.
+      const args = ['--import', TSX_LOADER, AGENT_MAIN, '--session', spec.sessionId, '--generation', String(spec.generation)]
+      const child = spawn(process.execPath, args, {
+        cwd: dir,
+        // Its own process group, and no tie to our lifetime: sessions outlive a control plane restart.
+        detached: true,
+        stdio: ['ignore', log.fd, log.fd],
+        env: this.agentEnv(spec, dir, port),
+      })
+      if (child.pid === undefined) {
+        const [err] = (await once(child, 'error')) as [Error]
+        throw new Error(`cannot start the session agent: ${err.message}`)
+      }
+      child.unref()
+      return child.pid
+    } finally {
+      await log.close()
+    }
+  }
+
+  private agentEnv(spec: LaunchSpec, dir: string, port: number): Record<string, string> {
+    const inherited = Object.fromEntries(INHERITED_ENV.flatMap((name) => (process.env[name] ? [[name, process.env[name]]] : [])))
+    return {
+      ...inherited,
+      ...this.options.env,
+      SESSION_ID: spec.sessionId,
+      SNAPSHOT_URI: spec.snapshot,
+      ...(spec.collection !== null ? { COLLECTION: spec.collection } : {}),
+      CHROMA_DATA_DIR: join(dir, 'data'),
+      CHROMA_HOST: AGENT_HOST,
+      CHROMA_PORT: String(port),
+      STATUS_FILE: join(dir, 'status.json'),
+      ...(this.options.snapshotRoot ? { SNAPSHOT_ROOT: this.options.snapshotRoot } : {}),
+      ...(this.options.s3Endpoint ? { S3_ENDPOINT: this.options.s3Endpoint } : {}),
+    }
+  }
+
+  private async observe(target: LaunchTarget): Promise<ObservedCompute> {
+    const dir = this.launchDir(target.sessionId, target.generation)
+    const pid = parsePid(target.ref)
+    const status = await readStatus(dir)
+    if (pid !== null && (await isAgentProcess(pid, target.sessionId, target.generation))) {
+      if (!status || status.phase === 'restoring') return { state: 'starting', detail: restoringDetail(status) }
+      // An agent that wrote its last status is on its way out.
+      if (status.phase === 'failed' || status.phase === 'exited') return { state: 'stopped', reason: goneReason(status) }
+      const port = await readPort(dir)
+      if (port === null) return { state: 'stopped', reason: `launch directory ${dir} has no port file` }
+      return { state: 'running', host: AGENT_HOST, port, detail: status.phase }
+    }
+    await removeData(dir)
+    return { state: 'stopped', reason: goneReason(status) }
+  }
+}
+
+/** Binds port 0 on loopback to let the kernel pick a free port, then frees it for the caller. */
+export async function freeLoopbackPort(): Promise<number> {
+  const server = createServer()
+  server.listen(0, AGENT_HOST)
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+/**
+ * True while `pid` is the agent of this launch attempt. Reading /proc/<pid>/cmdline
+ * fails for a dead pid and is empty for a zombie, and a reused pid names something else.
+ */
+async function isAgentProcess(pid: number, sessionId: string, generation: number): Promise<boolean> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+  const args = cmdline.split('\0')
+  const valueOf = (flag: string) => {
+    const i = args.indexOf(flag)
+    return i < 0 ? undefined : args[i + 1]
+  }
+  return (
+    args.some((a) => a.endsWith('/container/agent/main.ts')) &&
+    valueOf('--session') === sessionId &&
+    valueOf('--generation') === String(generation)
+  )
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err // gone meanwhile: nothing to stop
+  }
+}
+
+/** Records the first stop request (time and reason) and returns its time in ms. */
+async function recordStopRequest(dir: string, reason: string): Promise<number> {
+  const path = join(dir, 'stop-requested')
+  const now = Date.now()
+  if (await createExclusive(path, JSON.stringify({ at: new Date(now).toISOString(), reason }) + '\n')) {
+    await appendFile(join(dir, 'agent.log'), `${new Date(now).toISOString()} launcher: stop requested: ${reason}\n`)
+    return now
+  }
+  const { at } = JSON.parse(await readFile(path, 'utf8')) as { at: string }
+  return Date.parse(at)
+}
+
+/** Creates `path` with `content` unless it exists; true when this call created it. */
+async function createExclusive(path: string, content: string): Promise<boolean> {
+  let file
+  try {
+    file = await open(path, 'wx')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
+    throw err
+  }
+  try {
+    await file.writeFile(content)
+  } finally {
+    await file.close()
+  }
+  return true
+}
+
+/** Readers never see a partly written file. */
+async function writeAtomically(path: string, content: string): Promise<void> {
+  await writeFile(`${path}.tmp`, content)
+  await rename(`${path}.tmp`, path)
+}
+
+async function waitForPid(dir: string): Promise<number> {
+  const deadline = Date.now() + CLAIM_WAIT_MS
+  while (Date.now() < deadline) {
+    const pid = await readPid(dir)
+    if (pid !== null) return pid
+    await sleep(50)
+  }
+  throw new Error(`launch ${dir} was claimed by another launcher, which wrote no agent pid within ${CLAIM_WAIT_MS} ms (did it crash mid-launch?)`)
+}
+
+async function readPid(dir: string): Promise<number | null> {
+  return parsePid(await readFile(join(dir, 'pid'), 'utf8').catch(() => ''))
+}
+
+async function readPort(dir: string): Promise<number | null> {
+  const port = Number((await readFile(join(dir, 'port'), 'utf8').catch(() => '')).trim())
+  return Number.isInteger(port) && port > 0 ? port : null
+}
+
+function parsePid(text: string): number | null {
+  const pid = Number(text.trim())
+  return Number.isSafeInteger(pid) && pid > 1 ? pid : null
+}
+
+async function readStatus(dir: string): Promise<AgentStatus | null> {
+  try {
+    return JSON.parse(await readFile(join(dir, 'status.json'), 'utf8')) as AgentStatus
+  } catch {
+    return null // not written yet
+  }
+}
+
+function restoringDetail(status: AgentStatus | null): string {
+  if (!status) return 'agent starting'
+  return status.percent === undefined ? `restoring ${status.bytes ?? 0} bytes` : `restoring ${status.percent}%`
+}
+
+function goneReason(status: AgentStatus | null): string {
+  if (status?.phase === 'failed') return status.error ?? 'the session agent failed'
+  if (status?.phase === 'exited') return 'the session agent exited after a stop request'
+  return `agent process is gone${status ? ` (last phase: ${status.phase})` : ''}`
+}
+
+async function removeData(dir: string): Promise<void> {
+  await rm(join(dir, 'data'), { recursive: true, force: true })
+}

@@ -1,0 +1,345 @@
+import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Prisma } from '../generated/prisma/client.ts'
+import type { SessionMode } from '../generated/prisma/enums.ts'
+import type { Database } from '../database/client.ts'
+import type { ChangeFeed } from '../database/change-feed.ts'
+import { LeaseTokens, sha256, type Principal } from './auth.ts'
+import type { Clock } from './clock.ts'
+import { badRequest, conflict, gone, notFound, unprocessable } from './errors.ts'
+import { ATTACHABLE_STATUSES, SessionService, STARTING_STATUSES, type SessionRecord, type SessionView } from './sessions.ts'
+import type { SnapshotService } from './snapshots/snapshot-service.ts'
+
+export interface AcquireInput {
+  snapshot: string
+  collection?: string
+  mode?: SessionMode
+  ttlSeconds?: number
+  idleTtlSeconds?: number
+  waitSeconds?: number
+  holder?: string
+}
+
+export interface LeaseLimits {
+  leaseTtlSeconds: number
+  maxLeaseTtlSeconds: number
+  idleTtlSeconds: number
+  maxIdleTtlSeconds: number
+  launcher: string
+}
+
+export type LeaseStatus = 'active' | 'released' | 'expired'
+
+export interface LeaseView {
+  id: string
+  token?: string
+  status: LeaseStatus
+  holder: string | null
+  ttlSeconds: number
+  createdAt: string
+  expiresAt: string
+  endedAt: string | null
+  session: SessionView
+}
+
+interface LeaseRow {
+  id: string
+  sessionId: string
+  principal: string
+  holder: string | null
+  idempotencyKey: string | null
+  requestHash: string
+  ttlSeconds: number
+  createdAt: Date
+  expiresAt: Date
+  endedAt: Date | null
+  endReason: string | null
+}
+
+/** Attach or create takes a few tries only when a session stops between the two. */
+const MAX_ATTACH_ATTEMPTS = 5
+
+/**
+ * Leases: the reference counts that keep sessions alive. A lease counts while it has
+ * not ended and has not expired, by the clock, whether or not the reaper has visited
+ * it yet (invariant 4). All counting happens in SQL, so replicas agree.
+ */
+export class LeaseService {
+  constructor(
+    private readonly deps: {
+      db: Database
+      clock: Clock
+      sessions: SessionService
+      snapshots: SnapshotService
+      tokens: LeaseTokens
+      changes: ChangeFeed
+      limits: LeaseLimits
+    },
+  ) {}
+
+  async acquire(
+    principal: Principal,
+    input: AcquireInput,
+    idempotencyKey: string | undefined,
+    baseUrl: string,
+  ): Promise<{ lease: LeaseView; created: boolean }> {
+    const { limits, tokens, clock } = this.deps
+    const ttlSeconds = input.ttlSeconds ?? limits.leaseTtlSeconds
+    const idleTtlSeconds = input.idleTtlSeconds ?? limits.idleTtlSeconds
+    if (ttlSeconds > limits.maxLeaseTtlSeconds) {
+      throw badRequest('ttl_out_of_range', `ttlSeconds may be at most ${limits.maxLeaseTtlSeconds} on this server`)
+    }
+    if (idleTtlSeconds > limits.maxIdleTtlSeconds) {
+      throw badRequest('ttl_out_of_range', `idleTtlSeconds may be at most ${limits.maxIdleTtlSeconds} on this server`)
+    }
+    const mode = input.mode ?? 'shared'
+    const requestHash = sha256(
+      JSON.stringify([input.snapshot, input.collection ?? null, mode, ttlSeconds, idleTtlSeconds, input.holder ?? null]),
+    )
+    if (idempotencyKey !== undefined) {
+      const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
+      if (replay) return { lease: replay, created: false }
+    }
+
+    const snapshot = await this.deps.snapshots.resolve(input.snapshot)
+    const lease = {
+      id: randomUUID(),
+      principal: principal.id,
+      holder: input.holder ?? null,
+      idempotencyKey: idempotencyKey ?? null,
+      requestHash,
+      ttlSeconds,
+    }
+    const token = tokens.mint(lease.id)
+    let sessionId: string | null = null
+    let now = clock.now()
+    try {
+      for (let attempt = 0; sessionId === null && attempt < MAX_ATTACH_ATTEMPTS; attempt++) {
+        now = clock.now()
+        if (mode === 'shared') {
+          const poolKey = `${snapshot}#${input.collection ?? ''}`
+          sessionId =
+            (await this.attach(poolKey, lease, token, now)) ??
+            (await this.createWithLease({ mode, poolKey, snapshot, collection: input.collection, idleTtlSeconds }, lease, token, now))
+        } else {
+          sessionId = await this.createWithLease({ mode, poolKey: null, snapshot, collection: input.collection, idleTtlSeconds }, lease, token, now)
+        }
+      }
+    } catch (err) {
+      // Two retries with one Idempotency-Key raced: the loser answers with the winner's lease.
+      if (idempotencyKey !== undefined && isUniqueViolation(err)) {
+        const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
+        if (replay) return { lease: replay, created: false }
+      }
+      throw err
+    }
+    if (sessionId === null) throw conflict('pool_contended', 'the pool kept changing under this acquire; retry')
+
+    const session = await this.settle(sessionId, input.waitSeconds ?? 0)
+    const row: LeaseRow = { ...lease, sessionId, createdAt: now, expiresAt: expiry(now, ttlSeconds), endedAt: null, endReason: null }
+    return { lease: { ...this.view(row, session, baseUrl), token }, created: true }
+  }
+
+  /**
+   * Attaches a lease to the pool's attachable session, if there is one, in one
+   * statement. FOR SHARE makes a concurrent stop of that session wait for this insert
+   * and then see the lease (the reaper re-counts after taking its row lock); if the
+   * stop won, the session no longer matches and nothing is inserted.
+   */
+  private async attach(poolKey: string, lease: NewLease, token: string, now: Date): Promise<string | null> {
+    const rows = await this.deps.db.$queryRaw<Array<{ session_id: string }>>`
+      WITH s AS (
+        SELECT id FROM sessions
+        WHERE pool_key = ${poolKey} AND status::text IN (${Prisma.join(ATTACHABLE_STATUSES)})
+        FOR SHARE
+      ), l AS (
+        INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
+        SELECT ${lease.id}::uuid, s.id, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
+               ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now}
+        FROM s RETURNING id, session_id
+      ), e AS (
+        INSERT INTO session_events (session_id, at, type, lease_id, detail)
+        SELECT session_id, ${now}, 'lease_attached', id, ${JSON.stringify({ holder: lease.holder })}::jsonb FROM l
+      )
+      SELECT session_id FROM l`
+    return rows[0]?.session_id ?? null
+  }
+
+  /**
+   * Creates a PENDING session with its first lease. For a shared pool the partial
+   * unique index lets exactly one concurrent creator win; the others get null and
+   * attach to the winner's session on their next attempt.
+   */
+  private async createWithLease(
+    s: { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number },
+    lease: NewLease,
+    token: string,
+    now: Date,
+  ): Promise<string | null> {
+    const id = randomUUID()
+    const { db, limits } = this.deps
+    return db.$transaction(async (tx) => {
+      const inserted = await tx.$queryRaw<Array<{ id: string }>>`
+        INSERT INTO sessions (id, mode, pool_key, snapshot, collection, status, generation, launcher, idle_ttl_seconds, created_by, created_at, updated_at)
+        VALUES (${id}::uuid, ${s.mode}::"SessionMode", ${s.poolKey}, ${s.snapshot}, ${s.collection ?? null}, 'PENDING', 1,
+                ${limits.launcher}, ${s.idleTtlSeconds}, ${lease.principal}, ${now}, ${now})
+        ON CONFLICT (pool_key) WHERE status IN ('PENDING', 'STARTING', 'READY') DO NOTHING
+        RETURNING id`
+      if (inserted.length === 0) return null
+      await tx.$executeRaw`
+        INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
+        VALUES (${lease.id}::uuid, ${id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
+                ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})`
+      await tx.sessionEvent.createMany({
+        data: [
+          { sessionId: id, at: now, type: 'created', status: 'PENDING', detail: { snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode } },
+          { sessionId: id, at: now, type: 'lease_attached', leaseId: lease.id, detail: { holder: lease.holder } },
+        ],
+      })
+      return id
+    })
+  }
+
+  private async replay(
+    principal: Principal,
+    idempotencyKey: string,
+    requestHash: string,
+    waitSeconds: number | undefined,
+    baseUrl: string,
+  ): Promise<LeaseView | null> {
+    const row = await this.deps.db.lease.findUnique({
+      where: { principal_idempotencyKey: { principal: principal.id, idempotencyKey } },
+    })
+    if (!row) return null
+    if (row.requestHash !== requestHash) {
+      throw unprocessable('idempotency_key_reused', 'this Idempotency-Key was used for an acquire with other parameters')
+    }
+    const session = await this.settle(row.sessionId, waitSeconds ?? 0)
+    return { ...this.view(row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
+  }
+
+  async get(principal: Principal, id: string, waitSeconds: number, baseUrl: string): Promise<LeaseView> {
+    const row = await this.find(principal, id)
+    return this.view(row, await this.settle(row.sessionId, waitSeconds), baseUrl)
+  }
+
+  /** Extends an active lease. Ended or expired leases stay ended (410): renew never resurrects. */
+  async renew(principal: Principal, id: string, ttlSeconds: number | undefined, baseUrl: string): Promise<LeaseView> {
+    const { db, clock, limits } = this.deps
+    if (ttlSeconds !== undefined && ttlSeconds > limits.maxLeaseTtlSeconds) {
+      throw badRequest('ttl_out_of_range', `ttlSeconds may be at most ${limits.maxLeaseTtlSeconds} on this server`)
+    }
+    const row = await this.find(principal, id)
+    const now = clock.now()
+    const ttl = ttlSeconds ?? row.ttlSeconds
+    const updated = await db.$executeRaw`
+      UPDATE leases SET expires_at = ${expiry(now, ttl)}, ttl_seconds = ${ttl}
+      WHERE id = ${id}::uuid AND ended_at IS NULL AND expires_at > ${now}`
+    if (updated === 0) {
+      throw gone('lease_ended', `lease ${id} is ${leaseStatus(row, now)} and cannot be renewed; acquire a new one`)
+    }
+    return this.get(principal, id, 0, baseUrl)
+  }
+
+  /** Ends a lease. Releasing an ended lease is a no-op that answers with its state. */
+  async release(principal: Principal, id: string, baseUrl: string): Promise<LeaseView> {
+    const now = this.deps.clock.now()
+    await this.find(principal, id)
+    await this.deps.db.$executeRaw`
+      WITH l AS (
+        UPDATE leases SET ended_at = LEAST(${now}, expires_at),
+                          end_reason = CASE WHEN expires_at <= ${now} THEN 'expired' ELSE 'released' END
+        WHERE id = ${id}::uuid AND ended_at IS NULL
+        RETURNING id, session_id, end_reason)
+      INSERT INTO session_events (session_id, at, type, lease_id)
+      SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l`
+    return this.get(principal, id, 0, baseUrl)
+  }
+
+  /** Leases visible to the caller: their own, or all for an operator. */
+  async list(principal: Principal, filter: { sessionId?: string; active?: boolean; limit: number }, baseUrl: string) {
+    const now = this.deps.clock.now()
+    const rows = await this.deps.db.lease.findMany({
+      where: {
+        ...(principal.role === 'operator' ? {} : { principal: principal.id }),
+        ...(filter.sessionId ? { sessionId: filter.sessionId } : {}),
+        ...(filter.active ? { endedAt: null, expiresAt: { gt: now } } : {}),
+      },
+      orderBy: { createdAt: 'desc' },
+      take: filter.limit,
+    })
+    const sessions = new Map<string, SessionRecord>()
+    for (const id of new Set(rows.map((r) => r.sessionId))) sessions.set(id, await this.deps.sessions.get(id))
+    return rows.map((r) => this.view(r, sessions.get(r.sessionId)!, baseUrl))
+  }
+
+  private async find(principal: Principal, id: string): Promise<LeaseRow> {
+    const row = await this.deps.db.lease.findUnique({ where: { id } })
+    // Another client's lease is "not found": its existence is not the caller's business.
+    if (!row || (principal.role !== 'operator' && row.principal !== principal.id)) {
+      throw notFound('lease_not_found', `no lease ${id}`)
+    }
+    return row
+  }
+
+  /**
+   * Reads the session, holding the answer up to waitSeconds while it is still starting.
+   * Woken by the change feed; the 1 s re-read covers a missed notification.
+   */
+  async settle(sessionId: string, waitSeconds: number): Promise<SessionRecord> {
+    const deadline = Date.now() + waitSeconds * 1000
+    for (;;) {
+      const session = await this.deps.sessions.get(sessionId)
+      const remaining = deadline - Date.now()
+      if (!STARTING_STATUSES.includes(session.status) || remaining <= 0) return session
+      await this.changeOf(sessionId, Math.min(remaining, 1000))
+    }
+  }
+
+  private changeOf(sessionId: string, timeoutMs: number): Promise<void> {
+    const ac = new AbortController()
+    return new Promise<void>((resolve) => {
+      const off = this.deps.changes.on((c) => {
+        if (c.kind === 'session' && c.sessionId === sessionId) done()
+      })
+      const done = () => {
+        off()
+        ac.abort()
+        resolve()
+      }
+      sleep(timeoutMs, undefined, { signal: ac.signal }).then(done, () => {})
+    })
+  }
+
+  view(row: LeaseRow, session: SessionRecord, baseUrl: string): LeaseView {
+    return {
+      id: row.id,
+      status: leaseStatus(row, this.deps.clock.now()),
+      holder: row.holder,
+      ttlSeconds: row.ttlSeconds,
+      createdAt: row.createdAt.toISOString(),
+      expiresAt: row.expiresAt.toISOString(),
+      endedAt: row.endedAt?.toISOString() ?? null,
+      session: SessionService.view(session, baseUrl),
+    }
+  }
+}
+
+type NewLease = Pick<LeaseRow, 'id' | 'principal' | 'holder' | 'idempotencyKey' | 'requestHash' | 'ttlSeconds'>
+
+const expiry = (now: Date, ttlSeconds: number) => new Date(now.getTime() + ttlSeconds * 1000)
+
+export function leaseStatus(row: Pick<LeaseRow, 'endedAt' | 'endReason' | 'expiresAt'>, now: Date): LeaseStatus {
+  if (row.endedAt) return row.endReason === 'expired' ? 'expired' : 'released'
+  return row.expiresAt.getTime() <= now.getTime() ? 'expired' : 'active'
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  const e = err as { code?: string; meta?: { code?: string; driverAdapterError?: { cause?: { kind?: string; originalCode?: string } } } }
+  return (
+    e?.code === 'P2002' ||
+    e?.meta?.code === '23505' ||
+    e?.meta?.driverAdapterError?.cause?.kind === 'UniqueConstraintViolation' ||
+    e?.meta?.driverAdapterError?.cause?.originalCode === '23505'
+  )
+}

@@ -1,0 +1,294 @@
+import { Prisma } from '../generated/prisma/client.ts'
+import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
+import type { Database } from '../database/client.ts'
+import type { Clock } from './clock.ts'
+import { conflict, notFound } from './errors.ts'
+
+/** Statuses in which a session may run compute. */
+export const LIVE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING']
+/** Statuses in which new shared leases attach (the partial unique index covers exactly these). */
+export const ATTACHABLE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY']
+/** Statuses a long-poll waits through. */
+export const STARTING_STATUSES: SessionStatus[] = ['PENDING', 'STARTING']
+
+/** A session row as the services see it, with its live lease count. */
+export interface SessionRecord {
+  id: string
+  mode: SessionMode
+  poolKey: string | null
+  snapshot: string
+  collection: string | null
+  status: SessionStatus
+  generation: number
+  launcher: string
+  launchRef: string | null
+  host: string | null
+  port: number | null
+  error: string | null
+  stopReason: string | null
+  idleTtlSeconds: number
+  createdBy: string
+  createdAt: Date
+  updatedAt: Date
+  launchedAt: Date | null
+  readyAt: Date | null
+  drainingAt: Date | null
+  stoppingAt: Date | null
+  endedAt: Date | null
+  leaseCount: number
+}
+
+/** The session as the API shows it (see src/schemas/session.ts). */
+export interface SessionView {
+  id: string
+  mode: SessionMode
+  status: SessionStatus
+  snapshot: string
+  collection: string | null
+  leaseCount: number
+  endpoint: { host: string; port: number; url: string } | null
+  proxyUrl: string
+  error: string | null
+  stopReason: string | null
+  generation: number
+  idleTtlSeconds: number
+  createdAt: string
+  readyAt: string | null
+  endedAt: string | null
+}
+
+export interface SessionEventInput {
+  type: string
+  reason?: string | null
+  leaseId?: string | null
+  detail?: Record<string, unknown>
+}
+
+/** Fields a transition may set besides status. */
+export type TransitionData = Partial<
+  Pick<
+    SessionRecord,
+    'launchRef' | 'host' | 'port' | 'error' | 'stopReason' | 'launchedAt' | 'readyAt' | 'drainingAt' | 'stoppingAt' | 'endedAt' | 'generation'
+  >
+>
+
+const liveLeaseCount = (now: Date) =>
+  Prisma.sql`(SELECT count(*)::int FROM leases l WHERE l.session_id = s.id AND l.ended_at IS NULL AND l.expires_at > ${now})`
+
+/**
+ * Sessions: reading them, and moving them through their lifecycle. Every change of
+ * status is a compare-and-set on (id, generation, status) with its event written in
+ * the same transaction, so any replica may take any step and a repeated step is a no-op.
+ */
+export class SessionService {
+  constructor(
+    private readonly db: Database,
+    private readonly clock: Clock,
+  ) {}
+
+  async find(id: string): Promise<SessionRecord | null> {
+    const rows = await this.select(Prisma.sql`s.id = ${id}::uuid`)
+    return rows[0] ?? null
+  }
+
+  async get(id: string): Promise<SessionRecord> {
+    const s = await this.find(id)
+    if (!s) throw notFound('session_not_found', `no session ${id}`)
+    return s
+  }
+
+  async list(filter: { status?: SessionStatus[]; limit: number; before?: Date }): Promise<SessionRecord[]> {
+    const conditions = [Prisma.sql`TRUE`]
+    if (filter.status?.length) conditions.push(Prisma.sql`s.status::text IN (${Prisma.join(filter.status)})`)
+    if (filter.before) conditions.push(Prisma.sql`s.created_at < ${filter.before}`)
+    return this.select(Prisma.join(conditions, ' AND '), filter.limit)
+  }
+
+  /** Sessions in the given statuses, oldest first: what the workers walk. */
+  inStatus(statuses: SessionStatus[], limit = 500): Promise<SessionRecord[]> {
+    return this.select(Prisma.sql`s.status::text IN (${Prisma.join(statuses)})`, limit, Prisma.sql`s.created_at ASC`)
+  }
+
+  private async select(where: Prisma.Sql, limit = 1000, order = Prisma.sql`s.created_at DESC`): Promise<SessionRecord[]> {
+    const rows = await this.db.$queryRaw<Array<Record<string, unknown>>>`
+      SELECT s.*, ${liveLeaseCount(this.clock.now())} AS lease_count
+      FROM sessions s WHERE ${where} ORDER BY ${order} LIMIT ${limit}`
+    return rows.map(toRecord)
+  }
+
+  async events(id: string, opts: { afterId?: bigint; limit: number }) {
+    await this.get(id)
+    return this.db.sessionEvent.findMany({
+      where: { sessionId: id, ...(opts.afterId !== undefined ? { id: { gt: opts.afterId } } : {}) },
+      orderBy: { id: 'asc' },
+      take: opts.limit,
+    })
+  }
+
+  /**
+   * Moves a session from one of `from` to `to` if nobody else has moved it since it was
+   * read (same generation, status still in `from`), recording the event atomically.
+   * Returns false, changing nothing, when the session has moved on.
+   */
+  async transition(
+    s: Pick<SessionRecord, 'id' | 'generation'>,
+    from: SessionStatus[],
+    to: SessionStatus,
+    event: SessionEventInput,
+    data: TransitionData = {},
+    // A session on its way out holds no leases: end them in the same transaction, so
+    // counts and clients agree. Only a force stop or max lifetime stops a leased session.
+    endLeases = to === 'STOPPED' || to === 'FAILED',
+  ): Promise<boolean> {
+    const now = this.clock.now()
+    return this.db.$transaction(async (tx) => {
+      const { count } = await tx.session.updateMany({
+        where: { id: s.id, generation: s.generation, status: { in: from } },
+        data: { ...data, status: to, updatedAt: now },
+      })
+      if (count !== 1) return false
+      await tx.sessionEvent.create({ data: eventRow(s.id, now, to, event) })
+      if (endLeases) {
+        await tx.$executeRaw`
+          WITH ended AS (
+            UPDATE leases SET ended_at = ${now}, end_reason = 'session_ended'
+            WHERE session_id = ${s.id}::uuid AND ended_at IS NULL RETURNING id)
+          INSERT INTO session_events (session_id, at, type, status, reason, lease_id)
+          SELECT ${s.id}::uuid, ${now}, 'lease_ended', ${to}::"SessionStatus", ${event.type}, id FROM ended`
+      }
+      return true
+    })
+  }
+
+  /**
+   * Stops a session that holds no live lease: the only way, besides a force stop and
+   * max lifetime, that the control plane stops a session (invariant 1). The row lock
+   * waits for acquires attaching right now (they hold FOR SHARE); the re-count after it
+   * runs in a fresh snapshot, so it sees their leases. Returns false if a lease holds it.
+   */
+  async stopUnleased(
+    s: Pick<SessionRecord, 'id' | 'generation' | 'status'>,
+    reason: 'idle' | 'drained' | 'max_lifetime',
+    stillEligible: Prisma.Sql = Prisma.sql`TRUE`,
+  ): Promise<boolean> {
+    const now = this.clock.now()
+    return this.db.$transaction(async (tx) => {
+      const locked = await tx.$queryRaw<Array<{ id: string }>>`
+        SELECT id FROM sessions WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status::text = ${s.status} FOR UPDATE`
+      if (locked.length === 0) return false
+      const stopped = await tx.$executeRaw`
+        UPDATE sessions SET status = 'STOPPING', stopping_at = ${now}, updated_at = ${now},
+                            stop_reason = COALESCE(stop_reason, ${reason})
+        WHERE sessions.id = ${s.id}::uuid
+          AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.session_id = sessions.id AND l.ended_at IS NULL AND l.expires_at > ${now})
+          AND ${stillEligible}`
+      if (stopped !== 1) return false
+      await tx.sessionEvent.create({ data: eventRow(s.id, now, 'STOPPING', { type: 'stopping', reason }) })
+      return true
+    })
+  }
+
+  async recordEvent(sessionId: string, event: SessionEventInput, status: SessionStatus | null = null): Promise<void> {
+    await this.db.sessionEvent.create({ data: eventRow(sessionId, this.clock.now(), status, event) })
+  }
+
+  /**
+   * Operator drain: no new leases attach; the reaper stops the session once its
+   * leases end. Draining a session that is already draining or stopping is a no-op.
+   */
+  async drain(id: string, reason: string): Promise<SessionRecord> {
+    for (;;) {
+      const s = await this.get(id)
+      if (s.status === 'DRAINING' || s.status === 'STOPPING' || s.status === 'STOPPED' || s.status === 'FAILED') return s
+      const ok = await this.transition(s, ATTACHABLE_STATUSES, 'DRAINING', { type: 'draining', reason }, {
+        drainingAt: this.clock.now(),
+        stopReason: 'drain',
+      })
+      if (ok) return this.get(id)
+    }
+  }
+
+  /** Operator force stop: ends every lease now. The one way (with max lifetime) to stop a leased session. */
+  async forceStop(id: string, reason: string): Promise<SessionRecord> {
+    for (;;) {
+      const s = await this.get(id)
+      if (s.status === 'STOPPING' || s.status === 'STOPPED' || s.status === 'FAILED') return s
+      const now = this.clock.now()
+      const ok = await this.transition(s, [s.status], 'STOPPING', { type: 'force_stop', reason, detail: { liveLeases: s.leaseCount } }, {
+        stoppingAt: now,
+        stopReason: 'force_stop',
+      }, true)
+      if (ok) return this.get(id)
+    }
+  }
+
+  /** Refuses operations that need a session able to serve. */
+  static assertServing(s: SessionRecord): void {
+    if (s.status !== 'READY' && s.status !== 'DRAINING') {
+      throw conflict('session_not_ready', `session ${s.id} is ${s.status}${s.error ? `: ${s.error}` : ''}`, { sessionStatus: s.status })
+    }
+  }
+
+  static view(s: SessionRecord, baseUrl: string): SessionView {
+    const serving = (s.status === 'READY' || s.status === 'DRAINING') && s.host !== null && s.port !== null
+    return {
+      id: s.id,
+      mode: s.mode,
+      status: s.status,
+      snapshot: s.snapshot,
+      collection: s.collection,
+      leaseCount: s.leaseCount,
+      endpoint: serving ? { host: s.host!, port: s.port!, url: `http://${s.host}:${s.port}` } : null,
+      proxyUrl: `${baseUrl}/v1/sessions/${s.id}/chroma`,
+      error: s.error,
+      stopReason: s.stopReason,
+      generation: s.generation,
+      idleTtlSeconds: s.idleTtlSeconds,
+      createdAt: s.createdAt.toISOString(),
+      readyAt: s.readyAt?.toISOString() ?? null,
+      endedAt: s.endedAt?.toISOString() ?? null,
+    }
+  }
+}
+
+function eventRow(sessionId: string, at: Date, status: SessionStatus | null, e: SessionEventInput) {
+  return {
+    sessionId,
+    at,
+    type: e.type,
+    status,
+    reason: e.reason ?? null,
+    leaseId: e.leaseId ?? null,
+    ...(e.detail ? { detail: e.detail as Prisma.InputJsonValue } : {}),
+  }
+}
+
+export function toRecord(r: Record<string, unknown>): SessionRecord {
+  return {
+    id: r.id as string,
+    mode: r.mode as SessionMode,
+    poolKey: (r.pool_key as string | null) ?? null,
+    snapshot: r.snapshot as string,
+    collection: (r.collection as string | null) ?? null,
+    status: r.status as SessionStatus,
+    generation: Number(r.generation),
+    launcher: r.launcher as string,
+    launchRef: (r.launch_ref as string | null) ?? null,
+    host: (r.host as string | null) ?? null,
+    port: r.port == null ? null : Number(r.port),
+    error: (r.error as string | null) ?? null,
+    stopReason: (r.stop_reason as string | null) ?? null,
+    idleTtlSeconds: Number(r.idle_ttl_seconds),
+    createdBy: r.created_by as string,
+    createdAt: asDate(r.created_at)!,
+    updatedAt: asDate(r.updated_at)!,
+    launchedAt: asDate(r.launched_at),
+    readyAt: asDate(r.ready_at),
+    drainingAt: asDate(r.draining_at),
+    stoppingAt: asDate(r.stopping_at),
+    endedAt: asDate(r.ended_at),
+    leaseCount: Number(r.lease_count ?? 0),
+  }
+}
+
+const asDate = (v: unknown): Date | null => (v == null ? null : v instanceof Date ? v : new Date(String(v)))

@@ -1,0 +1,78 @@
+import { realpath, stat } from 'node:fs/promises'
+import { isAbsolute, relative, sep } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
+import { ProblemError, unprocessable } from '../errors.ts'
+import { archiveFormat, parseSnapshotUri, SnapshotUriError } from './uri.ts'
+
+/**
+ * Decides on acquire whether a snapshot can be served, so that a typo is a 422 at
+ * once rather than a session that fails a minute later. Returns the canonical URI
+ * (symlinks resolved, percent-encoding normalised) that pool keys are built from.
+ */
+export class SnapshotService {
+  constructor(
+    private readonly opts: { snapshotRoot: string; s3?: S3Client },
+  ) {}
+
+  async resolve(uri: string): Promise<string> {
+    let loc
+    try {
+      loc = parseSnapshotUri(uri)
+    } catch (err) {
+      if (err instanceof SnapshotUriError) throw unprocessable('invalid_snapshot', err.message)
+      throw err
+    }
+    return loc.scheme === 'file' ? this.resolveFile(loc.path) : this.resolveS3(loc.bucket, loc.key)
+  }
+
+  private async resolveFile(path: string): Promise<string> {
+    if (!isAbsolute(path)) throw unprocessable('invalid_snapshot', 'file:// snapshot path must be absolute')
+    const root = await realpath(this.opts.snapshotRoot).catch(() => null)
+    if (root === null) {
+      throw unprocessable('snapshot_not_found', 'file:// snapshots are disabled: SNAPSHOT_ROOT does not exist on this server')
+    }
+    const real = await realpath(path).catch(() => null)
+    // Symlinks are resolved before the containment check, so none can lead outside the root.
+    if (real === null || !isInside(root, real)) {
+      // One answer for "missing" and "outside the root": probing the filesystem learns nothing.
+      throw unprocessable('snapshot_not_found', `no snapshot at ${path} under the snapshot root`)
+    }
+    const info = await stat(real)
+    if (!info.isDirectory() && !(info.isFile() && archiveFormat(real))) {
+      throw unprocessable('invalid_snapshot', 'a file:// snapshot must be a directory or a .tar, .tar.gz/.tgz or .tar.zst archive')
+    }
+    return pathToFileURL(real).href
+  }
+
+  private async resolveS3(bucket: string, key: string): Promise<string> {
+    const s3 = this.opts.s3
+    const uri = `s3://${bucket}/${key}`
+    if (!s3) return uri
+    try {
+      if (archiveFormat(key)) {
+        await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }))
+      } else {
+        const prefix = key.endsWith('/') ? key : `${key}/`
+        const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: 1 }))
+        if (!page.KeyCount) throw unprocessable('snapshot_not_found', `no objects under ${uri}`)
+      }
+    } catch (err) {
+      if (err instanceof ProblemError) throw err
+      const name = (err as { name?: string }).name
+      if (name === 'NotFound' || name === 'NoSuchKey' || name === 'NoSuchBucket') {
+        throw unprocessable('snapshot_not_found', `no snapshot at ${uri}`)
+      }
+      if (name === 'Forbidden' || name === 'AccessDenied') {
+        throw unprocessable('snapshot_forbidden', `the control plane may not read ${uri}`)
+      }
+      throw new ProblemError(502, 'snapshot_store_unavailable', 'Bad Gateway', `could not check ${uri}: ${(err as Error).message}`)
+    }
+    return uri
+  }
+}
+
+function isInside(root: string, path: string): boolean {
+  const rel = relative(root, path)
+  return rel === '' || (!rel.startsWith('..' + sep) && rel !== '..' && !isAbsolute(rel))
+}

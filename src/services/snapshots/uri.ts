@@ -1,0 +1,53 @@
+/**
+ * Snapshot URIs, parsed once and shared by the control plane (validation on acquire)
+ * and the session agent (restore). Parsing is syntax only; whether the snapshot
+ * exists and is allowed is SnapshotService's job.
+ */
+export type SnapshotLocation =
+  | { scheme: 'file'; path: string }
+  | { scheme: 's3'; bucket: string; key: string }
+
+export class SnapshotUriError extends Error {}
+
+const S3_BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/
+
+export function parseSnapshotUri(uri: string): SnapshotLocation {
+  let url: URL
+  try {
+    url = new URL(uri)
+  } catch {
+    throw new SnapshotUriError(`snapshot must be a URI (file:///abs/path or s3://bucket/key), got ${JSON.stringify(uri)}`)
+  }
+  if (url.protocol === 'file:') {
+    if (url.host !== '') throw new SnapshotUriError('file:// snapshots must not name a host (use file:///abs/path)')
+    if (url.search || url.hash) throw new SnapshotUriError('file:// snapshots take no query or fragment')
+    let path: string
+    try {
+      path = decodeURIComponent(url.pathname)
+    } catch {
+      throw new SnapshotUriError('file:// snapshot path is not valid percent-encoding')
+    }
+    if (path.includes('\0')) throw new SnapshotUriError('file:// snapshot path contains a NUL byte')
+    return { scheme: 'file', path }
+  }
+  if (url.protocol === 's3:') {
+    const bucket = url.hostname
+    if (!S3_BUCKET.test(bucket)) throw new SnapshotUriError(`invalid S3 bucket name ${JSON.stringify(bucket)}`)
+    if (url.search || url.hash) throw new SnapshotUriError('s3:// snapshots take no query or fragment')
+    const key = decodeURIComponent(url.pathname.replace(/^\//, ''))
+    if (key === '') throw new SnapshotUriError('s3:// snapshot needs a key or prefix after the bucket')
+    if (key.split('/').some((part) => part === '..' || part === '.')) {
+      throw new SnapshotUriError('s3:// snapshot key must not contain . or .. segments')
+    }
+    return { scheme: 's3', bucket, key }
+  }
+  throw new SnapshotUriError(`unsupported snapshot scheme ${JSON.stringify(url.protocol)}: use file:// or s3://`)
+}
+
+/** Archive formats the agent restores; anything else at a file path must be a directory. */
+export function archiveFormat(name: string): 'tar' | 'tar.gz' | 'tar.zst' | null {
+  if (name.endsWith('.tar')) return 'tar'
+  if (name.endsWith('.tar.gz') || name.endsWith('.tgz')) return 'tar.gz'
+  if (name.endsWith('.tar.zst') || name.endsWith('.tzst')) return 'tar.zst'
+  return null
+}

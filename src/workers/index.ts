@@ -1,0 +1,39 @@
+import type { Logger } from 'pino'
+import type { Clock } from '../services/clock.ts'
+import type { Services } from '../services/index.ts'
+import type { Launcher } from '../services/launchers/launcher.ts'
+import type { Database } from '../database/client.ts'
+import { WorkerLoop } from './loop.ts'
+import { OrphanSweeper } from './orphan-sweeper.ts'
+import { Reaper } from './reaper.ts'
+import { Reconciler } from './reconciler.ts'
+
+export interface WorkerSettings {
+  startTimeoutSeconds: number
+  maxSessionSeconds: number
+  drainGraceSeconds: number
+  reconcileIntervalSeconds: number
+  sweepIntervalSeconds: number
+}
+
+export type Workers = ReturnType<typeof createWorkers>
+
+/** The background loops, built from the same services the routes use. Workers call services, never routes. */
+export function createWorkers(deps: { db: Database; clock: Clock; services: Services; launcher: Launcher; settings: WorkerSettings; logger?: Logger }) {
+  const { db, clock, services, launcher, settings, logger } = deps
+  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, clock, { startTimeoutSeconds: settings.startTimeoutSeconds }, logger)
+  const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
+  const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger)
+  const loops = [
+    new WorkerLoop('reconciler', settings.reconcileIntervalSeconds * 1000, () => reconciler.reconcileOnce(), logger),
+    new WorkerLoop('reaper', settings.sweepIntervalSeconds * 1000, () => reaper.reapOnce(), logger),
+    new WorkerLoop('orphan-sweeper', settings.sweepIntervalSeconds * 1000, () => sweeper.sweepOnce(), logger),
+  ]
+  return {
+    reconciler,
+    reaper,
+    sweeper,
+    start: () => loops.forEach((l) => l.start()),
+    stop: () => Promise.all(loops.map((l) => l.stop())),
+  }
+}

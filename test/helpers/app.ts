@@ -1,0 +1,140 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../src/app.ts'
+import type { ApiKeySeed } from '../../src/config.ts'
+import { PostgresChangeFeed } from '../../src/database/change-feed.ts'
+import { createDatabase, type Database } from '../../src/database/client.ts'
+import { loadLeaseTokenSecret } from '../../src/services/auth.ts'
+import { ManualClock, type Clock } from '../../src/services/clock.ts'
+import { createServices, type Services } from '../../src/services/index.ts'
+import type { Launcher } from '../../src/services/launchers/launcher.ts'
+import { ProcessLauncher } from '../../src/services/launchers/process-launcher.ts'
+import { createWorkers, type Workers } from '../../src/workers/index.ts'
+import { freshDatabaseUrl, stopTestDatabase } from './database.ts'
+
+export interface TestApp {
+  app: FastifyInstance
+  db: Database
+  clock: Clock
+  services: Services
+  workers: Workers
+  launcher: Launcher
+  databaseUrl: string
+  /** The base URL when built with `listen: true`. */
+  url: string
+}
+
+export interface TestAppOptions {
+  /** Share a database with another instance (the two-replica tests). */
+  databaseUrl?: string
+  clock?: Clock
+  apiKeys?: ApiKeySeed[]
+  /** 'process' (default): the real ProcessLauncher under a temp dir; or any Launcher. */
+  launcher?: Launcher | 'process'
+  /** The process launcher's directory (a restarted control plane reuses it). */
+  sessionsDir?: string
+  snapshotRoot?: string
+  leaseTtlSeconds?: number
+  idleTtlSeconds?: number
+  maxSessionSeconds?: number
+  startTimeoutSeconds?: number
+  /** Listen on a loopback port (for real HTTP clients); otherwise use app.inject. */
+  listen?: boolean
+  /** Leave the launched sessions running on teardown (restart-adoption tests). */
+  keepSessions?: boolean
+}
+
+let topTeardownRegistered = false
+
+/**
+ * Builds the real app, as src/server.ts does, on a real Postgres with a manual clock,
+ * and tears it all down with the test. Workers are built but not started: tests run
+ * their passes explicitly (workers.reconciler.reconcileOnce(), ...) after moving the clock.
+ */
+export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<TestApp> {
+  if (!topTeardownRegistered) {
+    topTeardownRegistered = true
+    const tap = (await import('tap')).default
+    tap.teardown(stopTestDatabase)
+  }
+  const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl())
+  const db = createDatabase(databaseUrl, 10)
+  const clock = opts.clock ?? new ManualClock()
+  const changes = await PostgresChangeFeed.connect(databaseUrl)
+  const snapshotRoot = opts.snapshotRoot ?? tmpdir()
+  const services = createServices({
+    db,
+    clock,
+    changes,
+    tokenSecret: await loadLeaseTokenSecret(db),
+    snapshotRoot,
+    limits: {
+      leaseTtlSeconds: opts.leaseTtlSeconds ?? 300,
+      maxLeaseTtlSeconds: 86400,
+      idleTtlSeconds: opts.idleTtlSeconds ?? 300,
+      maxIdleTtlSeconds: 3600,
+      launcher: 'process',
+    },
+  })
+  await services.apiKeys.init(opts.apiKeys ?? [])
+  let sessionsDir: string | null = null
+  let launcher: Launcher
+  if (opts.launcher && opts.launcher !== 'process') {
+    launcher = opts.launcher
+  } else {
+    sessionsDir = opts.sessionsDir ?? (await mkdtemp(join(tmpdir(), 'chroma-lease-sessions-')))
+    launcher = new ProcessLauncher({ rootDir: sessionsDir, snapshotRoot, stopGraceMs: 5_000 })
+  }
+  const workers = createWorkers({
+    db,
+    clock,
+    services,
+    launcher,
+    settings: {
+      startTimeoutSeconds: opts.startTimeoutSeconds ?? 120,
+      maxSessionSeconds: opts.maxSessionSeconds ?? 43200,
+      drainGraceSeconds: opts.leaseTtlSeconds ?? 300,
+      reconcileIntervalSeconds: 0.2,
+      sweepIntervalSeconds: 1,
+    },
+  })
+  const app = await buildApp({ db, clock, services })
+  let url = ''
+  if (opts.listen) url = await app.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(async () => {
+    await app.close()
+    await workers.stop()
+    services.router.close()
+    if (!opts.keepSessions && launcher instanceof ProcessLauncher) await stopAll(launcher)
+    await changes.close()
+    await db.$disconnect()
+    if (sessionsDir && !opts.sessionsDir && !opts.keepSessions) await rm(sessionsDir, { recursive: true, force: true })
+  })
+  return { app, db, clock, services, workers, launcher, databaseUrl, url }
+}
+
+/** Stops every session process a launcher started and waits for them to go. */
+export async function stopAll(launcher: Launcher, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const running = await launcher.listRunning()
+    if (running.length === 0 || Date.now() > deadline) return
+    await Promise.all(running.map((r) => launcher.stop(r, 'test teardown')))
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+
+/** Runs reconciler passes until the session leaves PENDING/STARTING (real time: Chroma is really starting). */
+export async function reconcileUntilSettled(t: TestApp, sessionId: string, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    await t.workers.reconciler.reconcileOnce()
+    const s = await t.services.sessions.get(sessionId)
+    if (s.status !== 'PENDING' && s.status !== 'STARTING') return s
+    if (Date.now() > deadline) throw new Error(`session ${sessionId} still ${s.status} after ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 150))
+  }
+}
