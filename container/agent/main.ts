@@ -62,6 +62,7 @@ class SessionAgent {
   async run(): Promise<number> {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       process.on(signal, () => {
+        if (this.stopRequested.signal.aborted) return // the launcher repeats SIGTERM until we are gone
         log(`${signal} received; stopping`)
         this.stopRequested.abort(new Error(`stopped by ${signal}`))
       })
@@ -105,7 +106,7 @@ class SessionAgent {
       snapshotRoot: this.config.snapshotRoot,
       s3: this.config.s3,
       signal: this.stopRequested.signal,
-      onProgress: (bytes, totalBytes) => this.status.progress(bytes, totalBytes),
+      onProgress: (bytes, totalBytes) => void this.status.progress(bytes, totalBytes),
     })
     log('snapshot restored')
   }

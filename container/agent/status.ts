@@ -42,13 +42,16 @@ export class StatusFile {
     return this.chain
   }
 
-  /** A restore progress write, skipped when the previous one is under 250 ms old. */
-  progress(bytes: number, totalBytes: number | undefined): void {
+  /**
+   * A restore progress write, skipped when the previous one is under 250 ms old:
+   * progress arrives with every chunk read, far more often than anyone looks.
+   */
+  progress(bytes: number, totalBytes: number | undefined): Promise<void> {
     const now = Date.now()
-    if (now - this.lastProgressAt < PROGRESS_INTERVAL_MS) return
+    if (now - this.lastProgressAt < PROGRESS_INTERVAL_MS) return this.chain
     this.lastProgressAt = now
     const percent = totalBytes ? Math.min(100, Math.floor((bytes / totalBytes) * 100)) : undefined
-    void this.write({ phase: 'restoring', bytes, totalBytes, percent })
+    return this.write({ phase: 'restoring', bytes, totalBytes, percent })
   }
 
   private async replace(status: AgentStatus): Promise<void> {

@@ -1,0 +1,86 @@
+import { createReadStream } from 'node:fs'
+import { readdir, stat } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { createRequire } from 'node:module'
+import { join, relative } from 'node:path'
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+
+/** The part of s3rver's API used here (the package ships no types). */
+interface S3rverInstance {
+  run(): Promise<AddressInfo>
+  close(): Promise<void>
+}
+type S3rverConstructor = new (options: {
+  address: string
+  port: number
+  directory: string
+  silent: boolean
+  configureBuckets: Array<{ name: string }>
+}) => S3rverInstance
+
+/**
+ * s3rver on a loopback port: a real S3 protocol endpoint for the real AWS SDK.
+ * `env` is what an agent needs to read from it.
+ */
+export interface S3Fake {
+  endpoint: string
+  bucket: string
+  client: S3Client
+  /** S3_ENDPOINT, AWS_REGION and credentials s3rver accepts. */
+  env: Record<string, string>
+  putFile(key: string, path: string): Promise<void>
+  /** Uploads every file under `dir` as `<prefix>/<relative path>`. */
+  putDirectory(prefix: string, dir: string): Promise<void>
+  close(): Promise<void>
+}
+
+const CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' }
+const REGION = 'us-east-1'
+
+export async function startS3Fake(storageDir: string, bucket = 'snapshots'): Promise<S3Fake> {
+  const S3rver = createRequire(import.meta.url)('s3rver') as S3rverConstructor
+  const server = new S3rver({ address: '127.0.0.1', port: 0, directory: storageDir, silent: true, configureBuckets: [{ name: bucket }] })
+  const { port } = await server.run()
+  const endpoint = `http://127.0.0.1:${port}`
+  const client = new S3Client({
+    endpoint,
+    region: REGION,
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+    // The SDK's default (WHEN_SUPPORTED) sends streamed bodies aws-chunked with a
+    // trailing checksum; s3rver does not decode that framing and stores it verbatim.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+  })
+
+  const putFile = async (key: string, path: string) => {
+    const { size } = await stat(path)
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: createReadStream(path), ContentLength: size }))
+  }
+  return {
+    endpoint,
+    bucket,
+    client,
+    env: {
+      S3_ENDPOINT: endpoint,
+      AWS_REGION: REGION,
+      AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+    },
+    putFile,
+    async putDirectory(prefix, dir) {
+      for (const path of await filesUnder(dir)) await putFile(`${prefix}/${relative(dir, path)}`, path)
+    },
+    async close() {
+      client.destroy()
+      await server.close()
+    },
+  }
+}
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true })
+  const nested = await Promise.all(
+    entries.map((e) => (e.isDirectory() ? filesUnder(join(dir, e.name)) : Promise.resolve([join(dir, e.name)]))),
+  )
+  return nested.flat()
+}
