@@ -2,6 +2,11 @@ import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
 import { Type, type Static } from 'typebox'
 
+/** A string setting with a fixed set of values (a plain enum, for a readable error). */
+function oneOf<T extends string>(values: readonly T[], fallback: T) {
+  return Type.Unsafe<T>({ type: 'string', enum: values, default: fallback })
+}
+
 /**
  * Every setting the service reads, validated once at start. Names and defaults are
  * documented in README.md and .env.example; keep the three in step.
@@ -11,12 +16,9 @@ const EnvSchema = Type.Object({
   DATA_DIR: Type.String({ default: '.data' }),
   HOST: Type.Optional(Type.String({ minLength: 1 })),
   PORT: Type.Integer({ default: 8080, minimum: 0, maximum: 65535 }),
-  LOG_LEVEL: Type.Union(
-    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
-    { default: 'info' },
-  ),
+  LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
   PUBLIC_URL: Type.Optional(Type.String({ minLength: 1 })),
-  LAUNCHER: Type.Union([Type.Literal('process'), Type.Literal('fargate')], { default: 'process' }),
+  LAUNCHER: oneOf(['process', 'fargate'] as const, 'process'),
   API_KEYS: Type.String({ default: '' }),
   SNAPSHOT_ROOT: Type.Optional(Type.String({ minLength: 1 })),
   S3_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
@@ -82,7 +84,9 @@ export interface Config {
   }
 }
 
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
 
 export function parseApiKeys(spec: string): ApiKeySeed[] {
   return spec
@@ -108,7 +112,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   try {
     e = envSchema<Env>({ schema: EnvSchema, data: env, dotenv: false })
   } catch (err) {
-    throw new ConfigError(`invalid configuration: ${(err as Error).message}`)
+    throw new ConfigError(`invalid configuration: ${(err as Error).message.replaceAll('env/', '')}`)
   }
   const apiKeys = parseApiKeys(e.API_KEYS)
   if (e.IDLE_TTL_SECONDS > e.MAX_IDLE_TTL_SECONDS) throw new ConfigError('IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS')

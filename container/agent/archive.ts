@@ -3,10 +3,11 @@ import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
 import { Unpack, type ReadEntry } from 'tar'
+import type { archiveFormat } from '../../src/services/snapshots/uri.ts'
 import type { ProgressMeter } from './progress.ts'
 import { RestoreError } from './restore-error.ts'
 
-export type ArchiveFormat = 'tar' | 'tar.gz' | 'tar.zst'
+type ArchiveFormat = NonNullable<ReturnType<typeof archiveFormat>>
 
 /** Entry types a Chroma persist directory consists of; everything else is refused. */
 const ALLOWED_ENTRY_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory'])
@@ -59,6 +60,8 @@ export async function extractTar(
   } catch (err) {
     if (signal.aborted) throw err
     if (refused) throw new RestoreError(refused)
+    // A system error (disk full, connection reset) says nothing about the archive.
+    if ((err as NodeJS.ErrnoException).syscall) throw new RestoreError(`restoring snapshot ${snapshot} failed: ${(err as Error).message}`)
     throw new RestoreError(`snapshot ${snapshot} is not a valid tar archive: ${describeTarError(err as Error)}`)
   }
 }
@@ -71,7 +74,7 @@ function refuseReason(path: string, entry: ReadEntry): string | null {
   return null
 }
 
-/** node-tar's and zlib's messages, without node-tar's `TAR_XYZ: ` prefix duplication. */
+/** node-tar's or zlib's message without node-tar's `TAR_CODE: ` prefix; the code only where it adds to the message. */
 function describeTarError(err: Error & { code?: string }): string {
   const message = err.message.replace(/^TAR_[A-Z_]+: /, '')
   return err.code && err.code !== 'TAR_BAD_ARCHIVE' ? `${message} (${err.code})` : message

@@ -54,7 +54,8 @@ async function restoreFile(uri: string, path: string, dataDir: string, options: 
   if (options.snapshotRoot !== undefined) await assertUnderRoot(uri, real, options.snapshotRoot)
   const info = await stat(real)
   if (info.isDirectory()) return copyDirectory(uri, real, dataDir, options)
-  const format = archiveFormat(real)
+  // The format is the name's, as the user wrote it: the target of a symlink may be named anything.
+  const format = archiveFormat(path)
   if (!info.isFile() || !format) {
     throw new RestoreError(`snapshot ${uri} is neither a directory nor a .tar, .tar.gz or .tgz archive`)
   }
@@ -78,15 +79,15 @@ async function assertUnderRoot(uri: string, real: string, snapshotRoot: string):
  * hold only files and directories: a symlink could point anywhere.
  */
 async function copyDirectory(uri: string, source: string, dataDir: string, options: RestoreOptions): Promise<void> {
-  const files = await listTree(uri, source)
-  const totalBytes = files.reduce((sum, f) => sum + f.size, 0)
+  const entries = await listTree(uri, source)
+  const totalBytes = entries.reduce((sum, e) => sum + e.size, 0)
   const progress = new ProgressMeter(totalBytes, options.onProgress)
-  for (const file of files) {
-    const target = join(dataDir, file.relPath)
-    if (file.isDirectory) {
+  for (const entry of entries) {
+    const target = join(dataDir, entry.relPath)
+    if (entry.isDirectory) {
       await mkdir(target, { recursive: true })
     } else {
-      await pipeline(createReadStream(join(source, file.relPath)), progress.tap(), createWriteStream(target), {
+      await pipeline(createReadStream(join(source, entry.relPath)), progress.tap(), createWriteStream(target), {
         signal: options.signal,
       })
     }

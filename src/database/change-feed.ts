@@ -83,3 +83,6 @@ export class PostgresChangeFeed implements ChangeFeed {
     }
   }
 }
+
+/** A feed that never reports: for tools that build the app without a database (the OpenAPI writer). */
+export const noChanges: ChangeFeed = { on: () => () => {}, close: async () => {} }

@@ -4,7 +4,6 @@ import { AcquireBody, GetLeaseQuery, IdempotencyHeaders, LeaseList, LeaseListQue
 import type { Services } from '../services/index.ts'
 import { baseUrlOf } from './base-url.ts'
 
-const tags = ['leases']
 const Lease = { $ref: 'Lease' } as const
 
 const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: string }> = async (app, { services, publicUrl }) => {
@@ -13,7 +12,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
 
   app.post('/v1/leases', {
     schema: {
-      tags,
+      tags: ['leases'],
       summary: 'Acquire a lease: reuse the running session for the snapshot, or start one',
       body: AcquireBody,
       headers: IdempotencyHeaders,
@@ -25,12 +24,12 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
   })
 
   app.get('/v1/leases', {
-    schema: { tags, summary: "List leases (a client sees its own)", querystring: LeaseListQuery, response: { 200: LeaseList, ...problems(400, 401) } },
+    schema: { tags: ['leases'], summary: "List leases (a client sees its own)", querystring: LeaseListQuery, response: { 200: LeaseList, ...problems(400, 401) } },
   }, async (request) => ({ leases: await leases.list(request.principal, request.query, baseUrlOf(request, publicUrl)) }))
 
   app.get('/v1/leases/:id', {
     schema: {
-      tags,
+      tags: ['leases'],
       summary: 'Read a lease and its session; waitSeconds long-polls until READY or FAILED',
       params: IdParams,
       querystring: GetLeaseQuery,
@@ -40,7 +39,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
 
   app.post('/v1/leases/:id/renew', {
     schema: {
-      tags,
+      tags: ['leases'],
       summary: "Extend an active lease's TTL",
       params: IdParams,
       body: RenewBody,
@@ -49,7 +48,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
   }, async (request) => leases.renew(request.principal, request.params.id, request.body?.ttlSeconds, baseUrlOf(request, publicUrl)))
 
   app.delete('/v1/leases/:id', {
-    schema: { tags, summary: 'Release a lease (idempotent)', params: IdParams, response: { 200: Lease, ...problems(400, 401, 404) } },
+    schema: { tags: ['leases'], summary: 'Release a lease (idempotent)', params: IdParams, response: { 200: Lease, ...problems(400, 401, 404) } },
   }, async (request) => leases.release(request.principal, request.params.id, baseUrlOf(request, publicUrl)))
 }
 

@@ -65,16 +65,16 @@ export default async function proxyRoutes(app: FastifyInstance, { services, body
     })
   }
 
-  const common = {
+  const common = () => ({
     tags: ['proxy'],
     security: [{ chromaToken: [] }, { bearer: [] }] as Array<Record<string, string[]>>,
     response: problems(400, 401, 403, 409, 413, 502),
-  }
+  })
   app.route({
     method: [...METHODS],
     url: '/api/v2/*',
     schema: {
-      ...common,
+      ...common(),
       summary: "Chroma's API v2 on the session the lease token opens (point official Chroma clients here)",
     },
     handler: (request, reply) => forward(request, reply, undefined, 0),
@@ -83,7 +83,7 @@ export default async function proxyRoutes(app: FastifyInstance, { services, body
     method: [...METHODS],
     url: '/v1/sessions/:id/chroma/*',
     schema: {
-      ...common,
+      ...common(),
       summary: "Chroma's API on this session, e.g. /v1/sessions/{id}/chroma/api/v2/heartbeat",
       params: Type.Object({ ...IdParams.properties, '*': Type.String() }),
     },

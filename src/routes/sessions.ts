@@ -5,7 +5,6 @@ import type { Services } from '../services/index.ts'
 import { SessionService } from '../services/sessions.ts'
 import { baseUrlOf } from './base-url.ts'
 
-const tags = ['sessions']
 const Session = { $ref: 'Session' } as const
 
 const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: string }> = async (app, { services, publicUrl }) => {
@@ -13,7 +12,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
   app.addHook('preHandler', app.requireRole('operator'))
 
   app.get('/v1/sessions', {
-    schema: { tags, summary: 'List sessions with their live lease counts, newest first', querystring: SessionListQuery, response: { 200: SessionList, ...problems(400, 401, 403) } },
+    schema: { tags: ['sessions'], summary: 'List sessions with their live lease counts, newest first', querystring: SessionListQuery, response: { 200: SessionList, ...problems(400, 401, 403) } },
   }, async (request) => {
     const { status, limit, before } = request.query
     const rows = await sessions.list({ status, limit, before: before ? new Date(before) : undefined })
@@ -21,11 +20,11 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
   })
 
   app.get('/v1/sessions/:id', {
-    schema: { tags, summary: 'Inspect a session', params: IdParams, response: { 200: Session, ...problems(400, 401, 403, 404) } },
+    schema: { tags: ['sessions'], summary: 'Inspect a session', params: IdParams, response: { 200: Session, ...problems(400, 401, 403, 404) } },
   }, async (request) => SessionService.view(await sessions.get(request.params.id), baseUrlOf(request, publicUrl)))
 
   app.get('/v1/sessions/:id/events', {
-    schema: { tags, summary: "The session's timeline, oldest first", params: IdParams, querystring: SessionEventsQuery, response: { 200: SessionEvents, ...problems(400, 401, 403, 404) } },
+    schema: { tags: ['sessions'], summary: "The session's timeline, oldest first", params: IdParams, querystring: SessionEventsQuery, response: { 200: SessionEvents, ...problems(400, 401, 403, 404) } },
   }, async (request) => {
     const { after, limit } = request.query
     const events = await sessions.events(request.params.id, { afterId: after === undefined ? undefined : BigInt(after), limit })
@@ -44,7 +43,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
 
   app.delete('/v1/sessions/:id', {
     schema: {
-      tags,
+      tags: ['sessions'],
       summary: 'Drain a session (no new leases; stops when its leases end), or force stop it now with ?force=true',
       params: IdParams,
       querystring: StopQuery,

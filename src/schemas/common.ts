@@ -14,9 +14,11 @@ export const Problem = Type.Object(
 
 export const ProblemRef = Type.Ref('Problem')
 
-/** The problem responses a route can give, by status. */
-export function problems(...statuses: number[]): Record<number, ReturnType<typeof Type.Ref>> {
-  return Object.fromEntries(statuses.map((s) => [s, Type.Ref('Problem')]))
+/** The problem responses a route can give, by status, as application/problem+json. */
+export function problems(...statuses: number[]) {
+  return Object.fromEntries(
+    statuses.map((s) => [s, { description: 'Problem details (RFC 9457)', content: { 'application/problem+json': { schema: Type.Ref('Problem') } } }]),
+  )
 }
 
 export const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })

@@ -18,7 +18,7 @@ export class Metrics {
   })
 
   constructor(db: Database, clock: Clock) {
-    collectDefaultMetrics({ register: this.registry, prefix: 'chroma_lease_process_' })
+    collectDefaultMetrics({ register: this.registry, prefix: 'chroma_lease_' })
     new Gauge({
       name: 'chroma_lease_sessions',
       help: 'Sessions by status',

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { appendFile, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, writeFile } from 'node:fs/promises'
 import { createServer, type AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -19,15 +19,16 @@ import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningComput
  *   <rootDir>/<sessionId>-g<generation>/
  *     claim            created exclusively by the launch() that won the race
  *     port             the loopback port Chroma listens on
- *     pid              the agent's pid = the launch ref (written once the agent runs)
+ *     pid              the agent's pid = the launch ref (written right after the spawn)
  *     status.json      the agent's STATUS_FILE
  *     agent.log        the agent's stdout and stderr, Chroma's output included
  *     data/            the restored snapshot (the agent deletes it when it exits)
  *     stop-requested   when stop() was first called, and why
  *
- * Agents are detached process-group leaders, so they outlive the control plane. A pid
- * counts as the agent only while /proc/<pid>/cmdline names the session and generation
- * (pids get reused), which makes this launcher Linux-only.
+ * Agents are detached process-group leaders, so they outlive the control plane, and
+ * run in their launch directory. A pid counts as the agent only while
+ * /proc/<pid>/cmdline names the session and generation (pids get reused); listRunning()
+ * finds agents through /proc too. This makes the launcher Linux-only.
  *
  * Clean-up: the agent deletes data/ itself on any exit it survives. When describe()
  * or stop() find an agent dead (SIGKILL, crash), they delete data/ for it; the small
@@ -54,7 +55,7 @@ const TSX_LOADER = import.meta.resolve('tsx')
 const AGENT_HOST = '127.0.0.1'
 /** Variables of the control plane's own environment that agents inherit; nothing else (no DATABASE_URL, no API keys). */
 const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ']
-/** How long a launch() that lost the claim waits for the winner's pid file. */
+/** How long a launch() that lost the claim waits for the winner's pid file before looking for the agent itself. */
 const CLAIM_WAIT_MS = 10_000
 
 export class ProcessLauncher implements Launcher {
@@ -71,7 +72,7 @@ export class ProcessLauncher implements Launcher {
     const dir = this.launchDir(spec.sessionId, spec.generation)
     await mkdir(dir, { recursive: true })
     if (!(await createExclusive(join(dir, 'claim'), `${process.pid}\n`))) {
-      return { ref: String(await waitForPid(dir)) }
+      return { ref: String(await this.waitForWinner(dir, spec.sessionId, spec.generation)) }
     }
     const port = await freeLoopbackPort()
     let pid: number | undefined
@@ -109,20 +110,23 @@ export class ProcessLauncher implements Launcher {
     this.options.logger?.info({ sessionId: target.sessionId, generation: target.generation, pid, signal, reason }, 'session agent signalled')
   }
 
+  /**
+   * Scans /proc rather than the pid files: an agent whose launcher crashed between
+   * spawning it and writing its pid file must still be found and stopped. An agent is
+   * ours when its working directory is its launch directory under rootDir.
+   */
   async listRunning(): Promise<RunningCompute[]> {
-    const names = await readdir(this.rootDir).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return []
-      throw err
-    })
+    // /proc shows the working directory with symlinks resolved.
+    const root = await realpath(this.rootDir).catch(() => null)
+    if (root === null) return [] // nothing launched here yet
     const running: RunningCompute[] = []
-    for (const name of names) {
-      const match = /^(?<sessionId>.+)-g(?<generation>\d+)$/.exec(name)
-      if (!match?.groups) continue
-      const sessionId = match.groups.sessionId!
-      const generation = Number(match.groups.generation)
-      const pid = await readPid(join(this.rootDir, name))
-      if (pid !== null && (await isAgentProcess(pid, sessionId, generation))) {
-        running.push({ ref: String(pid), sessionId, generation })
+    for (const entry of await readdir('/proc')) {
+      if (!/^\d+$/.test(entry)) continue
+      const identity = agentIdentity(await readCmdline(Number(entry)))
+      if (!identity) continue
+      const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => null)
+      if (cwd === join(root, launchDirName(identity.sessionId, identity.generation))) {
+        running.push({ ref: entry, ...identity })
       }
     }
     return running
@@ -134,7 +138,23 @@ export class ProcessLauncher implements Launcher {
       throw new Error(`session id ${JSON.stringify(sessionId)} cannot name a launch directory (letters, digits, - and _ only)`)
     }
     if (!Number.isSafeInteger(generation) || generation < 0) throw new Error(`invalid generation ${generation}`)
-    return join(this.rootDir, `${sessionId}-g${generation}`)
+    return join(this.rootDir, launchDirName(sessionId, generation))
+  }
+
+  /** The winner of the claim publishes the pid within moments; if it crashed, the agent may still be found running. */
+  private async waitForWinner(dir: string, sessionId: string, generation: number): Promise<number> {
+    const deadline = Date.now() + CLAIM_WAIT_MS
+    while (Date.now() < deadline) {
+      const pid = await readPid(dir)
+      if (pid !== null) return pid
+      await sleep(50)
+    }
+    const orphan = (await this.listRunning()).find((r) => r.sessionId === sessionId && r.generation === generation)
+    if (orphan) {
+      await writeAtomically(join(dir, 'pid'), `${orphan.ref}\n`)
+      return Number(orphan.ref)
+    }
+    throw new Error(`launch ${dir} was claimed by another launcher, which started no agent within ${CLAIM_WAIT_MS} ms (did it crash mid-launch?)`)
   }
 
   private async spawnAgent(spec: LaunchSpec, dir: string, port: number): Promise<number> {
@@ -205,22 +225,36 @@ export async function freeLoopbackPort(): Promise<number> {
   return port
 }
 
+function launchDirName(sessionId: string, generation: number): string {
+  return `${sessionId}-g${generation}`
+}
+
 /**
- * True while `pid` is the agent of this launch attempt. Reading /proc/<pid>/cmdline
- * fails for a dead pid and is empty for a zombie, and a reused pid names something else.
+ * True while `pid` is the agent of this launch attempt. /proc/<pid>/cmdline cannot be
+ * read for a dead pid and is empty for a zombie, and a reused pid names something else.
  */
 async function isAgentProcess(pid: number, sessionId: string, generation: number): Promise<boolean> {
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-  const args = cmdline.split('\0')
+  const identity = agentIdentity(await readCmdline(pid))
+  return identity?.sessionId === sessionId && identity.generation === generation
+}
+
+/** The launch attempt an agent's argv names, or null when the argv is not an agent's. */
+function agentIdentity(args: string[]): { sessionId: string; generation: number } | null {
   const valueOf = (flag: string) => {
     const i = args.indexOf(flag)
     return i < 0 ? undefined : args[i + 1]
   }
-  return (
-    args.some((a) => a.endsWith('/container/agent/main.ts')) &&
-    valueOf('--session') === sessionId &&
-    valueOf('--generation') === String(generation)
-  )
+  const sessionId = valueOf('--session')
+  const generation = valueOf('--generation')
+  if (!args.some((a) => a.endsWith('/container/agent/main.ts')) || !sessionId || !generation || !/^\d+$/.test(generation)) {
+    return null
+  }
+  return { sessionId, generation: Number(generation) }
+}
+
+async function readCmdline(pid: number): Promise<string[]> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+  return cmdline.split('\0')
 }
 
 function signalGroup(pid: number, signal: NodeJS.Signals): void {
@@ -264,16 +298,6 @@ async function createExclusive(path: string, content: string): Promise<boolean> 
 async function writeAtomically(path: string, content: string): Promise<void> {
   await writeFile(`${path}.tmp`, content)
   await rename(`${path}.tmp`, path)
-}
-
-async function waitForPid(dir: string): Promise<number> {
-  const deadline = Date.now() + CLAIM_WAIT_MS
-  while (Date.now() < deadline) {
-    const pid = await readPid(dir)
-    if (pid !== null) return pid
-    await sleep(50)
-  }
-  throw new Error(`launch ${dir} was claimed by another launcher, which wrote no agent pid within ${CLAIM_WAIT_MS} ms (did it crash mid-launch?)`)
 }
 
 async function readPid(dir: string): Promise<number | null> {

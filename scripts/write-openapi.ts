@@ -1,0 +1,25 @@
+// Writes openapi.yaml from the route schemas (`npm run openapi`). test/openapi.test.ts
+// fails when the committed file and the routes drift apart.
+import { writeFile } from 'node:fs/promises'
+import { buildApp } from '../src/app.ts'
+import { openapiYaml } from './openapi-yaml.ts'
+import { noChanges } from '../src/database/change-feed.ts'
+import { createDatabase } from '../src/database/client.ts'
+import { systemClock } from '../src/services/clock.ts'
+import { createServices } from '../src/services/index.ts'
+
+// The spec needs the routes, not a database: this client never connects.
+const db = createDatabase('postgresql://openapi@127.0.0.1:1/none')
+const services = createServices({
+  db,
+  clock: systemClock,
+  changes: noChanges,
+  tokenSecret: Buffer.alloc(32),
+  snapshotRoot: '/nonexistent',
+  limits: { leaseTtlSeconds: 300, maxLeaseTtlSeconds: 86400, idleTtlSeconds: 300, maxIdleTtlSeconds: 3600, launcher: 'process' },
+})
+const app = await buildApp({ db, clock: systemClock, services })
+await app.ready()
+await writeFile(new URL('../openapi.yaml', import.meta.url), openapiYaml(app.swagger()))
+await app.close()
+console.log('wrote openapi.yaml')

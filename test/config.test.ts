@@ -1,0 +1,38 @@
+import t from 'tap'
+import { loadConfig } from '../src/config.ts'
+
+t.test('defaults run everything locally on loopback', async (t) => {
+  const c = loadConfig({})
+  t.equal(c.databaseUrl, undefined, 'embedded Postgres')
+  t.equal(c.launcher, 'process')
+  t.equal(c.host, '127.0.0.1', 'no API keys: loopback only')
+  t.equal(c.port, 8080)
+  t.same(c.apiKeys, [])
+  t.match(c.snapshotRoot, /\/\.data\/snapshots$/)
+})
+
+t.test('API keys switch the bind address to all interfaces unless HOST says otherwise', async (t) => {
+  const c = loadConfig({ API_KEYS: 'client:aaaaaaaaaaaaaaaa, operator:bbbbbbbbbbbbbbbb' })
+  t.same(c.apiKeys, [
+    { role: 'client', key: 'aaaaaaaaaaaaaaaa' },
+    { role: 'operator', key: 'bbbbbbbbbbbbbbbb' },
+  ])
+  t.equal(c.host, '0.0.0.0')
+  t.equal(loadConfig({ API_KEYS: 'client:aaaaaaaaaaaaaaaa', HOST: '127.0.0.1' }).host, '127.0.0.1')
+})
+
+t.test('bad settings fail at start with a clear error', async (t) => {
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ PORT: 'eighty' }, /PORT/],
+    [{ LAUNCHER: 'kubernetes' }, /LAUNCHER/],
+    [{ HOST: '0.0.0.0' }, /no API_KEYS are configured/],
+    [{ API_KEYS: 'admin:aaaaaaaaaaaaaaaa' }, /role:key with role client or operator/],
+    [{ API_KEYS: 'client:short' }, /^(?!.*short\b).*shorter than 16/],
+    [{ IDLE_TTL_SECONDS: '7200' }, /IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS/],
+    [{ LAUNCHER: 'fargate' }, /needs ECS_CLUSTER, ECS_TASK_DEFINITION, ECS_SUBNETS/],
+    [{ SWEEP_INTERVAL_SECONDS: '0' }, /SWEEP_INTERVAL_SECONDS/],
+  ]
+  for (const [env, message] of cases) {
+    t.throws(() => loadConfig(env), { name: 'ConfigError', message }, JSON.stringify(env))
+  }
+})
