@@ -17,6 +17,8 @@ t.teardown(() => rm(root, { recursive: true, force: true }))
 const snapshotRoot = join(root, 'snapshots')
 const fixture = await buildSnapshotFixture(snapshotRoot)
 const snapshot = `file://${fixture.tarGzPath}`
+/** Agents of this build do not check it yet (issue #4); every launch must carry one. */
+const authToken = 'cls_test-session-token'
 
 let sessions = 0
 /** A launcher on its own rootDir, and a fresh session id; every agent started there is killed at teardown. */
@@ -49,7 +51,7 @@ const waitForReady = async (launcher: ProcessLauncher, target: LaunchTarget) =>
 
 t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken })
   t.match(ref, /^\d+$/, 'the ref is the agent pid')
 
   const first = (await launcher.describe([target(ref)])).get(ref)
@@ -76,7 +78,7 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
 t.test('concurrent launches of one attempt start one agent; a restarted control plane sees it', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
   const replica = new ProcessLauncher({ rootDir, snapshotRoot })
-  const spec = { sessionId, generation: 1, snapshot, collection: null }
+  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken }
   const refs = await Promise.all([launcher.launch(spec), replica.launch(spec), launcher.launch(spec)])
   t.same(new Set(refs.map((r) => r.ref)).size, 1, 'every caller gets the same ref')
   t.equal(agentPids(sessionId).length, 1, 'one agent process')
@@ -98,7 +100,7 @@ t.test('concurrent launches of one attempt start one agent; a restarted control 
 
 t.test('a killed agent is reported stopped, and its Chroma stops too', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken })
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
 
@@ -116,14 +118,14 @@ t.test('a failed restore is reported with its reason', async (t) => {
   const { launcher, sessionId, target } = setup(t)
   const corrupt = join(snapshotRoot, 'corrupt.tar')
   await writeFile(corrupt, 'not a tar archive'.repeat(64))
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken })
   const stopped = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
   t.match(stopped, { state: 'stopped', reason: `snapshot file://${corrupt} is not a valid tar archive: ` })
 })
 
 t.test('stop escalates to SIGKILL after the grace period', async (t) => {
   const { launcher, sessionId, target } = setup(t, { stopGraceMs: 300 })
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken })
   await waitForReady(launcher, target(ref))
   // A stopped process cannot act on SIGTERM, but SIGKILL takes it regardless.
   process.kill(-Number(ref), 'SIGSTOP')

@@ -91,6 +91,11 @@ export class LeaseTokens {
     return `clt_${createHmac('sha256', this.secret).update(leaseId).digest('base64url')}`
   }
 
+  /** The token a session's agent requires, for one launch generation of it. */
+  sessionToken(sessionId: string, generation: number): string {
+    return `cls_${createHmac('sha256', this.secret).update(`session:${sessionId}:${generation}`).digest('base64url')}`
+  }
+
   verify(leaseId: string, token: string): boolean {
     const a = Buffer.from(this.mint(leaseId))
     const b = Buffer.from(token)

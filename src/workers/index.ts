@@ -21,7 +21,7 @@ export type Workers = ReturnType<typeof createWorkers>
 /** The background loops, built from the same services the routes use. Workers call services, never routes. */
 export function createWorkers(deps: { db: Database; clock: Clock; services: Services; launcher: Launcher; settings: WorkerSettings; logger?: Logger }) {
   const { db, clock, services, launcher, settings, logger } = deps
-  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, clock, { startTimeoutSeconds: settings.startTimeoutSeconds }, logger)
+  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.tokens, clock, { startTimeoutSeconds: settings.startTimeoutSeconds }, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger)
   const loops = [

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import type { Clock } from '../services/clock.ts'
+import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
 import type { Launcher, LaunchTarget, ObservedCompute } from '../services/launchers/launcher.ts'
 import { SessionService, type SessionRecord } from '../services/sessions.ts'
@@ -23,6 +24,7 @@ export class Reconciler {
     private readonly sessions: SessionService,
     private readonly launcher: Launcher,
     private readonly chroma: ChromaClient,
+    private readonly tokens: LeaseTokens,
     private readonly clock: Clock,
     private readonly opts: ReconcilerOptions,
     private readonly logger?: Logger,
@@ -81,7 +83,13 @@ export class Reconciler {
   private async launchAndRecord(s: SessionRecord): Promise<void> {
     let ref: string
     try {
-      ;({ ref } = await this.launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: s.collection }))
+      ;({ ref } = await this.launcher.launch({
+        sessionId: s.id,
+        generation: s.generation,
+        snapshot: s.snapshot,
+        collection: s.collection,
+        authToken: this.tokens.sessionToken(s.id, s.generation),
+      }))
     } catch (err) {
       return this.fail(s, `launch failed: ${(err as Error).message}`)
     }

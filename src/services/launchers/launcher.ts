@@ -14,6 +14,12 @@ export interface LaunchSpec {
   /** `file:///abs/path` (a tar archive or a directory) or `s3://bucket/key-or-prefix`. */
   snapshot: string
   collection: string | null
+  /**
+   * The secret the session requires on every request (the agent passes only requests
+   * bearing it to Chroma). Derived from the session id and generation by
+   * LeaseTokens.sessionToken, so it is never stored and every replica knows it.
+   */
+  authToken: string
 }
 
 /** Names one launched thing (a pid, a task ARN) together with its launch attempt. */
