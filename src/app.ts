@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
 import swagger from '@fastify/swagger'
@@ -26,7 +26,8 @@ export interface AppDeps {
   publicUrl?: string
   bodyLimitBytes?: number
   proxyBodyLimitBytes?: number
-  logger?: FastifyServerOptions['logger']
+  /** The process's pino logger; none: the app logs nothing (tests). */
+  logger?: FastifyBaseLogger
   /** True once shutdown began: /readyz turns 503 so load balancers drain this replica. */
   isShuttingDown?: () => boolean
 }
@@ -62,7 +63,7 @@ function validator(coerceTypes: false | 'array'): Ajv {
  */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: deps.logger ?? false,
+    ...(deps.logger ? { loggerInstance: deps.logger } : { logger: false }),
     bodyLimit: deps.bodyLimitBytes ?? 1024 * 1024,
     requestIdHeader: 'x-request-id',
     genReqId: () => crypto.randomUUID(),
@@ -101,6 +102,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   await app.register(problemDetails)
   await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
+  // A connection busy when shutdown began is not idle when Fastify closes idle ones, and
+  // keep-alive would hold the close open for its timeout: ask the client to close it.
+  app.addHook('onSend', async (_request, reply) => {
+    if (deps.isShuttingDown?.()) reply.header('connection', 'close')
+  })
   app.addHook('onResponse', async (request, reply) => {
     metrics.httpDuration.observe(
       { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_class: `${Math.floor(reply.statusCode / 100)}xx` },

@@ -12,7 +12,7 @@ import t, { type Test } from 'tap'
 import { Header } from 'tar'
 import { restoreSnapshot } from '../container/agent/restore.ts'
 import { StatusFile, type AgentPhase, type AgentStatus } from '../container/agent/status.ts'
-import { freeLoopbackPort } from '../src/services/launchers/process-launcher.ts'
+import { freeLoopbackPort } from '../src/free-port.ts'
 import { startS3Fake } from './helpers/s3-fake.ts'
 import { buildSnapshotFixture, chromaAnswers, countChroma, queryChroma } from './helpers/snapshot-fixture.ts'
 

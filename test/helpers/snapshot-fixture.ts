@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { ChromaClient } from 'chromadb'
 import * as tar from 'tar'
 import { ChromaServer } from '../../container/agent/chroma-process.ts'
-import { freeLoopbackPort } from '../../src/services/launchers/process-launcher.ts'
+import { freeLoopbackPort } from '../../src/free-port.ts'
 
 /**
  * A real Chroma snapshot for tests: a persist directory written by the real server

@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { appendFile, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, writeFile } from 'node:fs/promises'
-import { createServer, type AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
+import { freeLoopbackPort } from '../../free-port.ts'
 import type { AgentStatus } from '../../../container/agent/status.ts'
 import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from './launcher.ts'
 
@@ -74,7 +74,7 @@ export class ProcessLauncher implements Launcher {
     if (!(await createExclusive(join(dir, 'claim'), `${process.pid}\n`))) {
       return { ref: String(await this.waitForWinner(dir, spec.sessionId, spec.generation)) }
     }
-    const port = await freeLoopbackPort()
+    const port = await freeLoopbackPort(AGENT_HOST)
     let pid: number | undefined
     try {
       await writeFile(join(dir, 'port'), `${port}\n`)
@@ -212,17 +212,6 @@ export class ProcessLauncher implements Launcher {
     await removeData(dir)
     return { state: 'stopped', reason: goneReason(status) }
   }
-}
-
-/** Binds port 0 on loopback to let the kernel pick a free port, then frees it for the caller. */
-export async function freeLoopbackPort(): Promise<number> {
-  const server = createServer()
-  server.listen(0, AGENT_HOST)
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  server.close()
-  await once(server, 'close')
-  return port
 }
 
 function launchDirName(sessionId: string, generation: number): string {

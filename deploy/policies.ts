@@ -1,0 +1,164 @@
+/**
+ * The IAM policy documents of chroma-lease, as pure functions of the ARNs they are
+ * scoped to, so that the unit tests can read exactly what gets deployed.
+ *
+ * Least privilege, as the design asks:
+ *   - the control plane may run only the session task definition, pass only the
+ *     session's two roles, and stop/describe/list/tag tasks only in its cluster;
+ *   - S3 is the snapshot bucket only (sessions read and write snapshots, the control
+ *     plane reads them to resolve a snapshot URI);
+ *   - the state machine may call only the control plane's URL over HTTP Tasks, with
+ *     its one EventBridge connection and that connection's secret.
+ */
+
+export interface PolicyStatement {
+  Sid?: string
+  Effect: 'Allow' | 'Deny'
+  Action: string | string[]
+  Resource: string | string[]
+  Condition?: Record<string, Record<string, string | string[]>>
+}
+
+export interface PolicyDocument {
+  Version: '2012-10-17'
+  Statement: PolicyStatement[]
+}
+
+const doc = (...Statement: PolicyStatement[]): PolicyDocument => ({ Version: '2012-10-17', Statement })
+
+/** A role's trust policy: who may assume it (Principal, not Resource). */
+export function trustPolicy(service: string, sourceAccount?: string): object {
+  return {
+    Version: '2012-10-17',
+    Statement: [
+      {
+        Effect: 'Allow',
+        Principal: { Service: service },
+        Action: 'sts:AssumeRole',
+        ...(sourceAccount ? { Condition: { StringEquals: { 'aws:SourceAccount': sourceAccount } } } : {}),
+      },
+    ],
+  }
+}
+
+export interface ControlPlaneTaskPolicyArgs {
+  partition: string
+  region: string
+  accountId: string
+  clusterArn: string
+  clusterName: string
+  /** The session task definition's family: RunTask is allowed on its revisions only. */
+  sessionTaskFamily: string
+  sessionExecutionRoleArn: string
+  sessionTaskRoleArn: string
+  snapshotBucketArn: string
+}
+
+/** What the control plane's own code does with AWS: the Fargate launcher and snapshot lookups. */
+export function controlPlaneTaskPolicy(a: ControlPlaneTaskPolicyArgs): PolicyDocument {
+  const inCluster = { ArnEquals: { 'ecs:cluster': a.clusterArn } }
+  const taskDefinition = `arn:${a.partition}:ecs:${a.region}:${a.accountId}:task-definition/${a.sessionTaskFamily}:*`
+  const tasksInCluster = `arn:${a.partition}:ecs:${a.region}:${a.accountId}:task/${a.clusterName}/*`
+  return doc(
+    { Sid: 'RunSessionTasks', Effect: 'Allow', Action: 'ecs:RunTask', Resource: taskDefinition, Condition: inCluster },
+    {
+      // RunTask with tags (the session id the orphan sweeper matches on) needs TagResource on create.
+      Sid: 'TagSessionTasksOnCreate',
+      Effect: 'Allow',
+      Action: 'ecs:TagResource',
+      Resource: tasksInCluster,
+      Condition: { StringEquals: { 'ecs:CreateAction': 'RunTask' } },
+    },
+    { Sid: 'ManageSessionTasks', Effect: 'Allow', Action: ['ecs:StopTask', 'ecs:DescribeTasks'], Resource: tasksInCluster, Condition: inCluster },
+    // ListTasks is authorised on container instances, not tasks: scope it by the cluster condition.
+    { Sid: 'ListSessionTasks', Effect: 'Allow', Action: 'ecs:ListTasks', Resource: '*', Condition: inCluster },
+    {
+      Sid: 'PassSessionRoles',
+      Effect: 'Allow',
+      Action: 'iam:PassRole',
+      Resource: [a.sessionExecutionRoleArn, a.sessionTaskRoleArn],
+      Condition: { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
+    },
+    { Sid: 'ReadSnapshotBucket', Effect: 'Allow', Action: ['s3:ListBucket', 's3:GetBucketLocation'], Resource: a.snapshotBucketArn },
+    { Sid: 'ReadSnapshots', Effect: 'Allow', Action: 's3:GetObject', Resource: `${a.snapshotBucketArn}/*` },
+  )
+}
+
+/** A session restores its snapshot and may save a new version of it: the snapshot bucket only. */
+export function sessionTaskPolicy(snapshotBucketArn: string): PolicyDocument {
+  return doc(
+    { Sid: 'ListSnapshotBucket', Effect: 'Allow', Action: ['s3:ListBucket', 's3:GetBucketLocation'], Resource: snapshotBucketArn },
+    {
+      Sid: 'ReadWriteSnapshots',
+      Effect: 'Allow',
+      Action: ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload', 's3:ListMultipartUploadParts'],
+      Resource: `${snapshotBucketArn}/*`,
+    },
+  )
+}
+
+export interface ExecutionRolePolicyArgs {
+  logGroupArn: string
+  /** ECR repositories the image comes from (none for a public registry image). */
+  ecrRepositoryArns: string[]
+  /** Secrets Manager secrets injected as environment variables. */
+  secretArns?: string[]
+}
+
+/** What ECS itself needs to start a task: pull its image, write its logs, read its secrets. */
+export function executionRolePolicy(a: ExecutionRolePolicyArgs): PolicyDocument {
+  const statements: PolicyStatement[] = [
+    { Sid: 'WriteLogs', Effect: 'Allow', Action: ['logs:CreateLogStream', 'logs:PutLogEvents'], Resource: `${a.logGroupArn}:*` },
+  ]
+  if (a.ecrRepositoryArns.length) {
+    // GetAuthorizationToken has no resource-level permission.
+    statements.push({ Sid: 'EcrLogin', Effect: 'Allow', Action: 'ecr:GetAuthorizationToken', Resource: '*' })
+    statements.push({
+      Sid: 'PullImage',
+      Effect: 'Allow',
+      Action: ['ecr:BatchGetImage', 'ecr:GetDownloadUrlForLayer', 'ecr:BatchCheckLayerAvailability'],
+      Resource: a.ecrRepositoryArns,
+    })
+  }
+  if (a.secretArns?.length) {
+    statements.push({ Sid: 'ReadSecrets', Effect: 'Allow', Action: 'secretsmanager:GetSecretValue', Resource: a.secretArns })
+  }
+  return doc(...statements)
+}
+
+export interface StateMachinePolicyArgs {
+  stateMachineArns: string[]
+  /** https://host of the control plane, no trailing slash. */
+  controlPlaneUrl: string
+  connectionArn: string
+  connectionSecretArn: string
+}
+
+/** HTTP Tasks to the control plane only, through the one connection. */
+export function stateMachinePolicy(a: StateMachinePolicyArgs): PolicyDocument {
+  return doc(
+    {
+      Sid: 'InvokeControlPlane',
+      Effect: 'Allow',
+      Action: 'states:InvokeHTTPEndpoint',
+      Resource: a.stateMachineArns,
+      Condition: {
+        StringEquals: { 'states:HTTPMethod': ['GET', 'POST', 'DELETE'] },
+        StringLike: { 'states:HTTPEndpoint': `${a.controlPlaneUrl}/v1/*` },
+      },
+    },
+    { Sid: 'UseConnection', Effect: 'Allow', Action: 'events:RetrieveConnectionCredentials', Resource: a.connectionArn },
+    {
+      Sid: 'ReadConnectionSecret',
+      Effect: 'Allow',
+      Action: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
+      Resource: a.connectionSecretArn,
+    },
+  )
+}
+
+/** `123456789012.dkr.ecr.eu-west-1.amazonaws.com/repo:tag` to the repository's ARN; null for other registries. */
+export function ecrRepositoryArn(image: string, partition = 'aws'): string | null {
+  const m = /^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?\/([^:@]+)/.exec(image)
+  return m ? `arn:${partition}:ecr:${m[2]}:${m[1]}:repository/${m[3]}` : null
+}

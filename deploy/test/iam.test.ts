@@ -1,0 +1,159 @@
+import t from 'tap'
+import { ecrRepositoryArn, type PolicyDocument, type PolicyStatement } from '../policies.ts'
+import { ACCOUNT, installMocks, one, resourcesOf, settled } from './helpers/mocks.ts'
+import { DOMAIN, testConfig } from './helpers/config.ts'
+
+// IAM scoping of the Pulumi program, read from the policies it registers (pulumi
+// runtime mocks): the control plane runs only the session task definition, passes only
+// the session's two roles, stops/describes/lists tasks only in its cluster, touches S3
+// only in the snapshot bucket; the state machine calls only the control plane's URL
+// through its one connection.
+
+installMocks()
+const { createStack } = await import('../stack.ts')
+createStack(testConfig('iam'))
+createStack(testConfig('public', { controlPlaneImage: 'ghcr.io/example/chroma-lease:1.0.0', snapshotBucketName: 'corp-chroma-snapshots' }))
+await settled()
+
+const ROLE_POLICY = 'aws:iam/rolePolicy:RolePolicy'
+const policy = (prefix: string, name: string) => JSON.parse(one(prefix, ROLE_POLICY, name).inputs.policy) as PolicyDocument
+const list = (x: string | string[]) => (Array.isArray(x) ? x : [x])
+const statement = (doc: PolicyDocument, sid: string) => {
+  const s = doc.Statement.find((x) => x.Sid === sid)
+  if (!s) throw new Error(`no statement ${sid} in ${JSON.stringify(doc)}`)
+  return s
+}
+
+const cluster = `arn:aws:ecs:eu-west-1:${ACCOUNT}:cluster/iam`
+const bucket = 'arn:aws:s3:::iam-snapshots-bucket'
+const tasksInCluster = `arn:aws:ecs:eu-west-1:${ACCOUNT}:task/iam/*`
+
+t.test('no policy grants a wildcard action or an unconditioned wildcard resource', async (t) => {
+  const allowedStarResource = new Set(['ecr:GetAuthorizationToken', 'ecs:ListTasks'])
+  for (const prefix of ['iam', 'public']) {
+    const policies = resourcesOf(prefix, ROLE_POLICY)
+    t.equal(policies.length, 5, 'five roles, each with one inline policy')
+    t.equal(resourcesOf(prefix, 'aws:iam/rolePolicyAttachment:RolePolicyAttachment').length, 0, 'no managed policies attached')
+    for (const r of policies) {
+      const doc = JSON.parse(r.inputs.policy) as PolicyDocument
+      for (const s of doc.Statement) {
+        t.equal(s.Effect, 'Allow')
+        for (const a of list(s.Action)) t.notMatch(a, /\*/, `${r.name}: ${a} is a single action`)
+        if (list(s.Resource).includes('*')) {
+          t.ok(list(s.Action).every((a) => allowedStarResource.has(a)), `${r.name}: Resource * only for ${[...allowedStarResource].join(', ')}`)
+          if (list(s.Action).includes('ecs:ListTasks')) t.same(s.Condition, { ArnEquals: { 'ecs:cluster': `arn:aws:ecs:eu-west-1:${ACCOUNT}:cluster/${prefix}` } })
+        }
+      }
+    }
+  }
+})
+
+t.test('the control plane runs only the session task definition, in its cluster', async (t) => {
+  const doc = policy('iam', 'control-plane-task')
+  const run = statement(doc, 'RunSessionTasks')
+  t.same(run.Action, 'ecs:RunTask')
+  t.same(run.Resource, `arn:aws:ecs:eu-west-1:${ACCOUNT}:task-definition/iam-session:*`, 'the session family, any revision')
+  t.same(run.Condition, { ArnEquals: { 'ecs:cluster': cluster } })
+  const manage = statement(doc, 'ManageSessionTasks')
+  t.same(manage.Action, ['ecs:StopTask', 'ecs:DescribeTasks'])
+  t.same(manage.Resource, tasksInCluster, 'tasks of its cluster only')
+  t.same(manage.Condition, { ArnEquals: { 'ecs:cluster': cluster } })
+  const tag = statement(doc, 'TagSessionTasksOnCreate')
+  t.same(tag.Resource, tasksInCluster)
+  t.same(tag.Condition, { StringEquals: { 'ecs:CreateAction': 'RunTask' } }, 'tagging only as part of RunTask')
+  // every ECS action the control plane has, listed
+  const ecsActions = doc.Statement.flatMap((s) => list(s.Action)).filter((a) => a.startsWith('ecs:')).sort()
+  t.same(ecsActions, ['ecs:DescribeTasks', 'ecs:ListTasks', 'ecs:RunTask', 'ecs:StopTask', 'ecs:TagResource'])
+})
+
+t.test('iam:PassRole only for the session task definition\'s two roles, only to ECS tasks', async (t) => {
+  const doc = policy('iam', 'control-plane-task')
+  const pass = statement(doc, 'PassSessionRoles')
+  t.same(pass.Resource, [`arn:aws:iam::${ACCOUNT}:role/iam-session-execution`, `arn:aws:iam::${ACCOUNT}:role/iam-session-task`])
+  t.same(pass.Condition, { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } })
+  const td = one('iam', 'aws:ecs/taskDefinition:TaskDefinition', 'session')
+  t.same(list(pass.Resource).sort(), [td.inputs.executionRoleArn, td.inputs.taskRoleArn].sort(), 'exactly the roles of the session task definition')
+  for (const r of resourcesOf('iam', ROLE_POLICY)) {
+    if (r.name === 'iam-control-plane-task') continue
+    t.notMatch(r.inputs.policy, /iam:PassRole/, `${r.name} cannot pass roles`)
+  }
+})
+
+t.test('S3 only on the snapshot bucket', async (t) => {
+  for (const [prefix, arn] of [['iam', bucket], ['public', 'arn:aws:s3:::corp-chroma-snapshots']] as const) {
+    for (const name of ['control-plane-task', 'session-task']) {
+      const s3 = policy(prefix, name).Statement.filter((s) => list(s.Action).some((a) => a.startsWith('s3:')))
+      t.ok(s3.length > 0)
+      for (const s of s3) {
+        for (const r of list(s.Resource)) t.ok(r === arn || r === `${arn}/*`, `${prefix}-${name}: ${r} is the snapshot bucket`)
+      }
+    }
+    t.notMatch(JSON.stringify(policy(prefix, 'control-plane-task')), /s3:PutObject|s3:DeleteObject/, 'the control plane only reads snapshots')
+    t.notMatch(JSON.stringify(policy(prefix, 'session-task')), /s3:DeleteObject/, 'sessions add versions, never delete')
+    const sessionActions = policy(prefix, 'session-task').Statement.flatMap((s) => list(s.Action))
+    t.ok(sessionActions.every((a) => a.startsWith('s3:')), 'a session has S3 and nothing else')
+  }
+})
+
+t.test('execution roles: their own log group, their own image repository, their own secrets', async (t) => {
+  const session = policy('iam', 'session-execution')
+  t.same(statement(session, 'WriteLogs').Resource, `arn:aws:logs:eu-west-1:${ACCOUNT}:log-group:/ecs/iam/sessions:*`)
+  t.same(statement(session, 'PullImage').Resource, [`arn:aws:ecr:eu-west-1:${ACCOUNT}:repository/chroma-lease/session`])
+  t.notOk(session.Statement.some((s) => s.Sid === 'ReadSecrets'), 'sessions get no secrets')
+  const cp = policy('iam', 'control-plane-execution')
+  t.same(statement(cp, 'PullImage').Resource, [`arn:aws:ecr:eu-west-1:${ACCOUNT}:repository/chroma-lease/control-plane`])
+  t.same(statement(cp, 'ReadSecrets').Resource, [
+    `arn:aws:secretsmanager:eu-west-1:${ACCOUNT}:secret:iam/database-url-AbCdEf`,
+    `arn:aws:secretsmanager:eu-west-1:${ACCOUNT}:secret:iam/api-keys-AbCdEf`,
+  ])
+  // an image from another registry: nothing to grant on ECR
+  const publicCp = policy('public', 'control-plane-execution')
+  t.notOk(publicCp.Statement.some((s) => list(s.Action).some((a) => a.startsWith('ecr:'))))
+  t.equal(ecrRepositoryArn('123456789012.dkr.ecr.us-east-2.amazonaws.com/team/app@sha256:abc'), 'arn:aws:ecr:us-east-2:123456789012:repository/team/app')
+  t.equal(ecrRepositoryArn('public.ecr.aws/x/y:1'), null)
+})
+
+t.test('the state machine calls the control plane only, through its one connection', async (t) => {
+  const doc = policy('iam', 'state-machine')
+  t.equal(doc.Statement.length, 3)
+  const invoke = statement(doc, 'InvokeControlPlane')
+  t.same(invoke.Action, 'states:InvokeHTTPEndpoint')
+  t.same(invoke.Resource, [`arn:aws:states:eu-west-1:${ACCOUNT}:stateMachine:iam-lease-query`, `arn:aws:states:eu-west-1:${ACCOUNT}:stateMachine:iam-lease-map-query`])
+  t.same(invoke.Condition, {
+    StringEquals: { 'states:HTTPMethod': ['GET', 'POST', 'DELETE'] },
+    StringLike: { 'states:HTTPEndpoint': `https://${DOMAIN}/v1/*` },
+  })
+  const connection = one('iam', 'aws:cloudwatch/eventConnection:EventConnection', 'connection').state
+  t.same(statement(doc, 'UseConnection'), { Sid: 'UseConnection', Effect: 'Allow', Action: 'events:RetrieveConnectionCredentials', Resource: connection.arn })
+  t.same(statement(doc, 'ReadConnectionSecret').Resource, connection.secretArn, "the connection's own secret, not events!connection/*")
+  // the state machines' ARNs in the policy are the ones created
+  for (const name of ['lease-query', 'lease-map-query']) {
+    t.ok(list(invoke.Resource).includes(one('iam', 'aws:sfn/stateMachine:StateMachine', name).state.arn))
+  }
+  // every HTTP Task in the definitions calls inside the allowed URL
+  for (const name of ['lease-query', 'lease-map-query']) {
+    const def = one('iam', 'aws:sfn/stateMachine:StateMachine', name).inputs.definition as string
+    for (const m of def.matchAll(/"ApiEndpoint":"([^"]+)"/g)) t.ok(m[1]!.startsWith(`https://${DOMAIN}/v1/`), m[1]!)
+    t.match(def, new RegExp(`"api":"https://${DOMAIN.replace(/\./g, '\\.')}"`))
+  }
+})
+
+t.test('trust policies: each role is assumable by its one service, from this account', async (t) => {
+  const expected: Record<string, string> = {
+    'iam-session-execution': 'ecs-tasks.amazonaws.com',
+    'iam-session-task': 'ecs-tasks.amazonaws.com',
+    'iam-control-plane-execution': 'ecs-tasks.amazonaws.com',
+    'iam-control-plane-task': 'ecs-tasks.amazonaws.com',
+    'iam-state-machine': 'states.amazonaws.com',
+  }
+  const roles = resourcesOf('iam', 'aws:iam/role:Role')
+  t.same(roles.map((r) => r.name).sort(), Object.keys(expected).sort())
+  for (const r of roles) {
+    const trust = JSON.parse(r.inputs.assumeRolePolicy)
+    t.same(trust.Statement, [
+      { Effect: 'Allow', Principal: { Service: expected[r.name] }, Action: 'sts:AssumeRole', Condition: { StringEquals: { 'aws:SourceAccount': ACCOUNT } } },
+    ], r.name)
+  }
+})
+
+export type { PolicyStatement }
