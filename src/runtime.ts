@@ -33,8 +33,16 @@ export function createLauncher(config: Config, logger: Logger): Launcher {
     rootDir: resolve(config.dataDir, 'sessions'),
     snapshotRoot: config.snapshotRoot,
     s3Endpoint: config.s3Endpoint,
+    // Local sessions read s3:// snapshots with the control plane's own AWS identity.
+    env: { AWS_REGION: config.awsRegion, ...awsCredentialEnv() },
     logger,
   })
+}
+
+const AWS_CREDENTIAL_VARS = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_CONFIG_FILE']
+
+function awsCredentialEnv(): Record<string, string> {
+  return Object.fromEntries(AWS_CREDENTIAL_VARS.flatMap((name) => (process.env[name] ? [[name, process.env[name]!]] : [])))
 }
 
 /**

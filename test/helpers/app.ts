@@ -14,6 +14,7 @@ import type { Launcher } from '../../src/services/launchers/launcher.ts'
 import { ProcessLauncher } from '../../src/services/launchers/process-launcher.ts'
 import { createWorkers, type Workers } from '../../src/workers/index.ts'
 import { freshDatabaseUrl, stopTestDatabase } from './database.ts'
+import type { S3Fake } from './s3-fake.ts'
 
 export interface TestApp {
   app: FastifyInstance
@@ -45,6 +46,8 @@ export interface TestAppOptions {
   listen?: boolean
   /** Leave the launched sessions running on teardown (restart-adoption tests). */
   keepSessions?: boolean
+  /** An S3 endpoint (test/helpers/s3-fake.ts) for s3:// snapshots: acquire checks and agents read it. */
+  s3?: S3Fake
 }
 
 let topTeardownRegistered = false
@@ -71,6 +74,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     changes,
     tokenSecret: await loadLeaseTokenSecret(db),
     snapshotRoot,
+    s3: opts.s3?.client,
     limits: {
       leaseTtlSeconds: opts.leaseTtlSeconds ?? 300,
       maxLeaseTtlSeconds: 86400,
@@ -86,7 +90,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     launcher = opts.launcher
   } else {
     sessionsDir = opts.sessionsDir ?? (await mkdtemp(join(tmpdir(), 'chroma-lease-sessions-')))
-    launcher = new ProcessLauncher({ rootDir: sessionsDir, snapshotRoot, stopGraceMs: 5_000 })
+    launcher = new ProcessLauncher({ rootDir: sessionsDir, snapshotRoot, stopGraceMs: 5_000, s3Endpoint: opts.s3?.endpoint, env: opts.s3?.env })
   }
   const workers = createWorkers({
     db,

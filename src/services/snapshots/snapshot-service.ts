@@ -1,7 +1,7 @@
 import { realpath, stat } from 'node:fs/promises'
 import { isAbsolute, relative, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
+import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { ProblemError, unprocessable } from '../errors.ts'
 import { archiveFormat, parseSnapshotUri, SnapshotUriError } from './uri.ts'
 
@@ -50,13 +50,10 @@ export class SnapshotService {
     const uri = `s3://${bucket}/${key}`
     if (!s3) return uri
     try {
-      if (archiveFormat(key)) {
-        await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: key }))
-      } else {
-        const prefix = key.endsWith('/') ? key : `${key}/`
-        const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: 1 }))
-        if (!page.KeyCount) throw unprocessable('snapshot_not_found', `no objects under ${uri}`)
-      }
+      // An archive is one object; an unpacked persist directory always has chroma.sqlite3
+      // at its root (the agent requires it), so one HEAD answers either way.
+      const probe = archiveFormat(key) ? key : `${key.endsWith('/') ? key : `${key}/`}chroma.sqlite3`
+      await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: probe }))
     } catch (err) {
       if (err instanceof ProblemError) throw err
       const name = (err as { name?: string }).name
