@@ -171,6 +171,15 @@ t.test('API keys: roles, ownership, hashed storage', async (t) => {
   t.equal(sessions.json().code, 'operator_role_required')
   const list = await app.inject({ method: 'GET', url: '/v1/sessions', headers: { 'x-api-key': operator } })
   t.equal(list.json().sessions.length, 2)
+  const listAs = async (key: string, query = '') =>
+    (await app.inject({ method: 'GET', url: `/v1/leases${query}`, headers: { 'x-api-key': key } })).json().leases.map((l: { id: string }) => l.id)
+  t.same((await listAs(client)).sort(), [id, bearer.json().id].sort(), 'a client lists its own leases')
+  t.same(await listAs(client2), [], 'and no one else\'s')
+  t.equal((await listAs(operator)).length, 2, 'an operator lists all')
+  t.same(await listAs(operator, `?sessionId=${mine.json().session.id}`), [id], 'filtered by session')
+  await app.inject({ method: 'DELETE', url: `/v1/leases/${id}`, headers: { 'x-api-key': client } })
+  t.same(await listAs(client, '?active=true'), [bearer.json().id], 'only active ones')
+
   const stored = await db.apiKey.findMany()
   t.equal(stored.length, 3)
   for (const k of stored) t.notOk([client, client2, operator].includes(k.keyHash), 'keys are stored hashed')

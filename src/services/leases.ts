@@ -268,8 +268,7 @@ export class LeaseService {
       orderBy: { createdAt: 'desc' },
       take: filter.limit,
     })
-    const sessions = new Map<string, SessionRecord>()
-    for (const id of new Set(rows.map((r) => r.sessionId))) sessions.set(id, await this.deps.sessions.get(id))
+    const sessions = await this.deps.sessions.byIds([...new Set(rows.map((r) => r.sessionId))])
     return rows.map((r) => this.view(r, sessions.get(r.sessionId)!, baseUrl))
   }
 

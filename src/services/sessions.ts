@@ -97,6 +97,13 @@ export class SessionService {
     return s
   }
 
+  /** The sessions with these ids, in one query. */
+  async byIds(ids: string[]): Promise<Map<string, SessionRecord>> {
+    if (ids.length === 0) return new Map()
+    const rows = await this.select(Prisma.sql`s.id = ANY(${ids}::uuid[])`, ids.length)
+    return new Map(rows.map((r) => [r.id, r]))
+  }
+
   async list(filter: { status?: SessionStatus[]; limit: number; before?: Date }): Promise<SessionRecord[]> {
     const conditions = [Prisma.sql`TRUE`]
     if (filter.status?.length) conditions.push(Prisma.sql`s.status::text IN (${Prisma.join(filter.status)})`)
