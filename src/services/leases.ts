@@ -101,7 +101,7 @@ export class LeaseService {
       if (replay) return { lease: replay, created: false }
     }
 
-    const snapshot = await this.deps.snapshots.resolve(input.snapshot)
+    const snapshot = await this.deps.snapshots.canonical(input.snapshot)
     const lease = {
       id: randomUUID(),
       principal: principal.id,
@@ -112,17 +112,17 @@ export class LeaseService {
     }
     const token = tokens.mint(lease.id)
     let sessionId: string | null = null
+    let launchSnapshot: string | undefined
     let now = clock.now()
     try {
       for (let attempt = 0; sessionId === null && attempt < MAX_ATTACH_ATTEMPTS; attempt++) {
         now = clock.now()
-        if (mode === 'shared') {
-          const poolKey = `${snapshot}#${input.collection ?? ''}`
-          sessionId =
-            (await this.attach(poolKey, lease, token, now)) ??
-            (await this.createWithLease({ mode, poolKey, snapshot, collection: input.collection, idleTtlSeconds }, lease, token, now))
-        } else {
-          sessionId = await this.createWithLease({ mode, poolKey: null, snapshot, collection: input.collection, idleTtlSeconds }, lease, token, now)
+        const poolKey = mode === 'shared' ? `${snapshot}#${input.collection ?? ''}` : null
+        sessionId = poolKey === null ? null : await this.attach(poolKey, lease, token, now)
+        if (sessionId === null) {
+          // Only a new session needs the snapshot checked (and pinned) in its store.
+          launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
+          sessionId = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds }, lease, token, now)
         }
       }
     } catch (err) {

@@ -7,23 +7,27 @@ import { archiveFormat, parseSnapshotUri, SnapshotUriError } from './uri.ts'
 
 /**
  * Decides on acquire whether a snapshot can be served, so that a typo is a 422 at
- * once rather than a session that fails a minute later. Returns the canonical URI
- * (symlinks resolved, percent-encoding normalised) that pool keys are built from.
+ * once rather than a session that fails a minute later, in two steps:
+ * - canonical(): every acquire. Syntax, scheme and the file:// root, with no remote
+ *   call; the canonical URI (symlinks resolved) is what pool keys are built from.
+ * - forLaunch(): only when a new session is created. Checks that the snapshot exists
+ *   and returns the URI the session is launched with and keeps for its whole life.
  */
 export class SnapshotService {
   constructor(
     private readonly opts: { snapshotRoot: string; s3?: S3Client },
   ) {}
 
-  async resolve(uri: string): Promise<string> {
-    let loc
-    try {
-      loc = parseSnapshotUri(uri)
-    } catch (err) {
-      if (err instanceof SnapshotUriError) throw unprocessable('invalid_snapshot', err.message)
-      throw err
-    }
-    return loc.scheme === 'file' ? this.resolveFile(loc.path) : this.resolveS3(loc.bucket, loc.key)
+  async canonical(uri: string): Promise<string> {
+    const loc = parse(uri)
+    return loc.scheme === 'file' ? this.resolveFile(loc.path) : `s3://${loc.bucket}/${loc.key}`
+  }
+
+  /** Takes a canonical URI; file:// snapshots were checked by canonical() already. */
+  async forLaunch(canonicalUri: string): Promise<string> {
+    const loc = parse(canonicalUri)
+    if (loc.scheme === 's3') await this.assertS3Snapshot(loc.bucket, loc.key)
+    return canonicalUri
   }
 
   private async resolveFile(path: string): Promise<string> {
@@ -45,10 +49,10 @@ export class SnapshotService {
     return pathToFileURL(real).href
   }
 
-  private async resolveS3(bucket: string, key: string): Promise<string> {
+  private async assertS3Snapshot(bucket: string, key: string): Promise<void> {
     const s3 = this.opts.s3
     const uri = `s3://${bucket}/${key}`
-    if (!s3) return uri
+    if (!s3) return
     try {
       // An archive is one object; an unpacked persist directory always has chroma.sqlite3
       // at its root (the agent requires it), so one HEAD answers either way.
@@ -65,7 +69,15 @@ export class SnapshotService {
       }
       throw new ProblemError(502, 'snapshot_store_unavailable', 'Bad Gateway', `could not check ${uri}: ${(err as Error).message}`)
     }
-    return uri
+  }
+}
+
+function parse(uri: string) {
+  try {
+    return parseSnapshotUri(uri)
+  } catch (err) {
+    if (err instanceof SnapshotUriError) throw unprocessable('invalid_snapshot', err.message)
+    throw err
   }
 }
 
