@@ -232,28 +232,32 @@ export class LeaseService {
     const row = await this.find(principal, id)
     const now = clock.now()
     const ttl = ttlSeconds ?? row.ttlSeconds
+    const expiresAt = expiry(now, ttl)
     const updated = await db.$executeRaw`
-      UPDATE leases SET expires_at = ${expiry(now, ttl)}, ttl_seconds = ${ttl}
+      UPDATE leases SET expires_at = ${expiresAt}, ttl_seconds = ${ttl}
       WHERE id = ${id}::uuid AND ended_at IS NULL AND expires_at > ${now}`
     if (updated === 0) {
       throw gone('lease_ended', `lease ${id} is ${leaseStatus(row, now)} and cannot be renewed; acquire a new one`)
     }
-    return this.get(principal, id, 0, baseUrl)
+    return this.view({ ...row, expiresAt, ttlSeconds: ttl }, await this.deps.sessions.get(row.sessionId), baseUrl)
   }
 
   /** Ends a lease. Releasing an ended lease is a no-op that answers with its state. */
   async release(principal: Principal, id: string, baseUrl: string): Promise<LeaseView> {
     const now = this.deps.clock.now()
-    await this.find(principal, id)
-    await this.deps.db.$executeRaw`
+    const row = await this.find(principal, id)
+    const [ended] = await this.deps.db.$queryRaw<Array<{ ended_at: Date; end_reason: string }>>`
       WITH l AS (
         UPDATE leases SET ended_at = LEAST(${now}, expires_at),
                           end_reason = CASE WHEN expires_at <= ${now} THEN 'expired' ELSE 'released' END
         WHERE id = ${id}::uuid AND ended_at IS NULL
-        RETURNING id, session_id, end_reason)
-      INSERT INTO session_events (session_id, at, type, lease_id)
-      SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l`
-    return this.get(principal, id, 0, baseUrl)
+        RETURNING id, session_id, ended_at, end_reason),
+      e AS (
+        INSERT INTO session_events (session_id, at, type, lease_id)
+        SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l)
+      SELECT ended_at, end_reason FROM l`
+    const current = ended ? { ...row, endedAt: ended.ended_at, endReason: ended.end_reason } : row
+    return this.view(current, await this.deps.sessions.get(row.sessionId), baseUrl)
   }
 
   /** Leases visible to the caller: their own, or all for an operator. */
