@@ -1,0 +1,121 @@
+/**
+ * `npm run demo`: chroma-lease end to end on this machine, in about a minute.
+ *
+ * Builds a small receipts snapshot (deterministic embeddings, no model downloads),
+ * starts the real control plane on embedded defaults in a temporary directory, runs
+ * concurrent workflow steps that each acquire a lease, query through the proxy with
+ * the official chromadb client and through the JSON query route, and release; then
+ * waits for the shared session to stop after its idle TTL and prints its timeline.
+ */
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { ChromaClient } from 'chromadb'
+import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
+import { createLogger, openRuntime } from '../src/runtime.ts'
+import { buildSnapshotFixture } from '../test/helpers/snapshot-fixture.ts'
+
+const STEPS = 6
+const IDLE_TTL_SECONDS = 5
+
+const say = (line: string) => console.log(`${((performance.now() - t0) / 1000).toFixed(1).padStart(5)}s  ${line}`)
+const t0 = performance.now()
+
+const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-demo-'))
+await chmod(dir, 0o755) // the embedded Postgres runs as the postgres user
+const snapshots = join(dir, 'snapshots')
+say('building a receipts snapshot: 500 receipts, 32-dim deterministic embeddings')
+const receipts = await buildSnapshotFixture(snapshots, { collection: 'receipts', count: 500, dim: 32, seed: 7 })
+
+const config = loadConfig({
+  DATA_DIR: join(dir, 'data'),
+  SNAPSHOT_ROOT: snapshots,
+  PORT: '0',
+  LOG_LEVEL: 'warn',
+  IDLE_TTL_SECONDS: String(IDLE_TTL_SECONDS),
+  RECONCILE_INTERVAL_SECONDS: '0.2',
+  SWEEP_INTERVAL_SECONDS: '1',
+})
+const logger = createLogger(config.logLevel)
+const runtime = await openRuntime(config, logger)
+const app = await buildApp({ db: runtime.db, clock: runtime.clock, services: runtime.services, logger })
+const base = await app.listen({ host: '127.0.0.1', port: 0 })
+runtime.workers.start()
+const { port } = new URL(base)
+say(`control plane on ${base} (embedded Postgres, sessions as local processes)`)
+
+async function api(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+  const json = (await res.json()) as any
+  if (!res.ok) throw new Error(`${method} ${path} answered ${res.status}: ${json.detail ?? JSON.stringify(json)}`)
+  return json
+}
+
+/** One workflow step: lease, query twice, release. */
+async function workflowStep(n: number) {
+  const lease = await api(
+    'POST',
+    '/v1/leases',
+    { snapshot: `file://${receipts.tarPath}`, collection: 'receipts', waitSeconds: 40, holder: `workflow-${n}` },
+    { 'idempotency-key': `demo-step-${n}` },
+  )
+  say(`step ${n}: lease ${lease.id.slice(0, 8)} on session ${lease.session.id.slice(0, 8)} (${lease.session.status}, ${lease.session.leaseCount} lease(s))`)
+
+  // The official client, pointed at the control plane with the lease token.
+  const chroma = new ChromaClient({ host: '127.0.0.1', port: Number(port), ssl: false, headers: { 'x-chroma-token': lease.token } })
+  const collection = await chroma.getCollection({ name: 'receipts' })
+  const target = n * 37
+  const hits = await collection.query({ queryEmbeddings: [receipts.vector(target)], nResults: 2, include: ['documents', 'distances'] })
+  say(`step ${n}: nearest to receipt ${target} via the proxy → "${hits.documents[0]![0]}"`)
+
+  // The JSON route, as a Step Functions HTTP Task would call it.
+  const json = await api(
+    'POST',
+    `/v1/sessions/${lease.session.id}/query`,
+    { collection: 'receipts', queryEmbeddings: [receipts.vector(target + 1)], nResults: 1 },
+    { 'x-chroma-token': lease.token },
+  )
+  say(`step ${n}: nearest to receipt ${target + 1} via /query → ${json.ids[0][0]}`)
+
+  await sleep(300 + n * 200)
+  const released = await api('DELETE', `/v1/leases/${lease.id}`)
+  say(`step ${n}: released; the session now has ${released.session.leaseCount} lease(s)`)
+  return lease.session.id as string
+}
+
+let exitCode = 0
+try {
+  say(`${STEPS} workflow steps start at once`)
+  const sessionIds = await Promise.all(Array.from({ length: STEPS }, (_, i) => workflowStep(i + 1)))
+  const [sessionId] = new Set(sessionIds)
+  say(`all ${STEPS} steps shared ${new Set(sessionIds).size} session; it is idle now and stops after ${IDLE_TTL_SECONDS}s`)
+
+  let session = await api('GET', `/v1/sessions/${sessionId}`)
+  while (session.status !== 'STOPPED' && session.status !== 'FAILED') {
+    await sleep(500)
+    session = await api('GET', `/v1/sessions/${sessionId}`)
+  }
+  say(`session ${session.status} (${session.stopReason})`)
+
+  const { events } = await api('GET', `/v1/sessions/${sessionId}/events?limit=1000`)
+  const start = Date.parse(events[0].at)
+  console.log('\nsession timeline:')
+  for (const e of events) {
+    const reason = e.reason ? ` (${e.reason})` : ''
+    console.log(`  +${((Date.parse(e.at) - start) / 1000).toFixed(2).padStart(6)}s  ${e.type}${reason}`)
+  }
+} catch (err) {
+  console.error(err)
+  exitCode = 1
+} finally {
+  await app.close()
+  await runtime.close()
+  await rm(dir, { recursive: true, force: true })
+}
+process.exit(exitCode)
