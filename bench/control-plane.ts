@@ -1,0 +1,42 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { freeLoopbackPort } from '../src/free-port.ts'
+
+/** The control plane as `npm start` runs it, in a process of its own so its RSS is its own. */
+export interface RunningControlPlane {
+  url: string
+  pid: number
+  /** The embedded Postgres it started (for pgbench on the same server). */
+  databaseUrl: string
+  stop(): Promise<void>
+}
+
+export async function startControlPlane(dataDir: string, env: Record<string, string>): Promise<RunningControlPlane> {
+  const port = await freeLoopbackPort()
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  })
+  const url = `http://127.0.0.1:${port}`
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`the control plane exited with ${child.exitCode}`)
+    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false)
+    if (ok) break
+    if (i > 600) throw new Error('the control plane did not become ready in 60 s')
+    await sleep(100)
+  }
+  const pidFile = (await readFile(join(dataDir, 'postgres', 'postmaster.pid'), 'utf8')).split('\n')
+  return {
+    url,
+    pid: child.pid!,
+    databaseUrl: `postgresql://chroma_lease:chroma_lease@127.0.0.1:${pidFile[3]}/chroma_lease`,
+    async stop() {
+      if (child.exitCode !== null) return
+      child.kill('SIGTERM')
+      await once(child, 'exit')
+    },
+  }
+}

@@ -1,0 +1,202 @@
+/**
+ * `npm run bench`: the control plane's performance, as ratios measured in one run on
+ * one machine (it is shared and noisy; absolute numbers drift, ratios less so).
+ *
+ * 1. Lease operations: acquire + release on a READY shared session at 64 concurrent
+ *    clients, beside pgbench's simple-update TPS on the same Postgres.
+ * 2. Queries through the proxy beside the same queries sent to the session directly.
+ * 3. The control plane's RSS under that load.
+ *
+ * Options: --seconds=N (per measured phase, default 15), --only=leases|proxy.
+ * Writes BENCHMARKS.md (the results section) and prints a summary.
+ */
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { cpus, tmpdir, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { Pool } from 'undici'
+import { buildSnapshotFixture } from '../test/helpers/snapshot-fixture.ts'
+import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
+import { stopAll } from '../test/helpers/app.ts'
+import { startControlPlane } from './control-plane.ts'
+import { closedLoop, Latencies, sampleRss, timed } from './load.ts'
+
+const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]
+const SECONDS = Number(arg('seconds') ?? 15)
+const ONLY = arg('only')
+const LEASE_CLIENTS = 64
+const QUERY_CLIENTS = 16
+const PGBENCH_CLIENTS = 16
+
+const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-bench-'))
+await chmod(dir, 0o755)
+console.log('building a 4000 x 128 snapshot')
+const fixture = await buildSnapshotFixture(join(dir, 'snapshots'), { collection: 'bench', count: 4000, dim: 128 })
+const cp = await startControlPlane(join(dir, 'data'), {
+  SNAPSHOT_ROOT: join(dir, 'snapshots'),
+  IDLE_TTL_SECONDS: '600',
+  LEASE_TTL_SECONDS: '600',
+})
+const api = new Pool(cp.url, { connections: LEASE_CLIENTS, pipelining: 1 })
+const results: Record<string, unknown> = {}
+
+try {
+  // One long lease keeps the shared session READY throughout.
+  const holder = JSON.parse(
+    await timed(api, new Latencies(), {
+      method: 'POST',
+      path: '/v1/leases',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ snapshot: `file://${fixture.tarPath}`, collection: 'bench', waitSeconds: 50, holder: 'bench' }),
+    }, 201),
+  )
+  if (holder.session.status !== 'READY') throw new Error(`session is ${holder.session.status}: ${holder.session.error}`)
+
+  if (!ONLY || ONLY === 'leases') results.leases = await benchLeases()
+  if (!ONLY || ONLY === 'proxy') results.proxy = await benchProxy(holder)
+} finally {
+  await api.close()
+  await cp.stop()
+  // Sessions outlive the control plane by design; stop the one the bench started.
+  await stopAll(new ProcessLauncher({ rootDir: join(dir, 'data', 'sessions') }))
+  await rm(dir, { recursive: true, force: true })
+}
+await report(results)
+
+async function benchLeases() {
+  const body = JSON.stringify({ snapshot: `file://${fixture.tarPath}`, collection: 'bench' })
+  const acquire = new Latencies()
+  const release = new Latencies()
+  const pair = async () => {
+    const lease = JSON.parse(await timed(api, acquire, { method: 'POST', path: '/v1/leases', headers: { 'content-type': 'application/json' }, body }, 201))
+    await timed(api, release, { method: 'DELETE', path: `/v1/leases/${lease.id}` }, 200)
+  }
+  console.log(`leases: warm-up, then ${SECONDS}s at ${LEASE_CLIENTS} clients`)
+  await closedLoop(LEASE_CLIENTS, 3, pair)
+  acquire.reset()
+  release.reset()
+  const rss = sampleRss(cp.pid)
+  const run = await closedLoop(LEASE_CLIENTS, SECONDS, pair)
+  const memory = await rss.stop()
+  const pairsPerSecond = run.iterations / run.seconds
+  console.log('pgbench: simple-update (-N) on the same Postgres')
+  const pgbenchTps = pgbench(cp.databaseUrl)
+  return {
+    pairsPerSecond,
+    opsPerSecond: pairsPerSecond * 2,
+    acquire: acquire.summary(),
+    release: release.summary(),
+    pgbenchTps,
+    ratioToPgbench: (pairsPerSecond * 2) / pgbenchTps,
+    memory,
+  }
+}
+
+async function benchProxy(holder: { token: string; session: { endpoint: { url: string } } }) {
+  const direct = new Pool(holder.session.endpoint.url, { connections: QUERY_CLIENTS })
+  const collectionPath = '/api/v2/tenants/default_tenant/databases/default_database/collections'
+  const collection = JSON.parse(await timed(direct, new Latencies(), { method: 'GET', path: `${collectionPath}/bench` }, 200))
+  const queryPath = `${collectionPath}/${collection.id}/query`
+  const bodies = Array.from({ length: 64 }, (_, i) =>
+    JSON.stringify({ query_embeddings: [fixture.vector(i * 7)], n_results: 10, include: ['distances', 'documents'] }),
+  )
+  const phase = async (pool: Pool, headers: Record<string, string>, latencies: Latencies, seconds: number) => {
+    let i = 0
+    return closedLoop(QUERY_CLIENTS, seconds, () =>
+      timed(pool, latencies, { method: 'POST', path: queryPath, headers: { 'content-type': 'application/json', ...headers }, body: bodies[i++ % bodies.length] }, 200).then(() => {}),
+    )
+  }
+  const viaProxy = { 'x-chroma-token': holder.token }
+  console.log(`proxy: warm-up, then 2 x ${SECONDS / 2}s direct and through the proxy, interleaved, at ${QUERY_CLIENTS} clients`)
+  await phase(direct, {}, new Latencies(), 2)
+  await phase(api, viaProxy, new Latencies(), 2)
+  const d = new Latencies()
+  const p = new Latencies()
+  let directRun = { iterations: 0, seconds: 0 }
+  let proxyRun = { iterations: 0, seconds: 0 }
+  const rss = sampleRss(cp.pid)
+  for (let round = 0; round < 2; round++) {
+    const a = await phase(direct, {}, d, SECONDS / 2)
+    const b = await phase(api, viaProxy, p, SECONDS / 2)
+    directRun = { iterations: directRun.iterations + a.iterations, seconds: directRun.seconds + a.seconds }
+    proxyRun = { iterations: proxyRun.iterations + b.iterations, seconds: proxyRun.seconds + b.seconds }
+  }
+  const memory = await rss.stop()
+  await direct.close()
+  const directRps = directRun.iterations / directRun.seconds
+  const proxyRps = proxyRun.iterations / proxyRun.seconds
+  return {
+    direct: { rps: directRps, ...d.summary() },
+    proxy: { rps: proxyRps, ...p.summary() },
+    addedP50Ms: p.percentile(50) - d.percentile(50),
+    throughputRatio: proxyRps / directRps,
+    memory,
+  }
+}
+
+function pgbench(databaseUrl: string): number {
+  const url = new URL(databaseUrl)
+  const env = { ...process.env, PGPASSWORD: decodeURIComponent(url.password) }
+  const conn = ['-h', url.hostname, '-p', url.port, '-U', decodeURIComponent(url.username)]
+  execFileSync('psql', [...conn, '-d', url.pathname.slice(1), '-c', 'DROP DATABASE IF EXISTS pgbench', '-c', 'CREATE DATABASE pgbench'], { env, stdio: 'ignore' })
+  execFileSync('pgbench', [...conn, '-i', '-s', '1', '-q', 'pgbench'], { env, stdio: 'ignore' })
+  const out = execFileSync('pgbench', [...conn, '-N', '-c', String(PGBENCH_CLIENTS), '-j', '2', '-T', String(SECONDS), 'pgbench'], { env, encoding: 'utf8' })
+  const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(out)?.[1])
+  if (!Number.isFinite(tps)) throw new Error(`could not read pgbench's TPS from:\n${out}`)
+  return tps
+}
+
+async function report(r: Record<string, any>) {
+  const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()
+  const f = (n: number, d = 1) => n.toFixed(d)
+  const pass = (ok: boolean) => (ok ? 'met' : '**missed**')
+  const lines: string[] = [
+    `Measured ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC at commit \`${commit}\` on ${cpus().length} × ${cpus()[0]?.model.trim()}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}; ${SECONDS}s per measured phase. The load generator, the control plane, Postgres and Chroma share the same ${cpus().length} cores.`,
+    '',
+  ]
+  if (r.leases) {
+    const l = r.leases
+    lines.push(
+      '### Lease operations (acquire + release on a READY shared session)',
+      '',
+      `| | value |`,
+      `|---|---|`,
+      `| clients | ${LEASE_CLIENTS} |`,
+      `| lease operations/s (acquire and release each count one) | ${f(l.opsPerSecond, 0)} (${f(l.pairsPerSecond, 0)} pairs/s) |`,
+      `| acquire latency p50 / p95 / p99 | ${f(l.acquire.p50)} / ${f(l.acquire.p95)} / ${f(l.acquire.p99)} ms |`,
+      `| release latency p50 / p95 / p99 | ${f(l.release.p50)} / ${f(l.release.p95)} / ${f(l.release.p99)} ms |`,
+      `| pgbench -N, ${PGBENCH_CLIENTS} clients, same Postgres, same run | ${f(l.pgbenchTps, 0)} TPS |`,
+      `| lease ops/s ÷ pgbench TPS | ${f(l.ratioToPgbench, 2)} (target ≥ 0.33: ${pass(l.ratioToPgbench >= 1 / 3)}) |`,
+      `| p99 under 30 ms | acquire ${pass(l.acquire.p99 < 30)}, release ${pass(l.release.p99 < 30)} |`,
+      `| control-plane RSS peak / mean | ${f(l.memory.peakMb)} / ${f(l.memory.meanMb)} MB (target < 200 MB: ${pass(l.memory.peakMb < 200)}) |`,
+      '',
+    )
+  }
+  if (r.proxy) {
+    const p = r.proxy
+    lines.push(
+      `### Queries: through the proxy vs. straight to the session (${QUERY_CLIENTS} clients, 4000 × 128-dim, n_results 10)`,
+      '',
+      `| | direct | proxy |`,
+      `|---|---|---|`,
+      `| requests/s | ${f(p.direct.rps, 0)} | ${f(p.proxy.rps, 0)} |`,
+      `| p50 / p95 / p99 | ${f(p.direct.p50, 2)} / ${f(p.direct.p95, 2)} / ${f(p.direct.p99, 2)} ms | ${f(p.proxy.p50, 2)} / ${f(p.proxy.p95, 2)} / ${f(p.proxy.p99, 2)} ms |`,
+      '',
+      `- Added latency at p50: ${f(p.addedP50Ms, 2)} ms (target ≤ 1 ms: ${pass(p.addedP50Ms <= 1)}).`,
+      `- Throughput kept: ${f(p.throughputRatio * 100, 0)}% of direct (target ≥ 85%: ${pass(p.throughputRatio >= 0.85)}).`,
+      `- Control-plane RSS peak / mean: ${f(p.memory.peakMb)} / ${f(p.memory.meanMb)} MB (target < 200 MB: ${pass(p.memory.peakMb < 200)}).`,
+      '',
+    )
+  }
+  const text = lines.join('\n')
+  console.log(`\n${text}`)
+  const path = new URL('../BENCHMARKS.md', import.meta.url)
+  const current = await readFile(path, 'utf8').catch(() => '')
+  const begin = '<!-- bench:run begin -->'
+  const end = '<!-- bench:run end -->'
+  const section = `${begin}\n${text}\n${end}`
+  const next = current.includes(begin)
+    ? current.replace(new RegExp(`${begin}[\\s\\S]*?${end}`), section)
+    : `${current || '# Benchmarks\n'}\n${section}\n`
+  await writeFile(path, next)
+}
