@@ -8,15 +8,16 @@ import type { Database } from './database/client.ts'
 import authPlugin from './plugins/auth.ts'
 import problemDetails from './plugins/problem-details.ts'
 import healthRoutes from './routes/health.ts'
+import keyRoutes from './routes/keys.ts'
 import leaseRoutes from './routes/leases.ts'
 import proxyRoutes from './routes/proxy.ts'
 import queryRoutes from './routes/query.ts'
 import sessionRoutes from './routes/sessions.ts'
 import { Problem } from './schemas/common.ts'
+import { ApiKey } from './schemas/key.ts'
 import { Lease } from './schemas/lease.ts'
 import { Session, SessionEvent } from './schemas/session.ts'
 import type { Services } from './services/index.ts'
-import { Metrics } from './services/metrics.ts'
 import type { Clock } from './services/clock.ts'
 
 export interface AppDeps {
@@ -72,9 +73,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // types; JSON bodies are not, so `{"ttlSeconds": "60"}` is an error, not a guess.
   const validators = { body: validator(false), other: validator('array') }
   app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? validators.body : validators.other).compile(schema))
-  const metrics = new Metrics(deps.db, deps.clock)
+  // One registry per process: the services and workers report to it too.
+  const metrics = deps.services.metrics
 
-  for (const schema of [Problem, Session, Lease, SessionEvent]) app.addSchema(schema)
+  for (const schema of [Problem, Session, Lease, SessionEvent, ApiKey]) app.addSchema(schema)
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -84,6 +86,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         { name: 'sessions', description: 'Operators: inspect, drain and stop sessions' },
         { name: 'query', description: 'JSON queries for callers without a Chroma client' },
         { name: 'proxy', description: "Chroma's own HTTP API through the control plane" },
+        { name: 'keys', description: 'Operators: create, list and revoke API keys' },
         { name: 'health', description: 'Liveness, readiness, metrics' },
       ],
       components: {
@@ -97,7 +100,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
   })
-  await app.register(swaggerUi, { routePrefix: '/docs', uiConfig: { persistAuthorization: true, tryItOutEnabled: true } })
+  // Swagger UI is the operators' console: Authorize with an operator key, then list,
+  // inspect, drain and stop sessions, and manage keys (README, Operate it).
+  await app.register(swaggerUi, {
+    routePrefix: '/docs',
+    uiConfig: { persistAuthorization: true, tryItOutEnabled: true, displayRequestDuration: true, filter: true, defaultModelsExpandDepth: -1 },
+  })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
   await app.register(problemDetails)
@@ -117,6 +125,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(healthRoutes, { db: deps.db, metrics, isShuttingDown: deps.isShuttingDown ?? (() => false) })
   await app.register(leaseRoutes, { services: deps.services, publicUrl: deps.publicUrl })
   await app.register(sessionRoutes, { services: deps.services, publicUrl: deps.publicUrl })
+  await app.register(keyRoutes, { services: deps.services })
   await app.register(queryRoutes, { services: deps.services })
   await app.register(proxyRoutes, { services: deps.services, bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024 })
   return app

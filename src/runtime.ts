@@ -66,6 +66,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     tokenSecret: await loadLeaseTokenSecret(db),
     snapshotRoot: config.snapshotRoot,
     s3: createS3(config),
+    logger,
     limits: {
       leaseTtlSeconds: config.leaseTtlSeconds,
       maxLeaseTtlSeconds: config.maxLeaseTtlSeconds,

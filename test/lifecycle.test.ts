@@ -59,7 +59,7 @@ t.test('acquire, READY, query, release, and the idle stop', async (t) => {
   t.same(await ctx.launcher.listRunning(), [], 'no process is left')
   t.notOk(await chromaAnswers(view.session.endpoint), 'Chroma is gone')
   t.same(await eventTypes(ctx, lease.session.id), [
-    'created', 'lease_attached', 'launching', 'launched', 'ready', 'lease_released', 'stopping', 'stopped',
+    'created', 'lease_attached', 'launching', 'launched', 'running', 'ready', 'lease_released', 'stopping', 'stopped',
   ])
 })
 

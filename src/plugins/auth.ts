@@ -31,7 +31,7 @@ export default fp(async function auth(app: FastifyInstance, opts: { apiKeys: Api
   app.decorateRequest('principal', null as unknown as Principal)
   app.decorate('requireRole', (role: Role): preHandlerAsyncHookHandler => {
     return async function requireRole(request) {
-      if (!opts.apiKeys.enabled) {
+      if (!(await opts.apiKeys.isEnabled())) {
         request.principal = ANONYMOUS
         return
       }

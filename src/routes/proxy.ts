@@ -6,6 +6,7 @@ import { badRequest, ProblemError } from '../services/errors.ts'
 import type { Services } from '../services/index.ts'
 import { leaseTokenFrom } from '../services/lease-routes.ts'
 import { sendProblem } from '../plugins/problem-details.ts'
+import { instrumentQueries, noteSessionStatus } from './query-metrics.ts'
 
 /** Credentials meant for the control plane; a session never sees them. */
 const STRIPPED_HEADERS = ['x-chroma-token', 'authorization', 'x-api-key', 'cookie']
@@ -42,6 +43,7 @@ export default async function proxyRoutes(app: FastifyInstance, { services, body
   // Bodies pass through as streams: no parsing, no re-encoding, no buffering.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', (_request, payload, done) => done(null, payload))
+  instrumentQueries(app, services.metrics, 'proxy')
   await app.register(replyFrom, {
     undici: { connections: 128, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: 120_000, bodyTimeout: 120_000 },
     disableRequestLogging: true,
@@ -52,6 +54,7 @@ export default async function proxyRoutes(app: FastifyInstance, { services, body
     if (length > bodyLimit) throw new ProblemError(413, 'payload_too_large', 'Content Too Large', `proxied bodies are limited to ${bodyLimit} bytes`)
     const path = upstreamPath(request.url, prefixLength)
     const route = await services.router.resolve(leaseTokenFrom(request.headers), sessionId)
+    noteSessionStatus(request, route.sessionStatus)
     return reply.from(`${route.base}${path}`, {
       rewriteRequestHeaders: (_req, headers) => {
         const out = { ...headers }

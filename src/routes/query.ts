@@ -3,8 +3,10 @@ import { IdParams, problems } from '../schemas/common.ts'
 import { QueryAnswer, QueryBody } from '../schemas/query.ts'
 import type { Services } from '../services/index.ts'
 import { leaseTokenFrom } from '../services/lease-routes.ts'
+import { instrumentQueries, noteSessionStatus } from './query-metrics.ts'
 
 const queryRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app, { services }) => {
+  instrumentQueries(app, services.metrics, 'query')
   app.post('/v1/sessions/:id/query', {
     schema: {
       tags: ['query'],
@@ -17,7 +19,9 @@ const queryRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (ap
     },
   }, async (request) => {
     const { maxResultBytes, ...q } = request.body
-    return services.query.query(leaseTokenFrom(request.headers), request.params.id, q, maxResultBytes)
+    return services.query.query(leaseTokenFrom(request.headers), request.params.id, q, maxResultBytes, (route) =>
+      noteSessionStatus(request, route.sessionStatus),
+    )
   })
 }
 

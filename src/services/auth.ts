@@ -2,7 +2,7 @@ import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from
 import type { Database } from '../database/client.ts'
 import type { ApiKeySeed } from '../config.ts'
 import type { Clock } from './clock.ts'
-import { notFound } from './errors.ts'
+import { conflict, notFound } from './errors.ts'
 
 export type Role = 'client' | 'operator'
 
@@ -20,13 +20,37 @@ export const sha256 = (s: string) => createHash('sha256').update(s).digest('hex'
 // A revoked key stops working on every replica within this long.
 const KEY_CACHE_MS = 5_000
 
+/** An API key as operators see it: never the key, only its fingerprint (the first 8 hex digits of its sha256). */
+export interface ApiKeyView {
+  id: string
+  name: string
+  role: Role
+  fingerprint: string
+  createdAt: Date
+  revokedAt: Date | null
+}
+
+const KEY_VIEW = { id: true, name: true, role: true, keyHash: true, createdAt: true, revokedAt: true } as const
+
+function keyView(row: { id: string; name: string; role: Role; keyHash: string; createdAt: Date; revokedAt: Date | null }): ApiKeyView {
+  return { id: row.id, name: row.name, role: row.role, fingerprint: row.keyHash.slice(0, 8), createdAt: row.createdAt, revokedAt: row.revokedAt }
+}
+
 /**
  * API keys, stored as sha256 hashes (keys are 32 random bytes, so a fast hash is
- * enough). Keys from API_KEYS are seeded on start; more are made with the CLI.
+ * enough). Keys from API_KEYS are seeded on start; more are made through /v1/keys
+ * (the CLI's `keys create`).
+ *
+ * The check is off while no active key exists anywhere. The first key made on a
+ * keyless server must be an operator key (a client key alone would lock operators
+ * out); every replica notices it within KEY_CACHE_MS. From then on the check stays
+ * on: the last active operator key cannot be revoked, so revoking never opens the server.
  */
 export class ApiKeyService {
   private readonly cache = new Map<string, { principal: Principal | null; until: number }>()
   private enabledFlag = false
+  private enabledCheckedAt = 0
+  private enabledCheck: Promise<boolean> | null = null
 
   constructor(
     private readonly db: Database,
@@ -49,6 +73,22 @@ export class ApiKeyService {
     return this.enabledFlag
   }
 
+  /** Whether the check is on, re-reading the database (at most every KEY_CACHE_MS) while it is off: another replica may have made the first key. */
+  async isEnabled(): Promise<boolean> {
+    if (this.enabledFlag || Date.now() - this.enabledCheckedAt < KEY_CACHE_MS) return this.enabledFlag
+    this.enabledCheck ??= this.db.apiKey
+      .count({ where: { revokedAt: null } })
+      .then((n) => {
+        this.enabledCheckedAt = Date.now()
+        if (n > 0) this.enabledFlag = true
+        return this.enabledFlag
+      })
+      .finally(() => {
+        this.enabledCheck = null
+      })
+    return this.enabledCheck
+  }
+
   async authenticate(key: string): Promise<Principal | null> {
     const keyHash = sha256(key)
     const hit = this.cache.get(keyHash)
@@ -61,21 +101,48 @@ export class ApiKeyService {
     return principal
   }
 
-  async create(name: string, role: Role): Promise<{ id: string; key: string }> {
+  /**
+   * Makes a key and returns it (the only time it is ever shown). `enabledNow` is true
+   * when this key switched the API-key check on.
+   */
+  async create(name: string, role: Role): Promise<ApiKeyView & { key: string; enabledNow: boolean }> {
+    const wasEnabled = await this.isEnabled()
+    if (!wasEnabled && role !== 'operator') {
+      throw conflict('operator_key_required', 'no API key exists yet, so the first one must be an operator key: a client key alone would turn the API-key check on and lock operators out')
+    }
     const key = `clk_${randomBytes(32).toString('base64url')}`
-    const id = randomUUID()
-    await this.db.apiKey.create({ data: { id, name, role, keyHash: sha256(key), createdAt: this.clock.now() } })
+    const row = await this.db.apiKey.create({
+      data: { id: randomUUID(), name, role, keyHash: sha256(key), createdAt: this.clock.now() },
+      select: KEY_VIEW,
+    })
     this.enabledFlag = true
-    return { id, key }
+    return { ...keyView(row), key, enabledNow: !wasEnabled }
   }
 
-  list() {
-    return this.db.apiKey.findMany({ orderBy: { createdAt: 'asc' }, select: { id: true, name: true, role: true, createdAt: true, revokedAt: true } })
+  async list(): Promise<ApiKeyView[]> {
+    return (await this.db.apiKey.findMany({ orderBy: { createdAt: 'asc' }, select: KEY_VIEW })).map(keyView)
   }
 
-  async revoke(id: string): Promise<void> {
-    const { count } = await this.db.apiKey.updateMany({ where: { id, revokedAt: null }, data: { revokedAt: this.clock.now() } })
-    if (count === 0 && !(await this.db.apiKey.findUnique({ where: { id } }))) throw notFound('api_key_not_found', `no API key ${id}`)
+  /**
+   * Revokes a key (idempotent: a revoked key answers as it is). The last active
+   * operator key cannot be revoked: nobody could manage keys or sessions afterwards.
+   * Make another operator key first. Revocation reaches every replica within KEY_CACHE_MS.
+   */
+  async revoke(id: string): Promise<ApiKeyView> {
+    const now = this.clock.now()
+    const revoked = await this.db.$transaction(async (tx) => {
+      // Serialises concurrent revocations of operator keys, so two cannot each leave the other as "the last one".
+      await tx.$executeRaw`SELECT pg_advisory_xact_lock(727130403)`
+      const row = await tx.apiKey.findUnique({ where: { id }, select: KEY_VIEW })
+      if (!row) throw notFound('api_key_not_found', `no API key ${id}`)
+      if (row.revokedAt) return row
+      if (row.role === 'operator' && (await tx.apiKey.count({ where: { role: 'operator', revokedAt: null } })) <= 1) {
+        throw conflict('last_operator_key', 'this is the last active operator key; create another operator key before revoking it')
+      }
+      return tx.apiKey.update({ where: { id }, data: { revokedAt: now }, select: KEY_VIEW })
+    })
+    this.cache.clear()
+    return keyView(revoked)
   }
 }
 

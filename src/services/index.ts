@@ -1,4 +1,5 @@
 import type { S3Client } from '@aws-sdk/client-s3'
+import type { Logger } from 'pino'
 import type { Database } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import { ApiKeyService, LeaseTokens } from './auth.ts'
@@ -6,6 +7,7 @@ import { ChromaClient } from './chroma.ts'
 import type { Clock } from './clock.ts'
 import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
+import { Metrics } from './metrics.ts'
 import { QueryService } from './query.ts'
 import { SessionService } from './sessions.ts'
 import { SnapshotService } from './snapshots/snapshot-service.ts'
@@ -18,19 +20,24 @@ export interface ServiceDeps {
   limits: LeaseLimits
   snapshotRoot: string
   s3?: S3Client
+  /** Where services and workers report what they do; none: a Metrics of their own. */
+  metrics?: Metrics
+  /** Writes one structured line per session event; none: no event log. */
+  logger?: Logger
 }
 
 export type Services = ReturnType<typeof createServices>
 
 /** The domain, wired once: the app's routes and the workers share these instances. */
 export function createServices(deps: ServiceDeps) {
-  const sessions = new SessionService(deps.db, deps.clock)
+  const metrics = deps.metrics ?? new Metrics(deps.db, deps.clock)
+  const sessions = new SessionService(deps.db, deps.clock, metrics, deps.logger)
   const snapshots = new SnapshotService({ snapshotRoot: deps.snapshotRoot, s3: deps.s3 })
   const tokens = new LeaseTokens(deps.tokenSecret)
-  const leases = new LeaseService({ db: deps.db, clock: deps.clock, sessions, snapshots, tokens, changes: deps.changes, limits: deps.limits })
+  const leases = new LeaseService({ db: deps.db, clock: deps.clock, sessions, snapshots, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })
   const chroma = new ChromaClient()
   const router = new LeaseRouter(deps.db, deps.clock, deps.changes)
   const query = new QueryService(router, chroma)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
-  return { sessions, snapshots, tokens, leases, chroma, router, query, apiKeys }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, router, query, apiKeys }
 }

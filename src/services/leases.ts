@@ -7,7 +7,8 @@ import type { ChangeFeed } from '../database/change-feed.ts'
 import { LeaseTokens, sha256, type Principal } from './auth.ts'
 import type { Clock } from './clock.ts'
 import { badRequest, conflict, gone, notFound, unprocessable } from './errors.ts'
-import { ATTACHABLE_STATUSES, SessionService, STARTING_STATUSES, type SessionRecord, type SessionView } from './sessions.ts'
+import { noObserver, type AcquireOutcome, type Observer } from './metrics.ts'
+import { ATTACHABLE_STATUSES, EVENT_COLUMNS, eventFromRow, eventOf, SessionService, STARTING_STATUSES, type SessionRecord, type SessionView } from './sessions.ts'
 import type { SnapshotService } from './snapshots/snapshot-service.ts'
 
 export interface AcquireInput {
@@ -74,15 +75,41 @@ export class LeaseService {
       tokens: LeaseTokens
       changes: ChangeFeed
       limits: LeaseLimits
+      observer?: Observer
     },
   ) {}
 
+  /** Acquires a lease (below), timed for the observer by its outcome. */
   async acquire(
     principal: Principal,
     input: AcquireInput,
     idempotencyKey: string | undefined,
     baseUrl: string,
   ): Promise<{ lease: LeaseView; created: boolean }> {
+    const started = performance.now()
+    const observe = (outcome: AcquireOutcome) =>
+      (this.deps.observer ?? noObserver).acquire({
+        mode: input.mode ?? 'shared',
+        outcome,
+        waited: (input.waitSeconds ?? 0) > 0,
+        seconds: (performance.now() - started) / 1000,
+      })
+    try {
+      const { lease, created, outcome } = await this.acquireLease(principal, input, idempotencyKey, baseUrl)
+      observe(outcome)
+      return { lease, created }
+    } catch (err) {
+      observe('error')
+      throw err
+    }
+  }
+
+  private async acquireLease(
+    principal: Principal,
+    input: AcquireInput,
+    idempotencyKey: string | undefined,
+    baseUrl: string,
+  ): Promise<{ lease: LeaseView; created: boolean; outcome: AcquireOutcome }> {
     const { limits, tokens, clock } = this.deps
     const ttlSeconds = input.ttlSeconds ?? limits.leaseTtlSeconds
     const idleTtlSeconds = input.idleTtlSeconds ?? limits.idleTtlSeconds
@@ -98,7 +125,7 @@ export class LeaseService {
     )
     if (idempotencyKey !== undefined) {
       const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
-      if (replay) return { lease: replay, created: false }
+      if (replay) return { lease: replay, created: false, outcome: 'replayed' }
     }
 
     const snapshot = await this.deps.snapshots.canonical(input.snapshot)
@@ -112,6 +139,7 @@ export class LeaseService {
     }
     const token = tokens.mint(lease.id)
     let sessionId: string | null = null
+    let outcome: AcquireOutcome = 'reused'
     let launchSnapshot: string | undefined
     let now = clock.now()
     try {
@@ -123,13 +151,14 @@ export class LeaseService {
           // Only a new session needs the snapshot checked (and pinned) in its store.
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
           sessionId = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds }, lease, token, now)
+          if (sessionId !== null) outcome = 'created'
         }
       }
     } catch (err) {
       // Two retries with one Idempotency-Key raced: the loser answers with the winner's lease.
       if (idempotencyKey !== undefined && isUniqueViolation(err)) {
         const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
-        if (replay) return { lease: replay, created: false }
+        if (replay) return { lease: replay, created: false, outcome: 'replayed' }
       }
       throw err
     }
@@ -137,7 +166,7 @@ export class LeaseService {
 
     const session = await this.settle(sessionId, input.waitSeconds ?? 0)
     const row: LeaseRow = { ...lease, sessionId, createdAt: now, expiresAt: expiry(now, ttlSeconds), endedAt: null, endReason: null }
-    return { lease: { ...this.view(row, session, baseUrl), token }, created: true }
+    return { lease: { ...this.view(row, session, baseUrl), token }, created: true, outcome }
   }
 
   /**
@@ -147,7 +176,7 @@ export class LeaseService {
    * stop won, the session no longer matches and nothing is inserted.
    */
   private async attach(poolKey: string, lease: NewLease, token: string, now: Date): Promise<string | null> {
-    const rows = await this.deps.db.$queryRaw<Array<{ session_id: string }>>`
+    const rows = await this.deps.db.$queryRaw<Array<Record<string, unknown>>>`
       WITH s AS (
         SELECT id FROM sessions
         WHERE pool_key = ${poolKey} AND status::text IN (${Prisma.join(ATTACHABLE_STATUSES)})
@@ -160,9 +189,12 @@ export class LeaseService {
       ), e AS (
         INSERT INTO session_events (session_id, at, type, lease_id, detail)
         SELECT session_id, ${now}, 'lease_attached', id, ${JSON.stringify({ holder: lease.holder })}::jsonb FROM l
+        RETURNING ${EVENT_COLUMNS}
       )
-      SELECT session_id FROM l`
-    return rows[0]?.session_id ?? null
+      SELECT * FROM e`
+    const events = rows.map(eventFromRow)
+    this.deps.sessions.announce(events)
+    return events[0]?.sessionId ?? null
   }
 
   /**
@@ -178,7 +210,7 @@ export class LeaseService {
   ): Promise<string | null> {
     const id = randomUUID()
     const { db, limits } = this.deps
-    return db.$transaction(async (tx) => {
+    const events = await db.$transaction(async (tx) => {
       const inserted = await tx.$queryRaw<Array<{ id: string }>>`
         INSERT INTO sessions (id, mode, pool_key, snapshot, collection, status, generation, launcher, idle_ttl_seconds, created_by, created_at, updated_at)
         VALUES (${id}::uuid, ${s.mode}::"SessionMode", ${s.poolKey}, ${s.snapshot}, ${s.collection ?? null}, 'PENDING', 1,
@@ -190,14 +222,16 @@ export class LeaseService {
         INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
         VALUES (${lease.id}::uuid, ${id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
                 ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})`
-      await tx.sessionEvent.createMany({
+      return tx.sessionEvent.createManyAndReturn({
         data: [
           { sessionId: id, at: now, type: 'created', status: 'PENDING', detail: { snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode } },
           { sessionId: id, at: now, type: 'lease_attached', leaseId: lease.id, detail: { holder: lease.holder } },
         ],
       })
-      return id
     })
+    if (!events) return null
+    this.deps.sessions.announce(events.map(eventOf))
+    return id
   }
 
   private async replay(
@@ -246,7 +280,7 @@ export class LeaseService {
   async release(principal: Principal, id: string, baseUrl: string): Promise<LeaseView> {
     const now = this.deps.clock.now()
     const row = await this.find(principal, id)
-    const [ended] = await this.deps.db.$queryRaw<Array<{ ended_at: Date; end_reason: string }>>`
+    const [ended] = await this.deps.db.$queryRaw<Array<{ ended_at: Date; end_reason: string; event: Record<string, unknown> }>>`
       WITH l AS (
         UPDATE leases SET ended_at = LEAST(${now}, expires_at),
                           end_reason = CASE WHEN expires_at <= ${now} THEN 'expired' ELSE 'released' END
@@ -254,8 +288,10 @@ export class LeaseService {
         RETURNING id, session_id, ended_at, end_reason),
       e AS (
         INSERT INTO session_events (session_id, at, type, lease_id)
-        SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l)
-      SELECT ended_at, end_reason FROM l`
+        SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l
+        RETURNING ${EVENT_COLUMNS})
+      SELECT l.ended_at, l.end_reason, to_jsonb(e) AS event FROM l, e`
+    if (ended) this.deps.sessions.announce([eventFromRow(ended.event)])
     const current = ended ? { ...row, endedAt: ended.ended_at, endReason: ended.end_reason } : row
     return this.view(current, await this.deps.sessions.get(row.sessionId), baseUrl)
   }

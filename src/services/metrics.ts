@@ -1,24 +1,145 @@
-import { collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database } from '../database/client.ts'
 import type { Clock } from './clock.ts'
 
+/** A session event as committed to session_events (the timeline, the log line and the metrics all come from it). */
+export interface RecordedEvent {
+  id: bigint | null
+  sessionId: string
+  at: Date
+  type: string
+  status: SessionStatus | null
+  reason: string | null
+  leaseId: string | null
+  detail: unknown
+}
+
+/** How an acquire ended: attached to a running session, started one, replayed an Idempotency-Key, or failed. */
+export type AcquireOutcome = 'reused' | 'created' | 'replayed' | 'error'
+
 /**
- * Prometheus metrics. Labels are bounded (statuses, routes, outcomes): never a session
- * or lease id. Gauges of database state are read at scrape time, so every replica
- * reports the same cluster-wide numbers.
+ * The phases of a session's start, as the timeline records them (README, Metrics):
+ * `launching` created → launch claimed by a reconciler (PENDING → STARTING);
+ * `provisioning` claimed → the launcher first reports the compute running (the launch
+ * call, capacity, image pull, the agent restoring the snapshot);
+ * `chroma_boot` running → READY (Chroma answers its healthcheck and has the collection).
  */
-export class Metrics {
+export const START_PHASES = ['launching', 'provisioning', 'chroma_boot'] as const
+export type StartPhase = (typeof START_PHASES)[number]
+export type StartPhases = Record<StartPhase, number>
+
+/** Why a start failed; the `cause` in the detail of a `failed` event. */
+export const LAUNCH_FAILURE_CAUSES = ['launch_error', 'compute_stopped', 'start_timeout', 'launch_unrecorded'] as const
+export type LaunchFailureCause = (typeof LAUNCH_FAILURE_CAUSES)[number]
+
+/** Why the control plane ended a session that had started. `compute_lost`: its compute died while serving. */
+export const REAP_CAUSES = ['idle', 'drained', 'max_lifetime', 'force_stop', 'compute_lost'] as const
+export type ReapCause = (typeof REAP_CAUSES)[number]
+
+export const ORPHAN_CAUSES = ['no_session', 'superseded', 'session_ended'] as const
+export type OrphanCause = (typeof ORPHAN_CAUSES)[number]
+
+export type QueryKind = 'proxy' | 'query'
+/** How a proxied or JSON query ended, from its status code (or the client hanging up). */
+export type QueryOutcome = 'ok' | 'client_error' | 'denied' | 'not_ready' | 'upstream_error' | 'aborted'
+
+/**
+ * What services and workers report, handed to them through their constructors
+ * (createServices / createWorkers). Metrics implements it; `noObserver` ignores it all.
+ */
+export interface Observer {
+  /** Every session event, after its transaction committed. */
+  sessionEvent(event: RecordedEvent): void
+  acquire(a: { mode: SessionMode; outcome: AcquireOutcome; waited: boolean; seconds: number }): void
+  orphanStopped(cause: OrphanCause): void
+}
+
+export const noObserver: Observer = { sessionEvent() {}, acquire() {}, orphanStopped() {} }
+
+const SECONDS_FAST = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+const SECONDS_START = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600]
+
+/**
+ * Prometheus metrics. Labels are bounded (statuses, routes, outcomes, causes): never a
+ * session or lease id. Gauges of database state are read at scrape time, so every
+ * replica reports the same cluster-wide numbers; counters and histograms count what
+ * this replica did (sum them across replicas). Names and meanings: README, Metrics.
+ */
+export class Metrics implements Observer {
   readonly registry = new Registry()
   readonly httpDuration = new Histogram({
     name: 'chroma_lease_http_request_duration_seconds',
     help: 'HTTP request latency by route and status class',
     labelNames: ['method', 'route', 'status_class'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    buckets: SECONDS_FAST,
+    registers: [this.registry],
+  })
+  readonly acquireDuration = new Histogram({
+    name: 'chroma_lease_acquire_duration_seconds',
+    help: 'Time to answer an acquire, by mode, outcome (reused, created, replayed, error) and whether the caller asked to wait for READY',
+    labelNames: ['mode', 'outcome', 'waited'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 50],
+    registers: [this.registry],
+  })
+  readonly sessionStart = new Histogram({
+    name: 'chroma_lease_session_start_seconds',
+    help: 'Time from a session being created to READY',
+    buckets: SECONDS_START,
+    registers: [this.registry],
+  })
+  readonly sessionStartPhase = new Histogram({
+    name: 'chroma_lease_session_start_phase_seconds',
+    help: 'Time to READY by phase: launching (created to launch claimed), provisioning (claimed to compute running), chroma_boot (running to READY)',
+    labelNames: ['phase'] as const,
+    buckets: SECONDS_START,
+    registers: [this.registry],
+  })
+  readonly launchFailures = new Counter({
+    name: 'chroma_lease_session_launch_failures_total',
+    help: 'Sessions that failed before READY, by cause (launch_error, compute_stopped, start_timeout, launch_unrecorded)',
+    labelNames: ['cause'] as const,
+    registers: [this.registry],
+  })
+  readonly sessionsReaped = new Counter({
+    name: 'chroma_lease_sessions_reaped_total',
+    help: 'Started sessions the control plane ended, by cause (idle, drained, max_lifetime, force_stop, compute_lost)',
+    labelNames: ['cause'] as const,
+    registers: [this.registry],
+  })
+  readonly orphansStopped = new Counter({
+    name: 'chroma_lease_orphans_stopped_total',
+    help: 'Compute stopped by the orphan sweeper, by cause (no_session, superseded, session_ended)',
+    labelNames: ['cause'] as const,
+    registers: [this.registry],
+  })
+  readonly sessionEvents = new Counter({
+    name: 'chroma_lease_session_events_total',
+    help: 'Session timeline events recorded, by type',
+    labelNames: ['type'] as const,
+    registers: [this.registry],
+  })
+  readonly queryDuration = new Histogram({
+    name: 'chroma_lease_query_duration_seconds',
+    help: 'Latency of queries to sessions, by kind (proxy: Chroma API through the proxy; query: the JSON query route), session status and outcome',
+    labelNames: ['kind', 'session_status', 'outcome'] as const,
+    buckets: SECONDS_FAST,
+    registers: [this.registry],
+  })
+  readonly queriesInFlight = new Gauge({
+    name: 'chroma_lease_queries_in_flight',
+    help: 'Queries to sessions being served right now, by kind',
+    labelNames: ['kind'] as const,
     registers: [this.registry],
   })
 
   constructor(db: Database, clock: Clock) {
     collectDefaultMetrics({ register: this.registry, prefix: 'chroma_lease_' })
+    // Known label values start at zero, so rates and alerts work before the first event.
+    for (const cause of LAUNCH_FAILURE_CAUSES) this.launchFailures.inc({ cause }, 0)
+    for (const cause of REAP_CAUSES) this.sessionsReaped.inc({ cause }, 0)
+    for (const cause of ORPHAN_CAUSES) this.orphansStopped.inc({ cause }, 0)
+    for (const kind of ['proxy', 'query'] as const) this.queriesInFlight.set({ kind }, 0)
     new Gauge({
       name: 'chroma_lease_sessions',
       help: 'Sessions by status',
@@ -39,4 +160,49 @@ export class Metrics {
       },
     })
   }
+
+  /**
+   * The timeline is the source of truth: start times, launch failures and reaps are
+   * counted from the events that record them, by the replica whose transition won.
+   */
+  sessionEvent(e: RecordedEvent): void {
+    this.sessionEvents.inc({ type: e.type })
+    const detail = (e.detail ?? {}) as { cause?: string; phases?: Partial<StartPhases> }
+    switch (e.type) {
+      case 'ready': {
+        if (!detail.phases) return
+        let total = 0
+        for (const phase of START_PHASES) {
+          const seconds = detail.phases[phase]
+          if (typeof seconds !== 'number') continue
+          this.sessionStartPhase.observe({ phase }, seconds)
+          total += seconds
+        }
+        this.sessionStart.observe(total)
+        return
+      }
+      case 'failed':
+        if (detail.cause === 'compute_lost') this.sessionsReaped.inc({ cause: 'compute_lost' })
+        else this.launchFailures.inc({ cause: isOneOf(LAUNCH_FAILURE_CAUSES, detail.cause) ? detail.cause : 'compute_stopped' })
+        return
+      case 'stopping':
+        if (isOneOf(REAP_CAUSES, e.reason)) this.sessionsReaped.inc({ cause: e.reason })
+        return
+      case 'force_stop':
+        this.sessionsReaped.inc({ cause: 'force_stop' })
+        return
+    }
+  }
+
+  acquire(a: { mode: SessionMode; outcome: AcquireOutcome; waited: boolean; seconds: number }): void {
+    this.acquireDuration.observe({ mode: a.mode, outcome: a.outcome, waited: String(a.waited) }, a.seconds)
+  }
+
+  orphanStopped(cause: OrphanCause): void {
+    this.orphansStopped.inc({ cause })
+  }
+}
+
+function isOneOf<T extends string>(values: readonly T[], v: unknown): v is T {
+  return typeof v === 'string' && (values as readonly string[]).includes(v)
 }

@@ -1,6 +1,6 @@
 import { badGateway, notFound, ProblemError } from './errors.ts'
 import { ChromaError, type ChromaClient, type QueryRequest, type QueryResult } from './chroma.ts'
-import type { LeaseRouter } from './lease-routes.ts'
+import type { LeaseRoute, LeaseRouter } from './lease-routes.ts'
 
 /** Step Functions fails an execution whose state exceeds 256 KB; stay well under it. */
 export const DEFAULT_MAX_RESULT_BYTES = 200 * 1024
@@ -23,8 +23,16 @@ export class QueryService {
     private readonly chroma: ChromaClient,
   ) {}
 
-  async query(token: string | undefined, sessionId: string, q: QueryRequest, maxBytes = DEFAULT_MAX_RESULT_BYTES): Promise<QueryAnswer> {
+  /** `onRoute` learns which session (and in which status) the token opened, e.g. for metrics. */
+  async query(
+    token: string | undefined,
+    sessionId: string,
+    q: QueryRequest,
+    maxBytes = DEFAULT_MAX_RESULT_BYTES,
+    onRoute?: (route: LeaseRoute) => void,
+  ): Promise<QueryAnswer> {
     const route = await this.router.resolve(token, sessionId)
+    onRoute?.(route)
     let result: QueryResult
     try {
       result = await this.chroma.query(route.base!, q)

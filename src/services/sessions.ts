@@ -1,8 +1,10 @@
+import type { Logger } from 'pino'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database } from '../database/client.ts'
 import type { Clock } from './clock.ts'
 import { conflict, notFound } from './errors.ts'
+import { noObserver, type Observer, type RecordedEvent } from './metrics.ts'
 
 /** Statuses in which a session may run compute. */
 export const LIVE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING']
@@ -31,6 +33,8 @@ export interface SessionRecord {
   createdAt: Date
   updatedAt: Date
   launchedAt: Date | null
+  /** When the launcher first reported the compute running; null (or older than launchedAt) until then. */
+  runningAt: Date | null
   readyAt: Date | null
   drainingAt: Date | null
   stoppingAt: Date | null
@@ -68,23 +72,63 @@ export interface SessionEventInput {
 export type TransitionData = Partial<
   Pick<
     SessionRecord,
-    'launchRef' | 'host' | 'port' | 'error' | 'stopReason' | 'launchedAt' | 'readyAt' | 'drainingAt' | 'stoppingAt' | 'endedAt' | 'generation'
+    | 'launchRef'
+    | 'host'
+    | 'port'
+    | 'error'
+    | 'stopReason'
+    | 'launchedAt'
+    | 'runningAt'
+    | 'readyAt'
+    | 'drainingAt'
+    | 'stoppingAt'
+    | 'endedAt'
+    | 'generation'
   >
 >
 
 const liveLeaseCount = (now: Date) =>
   Prisma.sql`(SELECT count(*)::int FROM leases l WHERE l.session_id = s.id AND l.ended_at IS NULL AND l.expires_at > ${now})`
 
+/** Columns of session_events that a RETURNING clause hands to SessionService.announce. */
+export const EVENT_COLUMNS = Prisma.sql`id, session_id, at, type, status, reason, lease_id, detail`
+
 /**
  * Sessions: reading them, and moving them through their lifecycle. Every change of
  * status is a compare-and-set on (id, generation, status) with its event written in
  * the same transaction, so any replica may take any step and a repeated step is a no-op.
+ *
+ * Every event written anywhere (here, by LeaseService, by the reaper) is announced
+ * through announce() once committed: one structured log line per event and the
+ * observer (metrics), so timeline, log and metrics tell the same story.
  */
 export class SessionService {
   constructor(
     private readonly db: Database,
     private readonly clock: Clock,
+    private readonly observer: Observer = noObserver,
+    private readonly logger?: Logger,
   ) {}
+
+  /** Logs committed events (one line each) and reports them to the observer. */
+  announce(events: RecordedEvent[]): void {
+    for (const e of events) {
+      this.logger?.info(
+        {
+          sessionId: e.sessionId,
+          eventId: e.id?.toString() ?? null,
+          type: e.type,
+          status: e.status,
+          reason: e.reason,
+          leaseId: e.leaseId,
+          detail: e.detail ?? null,
+          at: e.at.toISOString(),
+        },
+        'session event',
+      )
+      this.observer.sessionEvent(e)
+    }
+  }
 
   async find(id: string): Promise<SessionRecord | null> {
     const rows = await this.select(Prisma.sql`s.id = ${id}::uuid`)
@@ -148,23 +192,48 @@ export class SessionService {
     endLeases = to === 'STOPPED' || to === 'FAILED',
   ): Promise<boolean> {
     const now = this.clock.now()
-    return this.db.$transaction(async (tx) => {
+    const events = await this.db.$transaction(async (tx) => {
       const { count } = await tx.session.updateMany({
         where: { id: s.id, generation: s.generation, status: { in: from } },
         data: { ...data, status: to, updatedAt: now },
       })
-      if (count !== 1) return false
-      await tx.sessionEvent.create({ data: eventRow(s.id, now, to, event) })
+      if (count !== 1) return null
+      const written = [eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, to, event) }))]
       if (endLeases) {
-        await tx.$executeRaw`
+        const ended = await tx.$queryRaw<Array<Record<string, unknown>>>`
           WITH ended AS (
             UPDATE leases SET ended_at = ${now}, end_reason = 'session_ended'
             WHERE session_id = ${s.id}::uuid AND ended_at IS NULL RETURNING id)
           INSERT INTO session_events (session_id, at, type, status, reason, lease_id)
-          SELECT ${s.id}::uuid, ${now}, 'lease_ended', ${to}::"SessionStatus", ${event.type}, id FROM ended`
+          SELECT ${s.id}::uuid, ${now}, 'lease_ended', ${to}::"SessionStatus", ${event.type}, id FROM ended
+          RETURNING ${EVENT_COLUMNS}`
+        written.push(...ended.map(eventFromRow))
       }
-      return true
+      return written
     })
+    if (!events) return false
+    this.announce(events)
+    return true
+  }
+
+  /**
+   * Records that the launcher reports this launch attempt's compute running (a
+   * `running` event and runningAt), once per attempt across replicas: the update only
+   * matches while runningAt is unset or from an earlier attempt. Returns the time it set.
+   */
+  async markRunning(s: Pick<SessionRecord, 'id' | 'generation'>, detail: Record<string, unknown>): Promise<Date | null> {
+    const now = this.clock.now()
+    const event = await this.db.$transaction(async (tx) => {
+      const marked = await tx.$executeRaw`
+        UPDATE sessions SET running_at = ${now}, updated_at = ${now}
+        WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status = 'STARTING'
+          AND (running_at IS NULL OR running_at < launched_at)`
+      if (marked !== 1) return null
+      return eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, 'STARTING', { type: 'running', detail }) }))
+    })
+    if (!event) return null
+    this.announce([event])
+    return now
   }
 
   /**
@@ -179,24 +248,26 @@ export class SessionService {
     stillEligible: Prisma.Sql = Prisma.sql`TRUE`,
   ): Promise<boolean> {
     const now = this.clock.now()
-    return this.db.$transaction(async (tx) => {
+    const event = await this.db.$transaction(async (tx) => {
       const locked = await tx.$queryRaw<Array<{ id: string }>>`
         SELECT id FROM sessions WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status::text = ${s.status} FOR UPDATE`
-      if (locked.length === 0) return false
+      if (locked.length === 0) return null
       const stopped = await tx.$executeRaw`
         UPDATE sessions SET status = 'STOPPING', stopping_at = ${now}, updated_at = ${now},
                             stop_reason = COALESCE(stop_reason, ${reason})
         WHERE sessions.id = ${s.id}::uuid
           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.session_id = sessions.id AND l.ended_at IS NULL AND l.expires_at > ${now})
           AND ${stillEligible}`
-      if (stopped !== 1) return false
-      await tx.sessionEvent.create({ data: eventRow(s.id, now, 'STOPPING', { type: 'stopping', reason }) })
-      return true
+      if (stopped !== 1) return null
+      return eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, 'STOPPING', { type: 'stopping', reason }) }))
     })
+    if (!event) return false
+    this.announce([event])
+    return true
   }
 
   async recordEvent(sessionId: string, event: SessionEventInput, status: SessionStatus | null = null): Promise<void> {
-    await this.db.sessionEvent.create({ data: eventRow(sessionId, this.clock.now(), status, event) })
+    this.announce([eventOf(await this.db.sessionEvent.create({ data: eventRow(sessionId, this.clock.now(), status, event) }))])
   }
 
   /**
@@ -258,6 +329,34 @@ export class SessionService {
   }
 }
 
+/** A session_events row as the Prisma client returns it. */
+export function eventOf(row: {
+  id: bigint
+  sessionId: string
+  at: Date
+  type: string
+  status: SessionStatus | null
+  reason: string | null
+  leaseId: string | null
+  detail: unknown
+}): RecordedEvent {
+  return { id: row.id, sessionId: row.sessionId, at: row.at, type: row.type, status: row.status, reason: row.reason, leaseId: row.leaseId, detail: row.detail ?? null }
+}
+
+/** A session_events row from raw SQL (`RETURNING ${EVENT_COLUMNS}`). */
+export function eventFromRow(r: Record<string, unknown>): RecordedEvent {
+  return {
+    id: r.id == null ? null : BigInt(r.id as bigint | number | string),
+    sessionId: r.session_id as string,
+    at: asDate(r.at)!,
+    type: r.type as string,
+    status: (r.status as SessionStatus | null) ?? null,
+    reason: (r.reason as string | null) ?? null,
+    leaseId: (r.lease_id as string | null) ?? null,
+    detail: r.detail ?? null,
+  }
+}
+
 function eventRow(sessionId: string, at: Date, status: SessionStatus | null, e: SessionEventInput) {
   return {
     sessionId,
@@ -290,6 +389,7 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     createdAt: asDate(r.created_at)!,
     updatedAt: asDate(r.updated_at)!,
     launchedAt: asDate(r.launched_at),
+    runningAt: asDate(r.running_at),
     readyAt: asDate(r.ready_at),
     drainingAt: asDate(r.draining_at),
     stoppingAt: asDate(r.stopping_at),

@@ -3,6 +3,7 @@ import type { Clock } from '../services/clock.ts'
 import type { Services } from '../services/index.ts'
 import type { Launcher } from '../services/launchers/launcher.ts'
 import type { Database } from '../database/client.ts'
+import type { Observer } from '../services/metrics.ts'
 import { WorkerLoop } from './loop.ts'
 import { OrphanSweeper } from './orphan-sweeper.ts'
 import { Reaper } from './reaper.ts'
@@ -19,11 +20,21 @@ export interface WorkerSettings {
 export type Workers = ReturnType<typeof createWorkers>
 
 /** The background loops, built from the same services the routes use. Workers call services, never routes. */
-export function createWorkers(deps: { db: Database; clock: Clock; services: Services; launcher: Launcher; settings: WorkerSettings; logger?: Logger }) {
+export function createWorkers(deps: {
+  db: Database
+  clock: Clock
+  services: Services
+  launcher: Launcher
+  settings: WorkerSettings
+  logger?: Logger
+  /** Where the workers report what they do; default: the services' metrics. */
+  observer?: Observer
+}) {
   const { db, clock, services, launcher, settings, logger } = deps
+  const observer = deps.observer ?? services.metrics
   const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.tokens, clock, { startTimeoutSeconds: settings.startTimeoutSeconds }, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
-  const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger)
+  const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
   const loops = [
     new WorkerLoop('reconciler', settings.reconcileIntervalSeconds * 1000, () => reconciler.reconcileOnce(), logger),
     new WorkerLoop('reaper', settings.sweepIntervalSeconds * 1000, () => reaper.reapOnce(), logger),

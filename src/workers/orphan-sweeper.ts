@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import type { Database } from '../database/client.ts'
 import type { Launcher } from '../services/launchers/launcher.ts'
+import { noObserver, type Observer } from '../services/metrics.ts'
 import { LIVE_STATUSES, type SessionService } from '../services/sessions.ts'
 
 /**
@@ -15,10 +16,16 @@ export class OrphanSweeper {
     private readonly launcher: Launcher,
     private readonly sessions: SessionService,
     private readonly logger?: Logger,
+    private readonly observer: Observer = noObserver,
   ) {}
+
+  /** Orphans already counted for the observer, while they are still running. */
+  private counted = new Set<string>()
 
   async sweepOnce(): Promise<string[]> {
     const running = await this.launcher.listRunning()
+    const stillRunning = new Set(running.map((r) => `${r.sessionId}:${r.generation}:${r.ref}`))
+    this.counted = new Set([...this.counted].filter((k) => stillRunning.has(k)))
     if (running.length === 0) return []
     const rows = await this.db.session.findMany({
       where: { id: { in: [...new Set(running.map((r) => r.sessionId))] } },
@@ -33,6 +40,10 @@ export class OrphanSweeper {
       const why = !row ? 'no session row' : row.generation !== compute.generation ? `superseded by generation ${row.generation}` : `session is ${row.status}`
       this.logger?.warn({ sessionId: compute.sessionId, ref: compute.ref, why }, 'stopping orphaned compute')
       await this.launcher.stop(compute, `orphan: ${why}`)
+      // Stopping takes a few sweeps (SIGTERM, then SIGKILL after a grace): count each orphan once.
+      const key = `${compute.sessionId}:${compute.generation}:${compute.ref}`
+      if (!this.counted.has(key)) this.observer.orphanStopped(!row ? 'no_session' : row.generation !== compute.generation ? 'superseded' : 'session_ended')
+      this.counted.add(key)
       if (row) await this.sessions.recordEvent(row.id, { type: 'orphan_stopped', reason: why, detail: { ref: compute.ref } }, row.status)
       stopped.push(compute.ref)
     }

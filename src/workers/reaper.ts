@@ -1,7 +1,7 @@
 import { Prisma } from '../generated/prisma/client.ts'
 import type { Database } from '../database/client.ts'
 import type { Clock } from '../services/clock.ts'
-import { SessionService } from '../services/sessions.ts'
+import { EVENT_COLUMNS, eventFromRow, SessionService } from '../services/sessions.ts'
 import type { Logger } from 'pino'
 
 export interface ReaperOptions {
@@ -40,13 +40,16 @@ export class Reaper {
   /** Records expiry of leases past their TTL. They stopped counting at expiry already; this writes it down. */
   async expireLeases(): Promise<number> {
     const now = this.clock.now()
-    return this.db.$executeRaw`
+    const events = await this.db.$queryRaw<Array<Record<string, unknown>>>`
       WITH l AS (
         UPDATE leases SET ended_at = expires_at, end_reason = 'expired'
         WHERE id IN (SELECT id FROM leases WHERE ended_at IS NULL AND expires_at <= ${now} LIMIT 5000)
         RETURNING id, session_id, ended_at)
       INSERT INTO session_events (session_id, at, type, lease_id)
-      SELECT session_id, ended_at, 'lease_expired', id FROM l`
+      SELECT session_id, ended_at, 'lease_expired', id FROM l
+      RETURNING ${EVENT_COLUMNS}`
+    this.sessions.announce(events.map(eventFromRow))
+    return events.length
   }
 
   /** Sessions past MAX_SESSION_SECONDS take no new leases; their holders get drainGraceSeconds to finish. */

@@ -3,6 +3,7 @@ import type { Clock } from '../services/clock.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
 import type { Launcher, LaunchTarget, ObservedCompute } from '../services/launchers/launcher.ts'
+import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import { SessionService, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
@@ -57,7 +58,7 @@ export class Reconciler {
       case 'READY':
       case 'DRAINING':
         if (seen?.state === 'stopped') {
-          await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason }, {
+          await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason, detail: { cause: 'compute_lost' } }, {
             error: `session compute stopped unexpectedly: ${seen.reason}`,
             endedAt: this.clock.now(),
           })
@@ -76,7 +77,7 @@ export class Reconciler {
 
   private async relaunchOrphanedClaim(s: SessionRecord): Promise<void> {
     if (this.clock.now().getTime() - (s.launchedAt?.getTime() ?? 0) < ORPHANED_CLAIM_MS) return
-    if (this.pastStartDeadline(s)) return this.fail(s, 'the launch was never recorded')
+    if (this.pastStartDeadline(s)) return this.fail(s, 'the launch was never recorded', 'launch_unrecorded')
     await this.launchAndRecord(s)
   }
 
@@ -91,22 +92,24 @@ export class Reconciler {
         authToken: this.tokens.sessionToken(s.id, s.generation),
       }))
     } catch (err) {
-      return this.fail(s, `launch failed: ${(err as Error).message}`)
+      return this.fail(s, `launch failed: ${(err as Error).message}`, 'launch_error')
     }
     const recorded = await this.sessions.transition(s, ['STARTING'], 'STARTING', { type: 'launched', detail: { ref } }, { launchRef: ref })
     if (recorded) this.logger?.info({ sessionId: s.id, ref }, 'session launched')
   }
 
   private async awaitReady(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
-    if (seen?.state === 'stopped') return this.fail(s, seen.reason)
+    if (seen?.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
     let lastReason = seen?.detail ?? 'not running yet'
     if (seen?.state === 'running') {
+      // The first pass to see it running marks the phase boundary (once per launch attempt).
+      const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }))
       const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection)
       if (readiness.ready) {
         const now = this.clock.now()
         const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
           type: 'ready',
-          detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now) },
+          detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now), phases: startPhases(s, runningAt ?? now, now) },
         }, { host: seen.host, port: seen.port, readyAt: now })
         if (ok) this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
         return
@@ -114,7 +117,7 @@ export class Reconciler {
       lastReason = readiness.reason
     }
     if (this.pastStartDeadline(s)) {
-      await this.fail(s, `not ready within ${this.opts.startTimeoutSeconds}s: ${lastReason}`)
+      await this.fail(s, `not ready within ${this.opts.startTimeoutSeconds}s: ${lastReason}`, 'start_timeout')
     }
   }
 
@@ -126,9 +129,9 @@ export class Reconciler {
     await this.sessions.transition(s, ['STOPPING'], 'STOPPED', { type: 'stopped', reason: s.stopReason }, { endedAt: this.clock.now() })
   }
 
-  /** FAILED keeps the reason; the compute is stopped here, and by the orphan sweeper should this crash. */
-  private async fail(s: SessionRecord, reason: string): Promise<void> {
-    const ok = await this.sessions.transition(s, ['PENDING', 'STARTING'], 'FAILED', { type: 'failed', reason }, {
+  /** FAILED keeps the reason (and its cause, for metrics); the compute is stopped here, and by the orphan sweeper should this crash. */
+  private async fail(s: SessionRecord, reason: string, cause: LaunchFailureCause): Promise<void> {
+    const ok = await this.sessions.transition(s, ['PENDING', 'STARTING'], 'FAILED', { type: 'failed', reason, detail: { cause } }, {
       error: reason,
       endedAt: this.clock.now(),
     })
@@ -150,3 +153,19 @@ export const targetOf = (s: Pick<SessionRecord, 'id' | 'generation' | 'launchRef
 })
 
 const secondsSince = (from: Date | null, now: Date) => (from ? (now.getTime() - from.getTime()) / 1000 : null)
+
+/** When this launch attempt's compute was first seen running, or null (a runningAt older than the launch claim is an earlier attempt's). */
+function runningSince(s: SessionRecord): Date | null {
+  return s.runningAt && s.launchedAt && s.runningAt >= s.launchedAt ? s.runningAt : null
+}
+
+/** The phases of the time to READY (see START_PHASES), in seconds, from the session's own timestamps. */
+function startPhases(s: SessionRecord, runningAt: Date, readyAt: Date): StartPhases {
+  const launchedAt = s.launchedAt ?? s.createdAt
+  const seconds = (from: Date, to: Date) => Math.max(0, (to.getTime() - from.getTime()) / 1000)
+  return {
+    launching: seconds(s.createdAt, launchedAt),
+    provisioning: seconds(launchedAt, runningAt),
+    chroma_boot: seconds(runningAt, readyAt),
+  }
+}

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
+import type { Logger } from 'pino'
 import { buildApp } from '../../src/app.ts'
 import type { ApiKeySeed } from '../../src/config.ts'
 import { PostgresChangeFeed } from '../../src/database/change-feed.ts'
@@ -48,6 +49,8 @@ export interface TestAppOptions {
   keepSessions?: boolean
   /** An S3 endpoint (test/helpers/s3-fake.ts) for s3:// snapshots: acquire checks and agents read it. */
   s3?: S3Fake
+  /** Receives the services' structured log lines (one per session event). */
+  logger?: Logger
 }
 
 let topTeardownRegistered = false
@@ -75,6 +78,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     tokenSecret: await loadLeaseTokenSecret(db),
     snapshotRoot,
     s3: opts.s3?.client,
+    logger: opts.logger,
     limits: {
       leaseTtlSeconds: opts.leaseTtlSeconds ?? 300,
       maxLeaseTtlSeconds: 86400,

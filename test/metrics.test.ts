@@ -1,0 +1,200 @@
+import { mkdir, mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { ManualClock } from '../src/services/clock.ts'
+import { buildTestApp } from './helpers/app.ts'
+import { FakeChroma, sample, ScriptedLauncher } from './helpers/fake-session.ts'
+
+// /metrics checked for values, not names: each session's phases move on a manual clock,
+// and the launcher and Chroma are scripted, so every number below is known exactly.
+
+const root = await mkdtemp(join(tmpdir(), 'metrics-'))
+for (const dir of ['receipts', 'invoices', 'bad-capacity', 'dies', 'slow', 'lost']) await mkdir(join(root, dir))
+const snap = (name: string) => `file://${join(root, name)}`
+
+async function setup(tt: Parameters<typeof buildTestApp>[0]) {
+  const clock = new ManualClock()
+  const launcher = new ScriptedLauncher()
+  const chroma = await new FakeChroma().start()
+  tt.teardown(() => chroma.close())
+  const ctx = await buildTestApp(tt, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: 60, idleTtlSeconds: 30 })
+  const inject = ctx.app.inject.bind(ctx.app)
+  const acquire = async (body: Record<string, unknown>, headers: Record<string, string> = {}) =>
+    inject({ method: 'POST', url: '/v1/leases', payload: body, headers })
+  const metrics = async () => {
+    const res = await inject('/metrics')
+    tt.equal(res.statusCode, 200)
+    return res.body
+  }
+  /** Reconciler passes: one claims and launches, the next sees the compute. */
+  const passes = async (n: number) => {
+    for (let i = 0; i < n; i++) await ctx.workers.reconciler.reconcileOnce()
+  }
+  return { ...ctx, clock, launcher, chroma, inject, acquire, metrics, passes }
+}
+
+t.test('acquire latency by outcome, time to READY by phase, sessions and leases', async (t) => {
+  const ctx = await setup(t)
+  const first = await ctx.acquire({ snapshot: snap('receipts'), collection: 'receipts', holder: 'wf-1' })
+  t.equal(first.statusCode, 201)
+  const session = first.json().session.id
+  t.equal((await ctx.acquire({ snapshot: snap('receipts'), collection: 'receipts' }, { 'idempotency-key': 'run-1' })).statusCode, 201)
+  t.equal((await ctx.acquire({ snapshot: snap('receipts'), collection: 'receipts' }, { 'idempotency-key': 'run-1' })).statusCode, 200)
+  t.equal((await ctx.acquire({ snapshot: snap('receipts'), mode: 'exclusive', ttlSeconds: 10_000_000 })).statusCode, 400)
+
+  // launching: 2 s until a reconciler claims the launch.
+  ctx.clock.advance(2)
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(session)).status, 'STARTING')
+  // provisioning: 5 s until the launcher reports the compute running.
+  ctx.clock.advance(5)
+  ctx.launcher.states.set(session, ctx.chroma.running())
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(session)).status, 'STARTING', 'running, but Chroma is not healthy yet')
+  // chroma_boot: 3 s until Chroma's healthcheck passes.
+  ctx.clock.advance(3)
+  ctx.chroma.healthy = true
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(session)).status, 'READY')
+
+  const m = await ctx.metrics()
+  const acquires = (outcome: string, mode = 'shared') => sample(m, 'chroma_lease_acquire_duration_seconds_count', { mode, outcome, waited: 'false' })
+  t.equal(acquires('created'), 1, 'one acquire started the session')
+  t.equal(acquires('reused'), 1, 'one attached to it')
+  t.equal(acquires('replayed'), 1, 'one replayed its Idempotency-Key')
+  t.equal(acquires('error', 'exclusive'), 1, 'one was refused')
+  t.ok(sample(m, 'chroma_lease_acquire_duration_seconds_sum', { mode: 'shared', outcome: 'created', waited: 'false' })! > 0, 'latency is measured')
+
+  for (const [phase, seconds] of [['launching', 2], ['provisioning', 5], ['chroma_boot', 3]] as const) {
+    t.equal(sample(m, 'chroma_lease_session_start_phase_seconds_sum', { phase }), seconds, `${phase} took ${seconds} s`)
+    t.equal(sample(m, 'chroma_lease_session_start_phase_seconds_count', { phase }), 1)
+  }
+  t.equal(sample(m, 'chroma_lease_session_start_seconds_sum'), 10, 'created to READY: 10 s')
+  t.equal(sample(m, 'chroma_lease_session_start_seconds_bucket', { le: '5' }), 0)
+  t.equal(sample(m, 'chroma_lease_session_start_seconds_bucket', { le: '10' }), 1)
+  t.equal(sample(m, 'chroma_lease_sessions', { status: 'READY' }), 1)
+  t.equal(sample(m, 'chroma_lease_live_leases'), 2)
+  t.equal(sample(m, 'chroma_lease_session_events_total', { type: 'running' }), 1)
+  t.equal(sample(m, 'chroma_lease_session_events_total', { type: 'lease_attached' }), 2)
+  t.ok(sample(m, 'chroma_lease_process_resident_memory_bytes')! > 0, "the process's own metrics")
+  t.ok(sample(m, 'chroma_lease_nodejs_eventloop_lag_seconds') !== undefined)
+
+  const events = (await ctx.inject(`/v1/sessions/${session}/events`)).json().events
+  t.match(events.find((e: { type: string }) => e.type === 'ready').detail, { phases: { launching: 2, provisioning: 5, chroma_boot: 3 } }, 'the timeline shows the phases too')
+  t.notMatch(m, /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-/, 'no ids as labels')
+})
+
+t.test('query latency by kind, session status and outcome; queries in flight', async (t) => {
+  const ctx = await setup(t)
+  const ready = async (name: string, mode = 'shared') => {
+    const lease = (await ctx.acquire({ snapshot: snap(name), collection: 'receipts', mode })).json()
+    ctx.launcher.states.set(lease.session.id, ctx.chroma.running())
+    return lease
+  }
+  ctx.chroma.healthy = true
+  const lease = await ready('receipts')
+  await ctx.passes(2)
+  t.equal((await ctx.services.sessions.get(lease.session.id)).status, 'READY')
+  const pending = (await ctx.acquire({ snapshot: snap('invoices'), collection: 'receipts' })).json()
+  const token = (tok: string) => ({ 'x-chroma-token': tok })
+  const query = (id: string, tok: string) =>
+    ctx.inject({ method: 'POST', url: `/v1/sessions/${id}/query`, headers: token(tok), payload: { collection: 'receipts', queryEmbeddings: [[0.1, 0.2]], nResults: 2 } })
+
+  t.equal((await query(lease.session.id, lease.token)).statusCode, 200)
+  t.equal((await query(lease.session.id, lease.token)).statusCode, 200)
+  t.equal((await ctx.inject({ url: '/api/v2/heartbeat', headers: token(lease.token) })).statusCode, 200)
+  t.equal((await ctx.inject({ url: `/v1/sessions/${lease.session.id}/chroma/api/v2/heartbeat`, headers: token(lease.token) })).statusCode, 200)
+  t.equal((await ctx.inject({ url: '/api/v2/boom', headers: token(lease.token) })).statusCode, 500)
+  t.equal((await ctx.inject({ url: '/api/v2/heartbeat', headers: token('clt_nope') })).statusCode, 401)
+  t.equal((await ctx.inject({ url: '/api/v2/heartbeat', headers: token(pending.token) })).statusCode, 409)
+  t.equal((await query(pending.session.id, pending.token)).statusCode, 409)
+  t.equal((await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${lease.session.id}` })).json().status, 'DRAINING')
+  await new Promise((r) => setTimeout(r, 500)) // the change feed tells the proxy's route cache
+  t.equal((await query(lease.session.id, lease.token)).statusCode, 200, 'a draining session still serves its leases')
+
+  const m = await ctx.metrics()
+  const count = (kind: string, session_status: string, outcome: string) =>
+    sample(m, 'chroma_lease_query_duration_seconds_count', { kind, session_status, outcome })
+  t.equal(count('query', 'READY', 'ok'), 2)
+  t.equal(count('query', 'DRAINING', 'ok'), 1)
+  t.equal(count('query', 'PENDING', 'not_ready'), 1)
+  t.equal(count('proxy', 'READY', 'ok'), 2)
+  t.equal(count('proxy', 'READY', 'upstream_error'), 1, "Chroma's own 500")
+  t.equal(count('proxy', 'unknown', 'denied'), 1, 'a bad token resolves to no session')
+  t.equal(count('proxy', 'PENDING', 'not_ready'), 1)
+  t.ok(sample(m, 'chroma_lease_query_duration_seconds_sum', { kind: 'query', session_status: 'READY', outcome: 'ok' })! > 0)
+  t.equal(sample(m, 'chroma_lease_queries_in_flight', { kind: 'proxy' }), 0, 'nothing left in flight')
+  t.equal(sample(m, 'chroma_lease_queries_in_flight', { kind: 'query' }), 0)
+})
+
+t.test('launch failures by cause, reaped sessions by cause, orphans', async (t) => {
+  const ctx = await setup(t)
+  ctx.chroma.healthy = true
+  ctx.launcher.failLaunchesOf.add('bad-capacity')
+  const acquire = async (name: string) => (await ctx.acquire({ snapshot: snap(name), mode: 'exclusive' })).json()
+  const status = async (id: string) => (await ctx.services.sessions.get(id)).status
+
+  const noCapacity = await acquire('bad-capacity')
+  const dies = await acquire('dies')
+  const slow = await acquire('slow')
+  await ctx.passes(1)
+  t.equal(await status(noCapacity.session.id), 'FAILED')
+  ctx.launcher.states.set(dies.session.id, { state: 'stopped', reason: 'collection "x" is not in the snapshot' })
+  await ctx.passes(1)
+  t.equal(await status(dies.session.id), 'FAILED')
+  t.equal(await status(slow.session.id), 'STARTING')
+  ctx.clock.advance(61)
+  await ctx.passes(1)
+  t.equal(await status(slow.session.id), 'FAILED')
+
+  // Four sessions get READY, then end four ways; a fifth loses its compute.
+  const serving = []
+  for (const name of ['receipts', 'invoices', 'lost']) {
+    const lease = await acquire(name)
+    ctx.launcher.states.set(lease.session.id, ctx.chroma.running())
+    serving.push(lease)
+  }
+  const drained = await acquire('receipts')
+  ctx.launcher.states.set(drained.session.id, ctx.chroma.running())
+  await ctx.passes(2)
+  const [idle, forced, lost] = serving as [typeof drained, typeof drained, typeof drained]
+  for (const l of [...serving, drained]) t.equal(await status(l.session.id), 'READY')
+
+  await ctx.inject({ method: 'DELETE', url: `/v1/leases/${idle.id}` })
+  await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${forced.session.id}?force=true&reason=bad%20data` })
+  await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${drained.session.id}?reason=deploy` })
+  await ctx.inject({ method: 'DELETE', url: `/v1/leases/${drained.id}` })
+  ctx.launcher.states.set(lost.session.id, { state: 'stopped', reason: 'task stopped: spot interruption' })
+  ctx.clock.advance(31)
+  const reaped = await ctx.workers.reaper.reapOnce()
+  t.same(reaped.stopped.map((s) => s.reason).sort(), ['drained', 'idle'])
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(await status(lost.session.id), 'FAILED')
+
+  ctx.launcher.strays.push({ ref: 'fake-stray', sessionId: '00000000-0000-4000-8000-000000000000', generation: 1 })
+  await ctx.workers.sweeper.sweepOnce()
+  await ctx.workers.sweeper.sweepOnce()
+
+  const m = await ctx.metrics()
+  const failures = (cause: string) => sample(m, 'chroma_lease_session_launch_failures_total', { cause })
+  t.equal(failures('launch_error'), 1)
+  t.equal(failures('compute_stopped'), 1)
+  t.equal(failures('start_timeout'), 1)
+  t.equal(failures('launch_unrecorded'), 0, 'causes that did not happen are there, at zero')
+  const reapedBy = (cause: string) => sample(m, 'chroma_lease_sessions_reaped_total', { cause })
+  t.equal(reapedBy('idle'), 1)
+  t.equal(reapedBy('drained'), 1)
+  t.equal(reapedBy('force_stop'), 1)
+  t.equal(reapedBy('compute_lost'), 1)
+  t.equal(reapedBy('max_lifetime'), 0)
+  t.equal(sample(m, 'chroma_lease_orphans_stopped_total', { cause: 'no_session' }), 1, 'an orphan still stopping counts once')
+  t.equal(sample(m, 'chroma_lease_orphans_stopped_total', { cause: 'session_ended' }), 0, 'failed and stopped sessions left nothing running')
+  t.equal(sample(m, 'chroma_lease_sessions', { status: 'FAILED' }), 4)
+  t.equal(sample(m, 'chroma_lease_sessions', { status: 'STOPPING' }), 3)
+  t.equal(sample(m, 'chroma_lease_session_start_phase_seconds_count', { phase: 'chroma_boot' }), 4, 'four sessions got READY')
+
+  ctx.launcher.strays.push({ ref: 'fake-stray-2', sessionId: '00000000-0000-4000-8000-000000000001', generation: 1 })
+  await ctx.workers.sweeper.sweepOnce()
+  t.equal(sample(await ctx.metrics(), 'chroma_lease_orphans_stopped_total', { cause: 'no_session' }), 2, 'another orphan counts')
+})
