@@ -4,14 +4,15 @@ import { writeFile } from 'node:fs/promises'
 import { buildApp } from '../src/app.ts'
 import { openapiYaml } from './openapi-yaml.ts'
 import { noChanges } from '../src/database/change-feed.ts'
-import { createDatabase } from '../src/database/client.ts'
+import { openDatabase } from '../src/database/client.ts'
 import { systemClock } from '../src/services/clock.ts'
 import { createServices } from '../src/services/index.ts'
 
 // The spec needs the routes, not a database: this client never connects.
-const db = createDatabase('postgresql://openapi@127.0.0.1:1/none')
+const { db, sql } = openDatabase('postgresql://openapi@127.0.0.1:1/none')
 const services = createServices({
   db,
+  sql,
   clock: systemClock,
   changes: noChanges,
   tokenSecret: Buffer.alloc(32),

@@ -4,7 +4,7 @@ import pino, { type Logger } from 'pino'
 import { REDACTED_PATHS } from './app.ts'
 import type { Config } from './config.ts'
 import { PostgresChangeFeed } from './database/change-feed.ts'
-import { createDatabase } from './database/client.ts'
+import { openDatabase } from './database/client.ts'
 import { startEmbeddedPostgres } from './database/embedded-postgres.ts'
 import { migrate } from './database/migrator.ts'
 import { loadLeaseTokenSecret } from './services/auth.ts'
@@ -55,12 +55,13 @@ export async function openRuntime(config: Config, logger: Logger) {
   const databaseUrl = config.databaseUrl ?? embedded!.url
   const migrations = await migrate(databaseUrl)
   if (migrations.applied.length) logger.info({ applied: migrations.applied }, 'database migrated')
-  const db = createDatabase(databaseUrl)
+  const { db, sql } = openDatabase(databaseUrl)
   const clock = new DatabaseClock(db)
   await clock.sync()
   const changes = await PostgresChangeFeed.connect(databaseUrl, logger)
   const services = createServices({
     db,
+    sql,
     clock,
     changes,
     tokenSecret: await loadLeaseTokenSecret(db),

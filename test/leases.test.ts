@@ -165,7 +165,11 @@ t.test('API keys: roles, ownership, hashed storage', async (t) => {
   const id = mine.json().id
   t.equal((await app.inject({ method: 'GET', url: `/v1/leases/${id}`, headers: { 'x-api-key': client2 } })).statusCode, 404, "another client's lease is invisible")
   t.equal((await app.inject({ method: 'DELETE', url: `/v1/leases/${id}`, headers: { 'x-api-key': client2 } })).statusCode, 404, 'and cannot be released by it')
-  t.equal((await app.inject({ method: 'GET', url: `/v1/leases/${id}`, headers: { 'x-api-key': operator } })).statusCode, 200, 'operators see every lease')
+  const seen = await app.inject({ method: 'GET', url: `/v1/leases/${id}`, headers: { 'x-api-key': operator } })
+  t.equal(seen.statusCode, 200, 'operators see every lease')
+  t.equal(seen.json().status, 'active', "another client's release attempt left it active")
+  t.equal(seen.json().session.leaseCount, 1, 'and counting')
+  t.equal((await app.inject({ method: 'DELETE', url: '/v1/leases/00000000-0000-4000-8000-000000000000', headers: { 'x-api-key': operator } })).statusCode, 404, 'releasing an unknown lease is a 404')
   const sessions = await app.inject({ method: 'GET', url: '/v1/sessions', headers: { 'x-api-key': client } })
   t.equal(sessions.statusCode, 403, 'sessions are for operators')
   t.equal(sessions.json().code, 'operator_role_required')

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -35,8 +35,12 @@ t.teardown(async () => {
   await rm(root, { recursive: true, force: true })
 })
 
+// What `npm start` runs once it has built the bundle (package.json scripts.start).
+execFileSync(process.execPath, ['scripts/build.mjs'])
+const SERVER_ARGS = ['--enable-source-maps', 'dist/server.js']
+
 function start(): { child: ChildProcess; output: () => string } {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, SERVER_ARGS, { env, stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   child.stdout!.on('data', (d) => (out += d))
   child.stderr!.on('data', (d) => (out += d))
@@ -99,7 +103,7 @@ t.test('npm start on embedded defaults, graceful SIGTERM, restart adopts the ses
 })
 
 t.test('a bad setting stops the process at once with a clear message', async (t) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+  const child = spawn(process.execPath, SERVER_ARGS, {
     env: { ...env, HOST: '0.0.0.0', API_KEYS: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   })

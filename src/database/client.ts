@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { PrismaPg } from '@prisma/adapter-pg'
 import pg from 'pg'
 import { PrismaClient, type Prisma } from '../generated/prisma/client.ts'
@@ -14,12 +15,22 @@ export class SqlPool {
   constructor(private readonly pool: pg.Pool) {}
 
   async rows<T>(query: Prisma.Sql): Promise<T[]> {
-    return (await this.pool.query(query.text, query.values)).rows as T[]
+    return (await this.pool.query(prepared(query))).rows as T[]
   }
 
   async execute(query: Prisma.Sql): Promise<number> {
-    return (await this.pool.query(query.text, query.values)).rowCount ?? 0
+    return (await this.pool.query(prepared(query))).rowCount ?? 0
   }
+}
+
+/**
+ * A named statement, so each connection parses and plans it once instead of on every
+ * call. Names come from the text, which the code's templates fix (values are always
+ * parameters), so the number of distinct statements stays small and bounded.
+ */
+function prepared(query: Prisma.Sql): pg.QueryConfig {
+  const name = `cl_${createHash('sha1').update(query.text).digest('hex').slice(0, 20)}`
+  return { name, text: query.text, values: query.values }
 }
 
 /** Prisma 7 (no native engine) and the raw hot path, sharing one node-postgres pool. */

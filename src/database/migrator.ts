@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
+import { projectPath } from '../paths.ts'
 
 /**
  * Applies prisma/migrations/<name>/migration.sql in order. Prisma's `migrate deploy`
@@ -9,7 +10,7 @@ import pg from 'pg'
  * apply the same files ourselves and keep `_prisma_migrations` in Prisma's format:
  * where the engine is available, `prisma migrate deploy` sees them as applied.
  */
-export const MIGRATIONS_DIR = new URL('../../prisma/migrations/', import.meta.url).pathname
+export const MIGRATIONS_DIR = projectPath('prisma', 'migrations') + '/'
 
 // Any constant works; it only has to be the same in every replica.
 const MIGRATION_LOCK = 727_130_402

@@ -1,6 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3'
 import type { Logger } from 'pino'
-import type { Database } from '../database/client.ts'
+import type { Database, SqlPool } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import { ApiKeyService, LeaseTokens } from './auth.ts'
 import { ChromaClient } from './chroma.ts'
@@ -14,6 +14,8 @@ import { SnapshotService } from './snapshots/snapshot-service.ts'
 
 export interface ServiceDeps {
   db: Database
+  /** The same pool as db, for the hot-path statements (SqlPool). */
+  sql: SqlPool
   clock: Clock
   changes: ChangeFeed
   tokenSecret: Buffer
@@ -31,12 +33,12 @@ export type Services = ReturnType<typeof createServices>
 /** The domain, wired once: the app's routes and the workers share these instances. */
 export function createServices(deps: ServiceDeps) {
   const metrics = deps.metrics ?? new Metrics(deps.db, deps.clock)
-  const sessions = new SessionService(deps.db, deps.clock, metrics, deps.logger)
+  const sessions = new SessionService(deps.db, deps.sql, deps.clock, metrics, deps.logger)
   const snapshots = new SnapshotService({ snapshotRoot: deps.snapshotRoot, s3: deps.s3 })
   const tokens = new LeaseTokens(deps.tokenSecret)
-  const leases = new LeaseService({ db: deps.db, clock: deps.clock, sessions, snapshots, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })
+  const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })
   const chroma = new ChromaClient()
-  const router = new LeaseRouter(deps.db, deps.clock, deps.changes)
+  const router = new LeaseRouter(deps.sql, deps.clock, deps.changes)
   const query = new QueryService(router, chroma)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   return { metrics, sessions, snapshots, tokens, leases, chroma, router, query, apiKeys }

@@ -1,4 +1,5 @@
-import type { Database } from '../database/client.ts'
+import type { SqlPool } from '../database/client.ts'
+import { Prisma } from '../generated/prisma/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import type { SessionStatus } from '../generated/prisma/enums.ts'
 import { LeaseTokens } from './auth.ts'
@@ -34,11 +35,13 @@ export class LeaseRouter {
   private readonly unsubscribe: () => void
 
   constructor(
-    private readonly db: Database,
+    private readonly sql: SqlPool,
     private readonly clock: Clock,
     changes: ChangeFeed,
   ) {
-    this.unsubscribe = changes.on((c) => this.forgetSession(c.sessionId))
+    // A lease that ended takes only its own route with it; the session's other holders
+    // keep theirs. A session that moved drops them all (its address or status changed).
+    this.unsubscribe = changes.on((c) => (c.kind === 'lease' ? this.forgetLease(c.sessionId, c.leaseId) : this.forgetSession(c.sessionId)))
   }
 
   close() {
@@ -70,10 +73,10 @@ export class LeaseRouter {
   }
 
   private async load(hash: string): Promise<LeaseRoute> {
-    const rows = await this.db.$queryRaw<
-      Array<{ id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null }>
-    >`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port
-      FROM leases l JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = ${hash}`
+    const rows = await this.sql.rows<
+      { id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null }
+    >(Prisma.sql`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port
+      FROM leases l JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = ${hash}`)
     const r = rows[0]
     if (!r) throw unauthorized('invalid_lease_token', 'unknown lease token')
     const route: LeaseRoute = {
@@ -99,9 +102,9 @@ export class LeaseRouter {
     const renewDue = route.expiresAt - (route.ttlSeconds * 1000 * 2) / 3
     if (now < renewDue || route.renewing) return
     const expiresAt = new Date(now + route.ttlSeconds * 1000)
-    route.renewing = this.db.$executeRaw`
+    route.renewing = this.sql.execute(Prisma.sql`
         UPDATE leases SET expires_at = ${expiresAt}
-        WHERE id = ${route.leaseId}::uuid AND ended_at IS NULL AND expires_at > ${new Date(now)}`
+        WHERE id = ${route.leaseId}::uuid AND ended_at IS NULL AND expires_at > ${new Date(now)}`)
       .then((n) => {
         if (n === 1) route.expiresAt = expiresAt.getTime()
         else route.ended = true
@@ -117,6 +120,16 @@ export class LeaseRouter {
     if (!hashes) return
     for (const h of hashes) this.routes.delete(h)
     this.bySession.delete(sessionId)
+  }
+
+  private forgetLease(sessionId: string, leaseId: string) {
+    const hashes = this.bySession.get(sessionId)
+    if (!hashes) return
+    for (const h of hashes) {
+      if (this.routes.get(h)?.leaseId !== leaseId) continue
+      this.routes.delete(h)
+      hashes.delete(h)
+    }
   }
 
   private clear() {

@@ -2,13 +2,24 @@ import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode } from '../generated/prisma/enums.ts'
-import type { Database } from '../database/client.ts'
+import type { Database, SqlPool } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import { LeaseTokens, sha256, type Principal } from './auth.ts'
 import type { Clock } from './clock.ts'
 import { badRequest, conflict, gone, notFound, unprocessable } from './errors.ts'
 import { noObserver, type AcquireOutcome, type Observer } from './metrics.ts'
-import { ATTACHABLE_STATUSES, EVENT_COLUMNS, eventFromRow, eventOf, SessionService, STARTING_STATUSES, type SessionRecord, type SessionView } from './sessions.ts'
+import {
+  ATTACHABLE_STATUSES,
+  EVENT_COLUMNS,
+  eventFromRow,
+  eventOf,
+  liveLeaseCount,
+  SessionService,
+  STARTING_STATUSES,
+  toRecord,
+  type SessionRecord,
+  type SessionView,
+} from './sessions.ts'
 import type { SnapshotService } from './snapshots/snapshot-service.ts'
 
 export interface AcquireInput {
@@ -57,6 +68,11 @@ interface LeaseRow {
   endReason: string | null
 }
 
+/** A LeaseRow from the leases table aliased `lease`. */
+const LEASE_COLUMNS = Prisma.sql`lease.id, lease.session_id AS "sessionId", lease.principal, lease.holder,
+  lease.idempotency_key AS "idempotencyKey", lease.request_hash AS "requestHash", lease.ttl_seconds AS "ttlSeconds",
+  lease.created_at AS "createdAt", lease.expires_at AS "expiresAt", lease.ended_at AS "endedAt", lease.end_reason AS "endReason"`
+
 /** Attach or create takes a few tries only when a session stops between the two. */
 const MAX_ATTACH_ATTEMPTS = 5
 
@@ -69,6 +85,8 @@ export class LeaseService {
   constructor(
     private readonly deps: {
       db: Database
+      /** Hot-path statements (attach, find, renew, release) skip Prisma's engine: see SqlPool. */
+      sql: SqlPool
       clock: Clock
       sessions: SessionService
       snapshots: SnapshotService
@@ -139,6 +157,7 @@ export class LeaseService {
     }
     const token = tokens.mint(lease.id)
     let sessionId: string | null = null
+    let attached: SessionRecord | null = null
     let outcome: AcquireOutcome = 'reused'
     let launchSnapshot: string | undefined
     let now = clock.now()
@@ -146,7 +165,8 @@ export class LeaseService {
       for (let attempt = 0; sessionId === null && attempt < MAX_ATTACH_ATTEMPTS; attempt++) {
         now = clock.now()
         const poolKey = mode === 'shared' ? `${snapshot}#${input.collection ?? ''}` : null
-        sessionId = poolKey === null ? null : await this.attach(poolKey, lease, token, now)
+        attached = poolKey === null ? null : await this.attach(poolKey, lease, token, now)
+        sessionId = attached?.id ?? null
         if (sessionId === null) {
           // Only a new session needs the snapshot checked (and pinned) in its store.
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
@@ -164,7 +184,9 @@ export class LeaseService {
     }
     if (sessionId === null) throw conflict('pool_contended', 'the pool kept changing under this acquire; retry')
 
-    const session = await this.settle(sessionId, input.waitSeconds ?? 0)
+    const waitSeconds = input.waitSeconds ?? 0
+    // A READY session attached to needs no second read; a starting one may be waited for.
+    const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
     const row: LeaseRow = { ...lease, sessionId, createdAt: now, expiresAt: expiry(now, ttlSeconds), endedAt: null, endReason: null }
     return { lease: { ...this.view(row, session, baseUrl), token }, created: true, outcome }
   }
@@ -175,10 +197,10 @@ export class LeaseService {
    * and then see the lease (the reaper re-counts after taking its row lock); if the
    * stop won, the session no longer matches and nothing is inserted.
    */
-  private async attach(poolKey: string, lease: NewLease, token: string, now: Date): Promise<string | null> {
-    const rows = await this.deps.db.$queryRaw<Array<Record<string, unknown>>>`
+  private async attach(poolKey: string, lease: NewLease, token: string, now: Date): Promise<SessionRecord | null> {
+    const rows = await this.deps.sql.rows<Record<string, unknown>>(Prisma.sql`
       WITH s AS (
-        SELECT id FROM sessions
+        SELECT * FROM sessions
         WHERE pool_key = ${poolKey} AND status::text IN (${Prisma.join(ATTACHABLE_STATUSES)})
         FOR SHARE
       ), l AS (
@@ -191,10 +213,13 @@ export class LeaseService {
         SELECT session_id, ${now}, 'lease_attached', id, ${JSON.stringify({ holder: lease.holder })}::jsonb FROM l
         RETURNING ${EVENT_COLUMNS}
       )
-      SELECT * FROM e`
-    const events = rows.map(eventFromRow)
-    this.deps.sessions.announce(events)
-    return events[0]?.sessionId ?? null
+      -- The session as the caller sees it, in the same round trip. The count reads the
+      -- statement's snapshot, which does not hold the lease inserted above: hence + 1.
+      SELECT s.*, ${liveLeaseCount(now)} + 1 AS lease_count, to_jsonb(e) AS event FROM s JOIN e ON e.session_id = s.id`)
+    const row = rows[0]
+    if (!row) return null
+    this.deps.sessions.announce([eventFromRow(row.event as Record<string, unknown>)])
+    return toRecord(row)
   }
 
   /**
@@ -259,7 +284,7 @@ export class LeaseService {
 
   /** Extends an active lease. Ended or expired leases stay ended (410): renew never resurrects. */
   async renew(principal: Principal, id: string, ttlSeconds: number | undefined, baseUrl: string): Promise<LeaseView> {
-    const { db, clock, limits } = this.deps
+    const { clock, limits } = this.deps
     if (ttlSeconds !== undefined && ttlSeconds > limits.maxLeaseTtlSeconds) {
       throw badRequest('ttl_out_of_range', `ttlSeconds may be at most ${limits.maxLeaseTtlSeconds} on this server`)
     }
@@ -267,9 +292,9 @@ export class LeaseService {
     const now = clock.now()
     const ttl = ttlSeconds ?? row.ttlSeconds
     const expiresAt = expiry(now, ttl)
-    const updated = await db.$executeRaw`
+    const updated = await this.deps.sql.execute(Prisma.sql`
       UPDATE leases SET expires_at = ${expiresAt}, ttl_seconds = ${ttl}
-      WHERE id = ${id}::uuid AND ended_at IS NULL AND expires_at > ${now}`
+      WHERE id = ${id}::uuid AND ended_at IS NULL AND expires_at > ${now}`)
     if (updated === 0) {
       throw gone('lease_ended', `lease ${id} is ${leaseStatus(row, now)} and cannot be renewed; acquire a new one`)
     }
@@ -279,21 +304,28 @@ export class LeaseService {
   /** Ends a lease. Releasing an ended lease is a no-op that answers with its state. */
   async release(principal: Principal, id: string, baseUrl: string): Promise<LeaseView> {
     const now = this.deps.clock.now()
-    const row = await this.find(principal, id)
-    const [ended] = await this.deps.db.$queryRaw<Array<{ ended_at: Date; end_reason: string; event: Record<string, unknown> }>>`
+    const mayEnd = principal.role === 'operator' ? Prisma.sql`TRUE` : Prisma.sql`principal = ${principal.id}`
+    // One round trip: the lease as it was, its end (when this call ended it), the event,
+    // and its session. The session's count excludes this lease, which no longer counts.
+    const [r] = await this.deps.sql.rows<LeaseRow & Record<string, unknown>>(Prisma.sql`
       WITH l AS (
         UPDATE leases SET ended_at = LEAST(${now}, expires_at),
                           end_reason = CASE WHEN expires_at <= ${now} THEN 'expired' ELSE 'released' END
-        WHERE id = ${id}::uuid AND ended_at IS NULL
+        WHERE id = ${id}::uuid AND ended_at IS NULL AND ${mayEnd}
         RETURNING id, session_id, ended_at, end_reason),
       e AS (
         INSERT INTO session_events (session_id, at, type, lease_id)
         SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l
         RETURNING ${EVENT_COLUMNS})
-      SELECT l.ended_at, l.end_reason, to_jsonb(e) AS event FROM l, e`
-    if (ended) this.deps.sessions.announce([eventFromRow(ended.event)])
-    const current = ended ? { ...row, endedAt: ended.ended_at, endReason: ended.end_reason } : row
-    return this.view(current, await this.deps.sessions.get(row.sessionId), baseUrl)
+      SELECT ${LEASE_COLUMNS}, l.ended_at AS released_at, l.end_reason AS released_as, to_jsonb(e) AS event,
+             to_jsonb(s) AS session, ${liveLeaseCount(now, Prisma.sql`l.id <> ${id}::uuid`)} AS lease_count
+      FROM leases lease JOIN sessions s ON s.id = lease.session_id
+      LEFT JOIN l ON TRUE LEFT JOIN e ON TRUE
+      WHERE lease.id = ${id}::uuid`)
+    const row = this.visible(principal, id, r)
+    if (r!.event) this.deps.sessions.announce([eventFromRow(r!.event as Record<string, unknown>)])
+    const current = r!.released_at ? { ...row, endedAt: r!.released_at as Date, endReason: r!.released_as as string } : row
+    return this.view(current, toRecord({ ...(r!.session as Record<string, unknown>), lease_count: r!.lease_count }), baseUrl)
   }
 
   /** Leases visible to the caller: their own, or all for an operator. */
@@ -313,13 +345,18 @@ export class LeaseService {
   }
 
   private async find(principal: Principal, id: string): Promise<LeaseRow> {
-    const row = await this.deps.db.lease.findUnique({ where: { id } })
-    // Another client's lease is "not found": its existence is not the caller's business.
+    const [row] = await this.deps.sql.rows<LeaseRow>(Prisma.sql`SELECT ${LEASE_COLUMNS} FROM leases lease WHERE lease.id = ${id}::uuid`)
+    return this.visible(principal, id, row)
+  }
+
+  /** Another client's lease is "not found": its existence is not the caller's business. */
+  private visible(principal: Principal, id: string, row: LeaseRow | undefined): LeaseRow {
     if (!row || (principal.role !== 'operator' && row.principal !== principal.id)) {
       throw notFound('lease_not_found', `no lease ${id}`)
     }
     return row
   }
+
 
   /**
    * Reads the session, holding the answer up to waitSeconds while it is still starting.
@@ -373,9 +410,11 @@ export function leaseStatus(row: Pick<LeaseRow, 'endedAt' | 'endReason' | 'expir
   return row.expiresAt.getTime() <= now.getTime() ? 'expired' : 'active'
 }
 
+/** A unique_violation (23505), raised by node-postgres (SqlPool) or by Prisma's driver adapter. */
 function isUniqueViolation(err: unknown): boolean {
   const e = err as { code?: string; meta?: { code?: string; driverAdapterError?: { cause?: { kind?: string; originalCode?: string } } } }
   return (
+    e?.code === '23505' ||
     e?.code === 'P2002' ||
     e?.meta?.code === '23505' ||
     e?.meta?.driverAdapterError?.cause?.kind === 'UniqueConstraintViolation' ||

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
-import type { Database } from '../database/client.ts'
+import type { Database, SqlPool } from '../database/client.ts'
 import type { Clock } from './clock.ts'
 import { conflict, notFound } from './errors.ts'
 import { noObserver, type Observer, type RecordedEvent } from './metrics.ts'
@@ -87,8 +87,9 @@ export type TransitionData = Partial<
   >
 >
 
-const liveLeaseCount = (now: Date) =>
-  Prisma.sql`(SELECT count(*)::int FROM leases l WHERE l.session_id = s.id AND l.ended_at IS NULL AND l.expires_at > ${now})`
+/** The live leases of session `s` (the alias) at `now`: what every lease count means (invariant 4). */
+export const liveLeaseCount = (now: Date, also: Prisma.Sql = Prisma.sql`TRUE`) =>
+  Prisma.sql`(SELECT count(*)::int FROM leases l WHERE l.session_id = s.id AND l.ended_at IS NULL AND l.expires_at > ${now} AND ${also})`
 
 /** Columns of session_events that a RETURNING clause hands to SessionService.announce. */
 export const EVENT_COLUMNS = Prisma.sql`id, session_id, at, type, status, reason, lease_id, detail`
@@ -105,6 +106,7 @@ export const EVENT_COLUMNS = Prisma.sql`id, session_id, at, type, status, reason
 export class SessionService {
   constructor(
     private readonly db: Database,
+    private readonly sql: SqlPool,
     private readonly clock: Clock,
     private readonly observer: Observer = noObserver,
     private readonly logger?: Logger,
@@ -161,9 +163,9 @@ export class SessionService {
   }
 
   private async select(where: Prisma.Sql, limit = 1000, order = Prisma.sql`s.created_at DESC`): Promise<SessionRecord[]> {
-    const rows = await this.db.$queryRaw<Array<Record<string, unknown>>>`
+    const rows = await this.sql.rows<Record<string, unknown>>(Prisma.sql`
       SELECT s.*, ${liveLeaseCount(this.clock.now())} AS lease_count
-      FROM sessions s WHERE ${where} ORDER BY ${order} LIMIT ${limit}`
+      FROM sessions s WHERE ${where} ORDER BY ${order} LIMIT ${limit}`)
     return rows.map(toRecord)
   }
 

@@ -7,7 +7,7 @@ import type { Logger } from 'pino'
 import { buildApp } from '../../src/app.ts'
 import type { ApiKeySeed } from '../../src/config.ts'
 import { PostgresChangeFeed } from '../../src/database/change-feed.ts'
-import { createDatabase, type Database } from '../../src/database/client.ts'
+import { openDatabase, type Database } from '../../src/database/client.ts'
 import { loadLeaseTokenSecret } from '../../src/services/auth.ts'
 import { ManualClock, type Clock } from '../../src/services/clock.ts'
 import { createServices, type Services } from '../../src/services/index.ts'
@@ -67,12 +67,13 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     tap.teardown(stopTestDatabase)
   }
   const databaseUrl = opts.databaseUrl ?? (await freshDatabaseUrl())
-  const db = createDatabase(databaseUrl, 10)
+  const { db, sql } = openDatabase(databaseUrl, 10)
   const clock = opts.clock ?? new ManualClock()
   const changes = await PostgresChangeFeed.connect(databaseUrl)
   const snapshotRoot = opts.snapshotRoot ?? tmpdir()
   const services = createServices({
     db,
+    sql,
     clock,
     changes,
     tokenSecret: await loadLeaseTokenSecret(db),

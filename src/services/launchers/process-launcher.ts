@@ -3,9 +3,9 @@ import { once } from 'node:events'
 import { appendFile, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
 import { freeLoopbackPort } from '../../free-port.ts'
+import { projectPath } from '../../paths.ts'
 import type { AgentStatus } from '../../../container/agent/status.ts'
 import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from './launcher.ts'
 
@@ -49,7 +49,7 @@ export interface ProcessLauncherOptions {
   logger?: Logger
 }
 
-const AGENT_MAIN = fileURLToPath(new URL('../../../container/agent/main.ts', import.meta.url))
+const AGENT_MAIN = projectPath('container', 'agent', 'main.ts')
 const TSX_LOADER = import.meta.resolve('tsx')
 /** Agents on this machine only ever listen on loopback. */
 const AGENT_HOST = '127.0.0.1'
