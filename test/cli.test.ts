@@ -1,0 +1,117 @@
+import { execFile } from 'node:child_process'
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { main, type Io } from '../src/cli/main.ts'
+import { buildTestApp } from './helpers/app.ts'
+
+// The `chroma-lease` CLI against a real control plane on a loopback port. Workers are
+// not started, so sessions stay PENDING: the CLI's job is the API, not the lifecycle.
+const OPERATOR = 'operator-key-0123456789'
+const root = await mkdtemp(join(tmpdir(), 'chroma-lease-cli-'))
+t.teardown(() => rm(root, { recursive: true, force: true }))
+const ctx = await buildTestApp(t, { snapshotRoot: root, listen: true, apiKeys: [{ role: 'operator', key: OPERATOR }] })
+
+/** Runs the CLI in this process with the environment a user would set. */
+async function cli(...argv: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  let out = ''
+  let err = ''
+  const io: Io = {
+    env: { CHROMA_LEASE_URL: ctx.url, CHROMA_LEASE_API_KEY: OPERATOR },
+    out: (s) => (out += s),
+    err: (s) => (err += s),
+  }
+  const code = await main(argv, io)
+  return { code, out, err }
+}
+
+// Each test leases its own snapshot (a directory under the root), so their sessions stay apart.
+const acquire = async (key: string, snapshot: string) => {
+  await mkdir(join(root, snapshot), { recursive: true })
+  const res = await ctx.app.inject({ method: 'POST', url: '/v1/leases', headers: { 'x-api-key': key }, payload: { snapshot: `file://${root}/${snapshot}`, holder: 'cli-test' } })
+  t.equal(res.statusCode, 201)
+  return res.json()
+}
+
+t.test('the installed command runs, and says what is wrong without a key', async (t) => {
+  const run = promisify(execFile)
+  const help = await run(process.execPath, ['bin/chroma-lease.js', '--help'])
+  t.match(help.stdout, /Usage: chroma-lease <command>/)
+  const denied = await run(process.execPath, ['bin/chroma-lease.js', 'keys', 'list', '--url', ctx.url], { env: { PATH: process.env.PATH } }).catch((e) => e)
+  t.equal(denied.code, 1, 'exit 1 when the API refuses')
+  t.match(denied.stderr, /401 .*set --api-key or CHROMA_LEASE_API_KEY/)
+})
+
+t.test('keys: create (shown once), list (never the key), revoke', async (t) => {
+  const created = await cli('keys', 'create', '--name', 'ci pipeline', '--role', 'client', '--json')
+  t.equal(created.code, 0)
+  const key = JSON.parse(created.out)
+  t.match(key, { name: 'ci pipeline', role: 'client', key: /^clk_/ })
+  await acquire(key.key, 'keys') // the printed key works
+
+  const table = await cli('keys', 'list')
+  t.equal(table.code, 0)
+  t.match(table.out, /^ID\s+NAME\s+ROLE\s+FINGERPRINT/)
+  t.match(table.out, new RegExp(`${key.id}\\s+ci pipeline\\s+client\\s+${key.fingerprint}`))
+  t.notMatch(table.out, key.key, 'the list never shows a key')
+
+  const revoked = await cli('keys', 'revoke', key.id, '--json')
+  t.equal(revoked.code, 0)
+  t.ok(JSON.parse(revoked.out).revokedAt)
+  const refused = await ctx.app.inject({ method: 'GET', url: '/v1/leases', headers: { 'x-api-key': key.key } })
+  t.equal(refused.statusCode, 401, 'the revoked key is refused')
+
+  const [operator] = (await ctx.services.apiKeys.list()).filter((k) => k.role === 'operator')
+  const last = await cli('keys', 'revoke', operator!.id)
+  t.equal(last.code, 1)
+  t.match(last.err, /409 last_operator_key/, 'the API refusal reaches the user with its code')
+})
+
+t.test('sessions and leases: list, show with its timeline, release, stop', async (t) => {
+  const lease = await acquire(OPERATOR, 'receipts')
+  const sessionId: string = lease.session.id
+
+  const sessions = await cli('sessions', 'list', '--status', 'pending')
+  t.equal(sessions.code, 0)
+  t.match(sessions.out, new RegExp(`${sessionId}\\s+PENDING\\s+shared\\s+1\\b`), 'status, mode and live lease count')
+  const none = await cli('sessions', 'list', '--status', 'READY')
+  t.equal(none.out, '(none)\n')
+
+  const show = await cli('sessions', 'show', sessionId)
+  t.match(show.out, /live leases\s+1/)
+  t.match(show.out, /Timeline\n/)
+  t.match(show.out, /created[\s\S]*lease_attached/, 'the timeline in order')
+  const json = JSON.parse((await cli('sessions', 'show', sessionId, '--json')).out)
+  t.same(json.events.map((e: { type: string }) => e.type), ['created', 'lease_attached'])
+
+  const leases = await cli('leases', 'list', '--active')
+  t.match(leases.out, new RegExp(`${lease.id}\\s+active\\s+${sessionId}\\s+PENDING\\s+cli-test`))
+  const released = await cli('leases', 'release', lease.id)
+  t.match(released.out, new RegExp(`${lease.id}\\s+released`))
+  t.notMatch((await cli('leases', 'list', '--active')).out, lease.id, 'no longer active')
+
+  const stopped = await cli('sessions', 'stop', sessionId, '--reason', 'cli test')
+  t.equal(stopped.code, 0)
+  t.match(stopped.out, new RegExp(`${sessionId}\\s+STOPPING`))
+  const events = (await ctx.services.sessions.events(sessionId, { limit: 100 })).map((e) => [e.type, e.reason])
+  t.same(events.at(-1), ['force_stop', 'cli test'], 'the reason is on the timeline')
+
+  const other = await acquire(OPERATOR, 'invoices')
+  const drained = await cli('sessions', 'drain', other.session.id, '--json')
+  t.equal(JSON.parse(drained.out).status, 'DRAINING')
+})
+
+t.test('bad usage exits 2 with a hint; an unreachable server exits 1', async (t) => {
+  for (const argv of [['frobnicate'], ['sessions'], ['sessions', 'show'], ['keys', 'list', '--limit', '3'], ['keys', 'create'], ['keys', 'create', '--name', 'x', '--role', 'admin'], ['--bogus']]) {
+    const r = await cli(...argv)
+    t.equal(r.code, 2, argv.join(' '))
+    t.match(r.err, /^chroma-lease: .+\nRun 'chroma-lease --help' for usage\.\n$/)
+  }
+  const unknown = await cli('sessions', 'show', '00000000-0000-4000-8000-000000000000')
+  t.equal(unknown.code, 1)
+  t.match(unknown.err, /404 session_not_found/)
+  const gone = await main(['sessions', 'list', '--url', 'http://127.0.0.1:9'], { env: {}, out: () => {}, err: (s) => t.match(s, /cannot reach http:\/\/127\.0\.0\.1:9/) })
+  t.equal(gone, 1)
+})
