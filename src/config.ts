@@ -1,3 +1,5 @@
+import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
+import { parseCapacityProviders } from './services/launchers/fargate-launcher.ts'
 import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
 import { Type, type Static } from 'typebox'
@@ -41,6 +43,11 @@ const EnvSchema = Type.Object({
   ECS_ASSIGN_PUBLIC_IP: Type.Boolean({ default: false }),
   ECS_CAPACITY_PROVIDER: Type.String({ default: 'FARGATE' }),
   ECS_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
+  EC2_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
+  ECS_CHROMA_PORT: Type.Integer({ default: 8000, minimum: 1, maximum: 65535 }),
+  ECS_STARTED_BY: Type.String({ default: 'chroma-lease', minLength: 1, maxLength: 36, pattern: '^[A-Za-z0-9_-]+$' }),
+  ECS_LAUNCH_RATE: Type.Number({ default: 20, exclusiveMinimum: 0 }),
+  ECS_LAUNCH_BURST: Type.Integer({ default: 20, minimum: 1 }),
 })
 type Env = Static<typeof EnvSchema>
 
@@ -79,8 +86,13 @@ export interface Config {
     securityGroups: string[]
     containerName: string
     assignPublicIp: boolean
-    capacityProvider: string
+    capacityProviders: CapacityProviderStrategyItem[]
     endpoint: string | undefined
+    ec2Endpoint: string | undefined
+    chromaPort: number
+    startedBy: string
+    launchRate: number
+    launchBurst: number
   }
 }
 
@@ -156,9 +168,22 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       securityGroups: list(e.ECS_SECURITY_GROUPS),
       containerName: e.ECS_CONTAINER_NAME,
       assignPublicIp: e.ECS_ASSIGN_PUBLIC_IP,
-      capacityProvider: e.ECS_CAPACITY_PROVIDER,
+      capacityProviders: capacityProviders(e.ECS_CAPACITY_PROVIDER),
       endpoint: e.ECS_ENDPOINT,
+      ec2Endpoint: e.EC2_ENDPOINT,
+      chromaPort: e.ECS_CHROMA_PORT,
+      startedBy: e.ECS_STARTED_BY,
+      launchRate: e.ECS_LAUNCH_RATE,
+      launchBurst: e.ECS_LAUNCH_BURST,
     },
+  }
+}
+
+function capacityProviders(value: string): CapacityProviderStrategyItem[] {
+  try {
+    return parseCapacityProviders(value)
+  } catch (err) {
+    throw new ConfigError(`ECS_CAPACITY_PROVIDER: ${(err as Error).message}`)
   }
 }
 

@@ -12,6 +12,9 @@ import { DatabaseClock } from './services/clock.ts'
 import { createServices } from './services/index.ts'
 import type { Launcher } from './services/launchers/launcher.ts'
 import { ProcessLauncher } from './services/launchers/process-launcher.ts'
+import { FargateLauncher } from './services/launchers/fargate-launcher.ts'
+import { ECSClient } from '@aws-sdk/client-ecs'
+import { EC2Client } from '@aws-sdk/client-ec2'
 import { createWorkers } from './workers/index.ts'
 
 export function createLogger(level: string): Logger {
@@ -27,7 +30,25 @@ export function createS3(config: Config): S3Client {
 
 export function createLauncher(config: Config, logger: Logger): Launcher {
   if (config.launcher === 'fargate') {
-    throw new Error('LAUNCHER=fargate is not available in this build yet; use LAUNCHER=process')
+    const { ecs } = config
+    return new FargateLauncher({
+      ecs: new ECSClient({ region: config.awsRegion, ...(ecs.endpoint ? { endpoint: ecs.endpoint } : {}) }),
+      ec2: new EC2Client({ region: config.awsRegion, ...(ecs.ec2Endpoint ? { endpoint: ecs.ec2Endpoint } : {}) }),
+      settings: {
+        cluster: ecs.cluster!,
+        taskDefinition: ecs.taskDefinition!,
+        containerName: ecs.containerName,
+        subnets: ecs.subnets,
+        securityGroups: ecs.securityGroups,
+        assignPublicIp: ecs.assignPublicIp,
+        capacityProviders: ecs.capacityProviders,
+        chromaPort: ecs.chromaPort,
+        startedBy: ecs.startedBy,
+        launchRate: ecs.launchRate,
+        launchBurst: ecs.launchBurst,
+      },
+      logger,
+    })
   }
   return new ProcessLauncher({
     rootDir: resolve(config.dataDir, 'sessions'),

@@ -2,13 +2,16 @@ import type { Logger } from 'pino'
 import type { Clock } from '../services/clock.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
-import type { Launcher, LaunchTarget, ObservedCompute } from '../services/launchers/launcher.ts'
+import { LaunchDeferred, type Launcher, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import { SessionService, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
   startTimeoutSeconds: number
 }
+
+/** Sessions stepped at once in a pass (launches wait on the launcher's rate limit, not on this). */
+const STEP_CONCURRENCY = 8
 
 /** A claimed launch whose claimant vanished before recording the ref is retried after this long. */
 const ORPHANED_CLAIM_MS = 15_000
@@ -37,15 +40,17 @@ export class Reconciler {
     const observed = launched.length
       ? await this.launcher.describe(launched.map(targetOf))
       : new Map<string, ObservedCompute>()
-    await Promise.all(
-      live
-        .filter((s) => s.launcher === this.launcher.kind)
-        .map((s) =>
-          this.step(s, s.launchRef ? observed.get(s.launchRef) : undefined).catch((err) =>
-            this.logger?.error({ err, sessionId: s.id, status: s.status }, 'reconcile step failed; retrying next pass'),
-          ),
-        ),
-    )
+    // A bounded number of steps at once: each may hold a database connection in a
+    // transaction, and hundreds at once would starve the pool (and the API with it).
+    const queue = live.filter((s) => s.launcher === this.launcher.kind)
+    const worker = async () => {
+      for (let s = queue.shift(); s; s = queue.shift()) {
+        await this.step(s, s.launchRef ? observed.get(s.launchRef) : undefined).catch((err) =>
+          this.logger?.error({ err, sessionId: s!.id, status: s!.status }, 'reconcile step failed; retrying next pass'),
+        )
+      }
+    }
+    await Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker))
   }
 
   private async step(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
@@ -62,6 +67,8 @@ export class Reconciler {
             error: `session compute stopped unexpectedly: ${seen.reason}`,
             endedAt: this.clock.now(),
           })
+          // "Stopped" may mean unusable rather than gone (an UNHEALTHY Fargate task keeps running).
+          await this.launcher.stop(targetOf(s), 'failed').catch(() => {})
         }
         return
       case 'STOPPING':
@@ -92,6 +99,11 @@ export class Reconciler {
         authToken: this.tokens.sessionToken(s.id, s.generation),
       }))
     } catch (err) {
+      if (err instanceof LaunchDeferred) {
+        // Still STARTING without a ref: relaunchOrphanedClaim retries it on a later pass.
+        this.logger?.warn({ sessionId: s.id, reason: err.message }, 'launch deferred')
+        return
+      }
       return this.fail(s, `launch failed: ${(err as Error).message}`, 'launch_error')
     }
     const recorded = await this.sessions.transition(s, ['STARTING'], 'STARTING', { type: 'launched', detail: { ref } }, { launchRef: ref })

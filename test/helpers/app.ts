@@ -85,7 +85,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
       maxLeaseTtlSeconds: 86400,
       idleTtlSeconds: opts.idleTtlSeconds ?? 300,
       maxIdleTtlSeconds: 3600,
-      launcher: 'process',
+      launcher: opts.launcher && opts.launcher !== 'process' ? opts.launcher.kind : 'process',
     },
   })
   await services.apiKeys.init(opts.apiKeys ?? [])

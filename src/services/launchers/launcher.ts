@@ -6,6 +6,15 @@
  * reconciler may call any of them again after a crash, from any replica.
  */
 
+/**
+ * Thrown by launch() when the backend asks to be called later (throttling that outlasts
+ * the retries): the session keeps its claim and the reconciler tries again on a later
+ * pass, until its start deadline, instead of failing it.
+ */
+export class LaunchDeferred extends Error {
+  override name = 'LaunchDeferred'
+}
+
 /** What to launch, and the key that makes launching it idempotent. */
 export interface LaunchSpec {
   sessionId: string

@@ -1,0 +1,233 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import {
+  DescribeTasksCommand,
+  ListTasksCommand,
+  RunTaskCommand,
+  StopTaskCommand,
+  type CapacityProviderStrategyItem,
+  type ECSClient,
+  type Task,
+} from '@aws-sdk/client-ecs'
+import { DescribeNetworkInterfacesCommand, type EC2Client } from '@aws-sdk/client-ec2'
+import type { Logger } from 'pino'
+import { LaunchDeferred, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type RunningCompute } from './launcher.ts'
+import { TokenBucket } from './token-bucket.ts'
+
+export interface FargateSettings {
+  cluster: string
+  taskDefinition: string
+  containerName: string
+  subnets: string[]
+  securityGroups: string[]
+  assignPublicIp: boolean
+  /** e.g. [{ capacityProvider: 'FARGATE_SPOT', weight: 3 }, { capacityProvider: 'FARGATE', weight: 1, base: 1 }] */
+  capacityProviders: CapacityProviderStrategyItem[]
+  /** The port the session image serves Chroma on (its task definition's containerPort). */
+  chromaPort: number
+  /** Marks this control plane's tasks; ListTasks filters on it (at most 36 characters). */
+  startedBy: string
+  /** RunTask calls per second, and how many may go at once (ECS: about 20/s; Fargate launches: a burst of 100, then 20/s). */
+  launchRate: number
+  launchBurst: number
+}
+
+export interface FargateLauncherDeps {
+  ecs: ECSClient
+  ec2: EC2Client
+  settings: FargateSettings
+  logger?: Logger
+  /** Waits between RunTask retries; tests pass a fast one. */
+  backoff?: (attempt: number) => Promise<void>
+}
+
+/** RunTask replies with `failures` (capacity, ENI limits) are retried this many times, then the launch fails. */
+const CAPACITY_ATTEMPTS = 4
+/** ECS accepts at most 100 tasks per DescribeTasks call. */
+const DESCRIBE_BATCH = 100
+const STARTING_STATUSES = new Set(['PROVISIONING', 'PENDING', 'ACTIVATING'])
+/** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
+const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
+
+/**
+ * Sessions as ECS Fargate tasks. Idempotent per launch attempt through RunTask's
+ * clientToken, observed in batches (one DescribeTasks per 100 sessions), and never
+ * relying on memory: tags on each task name its session and generation, so any
+ * replica, or this one after a crash, finds every task it started.
+ */
+export class FargateLauncher implements Launcher {
+  readonly kind = 'fargate' as const
+  private readonly bucket: TokenBucket
+  private readonly backoff: (attempt: number) => Promise<void>
+
+  constructor(private readonly deps: FargateLauncherDeps) {
+    this.bucket = new TokenBucket(deps.settings.launchRate, deps.settings.launchBurst)
+    this.backoff = deps.backoff ?? ((attempt) => sleep(Math.min(30_000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2)))
+  }
+
+  async launch(spec: LaunchSpec): Promise<{ ref: string }> {
+    const { settings } = this.deps
+    let lastFailure = ''
+    for (let attempt = 0; attempt < CAPACITY_ATTEMPTS; attempt++) {
+      if (attempt > 0) await this.backoff(attempt)
+      await this.bucket.take()
+      let reply
+      try {
+        reply = await this.deps.ecs.send(new RunTaskCommand(this.runTaskInput(spec, attempt)))
+      } catch (err) {
+        if (THROTTLED.has((err as Error).name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
+        throw err
+      }
+      const task = reply.tasks?.[0]
+      if (task?.taskArn) {
+        this.deps.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, taskArn: task.taskArn, attempt }, 'fargate task started')
+        return { ref: task.taskArn }
+      }
+      lastFailure = (reply.failures ?? []).map((f) => [f.reason, f.detail].filter(Boolean).join(': ')).join('; ') || 'RunTask started no task'
+      this.deps.logger?.warn({ sessionId: spec.sessionId, attempt, failure: lastFailure }, 'RunTask failed; retrying')
+    }
+    throw new Error(`ECS could not start the task after ${CAPACITY_ATTEMPTS} attempts: ${lastFailure} (cluster ${settings.cluster})`)
+  }
+
+  /**
+   * Each retry of a launch attempt gets its own token, derived from (session, generation,
+   * attempt): a retry after a crash replays the same sequence, so ECS answers every
+   * step as before (ConflictException is impossible: the parameters are derived too),
+   * while a retry after a capacity failure asks anew instead of replaying the failure.
+   */
+  static clientToken(sessionId: string, generation: number, attempt: number): string {
+    return `cl-${sessionId}-g${generation}-a${attempt}`
+  }
+
+  private runTaskInput(spec: LaunchSpec, attempt: number) {
+    const s = this.deps.settings
+    const environment = [
+      { name: 'SESSION_ID', value: spec.sessionId },
+      { name: 'SESSION_GENERATION', value: String(spec.generation) },
+      { name: 'SNAPSHOT_URI', value: spec.snapshot },
+      { name: 'SESSION_TOKEN', value: spec.authToken },
+      ...(spec.collection !== null ? [{ name: 'COLLECTION', value: spec.collection }] : []),
+    ]
+    return {
+      cluster: s.cluster,
+      taskDefinition: s.taskDefinition,
+      count: 1,
+      clientToken: FargateLauncher.clientToken(spec.sessionId, spec.generation, attempt),
+      startedBy: s.startedBy,
+      capacityProviderStrategy: s.capacityProviders,
+      networkConfiguration: {
+        awsvpcConfiguration: { subnets: s.subnets, securityGroups: s.securityGroups, assignPublicIp: s.assignPublicIp ? ('ENABLED' as const) : ('DISABLED' as const) },
+      },
+      overrides: { containerOverrides: [{ name: s.containerName, environment }] },
+      tags: [
+        { key: 'chroma-lease:session', value: spec.sessionId },
+        { key: 'chroma-lease:generation', value: String(spec.generation) },
+      ],
+      propagateTags: 'TASK_DEFINITION' as const,
+      enableECSManagedTags: true,
+    }
+  }
+
+  async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
+    const tasks = await this.describeTasks(targets.map((t) => t.ref))
+    const publicIps = this.deps.settings.assignPublicIp ? await this.publicIps([...tasks.values()]) : new Map<string, string>()
+    return new Map(targets.map((t) => [t.ref, this.observe(tasks.get(t.ref), publicIps)]))
+  }
+
+  private observe(task: Task | undefined, publicIps: Map<string, string>): ObservedCompute {
+    if (!task) return { state: 'stopped', reason: 'ECS does not know the task (it stopped long ago, or never ran)' }
+    const status = task.lastStatus ?? 'UNKNOWN'
+    if (task.desiredStatus === 'STOPPED' || ['DEACTIVATING', 'STOPPING', 'DEPROVISIONING', 'STOPPED', 'DELETED'].includes(status)) {
+      return { state: 'stopped', reason: stopReason(task) }
+    }
+    // ECS keeps an UNHEALTHY task running when RunTask started it (no service replaces
+    // it), so the control plane treats it as gone: the reconciler fails and stops it.
+    const unhealthy = task.healthStatus === 'UNHEALTHY' || task.containers?.some((c) => c.name === this.deps.settings.containerName && c.healthStatus === 'UNHEALTHY')
+    if (unhealthy) return { state: 'stopped', reason: 'the session container is UNHEALTHY (its Chroma healthcheck fails)' }
+    if (STARTING_STATUSES.has(status)) return { state: 'starting', detail: `ECS ${status}` }
+    if (status !== 'RUNNING') return { state: 'starting', detail: `ECS ${status}` }
+    const eni = networkInterface(task)
+    const host = this.deps.settings.assignPublicIp ? (eni.id ? publicIps.get(eni.id) : undefined) : eni.privateIp
+    if (!host) return { state: 'starting', detail: 'RUNNING, waiting for the task to get an address' }
+    return { state: 'running', host, port: this.deps.settings.chromaPort, detail: 'ECS RUNNING' }
+  }
+
+  /** DescribeTasks in batches of 100: one call per sweep for up to 100 sessions. */
+  private async describeTasks(arns: string[], include?: Array<'TAGS'>): Promise<Map<string, Task>> {
+    const tasks = new Map<string, Task>()
+    for (let i = 0; i < arns.length; i += DESCRIBE_BATCH) {
+      const reply = await this.deps.ecs.send(new DescribeTasksCommand({ cluster: this.deps.settings.cluster, tasks: arns.slice(i, i + DESCRIBE_BATCH), include }))
+      for (const task of reply.tasks ?? []) if (task.taskArn) tasks.set(task.taskArn, task)
+    }
+    return tasks
+  }
+
+  /** Public addresses (ECS_ASSIGN_PUBLIC_IP) are only on the ENI: one DescribeNetworkInterfaces for all running tasks. */
+  private async publicIps(tasks: Task[]): Promise<Map<string, string>> {
+    const ids = tasks.filter((t) => t.lastStatus === 'RUNNING').flatMap((t) => networkInterface(t).id ?? [])
+    if (ids.length === 0) return new Map()
+    const reply = await this.deps.ec2.send(new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: ids }))
+    return new Map((reply.NetworkInterfaces ?? []).flatMap((n) => (n.NetworkInterfaceId && n.Association?.PublicIp ? [[n.NetworkInterfaceId, n.Association.PublicIp]] : [])))
+  }
+
+  async stop(target: LaunchTarget, reason: string): Promise<void> {
+    try {
+      await this.deps.ecs.send(new StopTaskCommand({ cluster: this.deps.settings.cluster, task: target.ref, reason: `chroma-lease: ${reason}`.slice(0, 255) }))
+    } catch (err) {
+      // Stopping a task ECS no longer knows is done already.
+      if ((err as Error).name === 'InvalidParameterException' && /not found|does not exist/i.test((err as Error).message)) return
+      throw err
+    }
+  }
+
+  /** This control plane's tasks (ListTasks by startedBy), with the session and generation from their tags. */
+  async listRunning(): Promise<RunningCompute[]> {
+    const arns: string[] = []
+    let nextToken: string | undefined
+    do {
+      const page = await this.deps.ecs.send(
+        new ListTasksCommand({ cluster: this.deps.settings.cluster, startedBy: this.deps.settings.startedBy, desiredStatus: 'RUNNING', nextToken, maxResults: 100 }),
+      )
+      arns.push(...(page.taskArns ?? []))
+      nextToken = page.nextToken
+    } while (nextToken)
+    if (arns.length === 0) return []
+    const tasks = await this.describeTasks(arns, ['TAGS'])
+    const running: RunningCompute[] = []
+    for (const task of tasks.values()) {
+      const tag = (key: string) => task.tags?.find((t) => t.key === key)?.value
+      const sessionId = tag('chroma-lease:session')
+      const generation = Number(tag('chroma-lease:generation'))
+      // A task without our tags has no session to belong to: the sweeper stops it as an orphan.
+      running.push({ ref: task.taskArn!, sessionId: sessionId ?? '00000000-0000-0000-0000-000000000000', generation: Number.isInteger(generation) ? generation : 0 })
+    }
+    return running
+  }
+}
+
+function networkInterface(task: Task): { id?: string; privateIp?: string } {
+  const eni = task.attachments?.find((a) => a.type === 'ElasticNetworkInterface')
+  const detail = (name: string) => eni?.details?.find((d) => d.name === name)?.value
+  return { id: detail('networkInterfaceId'), privateIp: detail('privateIPv4Address') }
+}
+
+/** Why a task stopped, for the session's error: stopCode (any value, known or new), reason, and the container's exit. */
+function stopReason(task: Task): string {
+  const container = task.containers?.find((c) => c.exitCode !== undefined || c.reason)
+  const exit = container ? [container.exitCode !== undefined ? `exit code ${container.exitCode}` : '', container.reason ?? ''].filter(Boolean).join(', ') : ''
+  const parts = [task.stopCode ?? task.lastStatus ?? 'STOPPED', task.stoppedReason, exit].filter(Boolean)
+  return `task stopped: ${parts.join(': ')}`
+}
+
+/** `FARGATE`, or `FARGATE_SPOT:3,FARGATE:1:1` (provider:weight:base), as a RunTask capacity provider strategy. */
+export function parseCapacityProviders(value: string): CapacityProviderStrategyItem[] {
+  return value.split(',').map((part) => {
+    const [capacityProvider, weight, base] = part.trim().split(':')
+    if (!capacityProvider) throw new Error(`empty capacity provider in ${JSON.stringify(value)}`)
+    const item: CapacityProviderStrategyItem = { capacityProvider, weight: weight === undefined ? 1 : Number(weight) }
+    if (base !== undefined) item.base = Number(base)
+    if (!Number.isInteger(item.weight) || item.weight! < 0 || (item.base !== undefined && (!Number.isInteger(item.base) || item.base < 0))) {
+      throw new Error(`bad capacity provider ${JSON.stringify(part)}: use NAME[:WEIGHT[:BASE]]`)
+    }
+    return item
+  })
+}

@@ -1,0 +1,204 @@
+import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ChromaClient } from 'chromadb'
+import t, { type Test } from 'tap'
+import { ManualClock } from '../src/services/clock.ts'
+import { FargateLauncher, parseCapacityProviders, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
+import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
+import { EcsFake, type EcsFakeOptions } from './helpers/ecs-fake.ts'
+import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
+
+// The Fargate launcher with the real AWS SDK against a protocol-level ECS fake. The
+// first test runs the real session agent per task, so READY means a real Chroma answers.
+const root = await mkdtemp(join(tmpdir(), 'chroma-lease-fargate-'))
+t.teardown(() => rm(root, { recursive: true, force: true }))
+const fixture = await buildSnapshotFixture(root, { collection: 'receipts', count: 50, dim: 8 })
+
+async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number } = {}) {
+  const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
+  t.teardown(() => fake.close())
+  const clock = new ManualClock()
+  const launcher = new FargateLauncher({
+    ...fake.clients(),
+    settings: {
+      cluster: fake.cluster,
+      taskDefinition: 'chroma-session:3',
+      containerName: 'chroma-session',
+      subnets: ['subnet-a', 'subnet-b'],
+      securityGroups: ['sg-sessions'],
+      assignPublicIp: false,
+      capacityProviders: parseCapacityProviders('FARGATE_SPOT:3,FARGATE:1:1'),
+      chromaPort: fake.chromaPort,
+      startedBy: 'chroma-lease-test',
+      launchRate: 1000,
+      launchBurst: 1000,
+      ...opts.settings,
+    },
+    backoff: async () => {},
+  })
+  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true })
+  return { fake, clock, launcher, ctx }
+}
+
+async function acquire(ctx: TestApp, snapshot = `file://${fixture.tarPath}`) {
+  const res = await ctx.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot, holder: 'fargate-test' } })
+  if (res.statusCode !== 201) throw new Error(`acquire answered ${res.statusCode}: ${res.body}`)
+  return res.json()
+}
+
+/** Runs reconciler passes (moving the clock a second each) until the session leaves PENDING/STARTING or `passes` run out. */
+async function passes(ctx: TestApp, clock: ManualClock, sessionId: string, n: number) {
+  for (let i = 0; i < n; i++) {
+    await ctx.workers.reconciler.reconcileOnce()
+    const s = await ctx.services.sessions.get(sessionId)
+    if (s.status !== 'PENDING' && s.status !== 'STARTING') return s
+    clock.advance(1)
+  }
+  return ctx.services.sessions.get(sessionId)
+}
+
+t.test('a session as a Fargate task: RunTask as configured, READY with a real Chroma, StopTask on stop', async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true })
+  const lease = await acquire(ctx)
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  t.equal(fake.tasks.size, 1, 'one task')
+  const [task] = [...fake.tasks.values()]
+  t.equal(session.launchRef, task!.arn, 'the session records the task ARN')
+  t.equal(session.host, task!.ip, "the task's private IP from its ENI attachment")
+  t.equal(session.port, fake.chromaPort)
+  t.same(task!.tags.map((x) => [x.key, x.value]).sort(), [['chroma-lease:generation', '1'], ['chroma-lease:session', session.id]].sort(), 'tagged as ours')
+  t.equal(task!.startedBy, 'chroma-lease-test')
+  t.match(task!.env, { SESSION_ID: session.id, SNAPSHOT_URI: `file://${fixture.tarPath}`, SESSION_TOKEN: /.{20,}/ }, 'container overrides')
+
+  // Through the control plane's proxy, with the official client, to the task's Chroma.
+  const url = new URL(ctx.url)
+  const chroma = new ChromaClient({ host: url.hostname, port: Number(url.port), ssl: false, headers: { 'x-chroma-token': lease.token } })
+  const collection = await chroma.getCollection({ name: 'receipts', embeddingFunction: null as never })
+  t.equal(await collection.count(), 50, 'the restored snapshot answers through the proxy')
+
+  const stopped = await ctx.app.inject({ method: 'DELETE', url: `/v1/sessions/${session.id}?force=true&reason=test` })
+  t.equal(stopped.json().status, 'STOPPING')
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(fake.count('StopTask'), 1, 'StopTask')
+  t.equal(task!.stopCode, 'UserInitiated')
+  t.match(task!.stoppedReason, /chroma-lease: force_stop|chroma-lease: test/)
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(session.id)).status, 'STOPPED', 'STOPPED once ECS says the task stopped')
+})
+
+t.test('RunTask capacity failures are retried with fresh tokens, then FAILED with the reason', async (t) => {
+  const { fake, clock, ctx } = await setup(t)
+  fake.capacityFailures(2)
+  const a = await acquire(ctx)
+  await ctx.workers.reconciler.reconcileOnce()
+  const launched = await ctx.services.sessions.get(a.session.id)
+  t.equal(fake.count('RunTask'), 3, 'two failures, then a task')
+  t.equal(fake.tasks.size, 1)
+  t.equal(launched.launchRef, [...fake.tasks.keys()][0])
+
+  await mkdir(join(root, 'other'), { recursive: true })
+  fake.capacityFailures(100)
+  const b = await acquire(ctx, `file://${fixture.dir}`)
+  const failed = await passes(ctx, clock, b.session.id, 3)
+  t.equal(failed.status, 'FAILED')
+  t.match(failed.error, /launch failed: ECS could not start the task after 4 attempts: Capacity is unavailable at this time/)
+  t.equal(fake.tasks.size, 1, 'no task was started for it')
+})
+
+t.test('throttling is absorbed: the SDK retries, then the launch waits for a later pass', async (t) => {
+  const { fake, clock, ctx } = await setup(t)
+  const lease = await acquire(ctx)
+  fake.throttle(5) // more than the SDK's 3 attempts
+  await ctx.workers.reconciler.reconcileOnce()
+  let s = await ctx.services.sessions.get(lease.session.id)
+  t.equal(s.status, 'STARTING', 'not failed')
+  t.equal(s.launchRef, null, 'not launched yet')
+  clock.advance(20) // past the orphaned-claim wait: the next pass launches again
+  s = await passes(ctx, clock, lease.session.id, 3)
+  t.equal(fake.tasks.size, 1, 'one task in the end')
+  t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0])
+  t.not(s.status, 'FAILED')
+})
+
+t.test('a herd of cold acquires for many snapshots queues its launches under the rate limit', async (t) => {
+  const { fake, ctx } = await setup(t, { runTaskRate: 10, runTaskBurst: 5, settings: { launchRate: 9, launchBurst: 4 } })
+  const snapshots = await Promise.all(
+    Array.from({ length: 20 }, async (_, i) => {
+      await mkdir(join(root, 'herd', String(i)), { recursive: true })
+      return `file://${join(root, 'herd', String(i))}`
+    }),
+  )
+  const leases = await Promise.all(snapshots.map((s) => acquire(ctx, s)))
+  await ctx.workers.reconciler.reconcileOnce()
+  const sessions = await Promise.all(leases.map((l) => ctx.services.sessions.get(l.session.id)))
+  t.equal(fake.tasks.size, 20, 'every session got its task')
+  t.equal(fake.count('RunTask'), 20, 'no RunTask call was throttled or repeated')
+  t.ok(sessions.every((s) => s.launchRef !== null && s.status === 'STARTING'))
+})
+
+t.test('a task that stops during start fails the session with stopCode and reason', async (t) => {
+  const { fake, clock, ctx } = await setup(t)
+  fake.nextTasks('stopDuringStart')
+  const lease = await acquire(ctx)
+  const s = await passes(ctx, clock, lease.session.id, 5)
+  t.equal(s.status, 'FAILED')
+  t.match(s.error, /TaskFailedToStart: CannotPullContainerError/)
+})
+
+t.test('a task that never gets an address fails at the start deadline; an UNHEALTHY one is stopped', async (t) => {
+  const { fake, clock, ctx } = await setup(t, { startTimeoutSeconds: 30 })
+  fake.nextTasks('noAddress', 'unhealthy')
+  const a = await acquire(ctx)
+  const s = await passes(ctx, clock, a.session.id, 40)
+  t.equal(s.status, 'FAILED')
+  t.match(s.error, /not ready within 30s: RUNNING, waiting for the task to get an address/)
+
+  await mkdir(join(root, 'sick'), { recursive: true })
+  const b = await acquire(ctx, `file://${join(root, 'sick')}`)
+  const sick = await passes(ctx, clock, b.session.id, 5)
+  t.equal(sick.status, 'FAILED')
+  t.match(sick.error, /UNHEALTHY/)
+  const task = fake.tasks.get(sick.launchRef!)!
+  t.equal(task.desiredStatus, 'STOPPED', 'the control plane stopped the unhealthy task itself')
+})
+
+t.test('a crash between RunTask and recording it starts no second task and leaks nothing', async (t) => {
+  const { fake, clock, launcher, ctx } = await setup(t)
+  const lease = await acquire(ctx)
+  const s = await ctx.services.sessions.get(lease.session.id)
+  // The claim is recorded, RunTask runs, and the process dies before writing the ARN.
+  t.ok(await ctx.services.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: clock.now() }))
+  await launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: null, authToken: ctx.services.tokens.sessionToken(s.id, s.generation) })
+  t.equal(fake.tasks.size, 1)
+
+  clock.advance(20) // the next process finds the unrecorded claim and launches again
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(fake.tasks.size, 1, 'the same clientToken: ECS returns the first task')
+  t.equal((await ctx.services.sessions.get(s.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts it')
+
+  // A task whose session row never existed (a crash before the row, or someone else's): stopped.
+  const stray = await launcher.launch({ sessionId: '11111111-1111-4111-8111-111111111111', generation: 1, snapshot: s.snapshot, collection: null, authToken: 'y'.repeat(32) })
+  t.same(await ctx.workers.sweeper.sweepOnce(), [stray.ref], 'the orphan sweep stops only the stray task')
+  t.equal(fake.tasks.get(stray.ref)!.desiredStatus, 'STOPPED')
+})
+
+t.test('AWS calls per sweep with 300 live sessions: batched, never one per session', async (t) => {
+  const { fake, ctx } = await setup(t)
+  const leases = []
+  for (let i = 0; i < 300; i++) {
+    const dir = join(root, 'many', String(i))
+    await mkdir(dir, { recursive: true })
+    leases.push(await acquire(ctx, `file://${dir}`))
+  }
+  await ctx.workers.reconciler.reconcileOnce() // launches all 300
+  t.equal(fake.tasks.size, 300)
+  fake.resetCounts()
+  await ctx.workers.reconciler.reconcileOnce()
+  t.same(Object.fromEntries(fake.calls), { DescribeTasks: 3 }, 'a reconcile pass: 3 DescribeTasks calls of 100 tasks')
+  fake.resetCounts()
+  t.same(await ctx.workers.sweeper.sweepOnce(), [], 'no orphans')
+  t.same(Object.fromEntries(fake.calls), { ListTasks: 3, DescribeTasks: 3 }, 'an orphan sweep: 3 pages of ListTasks, 3 DescribeTasks')
+  t.equal(leases.length, 300)
+})

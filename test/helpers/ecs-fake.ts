@@ -1,0 +1,318 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash, randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type Server } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ECSClient } from '@aws-sdk/client-ecs'
+import { EC2Client } from '@aws-sdk/client-ec2'
+import { freeLoopbackPort } from '../../src/free-port.ts'
+import { projectPath } from '../../src/paths.ts'
+
+/**
+ * A protocol-level fake of ECS (awsJson1_1) and the few EC2 calls we make (query
+ * protocol), served over HTTP so the real AWS SDK talks to it: serialisation, retries
+ * and error mapping are the SDK's own. With `runAgents`, RunTask starts the real
+ * session agent as a local process on its own loopback address (127.0.0.N, one shared
+ * port), so a RUNNING task means a real Chroma answers there.
+ *
+ * Faults are scripted: throttling, capacity failures, and per-task behaviours (stops
+ * during start, never gets an address, turns UNHEALTHY).
+ */
+export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy'
+
+interface FakeTask {
+  arn: string
+  cluster: string
+  startedBy?: string
+  tags: Array<{ key: string; value: string }>
+  env: Record<string, string>
+  behaviour: TaskBehaviour
+  describes: number
+  ip: string
+  eniId: string
+  lastStatus: string
+  desiredStatus: string
+  stopCode?: string
+  stoppedReason?: string
+  exitCode?: number
+  agent?: ChildProcess
+  dataDir?: string
+}
+
+export interface EcsFakeOptions {
+  cluster?: string
+  /** Run the real session agent for each task (needs snapshotRoot for file:// snapshots). */
+  runAgents?: boolean
+  snapshotRoot?: string
+  /** RunTask calls per second beyond which the fake answers ThrottlingException (after `runTaskBurst`). */
+  runTaskRate?: number
+  runTaskBurst?: number
+}
+
+export class EcsFake {
+  readonly calls = new Map<string, number>()
+  readonly tasks = new Map<string, FakeTask>()
+  readonly runTaskTimes: number[] = []
+  readonly cluster: string
+  port = 0
+  chromaPort = 0
+  private server!: Server
+  private readonly tokens = new Map<string, { params: string; arn: string | null; failure?: string }>()
+  private readonly behaviours: TaskBehaviour[] = []
+  private throttleRemaining = 0
+  private capacityFailuresRemaining = 0
+  private nextIp = 2
+  private bucket: { tokens: number; at: number }
+
+  constructor(private readonly opts: EcsFakeOptions = {}) {
+    this.cluster = opts.cluster ?? 'sessions'
+    this.bucket = { tokens: opts.runTaskBurst ?? Infinity, at: Date.now() }
+  }
+
+  static async start(opts: EcsFakeOptions = {}): Promise<EcsFake> {
+    const fake = new EcsFake(opts)
+    fake.chromaPort = await freeLoopbackPort()
+    fake.server = createServer((req, res) => {
+      void fake.handle(req).then(
+        ({ status, body, type }) => {
+          res.writeHead(status, { 'content-type': type })
+          res.end(body)
+        },
+        (err: Error) => {
+          res.writeHead(500, { 'content-type': 'application/x-amz-json-1.1' })
+          res.end(JSON.stringify({ __type: 'ServerException', message: err.message }))
+        },
+      )
+    })
+    await new Promise<void>((resolve) => fake.server.listen(0, '127.0.0.1', resolve))
+    fake.port = (fake.server.address() as { port: number }).port
+    return fake
+  }
+
+  get endpoint() {
+    return `http://127.0.0.1:${this.port}`
+  }
+
+  /** Real SDK clients pointed at the fake. */
+  clients(): { ecs: ECSClient; ec2: EC2Client } {
+    const common = { endpoint: this.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } }
+    return { ecs: new ECSClient({ ...common, maxAttempts: 3 }), ec2: new EC2Client(common) }
+  }
+
+  /** The next tasks RunTask starts behave like this, in order. */
+  nextTasks(...behaviours: TaskBehaviour[]) {
+    this.behaviours.push(...behaviours)
+  }
+
+  /** The next `n` requests of any action answer ThrottlingException. */
+  throttle(n: number) {
+    this.throttleRemaining = n
+  }
+
+  /** The next `n` RunTask calls start nothing and report a capacity failure. */
+  capacityFailures(n: number) {
+    this.capacityFailuresRemaining = n
+  }
+
+  count(action: string) {
+    return this.calls.get(action) ?? 0
+  }
+
+  resetCounts() {
+    this.calls.clear()
+  }
+
+  async close() {
+    for (const task of this.tasks.values()) this.kill(task, 'SIGKILL')
+    await new Promise((resolve) => this.server.close(resolve))
+    await Promise.all([...this.tasks.values()].map((t) => (t.dataDir ? rm(t.dataDir, { recursive: true, force: true }) : undefined)))
+  }
+
+  private async handle(req: IncomingMessage): Promise<{ status: number; body: string; type: string }> {
+    let raw = ''
+    for await (const chunk of req) raw += chunk
+    const target = req.headers['x-amz-target']
+    if (typeof target !== 'string') return this.ec2(new URLSearchParams(raw))
+    const action = target.split('.').pop()!
+    this.calls.set(action, this.count(action) + 1)
+    const json = (status: number, body: unknown) => ({ status, body: JSON.stringify(body), type: 'application/x-amz-json-1.1' })
+    const error = (type: string, message: string) => json(400, { __type: type, message })
+    if (this.throttleRemaining > 0) {
+      this.throttleRemaining--
+      return error('ThrottlingException', 'Rate exceeded')
+    }
+    const input = JSON.parse(raw || '{}')
+    if (input.cluster && input.cluster !== this.cluster) return error('ClusterNotFoundException', 'Cluster not found.')
+    switch (action) {
+      case 'RunTask':
+        return this.runTask(input, json, error)
+      case 'DescribeTasks':
+        return json(200, this.describeTasks(input))
+      case 'StopTask': {
+        const task = this.tasks.get(input.task)
+        if (!task) return error('InvalidParameterException', 'The referenced task was not found.')
+        this.stopTask(task, 'UserInitiated', input.reason ?? 'Task stopped by user')
+        return json(200, { task: this.view(task, false) })
+      }
+      case 'ListTasks': {
+        const matching = [...this.tasks.values()].filter(
+          (t) => (!input.startedBy || t.startedBy === input.startedBy) && (input.desiredStatus ?? 'RUNNING') === t.desiredStatus,
+        )
+        const from = Number(input.nextToken ?? 0)
+        const size = input.maxResults ?? 100
+        const page = matching.slice(from, from + size)
+        return json(200, { taskArns: page.map((t) => t.arn), ...(from + size < matching.length ? { nextToken: String(from + size) } : {}) })
+      }
+      default:
+        return error('InvalidParameterException', `the fake does not implement ${action}`)
+    }
+  }
+
+  private runTask(input: any, json: (s: number, b: unknown) => any, error: (t: string, m: string) => any) {
+    this.runTaskTimes.push(Date.now())
+    if (this.opts.runTaskRate) {
+      const now = Date.now()
+      this.bucket.tokens = Math.min(this.opts.runTaskBurst ?? 1, this.bucket.tokens + ((now - this.bucket.at) / 1000) * this.opts.runTaskRate)
+      this.bucket.at = now
+      if (this.bucket.tokens < 1) return error('ThrottlingException', 'Rate exceeded')
+      this.bucket.tokens -= 1
+    }
+    if (typeof input.clientToken === 'string' && input.clientToken.length > 64) return error('InvalidParameterException', 'clientToken is longer than 64 characters')
+    const { clientToken, ...params } = input
+    const paramsHash = createHash('sha256').update(JSON.stringify(params)).digest('hex')
+    const seen = clientToken ? this.tokens.get(clientToken) : undefined
+    if (seen) {
+      if (seen.params !== paramsHash) return error('ConflictException', 'The clientToken was used with different parameters.')
+      return json(200, seen.arn ? { tasks: [this.view(this.tasks.get(seen.arn)!, false)], failures: [] } : { tasks: [], failures: [{ reason: seen.failure }] })
+    }
+    if (this.capacityFailuresRemaining > 0) {
+      this.capacityFailuresRemaining--
+      const failure = 'Capacity is unavailable at this time. Please try again later or in a different availability zone'
+      if (clientToken) this.tokens.set(clientToken, { params: paramsHash, arn: null, failure })
+      return json(200, { tasks: [], failures: [{ reason: failure }] })
+    }
+    const id = randomUUID().replaceAll('-', '')
+    const container = input.overrides?.containerOverrides?.[0]
+    const task: FakeTask = {
+      arn: `arn:aws:ecs:us-east-1:123456789012:task/${this.cluster}/${id}`,
+      cluster: this.cluster,
+      startedBy: input.startedBy,
+      tags: input.tags ?? [],
+      env: Object.fromEntries((container?.environment ?? []).map((e: { name: string; value: string }) => [e.name, e.value])),
+      behaviour: this.behaviours.shift() ?? 'normal',
+      describes: 0,
+      ip: `127.0.0.${this.nextIp++}`,
+      eniId: `eni-${id.slice(0, 17)}`,
+      lastStatus: 'PROVISIONING',
+      desiredStatus: 'RUNNING',
+    }
+    this.tasks.set(task.arn, task)
+    if (clientToken) this.tokens.set(clientToken, { params: paramsHash, arn: task.arn })
+    if (this.opts.runAgents && task.behaviour !== 'stopDuringStart') void this.startAgent(task)
+    return json(200, { tasks: [this.view(task, false)], failures: [] })
+  }
+
+  private describeTasks(input: { tasks: string[]; include?: string[] }) {
+    if (input.tasks.length > 100) throw new Error('DescribeTasks takes at most 100 tasks')
+    const tasks = []
+    const failures = []
+    for (const arn of input.tasks) {
+      const task = this.tasks.get(arn)
+      if (!task) {
+        failures.push({ arn, reason: 'MISSING' })
+        continue
+      }
+      this.advance(task)
+      tasks.push(this.view(task, input.include?.includes('TAGS') ?? false))
+    }
+    return { tasks, failures }
+  }
+
+  /** PROVISIONING on the first look, then RUNNING (or what the behaviour says). */
+  private advance(task: FakeTask) {
+    task.describes++
+    if (task.lastStatus !== 'PROVISIONING' || task.describes < 2) return
+    if (task.behaviour === 'stopDuringStart') {
+      this.stopTask(task, 'TaskFailedToStart', 'CannotPullContainerError: pull image manifest has been retried 5 time(s): not found')
+      return
+    }
+    task.lastStatus = 'RUNNING'
+  }
+
+  private view(task: FakeTask, withTags: boolean) {
+    const running = task.lastStatus === 'RUNNING'
+    const details = [{ name: 'networkInterfaceId', value: task.eniId }]
+    if (task.behaviour !== 'noAddress') details.push({ name: 'privateIPv4Address', value: task.ip })
+    return {
+      taskArn: task.arn,
+      clusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${task.cluster}`,
+      lastStatus: task.lastStatus,
+      desiredStatus: task.desiredStatus,
+      cpu: '1024',
+      memory: '2048',
+      capacityProviderName: 'FARGATE',
+      launchType: 'FARGATE',
+      startedBy: task.startedBy,
+      healthStatus: running && task.behaviour === 'unhealthy' ? 'UNHEALTHY' : running ? 'HEALTHY' : 'UNKNOWN',
+      stopCode: task.stopCode,
+      stoppedReason: task.stoppedReason,
+      attachments: task.lastStatus === 'PROVISIONING' ? [] : [{ type: 'ElasticNetworkInterface', status: 'ATTACHED', details }],
+      containers: [{ name: 'chroma-session', lastStatus: task.lastStatus, exitCode: task.exitCode, healthStatus: running && task.behaviour === 'unhealthy' ? 'UNHEALTHY' : 'UNKNOWN' }],
+      ...(withTags ? { tags: task.tags } : {}),
+    }
+  }
+
+  private stopTask(task: FakeTask, stopCode: string, reason: string) {
+    if (task.desiredStatus === 'STOPPED') return
+    task.desiredStatus = 'STOPPED'
+    task.lastStatus = 'STOPPED'
+    task.stopCode = stopCode
+    task.stoppedReason = reason
+    this.kill(task, 'SIGTERM')
+  }
+
+  private kill(task: FakeTask, signal: NodeJS.Signals) {
+    const pid = task.agent?.pid
+    if (pid && task.agent!.exitCode === null) {
+      try {
+        process.kill(-pid, signal)
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  private async startAgent(task: FakeTask) {
+    task.dataDir = await mkdtemp(join(tmpdir(), 'ecs-fake-task-'))
+    const child = spawn(process.execPath, ['--import', 'tsx', projectPath('container', 'agent', 'main.ts')], {
+      detached: true,
+      stdio: 'ignore',
+      env: {
+        PATH: process.env.PATH,
+        ...task.env,
+        CHROMA_HOST: task.ip,
+        CHROMA_PORT: String(this.chromaPort),
+        CHROMA_DATA_DIR: join(task.dataDir, 'data'),
+        ...(this.opts.snapshotRoot ? { SNAPSHOT_ROOT: this.opts.snapshotRoot } : {}),
+      },
+    })
+    task.agent = child
+    child.on('exit', (code) => {
+      task.exitCode = code ?? undefined
+      if (task.desiredStatus !== 'STOPPED') this.stopTask(task, 'EssentialContainerExited', 'Essential container in task exited')
+    })
+  }
+
+  /** EC2's query protocol, for DescribeNetworkInterfaces (public addresses). */
+  private ec2(params: URLSearchParams) {
+    const action = params.get('Action') ?? ''
+    this.calls.set(action, this.count(action) + 1)
+    const ids = [...params.entries()].filter(([k]) => k.startsWith('NetworkInterfaceId.')).map(([, v]) => v)
+    const items = [...this.tasks.values()]
+      .filter((t) => ids.includes(t.eniId))
+      .map((t) => `<item><networkInterfaceId>${t.eniId}</networkInterfaceId><association><publicIp>${t.ip}</publicIp></association></item>`)
+      .join('')
+    return { status: 200, type: 'text/xml', body: `<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><networkInterfaceSet>${items}</networkInterfaceSet></DescribeNetworkInterfacesResponse>` }
+  }
+}
