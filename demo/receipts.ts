@@ -40,7 +40,7 @@ const config = loadConfig({
 })
 const logger = createLogger(config.logLevel)
 const runtime = await openRuntime(config, logger)
-const app = await buildApp({ db: runtime.db, clock: runtime.clock, services: runtime.services, logger })
+const app = await buildApp({ db: runtime.db, clock: runtime.clock, services: runtime.services, preflight: runtime.preflight, logger })
 const base = await app.listen({ host: '127.0.0.1', port: 0 })
 runtime.workers.start()
 const { port } = new URL(base)

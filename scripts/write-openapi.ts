@@ -7,6 +7,8 @@ import { noChanges } from '../src/database/change-feed.ts'
 import { openDatabase } from '../src/database/client.ts'
 import { systemClock } from '../src/services/clock.ts'
 import { createServices } from '../src/services/index.ts'
+import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
+import { PreflightService } from '../src/services/preflight.ts'
 
 // The spec needs the routes, not a database: this client never connects.
 const { db, sql } = openDatabase('postgresql://openapi@127.0.0.1:1/none')
@@ -19,7 +21,8 @@ const services = createServices({
   snapshotRoot: '/nonexistent',
   limits: { leaseTtlSeconds: 300, maxLeaseTtlSeconds: 86400, idleTtlSeconds: 300, maxIdleTtlSeconds: 3600, launcher: 'process' },
 })
-const app = await buildApp({ db, clock: systemClock, services })
+const preflight = new PreflightService(new ProcessLauncher({ rootDir: '/nonexistent' }))
+const app = await buildApp({ db, clock: systemClock, services, preflight })
 await app.ready()
 await writeFile(new URL('../openapi.yaml', import.meta.url), openapiYaml(app.swagger()))
 await app.close()

@@ -18,12 +18,15 @@ import { ApiKey } from './schemas/key.ts'
 import { Lease } from './schemas/lease.ts'
 import { Session, SessionEvent } from './schemas/session.ts'
 import type { Services } from './services/index.ts'
+import type { PreflightService } from './services/preflight.ts'
+import preflightRoutes from './routes/preflight.ts'
 import type { Clock } from './services/clock.ts'
 
 export interface AppDeps {
   db: Database
   clock: Clock
   services: Services
+  preflight: PreflightService
   publicUrl?: string
   bodyLimitBytes?: number
   proxyBodyLimitBytes?: number
@@ -126,6 +129,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(leaseRoutes, { services: deps.services, publicUrl: deps.publicUrl })
   await app.register(sessionRoutes, { services: deps.services, publicUrl: deps.publicUrl })
   await app.register(keyRoutes, { services: deps.services })
+  await app.register(preflightRoutes, { preflight: deps.preflight })
   await app.register(queryRoutes, { services: deps.services })
   await app.register(proxyRoutes, { services: deps.services, bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024 })
   return app

@@ -10,6 +10,7 @@ import { migrate } from './database/migrator.ts'
 import { loadLeaseTokenSecret } from './services/auth.ts'
 import { DatabaseClock } from './services/clock.ts'
 import { createServices } from './services/index.ts'
+import { PreflightService } from './services/preflight.ts'
 import type { Launcher } from './services/launchers/launcher.ts'
 import { ProcessLauncher } from './services/launchers/process-launcher.ts'
 import { FargateLauncher } from './services/launchers/fargate-launcher.ts'
@@ -120,6 +121,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     changes,
     services,
     launcher,
+    preflight: new PreflightService(launcher),
     workers,
     databaseUrl,
     /** Stops this process's parts. Sessions keep running for the next process to adopt. */

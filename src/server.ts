@@ -26,6 +26,7 @@ async function main() {
     db: runtime.db,
     clock: runtime.clock,
     services: runtime.services,
+    preflight: runtime.preflight,
     publicUrl: config.publicUrl,
     bodyLimitBytes: config.bodyLimitBytes,
     proxyBodyLimitBytes: config.proxyBodyLimitBytes,
@@ -44,6 +45,13 @@ async function main() {
   })
   await app.listen({ host: config.host, port: config.port })
   runtime.workers.start()
+  // Name every problem with the launch setup at start; the service still runs (AWS may be briefly unreachable).
+  void runtime.preflight.run().then(
+    (report) => {
+      for (const c of report.checks) (c.ok ? logger.info : logger.error).call(logger, { check: c.name, detail: c.detail }, c.ok ? 'preflight ok' : 'preflight failed')
+    },
+    (err) => logger.error({ err }, 'preflight could not run'),
+  )
   logger.info({ launcher: config.launcher, database: config.databaseUrl ? 'DATABASE_URL' : 'embedded' }, 'chroma-lease ready')
 }
 

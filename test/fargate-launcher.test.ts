@@ -202,3 +202,26 @@ t.test('AWS calls per sweep with 300 live sessions: batched, never one per sessi
   t.same(Object.fromEntries(fake.calls), { ListTasks: 3, DescribeTasks: 3 }, 'an orphan sweep: 3 pages of ListTasks, 3 DescribeTasks')
   t.equal(leases.length, 300)
 })
+
+t.test('preflight names every problem with the launch setup; GET /v1/preflight shows it to operators', async (t) => {
+  const good = await setup(t)
+  const ok = await good.ctx.app.inject({ method: 'GET', url: '/v1/preflight' })
+  t.equal(ok.statusCode, 200)
+  t.match(ok.json(), { ok: true, launcher: 'fargate' })
+  t.same(ok.json().checks.map((c: { name: string }) => c.name), ['cluster', 'task definition', 'subnets', 'security groups'])
+  t.match(ok.json().checks[1].detail, /chroma-session on port \d+, 1024 CPU units, 2048 MiB, ARM64/)
+
+  const bad = await setup(t, {
+    taskDefinitions: { 'chroma-session:3': { containerName: 'chroma-session', containerPort: 9999 } },
+    subnets: ['subnet-a'],
+    securityGroups: [],
+    settings: { cluster: 'nope' },
+  })
+  const report = (await bad.ctx.app.inject({ method: 'GET', url: '/v1/preflight' })).json()
+  t.equal(report.ok, false)
+  const detail = Object.fromEntries(report.checks.map((c: { name: string; ok: boolean; detail: string }) => [c.name, c.ok ? 'ok' : c.detail]))
+  t.match(detail.cluster, /ECS cluster nope does not exist/)
+  t.match(detail['task definition'], /does not expose port \d+ \(ECS_CHROMA_PORT\)/)
+  t.match(detail.subnets, /The subnet ID 'subnet-b' does not exist/)
+  t.match(detail['security groups'], /The security group 'sg-sessions' does not exist/)
+})

@@ -11,6 +11,7 @@ import { openDatabase, type Database } from '../../src/database/client.ts'
 import { loadLeaseTokenSecret } from '../../src/services/auth.ts'
 import { ManualClock, type Clock } from '../../src/services/clock.ts'
 import { createServices, type Services } from '../../src/services/index.ts'
+import { PreflightService } from '../../src/services/preflight.ts'
 import type { Launcher } from '../../src/services/launchers/launcher.ts'
 import { ProcessLauncher } from '../../src/services/launchers/process-launcher.ts'
 import { createWorkers, type Workers } from '../../src/workers/index.ts'
@@ -110,7 +111,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
       sweepIntervalSeconds: 1,
     },
   })
-  const app = await buildApp({ db, clock, services })
+  const app = await buildApp({ db, clock, services, preflight: new PreflightService(launcher) })
   let url = ''
   if (opts.listen) url = await app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(async () => {

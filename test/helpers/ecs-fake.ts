@@ -48,6 +48,10 @@ export interface EcsFakeOptions {
   /** RunTask calls per second beyond which the fake answers ThrottlingException (after `runTaskBurst`). */
   runTaskRate?: number
   runTaskBurst?: number
+  /** What exists, for preflight: task definitions by family:revision, subnets, security groups. */
+  taskDefinitions?: Record<string, { containerName: string; containerPort: number | 'chroma' }>
+  subnets?: string[]
+  securityGroups?: string[]
 }
 
 export class EcsFake {
@@ -154,6 +158,24 @@ export class EcsFake {
         if (!task) return error('InvalidParameterException', 'The referenced task was not found.')
         this.stopTask(task, 'UserInitiated', input.reason ?? 'Task stopped by user')
         return json(200, { task: this.view(task, false) })
+      }
+      case 'DescribeClusters':
+        return json(200, input.clusters?.[0] === this.cluster
+          ? { clusters: [{ clusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${this.cluster}`, clusterName: this.cluster, status: 'ACTIVE' }], failures: [] }
+          : { clusters: [], failures: [{ arn: input.clusters?.[0], reason: 'MISSING' }] })
+      case 'DescribeTaskDefinition': {
+        const td = (this.opts.taskDefinitions ?? { 'chroma-session:3': { containerName: 'chroma-session', containerPort: 'chroma' } })[input.taskDefinition]
+        if (!td) return error('ClientException', 'Unable to describe task definition.')
+        return json(200, {
+          taskDefinition: {
+            taskDefinitionArn: `arn:aws:ecs:us-east-1:123456789012:task-definition/${input.taskDefinition}`,
+            requiresCompatibilities: ['FARGATE'],
+            cpu: '1024',
+            memory: '2048',
+            runtimePlatform: { cpuArchitecture: 'ARM64', operatingSystemFamily: 'LINUX' },
+            containerDefinitions: [{ name: td.containerName, portMappings: [{ containerPort: td.containerPort === 'chroma' ? this.chromaPort : td.containerPort }] }],
+          },
+        })
       }
       case 'ListTasks': {
         const matching = [...this.tasks.values()].filter(
@@ -308,6 +330,25 @@ export class EcsFake {
   private ec2(params: URLSearchParams) {
     const action = params.get('Action') ?? ''
     this.calls.set(action, this.count(action) + 1)
+    const xml = (body: string) => ({ status: 200, type: 'text/xml', body: `<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">${body}</${action}Response>` })
+    const notFound = (code: string, message: string) => ({
+      status: 400,
+      type: 'text/xml',
+      body: `<Response><Errors><Error><Code>${code}</Code><Message>${message}</Message></Error></Errors><RequestID>fake</RequestID></Response>`,
+    })
+    const listed = (prefix: string) => [...params.entries()].filter(([k]) => k.startsWith(prefix)).map(([, v]) => v)
+    if (action === 'DescribeSubnets') {
+      const known = this.opts.subnets ?? ['subnet-a', 'subnet-b']
+      const missing = listed('SubnetId.').filter((id) => !known.includes(id))
+      if (missing.length) return notFound('InvalidSubnetID.NotFound', `The subnet ID '${missing.join("', '")}' does not exist`)
+      return xml(`<subnetSet>${listed('SubnetId.').map((id) => `<item><subnetId>${id}</subnetId><vpcId>vpc-fake</vpcId></item>`).join('')}</subnetSet>`)
+    }
+    if (action === 'DescribeSecurityGroups') {
+      const known = this.opts.securityGroups ?? ['sg-sessions']
+      const missing = listed('GroupId.').filter((id) => !known.includes(id))
+      if (missing.length) return notFound('InvalidGroup.NotFound', `The security group '${missing.join("', '")}' does not exist`)
+      return xml(`<securityGroupInfo>${listed('GroupId.').map((id) => `<item><groupId>${id}</groupId><groupName>${id}-name</groupName></item>`).join('')}</securityGroupInfo>`)
+    }
     const ids = [...params.entries()].filter(([k]) => k.startsWith('NetworkInterfaceId.')).map(([, v]) => v)
     const items = [...this.tasks.values()]
       .filter((t) => ids.includes(t.eniId))

@@ -17,6 +17,10 @@ export class ScriptedLauncher implements Launcher {
   readonly stopped: string[] = []
   private readonly launched = new Map<string, RunningCompute>()
 
+  async preflight() {
+    return [{ name: 'scripted', ok: true, detail: 'a test launcher' }]
+  }
+
   async launch(spec: LaunchSpec): Promise<{ ref: string }> {
     if ([...this.failLaunchesOf].some((s) => spec.snapshot.includes(s))) throw new Error('no capacity for this task')
     const ref = `fake-${spec.sessionId}-g${spec.generation}`

@@ -1,5 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
+  DescribeClustersCommand,
+  DescribeTaskDefinitionCommand,
   DescribeTasksCommand,
   ListTasksCommand,
   RunTaskCommand,
@@ -8,9 +10,9 @@ import {
   type ECSClient,
   type Task,
 } from '@aws-sdk/client-ecs'
-import { DescribeNetworkInterfacesCommand, type EC2Client } from '@aws-sdk/client-ec2'
+import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, DescribeSubnetsCommand, type EC2Client } from '@aws-sdk/client-ec2'
 import type { Logger } from 'pino'
-import { LaunchDeferred, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type RunningCompute } from './launcher.ts'
+import { LaunchDeferred, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
 import { TokenBucket } from './token-bucket.ts'
 
 export interface FargateSettings {
@@ -125,6 +127,47 @@ export class FargateLauncher implements Launcher {
       propagateTags: 'TASK_DEFINITION' as const,
       enableECSManagedTags: true,
     }
+  }
+
+  /** The cluster, task definition (with the container and its Chroma port), subnets and security groups: each problem named. */
+  async preflight(): Promise<PreflightCheck[]> {
+    const s = this.deps.settings
+    const check = async (name: string, run: () => Promise<string>): Promise<PreflightCheck> => {
+      try {
+        return { name, ok: true, detail: await run() }
+      } catch (err) {
+        return { name, ok: false, detail: (err as Error).message }
+      }
+    }
+    return Promise.all([
+      check('cluster', async () => {
+        const reply = await this.deps.ecs.send(new DescribeClustersCommand({ clusters: [s.cluster] }))
+        const cluster = reply.clusters?.[0]
+        if (!cluster) throw new Error(`ECS cluster ${s.cluster} does not exist (${reply.failures?.[0]?.reason ?? 'not found'})`)
+        if (cluster.status !== 'ACTIVE') throw new Error(`ECS cluster ${s.cluster} is ${cluster.status}`)
+        return `ECS cluster ${cluster.clusterArn} is ACTIVE`
+      }),
+      check('task definition', async () => {
+        const { taskDefinition: td } = await this.deps.ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition: s.taskDefinition }))
+        const container = td?.containerDefinitions?.find((c) => c.name === s.containerName)
+        if (!container) throw new Error(`task definition ${s.taskDefinition} has no container named ${s.containerName} (ECS_CONTAINER_NAME)`)
+        if (!container.portMappings?.some((p) => p.containerPort === s.chromaPort)) {
+          throw new Error(`container ${s.containerName} of ${s.taskDefinition} does not expose port ${s.chromaPort} (ECS_CHROMA_PORT)`)
+        }
+        if (!td?.requiresCompatibilities?.includes('FARGATE')) throw new Error(`task definition ${s.taskDefinition} is not compatible with FARGATE`)
+        return `${td.taskDefinitionArn}: ${s.containerName} on port ${s.chromaPort}, ${td.cpu} CPU units, ${td.memory} MiB, ${td.runtimePlatform?.cpuArchitecture ?? 'X86_64'}`
+      }),
+      check('subnets', async () => {
+        if (s.subnets.length === 0) throw new Error('no subnets configured (ECS_SUBNETS)')
+        const reply = await this.deps.ec2.send(new DescribeSubnetsCommand({ SubnetIds: s.subnets }))
+        return `${reply.Subnets?.length ?? 0} subnets in ${[...new Set(reply.Subnets?.map((x) => x.VpcId))].join(', ')}`
+      }),
+      check('security groups', async () => {
+        if (s.securityGroups.length === 0) return 'none configured: the VPC default security group applies'
+        const reply = await this.deps.ec2.send(new DescribeSecurityGroupsCommand({ GroupIds: s.securityGroups }))
+        return `${reply.SecurityGroups?.length ?? 0} security groups: ${reply.SecurityGroups?.map((g) => g.GroupName).join(', ')}`
+      }),
+    ])
   }
 
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {

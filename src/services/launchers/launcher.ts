@@ -63,5 +63,13 @@ export interface Launcher {
   stop(target: LaunchTarget, reason: string): Promise<void>
   /** Everything this control plane launched that still runs, for the orphan sweeper. */
   listRunning(): Promise<RunningCompute[]>
+  /** Checks that what launching needs exists (cluster, task definition, network), naming every problem. */
+  preflight(): Promise<PreflightCheck[]>
   close?(): Promise<void>
+}
+
+export interface PreflightCheck {
+  name: string
+  ok: boolean
+  detail: string
 }

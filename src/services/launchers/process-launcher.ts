@@ -1,13 +1,13 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { appendFile, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import { freeLoopbackPort } from '../../free-port.ts'
 import { projectPath } from '../../paths.ts'
 import type { AgentStatus } from '../../../container/agent/status.ts'
-import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from './launcher.ts'
+import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, PreflightCheck, RunningCompute } from './launcher.ts'
 
 /**
  * Runs each session's agent (container/agent/main.ts, the same program as in the
@@ -88,6 +88,11 @@ export class ProcessLauncher implements Launcher {
     }
     this.options.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, pid, port, dir }, 'session agent launched')
     return { ref: String(pid) }
+  }
+
+  async preflight(): Promise<PreflightCheck[]> {
+    const agent = await stat(AGENT_MAIN).then(() => true, () => false)
+    return [{ name: 'session agent', ok: agent, detail: agent ? `sessions run as local processes of ${AGENT_MAIN}` : `${AGENT_MAIN} is missing` }]
   }
 
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
