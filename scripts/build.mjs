@@ -5,7 +5,10 @@ import { build } from 'esbuild'
 
 await build({
   entryPoints: ['src/server.ts'],
-  outfile: 'dist/server.js',
+  outdir: 'dist',
+  // Modules imported dynamically (the Fargate launcher and its AWS SDKs) stay in chunks of
+  // their own, loaded only when used.
+  splitting: true,
   bundle: true,
   platform: 'node',
   format: 'esm',

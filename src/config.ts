@@ -1,5 +1,5 @@
 import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
-import { parseCapacityProviders } from './services/launchers/fargate-launcher.ts'
+import { parseCapacityProviders } from './services/launchers/capacity-providers.ts'
 import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
 import { Type, type Static } from 'typebox'

@@ -13,9 +13,6 @@ import { createServices } from './services/index.ts'
 import { PreflightService } from './services/preflight.ts'
 import type { Launcher } from './services/launchers/launcher.ts'
 import { ProcessLauncher } from './services/launchers/process-launcher.ts'
-import { FargateLauncher } from './services/launchers/fargate-launcher.ts'
-import { ECSClient } from '@aws-sdk/client-ecs'
-import { EC2Client } from '@aws-sdk/client-ec2'
 import { createWorkers } from './workers/index.ts'
 
 export function createLogger(level: string): Logger {
@@ -29,8 +26,14 @@ export function createS3(config: Config): S3Client {
   })
 }
 
-export function createLauncher(config: Config, logger: Logger): Launcher {
+export async function createLauncher(config: Config, logger: Logger): Promise<Launcher> {
   if (config.launcher === 'fargate') {
+    // Loaded only when used: the ECS and EC2 SDKs cost the process launcher's users ~25 MB of RSS.
+    const [{ ECSClient }, { EC2Client }, { FargateLauncher }] = await Promise.all([
+      import('@aws-sdk/client-ecs'),
+      import('@aws-sdk/client-ec2'),
+      import('./services/launchers/fargate-launcher.ts'),
+    ])
     const { ecs } = config
     return new FargateLauncher({
       ecs: new ECSClient({ region: config.awsRegion, ...(ecs.endpoint ? { endpoint: ecs.endpoint } : {}) }),
@@ -99,7 +102,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     },
   })
   await services.apiKeys.init(config.apiKeys)
-  const launcher = createLauncher(config, logger)
+  const launcher = await createLauncher(config, logger)
   const workers = createWorkers({
     db,
     clock,
