@@ -208,8 +208,10 @@ export class ProcessLauncher implements Launcher {
     const status = await readStatus(dir)
     if (pid !== null && (await isAgentProcess(pid, target.sessionId, target.generation))) {
       if (!status || status.phase === 'restoring') return { state: 'starting', detail: restoringDetail(status) }
-      // An agent that wrote its last status is on its way out.
-      if (status.phase === 'failed' || status.phase === 'exited') return { state: 'stopped', reason: goneReason(status) }
+      // A failed agent is on its way out: fail the start now. An exiting one counts as stopped
+      // only once its process is gone (STOPPED means confirmed gone).
+      if (status.phase === 'failed') return { state: 'stopped', reason: goneReason(status) }
+      if (status.phase === 'exited') return { state: 'starting', detail: 'exiting' }
       const port = await readPort(dir)
       if (port === null) return { state: 'stopped', reason: `launch directory ${dir} has no port file` }
       return { state: 'running', host: AGENT_HOST, port, detail: status.phase }
