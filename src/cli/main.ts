@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util'
+import type { SessionView } from '../services/sessions.ts'
 import { formatTable, age, shorten, compactJson } from './table.ts'
 
 /**
@@ -300,23 +301,8 @@ interface CreatedKey extends ApiKeyRow {
   key: string
   enabledNow: boolean
 }
-interface SessionRow {
-  id: string
-  mode: string
-  status: string
-  snapshot: string
-  collection: string | null
-  leaseCount: number
-  endpoint: { url: string } | null
-  proxyUrl: string
-  error: string | null
-  stopReason: string | null
-  generation: number
-  idleTtlSeconds: number
-  createdAt: string
-  readyAt: string | null
-  endedAt: string | null
-}
+/** A session as the API's JSON shows it. */
+type SessionRow = SessionView
 interface EventRow {
   id: string
   at: string

@@ -331,17 +331,8 @@ export class SessionService {
   }
 }
 
-/** A session_events row as the Prisma client returns it. */
-export function eventOf(row: {
-  id: bigint
-  sessionId: string
-  at: Date
-  type: string
-  status: SessionStatus | null
-  reason: string | null
-  leaseId: string | null
-  detail: unknown
-}): RecordedEvent {
+/** A session_events row as the Prisma client returns it, without its other columns. */
+export function eventOf(row: RecordedEvent): RecordedEvent {
   return { id: row.id, sessionId: row.sessionId, at: row.at, type: row.type, status: row.status, reason: row.reason, leaseId: row.leaseId, detail: row.detail ?? null }
 }
 

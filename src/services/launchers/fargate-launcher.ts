@@ -46,7 +46,6 @@ export interface FargateLauncherDeps {
 const CAPACITY_ATTEMPTS = 4
 /** ECS accepts at most 100 tasks per DescribeTasks call. */
 const DESCRIBE_BATCH = 100
-const STARTING_STATUSES = new Set(['PROVISIONING', 'PENDING', 'ACTIVATING'])
 /** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
 const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
 
@@ -186,7 +185,7 @@ export class FargateLauncher implements Launcher {
     // it), so the control plane treats it as gone: the reconciler fails and stops it.
     const unhealthy = task.healthStatus === 'UNHEALTHY' || task.containers?.some((c) => c.name === this.deps.settings.containerName && c.healthStatus === 'UNHEALTHY')
     if (unhealthy) return { state: 'stopped', reason: 'the session container is UNHEALTHY (its Chroma healthcheck fails)' }
-    if (STARTING_STATUSES.has(status)) return { state: 'starting', detail: `ECS ${status}` }
+    // PROVISIONING, PENDING, ACTIVATING: not addressable yet.
     if (status !== 'RUNNING') return { state: 'starting', detail: `ECS ${status}` }
     const eni = networkInterface(task)
     const host = this.deps.settings.assignPublicIp ? (eni.id ? publicIps.get(eni.id) : undefined) : eni.privateIp
