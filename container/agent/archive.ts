@@ -1,33 +1,60 @@
 import { isAbsolute } from 'node:path'
-import type { Readable } from 'node:stream'
+import { Transform, type Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import zlib from 'node:zlib'
+import { Decompress as ZstdDecompress } from 'fzstd'
 import { Unpack, type ReadEntry } from 'tar'
 import type { archiveFormat } from '../../src/services/snapshots/uri.ts'
+import { assertDigest, HashingTap } from './manifest.ts'
 import type { ProgressMeter } from './progress.ts'
 import { RestoreError } from './restore-error.ts'
 
-type ArchiveFormat = NonNullable<ReturnType<typeof archiveFormat>>
+export type ArchiveFormat = NonNullable<ReturnType<typeof archiveFormat>>
+
+/** The archive's expected sha256, and where that expectation came from (for the failure reason). */
+export interface ExpectedDigest {
+  sha256: string
+  manifest: string
+}
 
 /** Entry types a Chroma persist directory consists of; everything else is refused. */
 const ALLOWED_ENTRY_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory'])
 
 /**
- * Fails early, before any byte is read, for formats this runtime cannot decompress.
- * node-tar detects zstd by its magic bytes, but needs zlib's zstd (Node >= 22.15).
+ * A zstd decompressor: Node's own where it has one (22.15 and later), otherwise fzstd,
+ * a maintained pure-JavaScript streaming decoder (no native build, no install script).
  */
-export function assertArchiveSupported(snapshot: string, format: ArchiveFormat): void {
-  if (format === 'tar.zst' && typeof (zlib as { createZstdDecompress?: unknown }).createZstdDecompress !== 'function') {
-    throw new RestoreError(
-      `snapshot ${snapshot} is zstd-compressed, which this agent cannot read: Node ${process.version} has no zstd ` +
-        'in zlib (Node 22.15 and later have); store the snapshot as .tar or .tar.gz',
-    )
-  }
+export function zstdDecompressor(): Transform {
+  const native = (zlib as { createZstdDecompress?: () => Transform }).createZstdDecompress
+  if (typeof native === 'function') return native()
+  let push: ((chunk: Buffer) => void) | undefined
+  const decoder = new ZstdDecompress((chunk) => push?.(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)))
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      push = (out) => this.push(out)
+      try {
+        decoder.push(chunk)
+        done()
+      } catch (err) {
+        done(new Error(`zstd: ${(err as Error).message}`))
+      }
+    },
+    flush(done) {
+      push = (out) => this.push(out)
+      try {
+        decoder.push(new Uint8Array(0), true)
+        done()
+      } catch (err) {
+        done(new Error(`zstd: ${(err as Error).message}`))
+      }
+    },
+  })
 }
 
 /**
- * Streams a tar archive (plain, gzip or zstd: node-tar recognises the compression by
- * its magic bytes) into `dataDir`, which must exist, counting the archive's bytes.
+ * Streams a tar archive (plain, gzip or zstd) into `dataDir`, which must exist,
+ * counting the archive's bytes and, when a manifest gave one, checking its sha256
+ * (the data directory is the caller's to delete when that fails: nothing is served).
  *
  * Only regular files and directories at relative paths without `..` are accepted;
  * the first other entry (absolute path, `..`, symlink, hard link, device) aborts the
@@ -37,7 +64,13 @@ export function assertArchiveSupported(snapshot: string, format: ArchiveFormat):
 export async function extractTar(
   source: Readable,
   dataDir: string,
-  { snapshot, progress, signal }: { snapshot: string; progress: ProgressMeter; signal: AbortSignal },
+  {
+    snapshot,
+    format,
+    progress,
+    signal,
+    expected,
+  }: { snapshot: string; format: ArchiveFormat; progress: ProgressMeter; signal: AbortSignal; expected?: ExpectedDigest },
 ): Promise<void> {
   let refused: string | null = null
   const unpack: Unpack = new Unpack({
@@ -55,15 +88,19 @@ export async function extractTar(
       return problem === null
     },
   })
+  const hash = new HashingTap()
+  // node-tar recognises gzip by its magic bytes; zstd it only does with Node's zlib zstd.
+  const stages = format === 'tar.zst' ? [hash, zstdDecompressor(), unpack] : [hash, unpack]
   try {
-    await pipeline(source, progress.tap(), unpack, { signal })
+    await pipeline([source, progress.tap(), ...stages], { signal })
   } catch (err) {
     if (signal.aborted) throw err
     if (refused) throw new RestoreError(refused)
     // A system error (disk full, connection reset) says nothing about the archive.
     if ((err as NodeJS.ErrnoException).syscall) throw new RestoreError(`restoring snapshot ${snapshot} failed: ${(err as Error).message}`)
-    throw new RestoreError(`snapshot ${snapshot} is not a valid tar archive: ${describeTarError(err as Error)}`)
+    throw new RestoreError(`snapshot ${snapshot} is not a valid ${format} archive: ${describeTarError(err as Error)}`)
   }
+  if (expected) assertDigest(snapshot, 'the archive', hash.hex(), expected.sha256, expected.manifest)
 }
 
 function refuseReason(path: string, entry: ReadEntry): string | null {
