@@ -270,3 +270,85 @@ function tarOf(entries: Array<{ path: string; type: 'File' | 'SymbolicLink'; bod
   blocks.push(Buffer.alloc(1024))
   return Buffer.concat(blocks)
 }
+
+/** A request to the session's front, with the session token unless told otherwise. */
+async function call(run: AgentRun, method: string, path: string, token: string | null = TOKEN, body?: unknown) {
+  const res = await fetch(`http://127.0.0.1:${run.endpoint.port}${path}`, {
+    method,
+    headers: { ...(token ? { 'x-chroma-token': token } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  })
+  const text = await res.text()
+  return { status: res.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : null }
+}
+
+t.test('the session refuses every request without its token', async (t) => {
+  const run = await startAgent(t, `file://${fixture.tarPath}`)
+  await assertServesFixture(t, run)
+  for (const [name, token] of [['no token', null], ['a wrong token', 'cls_not-the-session-token'], ['a lease token', 'clt_some-lease-token-of-another']] as const) {
+    for (const path of ['/api/v2/heartbeat', `/api/v2/tenants/default_tenant/databases/default_database/collections/${fixture.collection}`, '/_agent/status']) {
+      const res = await call(run, 'GET', path, token)
+      t.equal(res.status, 401, `${name}: ${path}`)
+      t.equal(res.body?.code, 'session_token_required')
+    }
+  }
+  const bearer = await fetch(`http://127.0.0.1:${run.endpoint.port}/api/v2/heartbeat`, { headers: { authorization: `Bearer ${TOKEN}` } })
+  t.equal(bearer.status, 200, 'Authorization: Bearer with the token passes')
+  await bearer.body?.cancel()
+  const status = await call(run, 'GET', '/_agent/status')
+  t.match(status, { status: 200, body: { phase: 'ready', restored: `file://${fixture.tarPath}` } })
+  t.not(status.body?.chromaPid, undefined)
+  t.equal((await call(run, 'POST', '/_agent/save')).body?.code, 'save_unsupported', 'file:// snapshots cannot be saved back')
+})
+
+t.test("the dead man's switch", async (t) => {
+  t.test('stops the session when the control plane goes silent', async (t) => {
+    const run = await startAgent(t, `file://${fixture.tarPath}`, { DEAD_MAN_SECONDS: '2' })
+    await run.waitForPhase(['ready'])
+    t.equal(await run.exitCode, 0, 'exits 0, on its own')
+    const status = await run.waitForPhase(['exited'])
+    t.match(status.stopReason, /has not confirmed the session for 2s \(dead man's switch\)/)
+    t.notOk(existsSync(run.dataDir), 'data directory removed')
+    t.notOk(await chromaAnswers(run.endpoint), 'Chroma is down')
+  })
+
+  t.test('does not fire while the control plane confirms', async (t) => {
+    const run = await startAgent(t, `file://${fixture.tarPath}`, { DEAD_MAN_SECONDS: '2' })
+    await run.waitForPhase(['ready'])
+    // Confirm for three times the switch's delay; each confirmation restarts it.
+    for (let i = 0; i < 12; i++) {
+      const confirmed = await call(run, 'POST', '/_agent/confirm')
+      t.equal(confirmed.body?.phase, 'ready', `confirmation ${i + 1} answers the status`)
+      await sleep(500)
+    }
+    t.ok(await chromaAnswers(run.endpoint), 'still serving')
+    t.equal((await call(run, 'POST', '/_agent/confirm', null)).status, 401, 'a confirmation needs the token too')
+    await assertCleanStop(t, run)
+  })
+})
+
+t.test('sha256 manifests', async (t) => {
+  const { createHash } = await import('node:crypto')
+  const sha = createHash('sha256').update(await readFile(fixture.tarGzPath)).digest('hex')
+  const dir = join(root, 'manifests')
+  await mkdir(dir)
+
+  t.test('a matching sidecar manifest is checked and passes', async (t) => {
+    const archive = join(dir, 'good.tar.gz')
+    await writeFile(archive, await readFile(fixture.tarGzPath))
+    await writeFile(`${archive}.sha256`, `${sha}  good.tar.gz\n`)
+    await assertServesFixture(t, await startAgent(t, `file://${archive}`))
+  })
+
+  t.test('a wrong checksum fails clearly and serves nothing', async (t) => {
+    const archive = join(dir, 'bad.tar.gz')
+    await writeFile(archive, await readFile(fixture.tarGzPath))
+    await writeFile(`${archive}.sha256`, `${'0'.repeat(64)}  bad.tar.gz\n`)
+    const run = await startAgent(t, `file://${archive}`)
+    const status = await run.waitForPhase(['failed'])
+    t.equal(status.error, `snapshot file://${archive} does not match its manifest: the archive has sha256 ${sha}, ${archive}.sha256 says ${'0'.repeat(64)}; refusing to serve it`)
+    t.notOk(status.chromaPid, 'no Chroma was started')
+    t.equal(await run.exitCode, 1)
+    t.notOk(existsSync(run.dataDir), 'restored files removed')
+  })
+})

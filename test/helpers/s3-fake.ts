@@ -84,3 +84,38 @@ async function filesUnder(dir: string): Promise<string[]> {
   )
   return nested.flat()
 }
+
+/**
+ * An S3 endpoint in front of `target` that stalls chosen requests: it reads their
+ * bodies (an upload gets halfway, or all the way, in) and never answers them. Every
+ * other request is passed through. For saves cut short, deterministically.
+ */
+export async function startStallingS3(target: string, stall: (method: string, path: string) => boolean): Promise<{ endpoint: string; stalled: () => number; close(): Promise<void> }> {
+  const { createServer, request } = await import('node:http')
+  let stalled = 0
+  const server = createServer((req, res) => {
+    if (stall(req.method ?? 'GET', req.url ?? '/')) {
+      stalled++
+      req.resume()
+      return
+    }
+    const { hostname, port } = new URL(target)
+    const upstream = request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers)
+      answer.pipe(res)
+    })
+    upstream.on('error', () => res.destroy())
+    req.pipe(upstream)
+  })
+  server.listen(0, '127.0.0.1')
+  await new Promise((resolve) => server.once('listening', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    stalled: () => stalled,
+    async close() {
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    },
+  }
+}
