@@ -17,7 +17,7 @@ t.teardown(() => rm(root, { recursive: true, force: true }))
 const snapshotRoot = join(root, 'snapshots')
 const fixture = await buildSnapshotFixture(snapshotRoot)
 const snapshot = `file://${fixture.tarGzPath}`
-/** Agents of this build do not check it yet (issue #4); every launch must carry one. */
+/** The agent requires it on every request to the session. */
 const authToken = 'cls_test-session-token'
 
 let sessions = 0
@@ -60,14 +60,16 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
   t.equal(ready.host, '127.0.0.1')
-  t.ok(await chromaAnswers(ready), 'Chroma heartbeat answers')
-  const [hit] = await queryChroma(ready, fixture.collection, fixture.vector(3))
+  const session = { ...ready, token: authToken }
+  t.notOk(await chromaAnswers(ready), 'the session refuses a request without its token')
+  t.ok(await chromaAnswers(session), 'Chroma heartbeat answers with the token')
+  const [hit] = await queryChroma(session, fixture.collection, fixture.vector(3))
   t.equal(hit?.id, 'r-3', 'the fixture collection is queryable')
 
   await launcher.stop(target(ref), 'test is done')
   const stopped = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
-  t.same(stopped, { state: 'stopped', reason: 'the session agent exited after a stop request' })
-  t.notOk(await chromaAnswers(ready), 'Chroma is down')
+  t.same(stopped, { state: 'stopped', reason: 'the session agent exited: stopped by SIGTERM', clean: true })
+  t.notOk(await chromaAnswers(session), 'Chroma is down')
   const dir = join(rootDir, `${sessionId}-g1`)
   t.notOk(existsSync(join(dir, 'data')), 'data directory removed')
   t.match(await readFile(join(dir, 'agent.log'), 'utf8'), /launcher: stop requested: test is done/)
@@ -110,8 +112,8 @@ t.test('a killed agent is reported stopped, and its Chroma stops too', async (t)
   t.same(await launcher.listRunning(), [])
   t.notOk(existsSync(join(rootDir, `${sessionId}-g1`, 'data')), 'describe cleared the dead agent\'s data')
   const deadline = Date.now() + 5_000
-  while ((await chromaAnswers(ready)) && Date.now() < deadline) await sleep(100)
-  t.notOk(await chromaAnswers(ready), 'orphaned Chroma stopped itself')
+  while ((await chromaAnswers({ ...ready, token: authToken })) && Date.now() < deadline) await sleep(100)
+  t.notOk(await chromaAnswers({ ...ready, token: authToken }), 'orphaned Chroma stopped itself')
 })
 
 t.test('a failed restore is reported with its reason', async (t) => {

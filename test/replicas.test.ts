@@ -100,7 +100,7 @@ t.test('a restarted control plane adopts running sessions and stops orphans', as
   for (let i = 0; i < 100 && (await launcher.listRunning()).length !== 2; i++) await new Promise((r) => setTimeout(r, 100))
   const running = (await launcher.listRunning()).map((r) => r.sessionId).sort()
   t.same(running, [lease.session.id, pending.session.id].sort(), 'exactly the live sessions run')
-  t.ok(await chromaAnswers(adopted as { host: string; port: number }))
+  t.ok(await chromaAnswers({ host: adopted.host!, port: adopted.port!, token: second.services.tokens.sessionToken(adopted.id, adopted.generation) }))
 })
 
 t.test('a crash between claiming a launch and recording it neither leaks nor launches twice', async (t) => {

@@ -14,6 +14,8 @@ export interface LeaseRoute {
   ended: boolean
   sessionStatus: SessionStatus
   base: string | null
+  /** What the session's agent requires: the proxy and the query route send it upstream. */
+  sessionToken: string
   cachedAt: number
   renewing?: Promise<void>
 }
@@ -37,6 +39,7 @@ export class LeaseRouter {
     private readonly db: Database,
     private readonly clock: Clock,
     changes: ChangeFeed,
+    private readonly tokens: LeaseTokens,
   ) {
     this.unsubscribe = changes.on((c) => this.forgetSession(c.sessionId))
   }
@@ -71,8 +74,8 @@ export class LeaseRouter {
 
   private async load(hash: string): Promise<LeaseRoute> {
     const rows = await this.db.$queryRaw<
-      Array<{ id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null }>
-    >`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port
+      Array<{ id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null; generation: number }>
+    >`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port, s.generation
       FROM leases l JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = ${hash}`
     const r = rows[0]
     if (!r) throw unauthorized('invalid_lease_token', 'unknown lease token')
@@ -84,6 +87,7 @@ export class LeaseRouter {
       ended: r.ended_at !== null,
       sessionStatus: r.status,
       base: r.host && r.port ? `http://${r.host}:${r.port}` : null,
+      sessionToken: this.tokens.sessionToken(r.session_id, Number(r.generation)),
       cachedAt: Date.now(),
     }
     if (this.routes.size >= MAX_ENTRIES) this.clear()
