@@ -12,8 +12,9 @@ import { Header } from 'tar'
 import { restoreSnapshot } from '../container/agent/restore.ts'
 import { StatusFile, type AgentPhase, type AgentStatus } from '../container/agent/status.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
-import { startS3Fake } from './helpers/s3-fake.ts'
-import { buildSnapshotFixture, chromaAnswers, countChroma, queryChroma } from './helpers/snapshot-fixture.ts'
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3'
+import { startS3Fake, startStallingS3, type S3Fake } from './helpers/s3-fake.ts'
+import { buildSnapshotFixture, chromaAnswers, chromaClient, countChroma, queryChroma } from './helpers/snapshot-fixture.ts'
 
 // The session agent as the launchers run it: a real process restoring real snapshots
 // (files, archives, S3 through s3rver and the real SDK) and running the real Chroma.
@@ -33,6 +34,7 @@ interface AgentRun {
   waitForPhase(phases: AgentPhase[]): Promise<AgentStatus>
   log(): Promise<string>
   signal(signal: NodeJS.Signals): void
+  pid: number
 }
 
 let runs = 0
@@ -77,6 +79,7 @@ async function startAgent(t: Test, snapshot: string, env: Record<string, string>
     },
     log: () => readFile(join(dir, 'agent.log'), 'utf8'),
     signal: (signal) => process.kill(child.pid!, signal),
+    pid: child.pid!,
   }
 }
 
@@ -350,5 +353,159 @@ t.test('sha256 manifests', async (t) => {
     t.notOk(status.chromaPid, 'no Chroma was started')
     t.equal(await run.exitCode, 1)
     t.notOk(existsSync(run.dataDir), 'restored files removed')
+  })
+})
+
+async function objectText(s3: S3Fake, key: string): Promise<string | null> {
+  try {
+    const o = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))
+    return (await o.Body?.transformToString()) ?? ''
+  } catch {
+    return null
+  }
+}
+
+async function keysUnder(s3: S3Fake, prefix: string): Promise<string[]> {
+  const page = await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }))
+  return (page.Contents ?? []).map((o) => o.Key!).sort()
+}
+
+t.test('every archive format and a verified prefix from S3', async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-formats'))
+  t.teardown(() => s3.close())
+  const { createHash } = await import('node:crypto')
+  const formats = [['tar', fixture.tarPath], ['tar.gz', fixture.tarGzPath], ...(fixture.tarZstPath ? [['tar.zst', fixture.tarZstPath]] : [])]
+  for (const [ext, path] of formats) {
+    t.test(`.${ext} with its manifest`, async (t) => {
+      await s3.putFile(`formats/snap.${ext}`, path!)
+      const sha = createHash('sha256').update(await readFile(path!)).digest('hex')
+      await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: `formats/snap.${ext}.sha256`, Body: `${sha}  snap.${ext}\n` }))
+      await assertServesFixture(t, await startAgent(t, `s3://${s3.bucket}/formats/snap.${ext}`, s3.env))
+    })
+  }
+
+  t.test('a prefix with a SHA256SUMS manifest', async (t) => {
+    await s3.putDirectory('formats/files', fixture.dir)
+    const { readdir } = await import('node:fs/promises')
+    const files = (await readdir(fixture.dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
+    const lines = await Promise.all(files.map(async (e) => {
+      const abs = join(e.parentPath, e.name)
+      return `${createHash('sha256').update(await readFile(abs)).digest('hex')}  ${abs.slice(fixture.dir.length + 1)}`
+    }))
+    await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: 'formats/files/SHA256SUMS', Body: lines.join('\n') + '\n' }))
+    await assertServesFixture(t, await startAgent(t, `s3://${s3.bucket}/formats/files`, s3.env))
+
+    // One file changed after the manifest was written: the restore fails and nothing is served.
+    await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: 'formats/files/chroma.sqlite3', Body: 'tampered' }))
+    const run = await startAgent(t, `s3://${s3.bucket}/formats/files`, s3.env)
+    const status = await run.waitForPhase(['failed'])
+    t.match(status.error, /^snapshot s3:\/\/snapshots\/formats\/files does not match its manifest: chroma\.sqlite3 has sha256 [0-9a-f]{64}, s3:\/\/snapshots\/formats\/files\/SHA256SUMS says [0-9a-f]{64}; refusing to serve it$/)
+    t.notOk(status.chromaPid, 'nothing served')
+    t.equal(await run.exitCode, 1)
+  })
+
+  t.test('a corrupt .tar.gz object fails clearly', async (t) => {
+    await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: 'formats/corrupt.tar.gz', Body: Buffer.alloc(4096, 7) }))
+    const run = await startAgent(t, `s3://${s3.bucket}/formats/corrupt.tar.gz`, s3.env)
+    const status = await run.waitForPhase(['failed'])
+    t.match(status.error, /^snapshot s3:\/\/snapshots\/formats\/corrupt\.tar\.gz is not a valid tar\.gz archive: /)
+    t.notOk(status.chromaPid, 'nothing served')
+  })
+})
+
+t.test('save-back to S3', async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-save'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/v1.tar.gz', fixture.tarGzPath)
+  const series = `s3://${s3.bucket}/receipts/v1`
+  const latest = async () => JSON.parse((await objectText(s3, 'receipts/v1/latest')) ?? 'null') as { snapshot: string; sha256: string; version: string } | null
+  const extra = { ids: ['saved-1'], embeddings: [fixture.vector(5).map((x) => -x)], documents: ['receipt saved: tea 3.10'] }
+  /** A session of the series behind an S3 that stalls every upload of a version (it gets halfway, never done). */
+  const stallingUploads = async (t: Test) => {
+    const stall = await startStallingS3(s3.endpoint, (method, path) => method !== 'GET' && method !== 'HEAD' && path.includes('/versions/'))
+    t.teardown(() => stall.close())
+    return stall
+  }
+
+  t.test('round trip: write, save, restore the new version, read the write', async (t) => {
+    const run = await startAgent(t, `s3://${s3.bucket}/receipts/v1.tar.gz`, s3.env)
+    await run.waitForPhase(['ready'])
+    const col = await chromaClient(`http://127.0.0.1:${run.endpoint.port}`, TOKEN).getCollection({ name: fixture.collection })
+    await col.add(extra)
+    const saved = await call(run, 'POST', '/_agent/save')
+    t.equal(saved.status, 200, JSON.stringify(saved.body))
+    t.match(saved.body, { snapshot: /^s3:\/\/snapshots\/receipts\/v1\/versions\/\d{8}T\d{6}Z-[0-9a-f]{8}\.tar\.gz$/, series, sha256: /^[0-9a-f]{64}$/ })
+    t.equal(await countChroma(run.endpoint, fixture.collection), fixture.count + 1, 'serving again after the save, the write included')
+    t.match(await latest(), { snapshot: saved.body!.snapshot, sha256: saved.body!.sha256 }, 'latest names the new version')
+    const key = String(saved.body!.snapshot).slice(`s3://${s3.bucket}/`.length)
+    t.equal(await objectText(s3, `${key}.sha256`), `${saved.body!.sha256}  ${saved.body!.version}.tar.gz\n`, 'with its manifest')
+    t.match((await run.waitForPhase(['ready'])).lastSave, { snapshot: saved.body!.snapshot }, 'the status reports the save')
+
+    const again = await startAgent(t, series, s3.env)
+    const status = await again.waitForPhase(['ready', 'failed'])
+    t.equal(status.restored, saved.body!.snapshot, 'the series restores what latest names')
+    const got = await chromaClient(`http://127.0.0.1:${again.endpoint.port}`, TOKEN).getCollection({ name: fixture.collection }).then((c) => c.get({ ids: ['saved-1'] }))
+    t.same(got.documents, ['receipt saved: tea 3.10'], 'the write survived the round trip')
+  })
+
+  t.test('a save interrupted halfway (the agent killed mid-upload) leaves the previous version intact', async (t) => {
+    const before = await latest()
+    const versionsBefore = await keysUnder(s3, 'receipts/v1/versions/')
+    const stall = await stallingUploads(t)
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint })
+    await run.waitForPhase(['ready'])
+    void call(run, 'POST', '/_agent/save').catch(() => {})
+    await run.waitForPhase(['saving'])
+    while (stall.stalled() === 0) await sleep(50)
+    process.kill(-run.pid, 'SIGKILL')
+    await run.exitCode
+    t.same(await latest(), before, 'latest is unchanged')
+    t.same(await keysUnder(s3, 'receipts/v1/versions/'), versionsBefore, 'no partial version is visible')
+    const again = await startAgent(t, series, s3.env)
+    await again.waitForPhase(['ready'])
+    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 1, 'the previous version restores whole')
+  })
+
+  t.test('SIGTERM during a save: stops within the stop timeout, latest unchanged', async (t) => {
+    const before = await latest()
+    const stall = await stallingUploads(t)
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint, STOP_TIMEOUT_SECONDS: '3' })
+    await run.waitForPhase(['ready'])
+    const answer = call(run, 'POST', '/_agent/save').catch((err: Error) => err)
+    while (stall.stalled() === 0) await sleep(50)
+    run.signal('SIGTERM')
+    t.equal(await run.exitCode, 0, 'exits 0')
+    const status = await run.waitForPhase(['exited'])
+    t.match(status.saveError, /was cut short: the stop timeout \(3s\) is nearly spent; latest is unchanged/)
+    t.notOk(existsSync(run.dataDir), 'data directory removed')
+    t.same(await latest(), before, 'latest is unchanged')
+    await answer
+  })
+
+  t.test('SIGTERM with SAVE_ON_STOP saves first', async (t) => {
+    const run = await startAgent(t, series, { ...s3.env, SAVE_ON_STOP: '1' })
+    await run.waitForPhase(['ready'])
+    const col = await chromaClient(`http://127.0.0.1:${run.endpoint.port}`, TOKEN).getCollection({ name: fixture.collection })
+    await col.add({ ...extra, ids: ['saved-2'] })
+    run.signal('SIGTERM')
+    t.equal(await run.exitCode, 0)
+    const status = await run.waitForPhase(['exited'])
+    t.ok(status.lastSave, 'saved on the way out')
+    t.equal((await latest())?.snapshot, status.lastSave?.snapshot, 'and latest names it')
+    const again = await startAgent(t, series, s3.env)
+    await again.waitForPhase(['ready'])
+    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 2)
+  })
+
+  t.test('SIGTERM during the restore of a series stops cleanly, saving nothing', async (t) => {
+    const before = await latest()
+    const stall = await startStallingS3(s3.endpoint, (method, path) => method === 'GET' && path.includes('/versions/') && !path.includes('.sha256'))
+    t.teardown(() => stall.close())
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint, SAVE_ON_STOP: '1' })
+    while (stall.stalled() === 0) await sleep(50)
+    run.signal('SIGTERM')
+    t.equal(await run.exitCode, 0)
+    t.notOk((await run.waitForPhase(['exited'])).lastSave, 'nothing to save before Chroma ever served')
+    t.same(await latest(), before)
   })
 })
