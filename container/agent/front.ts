@@ -47,6 +47,8 @@ export class AgentFront {
   private readonly server: Server
   private readonly tokenDigest: Buffer
   private readonly upstreamAgent = new Agent({ keepAlive: true, maxSockets: 256 })
+  /** Requests passed to Chroma since markClean(): none means the data is what was last saved (or restored). */
+  forwarded = 0
 
   constructor(
     private readonly opts: { host: string; port: number; token: string; endpoints: AgentEndpoints; log: (message: string) => void },
@@ -73,6 +75,10 @@ export class AgentFront {
     this.unavailable = reason
   }
 
+  markClean(): void {
+    this.forwarded = 0
+  }
+
   async close(): Promise<void> {
     this.server.close()
     this.server.closeAllConnections()
@@ -87,6 +93,7 @@ export class AgentFront {
     const path = req.url ?? '/'
     if (path.startsWith(AGENT_PATH_PREFIX)) return this.agentEndpoint(req, res, path.slice(AGENT_PATH_PREFIX.length).split('?')[0]!)
     if (!this.chroma) return problem(res, 503, 'session_unavailable', this.unavailable)
+    this.forwarded++
     this.forward(req, res, this.chroma.port)
   }
 

@@ -175,6 +175,7 @@ class SessionAgent {
     await this.status.write({ phase: 'restoring', bytes: 0 })
     await claimEmptyDir(this.config.dataDir)
     this.ownsDataDir = true
+    this.front.markClean()
     this.restored = await restoreSnapshot(this.config.snapshot, this.config.dataDir, {
       snapshotRoot: this.config.snapshotRoot,
       s3: this.config.s3,
@@ -237,6 +238,7 @@ class SessionAgent {
         onProgress: (bytes) => void this.status.progress(bytes, undefined, 'saving'),
       })
       log(`saved ${result.snapshot} (${result.bytes} bytes, sha256 ${result.sha256}); ${result.series}/latest names it`)
+      this.front.markClean()
       await this.status.write({ phase: 'saving', bytes: result.bytes }, { lastSave: result, saveError: undefined })
     } catch (err) {
       failure = err as Error
@@ -259,7 +261,8 @@ class SessionAgent {
     await this.status.write({ phase: 'stopping', chromaPid: this.chroma?.pid })
     if (this.saving) {
       await this.saving.catch(() => {})
-    } else if (this.config.saveOnStop && wasServing) {
+    } else if (this.config.saveOnStop && wasServing && this.front.forwarded > 0) {
+      // Only when Chroma was used since the restore or the last save: otherwise the data is already in a version.
       await this.save().catch(() => {}) // logged and in the status; a failed save leaves the previous version intact
     }
     await this.releaseResources()

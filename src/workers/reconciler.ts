@@ -112,9 +112,7 @@ export class Reconciler {
    */
   private async watchServing(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') {
-      if (seen.savedSnapshot && seen.savedSnapshot !== s.savedSnapshot) {
-        await this.sessions.recordSave(s, { snapshot: seen.savedSnapshot, version: seen.savedSnapshot, sha256: '', bytes: 0, savedAt: this.clock.now().toISOString() }, 'stop')
-      }
+      await this.recordSaveOnStop(s, seen)
       if (seen.clean || s.stopReason === 'interrupted') {
         await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_stopped' } }, { endedAt: this.clock.now() })
         return
@@ -137,6 +135,13 @@ export class Reconciler {
     }
     if (seen.progress) await this.sessions.setProgress(s, seen.progress)
     if (s.saveOnRelease && s.leaseCount === 0 && s.savedSnapshot === null && !this.saveBack.isSaving(s)) this.saveOnRelease(s)
+  }
+
+  /** A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session. */
+  private async recordSaveOnStop(s: SessionRecord, seen: Extract<ObservedCompute, { state: 'stopped' }>): Promise<void> {
+    if (!seen.savedSnapshot || seen.savedSnapshot === s.savedSnapshot) return
+    const version = seen.savedSnapshot.slice(seen.savedSnapshot.lastIndexOf('/') + 1).replace(/\.tar\.gz$/, '')
+    await this.sessions.recordSave(s, { snapshot: seen.savedSnapshot, version, sha256: '', bytes: 0, savedAt: this.clock.now().toISOString() }, 'stop')
   }
 
   /** The saveOnRelease lease has ended: save, then stop. A failed save fails the session (the previous version stays `latest`). */
@@ -213,6 +218,7 @@ export class Reconciler {
   }
 
   private async finishStopping(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    if (seen?.state === 'stopped') await this.recordSaveOnStop(s, seen)
     if (s.launchRef && seen?.state !== 'stopped') {
       await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
       return

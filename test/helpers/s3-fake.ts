@@ -90,11 +90,17 @@ async function filesUnder(dir: string): Promise<string[]> {
  * bodies (an upload gets halfway, or all the way, in) and never answers them. Every
  * other request is passed through. For saves cut short, deterministically.
  */
-export async function startStallingS3(target: string, stall: (method: string, path: string) => boolean): Promise<{ endpoint: string; stalled: () => number; close(): Promise<void> }> {
+export async function startStallingS3(
+  target: string,
+  stall: (method: string, path: string) => boolean,
+  /** 'request': never answer; 'half-response': answer, send half the body, then stall. */
+  how: 'request' | 'half-response' = 'request',
+): Promise<{ endpoint: string; stalled: () => number; close(): Promise<void> }> {
   const { createServer, request } = await import('node:http')
   let stalled = 0
   const server = createServer((req, res) => {
-    if (stall(req.method ?? 'GET', req.url ?? '/')) {
+    const stalling = stall(req.method ?? 'GET', req.url ?? '/')
+    if (stalling && how === 'request') {
       stalled++
       req.resume()
       return
@@ -102,7 +108,19 @@ export async function startStallingS3(target: string, stall: (method: string, pa
     const { hostname, port } = new URL(target)
     const upstream = request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.headers)
-      answer.pipe(res)
+      if (!stalling) return void answer.pipe(res)
+      const half = Number(answer.headers['content-length'] ?? 0) / 2
+      let sent = 0
+      answer.on('data', (chunk: Buffer) => {
+        if (sent >= half) return
+        const part = chunk.subarray(0, Math.max(0, Math.ceil(half - sent)))
+        sent += part.length
+        res.write(part)
+        if (sent >= half) {
+          stalled++
+          answer.pause()
+        }
+      })
     })
     upstream.on('error', () => res.destroy())
     req.pipe(upstream)
