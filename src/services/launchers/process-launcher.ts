@@ -184,6 +184,8 @@ export class ProcessLauncher implements Launcher {
     const inherited = Object.fromEntries(INHERITED_ENV.flatMap((name) => (process.env[name] ? [[name, process.env[name]]] : [])))
     return {
       ...inherited,
+      // The agent keeps a stop (saving included) inside the grace after which stop() escalates to SIGKILL.
+      STOP_TIMEOUT_SECONDS: String(Math.max(1, Math.floor(this.stopGraceMs / 1000))),
       ...this.options.env,
       SESSION_ID: spec.sessionId,
       SNAPSHOT_URI: spec.snapshot,
