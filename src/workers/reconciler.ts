@@ -114,7 +114,7 @@ export class Reconciler {
     if (seen?.state === 'stopped') {
       await this.recordSaveOnStop(s, seen)
       if (seen.clean || s.stopReason === 'interrupted') {
-        await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_stopped' } }, { endedAt: this.clock.now() })
+        await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_exited' } }, { endedAt: this.clock.now() })
         return
       }
       await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason, detail: { cause: 'compute_lost' } }, {
