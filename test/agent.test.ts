@@ -206,6 +206,25 @@ t.test('restores a .tar.zst archive (fzstd on Node 20, zlib where Node has zstd)
   await assertServesFixture(t, run)
 })
 
+t.test('zstd: the pure-JavaScript decoder agrees with zstd, and a corrupt .tar.zst fails clearly', { skip: !fixture.tarZstPath && 'no zstd CLI to make one' }, async (t) => {
+  const { fzstdDecompressor } = await import('../container/agent/archive.ts')
+  const { createReadStream } = await import('node:fs')
+  const chunks: Buffer[] = []
+  const { pipeline } = await import('node:stream/promises')
+  await pipeline(createReadStream(fixture.tarZstPath!), fzstdDecompressor(), async function* (source) {
+    for await (const chunk of source) chunks.push(chunk as Buffer)
+  })
+  t.ok(Buffer.concat(chunks).equals(await readFile(fixture.tarPath)), 'fzstd (used where Node and the machine have no zstd) decodes the archive exactly')
+
+  const corrupt = join(root, 'corrupt.tar.zst')
+  const good = await readFile(fixture.tarZstPath!)
+  await writeFile(corrupt, Buffer.concat([good.subarray(0, 64), Buffer.alloc(4096, 0x5a)]))
+  const run = await startAgent(t, `file://${corrupt}`)
+  const status = await run.waitForPhase(['failed'])
+  t.match(status.error, `snapshot file://${corrupt} is not a valid tar.zst archive: `)
+  t.notOk(status.chromaPid, 'nothing served')
+})
+
 t.test('fails when the named collection is not in the snapshot', async (t) => {
   const run = await startAgent(t, `file://${fixture.tarPath}`, { COLLECTION: 'invoices' })
   const status = await run.waitForPhase(['failed'])

@@ -192,3 +192,25 @@ function readlinkOrNull(path: string): string | null {
     return null
   }
 }
+
+t.test('an agent stopping on a signal the launcher did not send is observed as stopping, then as a clean exit', async (t) => {
+  const { startS3Fake, startStallingS3 } = await import('./helpers/s3-fake.ts')
+  const s3 = await startS3Fake(join(root, 's3'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/v1.tar.gz', fixture.tarGzPath)
+  // Uploads of a new version never finish: the save on the way out keeps the agent stopping until its stop timeout.
+  const stall = await startStallingS3(s3.endpoint, (method, path) => method !== 'GET' && path.includes('/versions/'))
+  t.teardown(() => stall.close())
+  const { launcher, sessionId, target } = setup(t, { s3Endpoint: stall.endpoint, env: { ...s3.env, STOP_TIMEOUT_SECONDS: '3' } })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `s3://${s3.bucket}/receipts/v1.tar.gz`, collection: null, authToken, saveOnStop: true })
+  const ready = await waitForReady(launcher, target(ref))
+  if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
+  t.ok(await chromaAnswers({ ...ready, token: authToken }), 'used, so there is something to save')
+
+  process.kill(Number(ref), 'SIGTERM') // e.g. ECS scale-in or a Spot interruption, not launcher.stop()
+  const stopping = await waitFor(launcher, target(ref), (o) => o.state !== 'running' || o.stopping === true)
+  t.match(stopping, { state: 'running', stopping: true }, 'seen stopping, so the control plane can drain it')
+  const gone = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
+  t.match(gone, { state: 'stopped', clean: true, reason: 'the session agent exited: stopped by SIGTERM' }, 'a clean exit within its stop timeout')
+  t.notOk((gone as { savedSnapshot?: string }).savedSnapshot, 'the save that could not finish saved nothing')
+})

@@ -146,10 +146,10 @@ export async function restoreS3Prefix(
     const downloadNext = async (): Promise<void> => {
       try {
         for (let next = queue.shift(); next; next = queue.shift()) {
-          const sha256 = await downloadObject(client, location.bucket, next.key, next.target, progress, downloadOptions)
           const rel = next.key.slice(prefix.length)
           const expected = sums?.get(rel)
-          if (expected) assertDigest(options.snapshot, rel, sha256, expected, manifest)
+          const sha256 = await downloadObject(client, location.bucket, next.key, next.target, progress, downloadOptions, expected !== undefined)
+          if (expected) assertDigest(options.snapshot, rel, sha256!, expected, manifest)
         }
       } catch (err) {
         failed.abort(err)
@@ -199,13 +199,19 @@ async function downloadObject(
   target: string,
   progress: ProgressMeter,
   options: S3RestoreOptions,
-): Promise<string> {
+  /** Hash the object on the way (a manifest lists it). */
+  verify: boolean,
+): Promise<string | null> {
   const object = await send(options, () =>
     client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal }),
   )
   await mkdir(dirname(target), { recursive: true })
+  if (!verify) {
+    await pipeline(progress.watch(bodyStream(object.Body)), createWriteStream(target), { signal: options.signal })
+    return null
+  }
   const hash = new HashingTap()
-  await pipeline(bodyStream(object.Body), progress.tap(), hash, createWriteStream(target), { signal: options.signal })
+  await pipeline(progress.watch(bodyStream(object.Body)), hash, createWriteStream(target), { signal: options.signal })
   return hash.hex()
 }
 
