@@ -160,6 +160,7 @@ async function agentRun(s3: Awaited<ReturnType<typeof startS3Fake>>, f: Format):
       CHROMA_DATA_DIR: join(dir, 'data'),
       CHROMA_PORT: String(port),
       SESSION_TOKEN: TOKEN,
+      CONTROL_TOKEN: `${TOKEN}-control`,
       STATUS_FILE: statusFile,
     },
   })

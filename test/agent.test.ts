@@ -25,6 +25,7 @@ t.teardown(() => rm(root, { recursive: true, force: true }))
 const fixture = await buildSnapshotFixture(join(root, 'fixture'))
 
 const TOKEN = 'cls_agent-test-session-token'
+const CONTROL = 'clc_agent-test-control-token'
 
 interface AgentRun {
   dataDir: string
@@ -54,6 +55,7 @@ async function startAgent(t: Test, snapshot: string, env: Record<string, string>
       CHROMA_DATA_DIR: dataDir,
       STATUS_FILE: statusFile,
       SESSION_TOKEN: TOKEN,
+      CONTROL_TOKEN: CONTROL,
       ...env,
       CHROMA_PORT: String(endpoint.port),
     },
@@ -293,8 +295,8 @@ function tarOf(entries: Array<{ path: string; type: 'File' | 'SymbolicLink'; bod
   return Buffer.concat(blocks)
 }
 
-/** A request to the session's front, with the session token unless told otherwise. */
-async function call(run: AgentRun, method: string, path: string, token: string | null = TOKEN, body?: unknown) {
+/** A request to the session's front: the control token for the agent's endpoints, the session token for Chroma, unless told otherwise. */
+async function call(run: AgentRun, method: string, path: string, token: string | null = path.startsWith('/_agent/') && path !== '/_agent/status' ? CONTROL : TOKEN, body?: unknown) {
   const res = await fetch(`http://127.0.0.1:${run.endpoint.port}${path}`, {
     method,
     headers: { ...(token ? { 'x-chroma-token': token } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
@@ -318,7 +320,12 @@ t.test('the session refuses every request without its token', async (t) => {
   t.equal(bearer.status, 200, 'Authorization: Bearer with the token passes')
   await bearer.body?.cancel()
   const status = await call(run, 'GET', '/_agent/status')
-  t.match(status, { status: 200, body: { phase: 'ready', restored: `file://${fixture.tarPath}` } })
+  t.match(status, { status: 200, body: { phase: 'ready', restored: `file://${fixture.tarPath}` } }, 'a lease holder may read the status')
+  for (const path of ['/_agent/confirm', '/_agent/save']) {
+    const res = await call(run, 'POST', path, TOKEN)
+    t.match(res, { status: 403, body: { code: 'control_token_required' } }, `the session token cannot ${path}`)
+  }
+  t.equal((await call(run, 'GET', '/api/v2/heartbeat', CONTROL)).status, 401, 'the control token does not open Chroma')
   t.not(status.body?.chromaPid, undefined)
   t.equal((await call(run, 'POST', '/_agent/save')).body?.code, 'save_unsupported', 'file:// snapshots cannot be saved back')
 })

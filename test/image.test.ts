@@ -95,6 +95,7 @@ t.test('the session image', async (t) => {
     CHROMA_DATA_DIR: join(root, 'data'),
     SESSION_ID: 'image-test',
     SESSION_TOKEN: 'cls_image-test-session-token',
+    CONTROL_TOKEN: 'clc_image-test-control-token',
     SNAPSHOT_URI: `file://${fixture.tarGzPath}`,
     HOME: root,
   }

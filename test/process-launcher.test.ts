@@ -19,6 +19,7 @@ const fixture = await buildSnapshotFixture(snapshotRoot)
 const snapshot = `file://${fixture.tarGzPath}`
 /** The agent requires it on every request to the session. */
 const authToken = 'cls_test-session-token'
+const controlToken = 'clc_test-control-token'
 
 let sessions = 0
 /** A launcher on its own rootDir, and a fresh session id; every agent started there is killed at teardown. */
@@ -51,7 +52,7 @@ const waitForReady = async (launcher: ProcessLauncher, target: LaunchTarget) =>
 
 t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken, controlToken })
   t.match(ref, /^\d+$/, 'the ref is the agent pid')
 
   const first = (await launcher.describe([target(ref)])).get(ref)
@@ -80,7 +81,7 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
 t.test('concurrent launches of one attempt start one agent; a restarted control plane sees it', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
   const replica = new ProcessLauncher({ rootDir, snapshotRoot })
-  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken }
+  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken, controlToken }
   const refs = await Promise.all([launcher.launch(spec), replica.launch(spec), launcher.launch(spec)])
   t.same(new Set(refs.map((r) => r.ref)).size, 1, 'every caller gets the same ref')
   t.equal(agentPids(sessionId).length, 1, 'one agent process')
@@ -102,7 +103,7 @@ t.test('concurrent launches of one attempt start one agent; a restarted control 
 
 t.test('a killed agent is reported stopped, and its Chroma stops too', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken })
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
 
@@ -120,14 +121,14 @@ t.test('a failed restore is reported with its reason', async (t) => {
   const { launcher, sessionId, target } = setup(t)
   const corrupt = join(snapshotRoot, 'corrupt.tar')
   await writeFile(corrupt, 'not a tar archive'.repeat(64))
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken, controlToken })
   const stopped = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
   t.match(stopped, { state: 'stopped', reason: `snapshot file://${corrupt} is not a valid tar archive: ` })
 })
 
 t.test('stop escalates to SIGKILL after the grace period', async (t) => {
   const { launcher, sessionId, target } = setup(t, { stopGraceMs: 300 })
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken })
   await waitForReady(launcher, target(ref))
   // A stopped process cannot act on SIGTERM, but SIGKILL takes it regardless.
   process.kill(-Number(ref), 'SIGSTOP')
@@ -202,7 +203,7 @@ t.test('an agent stopping on a signal the launcher did not send is observed as s
   const stall = await startStallingS3(s3.endpoint, (method, path) => method !== 'GET' && path.includes('/versions/'))
   t.teardown(() => stall.close())
   const { launcher, sessionId, target } = setup(t, { s3Endpoint: stall.endpoint, env: { ...s3.env, STOP_TIMEOUT_SECONDS: '3' } })
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `s3://${s3.bucket}/receipts/v1.tar.gz`, collection: null, authToken, saveOnStop: true })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `s3://${s3.bucket}/receipts/v1.tar.gz`, collection: null, authToken, controlToken, saveOnStop: true })
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
   t.ok(await chromaAnswers({ ...ready, token: authToken }), 'used, so there is something to save')

@@ -17,6 +17,8 @@ export interface AgentConfig {
   chromaInternalPort: number
   /** The secret every request must carry (x-chroma-token or Authorization: Bearer). */
   sessionToken: string
+  /** What the control plane's calls to /_agent/confirm and /_agent/save carry; lease holders never get it. */
+  controlToken: string
   /** The dead man's switch: stop when the control plane has not confirmed for this long. */
   deadManSeconds: number
   /** Save the directory back as a new snapshot version before a SIGTERM stop. */
@@ -41,6 +43,7 @@ export function readAgentConfig(argv: string[], env: Record<string, string | und
   if (values.session && env.SESSION_ID && values.session !== env.SESSION_ID) {
     throw new AgentConfigError(`--session ${values.session} and SESSION_ID=${env.SESSION_ID} disagree`)
   }
+  if (env.CONTROL_TOKEN && env.CONTROL_TOKEN === env.SESSION_TOKEN) throw new AgentConfigError('CONTROL_TOKEN must differ from SESSION_TOKEN')
   return {
     sessionId,
     generation: values.generation === undefined ? undefined : integer('--generation', values.generation, 0),
@@ -50,7 +53,8 @@ export function readAgentConfig(argv: string[], env: Record<string, string | und
     host: env.CHROMA_HOST || '127.0.0.1',
     port: integer('CHROMA_PORT', required(env, 'CHROMA_PORT'), 1, 65535),
     chromaInternalPort: env.CHROMA_INTERNAL_PORT ? integer('CHROMA_INTERNAL_PORT', env.CHROMA_INTERNAL_PORT, 1, 65535) : 0,
-    sessionToken: token(required(env, 'SESSION_TOKEN')),
+    sessionToken: token('SESSION_TOKEN', required(env, 'SESSION_TOKEN')),
+    controlToken: token('CONTROL_TOKEN', required(env, 'CONTROL_TOKEN')),
     deadManSeconds: env.DEAD_MAN_SECONDS ? integer('DEAD_MAN_SECONDS', env.DEAD_MAN_SECONDS, 1) : 900,
     saveOnStop: flag('SAVE_ON_STOP', env.SAVE_ON_STOP),
     stopTimeoutSeconds: env.STOP_TIMEOUT_SECONDS ? integer('STOP_TIMEOUT_SECONDS', env.STOP_TIMEOUT_SECONDS, 1) : 110,
@@ -67,8 +71,8 @@ function required(env: Record<string, string | undefined>, name: string): string
 }
 
 /** A short token would be guessable; the control plane's are 43 characters of base64url. */
-function token(value: string): string {
-  if (value.length < 16) throw new AgentConfigError('SESSION_TOKEN must be at least 16 characters')
+function token(name: string, value: string): string {
+  if (value.length < 16) throw new AgentConfigError(`${name} must be at least 16 characters`)
   return value
 }
 

@@ -46,14 +46,16 @@ export class AgentFront {
   private unavailable = 'the session is restoring its snapshot'
   private readonly server: Server
   private readonly tokenDigest: Buffer
+  private readonly controlDigest: Buffer
   private readonly upstreamAgent = new Agent({ keepAlive: true, maxSockets: 256 })
   /** Requests passed to Chroma since markClean(): none means the data is what was last saved (or restored). */
   forwarded = 0
 
   constructor(
-    private readonly opts: { host: string; port: number; token: string; endpoints: AgentEndpoints; log: (message: string) => void },
+    private readonly opts: { host: string; port: number; token: string; controlToken: string; endpoints: AgentEndpoints; log: (message: string) => void },
   ) {
     this.tokenDigest = digest(opts.token)
+    this.controlDigest = digest(opts.controlToken)
     this.server = createServer((req, res) => void this.handle(req, res))
     // Chroma's own keep-alive is longer than Node's default; clients reuse connections.
     this.server.keepAliveTimeout = 65_000
@@ -86,20 +88,30 @@ export class AgentFront {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (!this.authorised(req.headers)) {
+    const path = req.url ?? '/'
+    const who = this.credential(req.headers)
+    const agentPath = path.startsWith(AGENT_PATH_PREFIX) ? path.slice(AGENT_PATH_PREFIX.length).split('?')[0]! : null
+    if (who === null || (who === 'control' && agentPath === null)) {
       // Drain nothing: the connection closes with the answer.
       return problem(res, 401, 'session_token_required', 'this session requires its session token as x-chroma-token or Authorization: Bearer', true)
     }
-    const path = req.url ?? '/'
-    if (path.startsWith(AGENT_PATH_PREFIX)) return this.agentEndpoint(req, res, path.slice(AGENT_PATH_PREFIX.length).split('?')[0]!)
+    if (agentPath !== null) {
+      // Lease holders may read the status; only the control plane keeps the session alive or saves it.
+      if (who !== 'control' && agentPath !== 'status') return problem(res, 403, 'control_token_required', `${AGENT_PATH_PREFIX}${agentPath} is the control plane's`, true)
+      return this.agentEndpoint(req, res, agentPath)
+    }
     if (!this.chroma) return problem(res, 503, 'session_unavailable', this.unavailable)
     this.forwarded++
     this.forward(req, res, this.chroma.port)
   }
 
-  private authorised(headers: IncomingHttpHeaders): boolean {
+  private credential(headers: IncomingHttpHeaders): 'session' | 'control' | null {
     const token = tokenFrom(headers)
-    return token !== undefined && timingSafeEqual(digest(token), this.tokenDigest)
+    if (token === undefined) return null
+    const d = digest(token)
+    if (timingSafeEqual(d, this.tokenDigest)) return 'session'
+    if (timingSafeEqual(d, this.controlDigest)) return 'control'
+    return null
   }
 
   private async agentEndpoint(req: IncomingMessage, res: ServerResponse, name: string): Promise<void> {
@@ -164,4 +176,4 @@ function problem(res: ServerResponse, status: number, code: string, detail: stri
   res.end(text)
 }
 
-const titles: Record<number, string> = { 401: 'Unauthorized', 404: 'Not Found', 409: 'Conflict', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' }
+const titles: Record<number, string> = { 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' }

@@ -13,6 +13,8 @@
  *   SESSION_ID       the session id; optional when --session is given, must agree with it
  *   SESSION_TOKEN    required (16+ characters). Every request to the session must carry it
  *                    as x-chroma-token or Authorization: Bearer; others get 401.
+ *   CONTROL_TOKEN    required (16+ characters, not SESSION_TOKEN). What POST /_agent/confirm and
+ *                    POST /_agent/save require: only the control plane holds it.
  *   SNAPSHOT_URI     required. file:///abs/dir, file:///abs/snap.tar|.tar.gz|.tgz|.tar.zst,
  *                    s3://bucket/key.tar|.tar.gz|.tgz|.tar.zst (an archive object), or
  *                    s3://bucket/prefix: the version its `latest` pointer names when it has
@@ -42,8 +44,9 @@
  *   AWS_REGION       default us-east-1. AWS credentials come from the SDK's default chain
  *                    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, task role).
  *
- * Its own endpoints, on the session's port, token required: GET /_agent/status,
- * POST /_agent/confirm (the dead man's switch; answers the status), POST /_agent/save.
+ * Its own endpoints, on the session's port: GET /_agent/status (either token),
+ * POST /_agent/confirm (the dead man's switch; answers the status) and POST /_agent/save
+ * (CONTROL_TOKEN only).
  *
  * Exit status: 0 after a requested stop (signal or dead man's switch), 1 when the
  * session failed (the reason is in STATUS_FILE and the log), 2 for invalid settings.
@@ -95,6 +98,7 @@ class SessionAgent {
       host: config.host,
       port: config.port,
       token: config.sessionToken,
+      controlToken: config.controlToken,
       log,
       endpoints: {
         status: () => this.status.current(),

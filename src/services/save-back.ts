@@ -49,7 +49,7 @@ export class SaveBackService {
     await this.sessions.recordEvent(s.id, { type: 'saving', reason: trigger }, s.status)
     let saved
     try {
-      saved = await this.agents.save(`http://${s.host}:${s.port}`, this.tokens.sessionToken(s.id, s.generation), this.opts.saveTimeoutSeconds * 1000)
+      saved = await this.agents.save(`http://${s.host}:${s.port}`, this.tokens.controlToken(s.id, s.generation), this.opts.saveTimeoutSeconds * 1000)
     } catch (err) {
       const message = err instanceof SessionAgentError ? err.message : `the session agent did not answer: ${(err as Error).message}`
       await this.sessions.recordEvent(s.id, { type: 'save_failed', reason: message }, s.status)

@@ -16,7 +16,7 @@ export class SessionAgentError extends Error {
 
 /**
  * The control plane's calls to a session's agent (container/agent), on the session's
- * own address under /_agent/, with the session token: the dead man's switch
+ * own address under /_agent/, with the session's control token: the dead man's switch
  * confirmation, the agent's status, and save-back.
  */
 export class SessionAgentClient {

@@ -55,6 +55,13 @@ export interface SessionProgress {
   percent?: number
 }
 
+/** Progress is shown while it is news: a restore before READY, a save while serving. */
+function showsProgress(s: SessionRecord): boolean {
+  if (!s.progress) return false
+  if (s.status === 'PENDING' || s.status === 'STARTING') return s.progress.phase === 'restoring'
+  return (s.status === 'READY' || s.status === 'DRAINING') && s.progress.phase === 'saving'
+}
+
 /** "restoring 45%", or "saving 12.3 MB" when the total is unknown. */
 export function describeProgress(p: SessionProgress): string {
   if (p.percent !== undefined) return `${p.phase} ${p.percent}%`
@@ -373,7 +380,7 @@ export class SessionService {
       proxyUrl: `${baseUrl}/v1/sessions/${s.id}/chroma`,
       error: s.error,
       stopReason: s.stopReason,
-      progress: s.progress ? { ...s.progress, text: describeProgress(s.progress) } : null,
+      progress: showsProgress(s) ? { ...s.progress!, text: describeProgress(s.progress!) } : null,
       saveOnRelease: s.saveOnRelease,
       savedSnapshot: s.savedSnapshot,
       savedAt: s.savedAt?.toISOString() ?? null,

@@ -76,12 +76,19 @@ export class Reconciler {
       const key = `${s.id}:${s.generation}`
       current.add(key)
       if (!seen || seen.state === 'stopped' || seen.host === undefined || seen.port === undefined) continue
-      if (this.confirming.has(key) || now - (this.confirmedAt.get(key) ?? 0) < this.opts.confirmIntervalSeconds * 1000) continue
+      // A restore the launcher cannot report (no status file on Fargate) is followed through the answer, every pass.
+      const wantsProgress = s.status === 'STARTING' && seen.state === 'starting' && !seen.progress
+      if (this.confirming.has(key) || (!wantsProgress && now - (this.confirmedAt.get(key) ?? 0) < this.opts.confirmIntervalSeconds * 1000)) continue
       this.confirming.add(key)
       this.agents
-        .confirm(`http://${seen.host}:${seen.port}`, this.tokens.sessionToken(s.id, s.generation))
+        .confirm(`http://${seen.host}:${seen.port}`, this.tokens.controlToken(s.id, s.generation))
         .then(
-          () => this.confirmedAt.set(key, Date.now()),
+          async (status) => {
+            this.confirmedAt.set(key, Date.now())
+            if (wantsProgress && status?.phase === 'restoring') {
+              await this.sessions.setProgress(s, { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent })
+            }
+          },
           (err: Error) => this.logger?.debug({ sessionId: s.id, err: err.message }, 'agent confirmation failed; retrying next pass'),
         )
         .finally(() => this.confirming.delete(key))
@@ -181,6 +188,7 @@ export class Reconciler {
         snapshot: s.snapshot,
         collection: s.collection,
         authToken: this.tokens.sessionToken(s.id, s.generation),
+        controlToken: this.tokens.controlToken(s.id, s.generation),
         deadManSeconds: this.opts.deadManSeconds,
         saveOnStop: s.saveOnRelease,
       }))

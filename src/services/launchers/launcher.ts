@@ -20,6 +20,8 @@ export interface LaunchSpec {
    * LeaseTokens.sessionToken, so it is never stored and every replica knows it.
    */
   authToken: string
+  /** What the agent requires on its control endpoints (confirm, save): LeaseTokens.controlToken, never given to lease holders. */
+  controlToken: string
   /** The agent's dead man's switch (DEAD_MAN_SECONDS): it stops itself when not confirmed for this long. Default 900. */
   deadManSeconds?: number
   /** Save the directory back before a SIGTERM stop (SAVE_ON_STOP): sessions acquired with saveOnRelease. */

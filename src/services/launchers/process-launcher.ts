@@ -194,6 +194,7 @@ export class ProcessLauncher implements Launcher {
       CHROMA_HOST: AGENT_HOST,
       CHROMA_PORT: String(port),
       SESSION_TOKEN: spec.authToken,
+      CONTROL_TOKEN: spec.controlToken,
       ...(spec.deadManSeconds !== undefined ? { DEAD_MAN_SECONDS: String(spec.deadManSeconds) } : {}),
       ...(spec.saveOnStop ? { SAVE_ON_STOP: '1' } : {}),
       STATUS_FILE: join(dir, 'status.json'),
