@@ -213,5 +213,5 @@ t.test('an agent stopping on a signal the launcher did not send is observed as s
   t.match(stopping, { state: 'running', stopping: true }, 'seen stopping, so the control plane can drain it')
   const gone = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
   t.match(gone, { state: 'stopped', clean: true, reason: 'the session agent exited: stopped by SIGTERM' }, 'a clean exit within its stop timeout')
-  t.notOk((gone as { savedSnapshot?: string }).savedSnapshot, 'the save that could not finish saved nothing')
+  t.notOk((gone as { saved?: unknown }).saved, 'the save that could not finish saved nothing')
 })

@@ -194,3 +194,23 @@ t.test('compute stopping under a session (scale-in, a Spot notice): DRAINING, th
   t.equal(stopped.error, null, 'stopped, not failed')
   t.equal((await getLease(ctx, lease.id)).status, 'released', 'its lease ended with it')
 })
+
+t.test('SIGTERM to a saveOnRelease session (scale-in, a Spot notice): it saves first, the version is recorded, STOPPED', async (t) => {
+  const ctx = await buildTestApp(t, { snapshotRoot, s3, listen: true })
+  const { port } = new URL(ctx.url)
+  const lease = await acquire(ctx, { snapshot: series, collection: fixture.collection, mode: 'exclusive', saveOnRelease: true })
+  const ready = await reconcileUntilSettled(ctx, lease.session.id)
+  const viaProxy = (token: string) => chromaClient(`http://127.0.0.1:${port}`, token).getCollection({ name: fixture.collection })
+  await (await viaProxy(lease.token)).add({ ids: ['w-2'], embeddings: [fixture.vector(2).map((x) => -x)], documents: ['receipt written: bread 2.40'] })
+
+  process.kill(Number(ready.launchRef), 'SIGTERM') // not the control plane's stop
+  const stopped = await reconcileUntil(ctx, lease.session.id, 'STOPPED')
+  t.equal(stopped.error, null, 'stopped, not failed')
+  t.match(stopped.savedSnapshot, /\/receipts\/v1\/versions\/.+\.tar\.gz$/, 'the version saved on the way out is on the session')
+  t.match((await eventsOf(ctx, lease.session.id)).find((e) => e.type === 'saved'), { reason: 'stop', detail: { snapshot: stopped.savedSnapshot, sha256: /^[0-9a-f]{64}$/ } })
+
+  const next = await acquire(ctx, { snapshot: series, collection: fixture.collection, mode: 'exclusive' })
+  t.equal(next.session.snapshot, stopped.savedSnapshot, 'latest names it')
+  await reconcileUntilSettled(ctx, next.session.id)
+  t.same((await (await viaProxy(next.token)).get({ ids: ['w-2'] })).documents, ['receipt written: bread 2.40'])
+})

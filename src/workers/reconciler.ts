@@ -146,9 +146,8 @@ export class Reconciler {
 
   /** A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session. */
   private async recordSaveOnStop(s: SessionRecord, seen: Extract<ObservedCompute, { state: 'stopped' }>): Promise<void> {
-    if (!seen.savedSnapshot || seen.savedSnapshot === s.savedSnapshot) return
-    const version = seen.savedSnapshot.slice(seen.savedSnapshot.lastIndexOf('/') + 1).replace(/\.tar\.gz$/, '')
-    await this.sessions.recordSave(s, { snapshot: seen.savedSnapshot, version, sha256: '', bytes: 0, savedAt: this.clock.now().toISOString() }, 'stop')
+    if (!seen.saved || seen.saved.snapshot === s.savedSnapshot) return
+    await this.sessions.recordSave(s, seen.saved, 'stop')
   }
 
   /** The saveOnRelease lease has ended: save, then stop. A failed save fails the session (the previous version stays `latest`). */

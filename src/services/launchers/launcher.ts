@@ -58,9 +58,18 @@ export type ObservedCompute =
   /**
    * Gone: exited, stopped, or never existed. `reason` says why, for the session's error.
    * `clean`: it stopped as asked (a signal, its dead man's switch), not by failing.
-   * `savedSnapshot`: a version it saved on its way out.
+   * `saved`: the version it saved on its way out.
    */
-  | { state: 'stopped'; reason: string; clean?: boolean; savedSnapshot?: string }
+  | { state: 'stopped'; reason: string; clean?: boolean; saved?: SavedVersion }
+
+/** A snapshot version a session agent saved (container/agent/save.ts SaveResult). */
+export interface SavedVersion {
+  snapshot: string
+  version: string
+  sha256: string
+  bytes: number
+  savedAt: string
+}
 
 /** Something this control plane launched that is still running. */
 export interface RunningCompute {

@@ -342,7 +342,7 @@ function stoppedObservation(status: AgentStatus | null): ObservedCompute {
     state: 'stopped',
     reason: goneReason(status),
     ...(status?.phase === 'exited' ? { clean: true } : {}),
-    ...(status?.lastSave ? { savedSnapshot: status.lastSave.snapshot } : {}),
+    ...(status?.lastSave ? { saved: status.lastSave } : {}),
   }
 }
 
