@@ -33,6 +33,9 @@ const EnvSchema = Type.Object({
   START_TIMEOUT_SECONDS: Type.Integer({ default: 600, minimum: 5 }),
   SWEEP_INTERVAL_SECONDS: Type.Number({ default: 15, exclusiveMinimum: 0 }),
   RECONCILE_INTERVAL_SECONDS: Type.Number({ default: 1, exclusiveMinimum: 0 }),
+  SESSION_DEAD_MAN_SECONDS: Type.Integer({ default: 900, minimum: 30 }),
+  AGENT_CONFIRM_INTERVAL_SECONDS: Type.Integer({ default: 60, minimum: 1 }),
+  SAVE_TIMEOUT_SECONDS: Type.Integer({ default: 900, minimum: 10 }),
   BODY_LIMIT_BYTES: Type.Integer({ default: 1048576, minimum: 1024 }),
   PROXY_BODY_LIMIT_BYTES: Type.Integer({ default: 33554432, minimum: 1024 }),
   ECS_CLUSTER: Type.Optional(Type.String({ minLength: 1 })),
@@ -77,6 +80,10 @@ export interface Config {
   startTimeoutSeconds: number
   sweepIntervalSeconds: number
   reconcileIntervalSeconds: number
+  /** Agents stop their session when the control plane has not confirmed it for this long. */
+  sessionDeadManSeconds: number
+  agentConfirmIntervalSeconds: number
+  saveTimeoutSeconds: number
   bodyLimitBytes: number
   proxyBodyLimitBytes: number
   ecs: {
@@ -129,6 +136,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const apiKeys = parseApiKeys(e.API_KEYS)
   if (e.IDLE_TTL_SECONDS > e.MAX_IDLE_TTL_SECONDS) throw new ConfigError('IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS')
   if (e.LEASE_TTL_SECONDS > e.MAX_LEASE_TTL_SECONDS) throw new ConfigError('LEASE_TTL_SECONDS exceeds MAX_LEASE_TTL_SECONDS')
+  // Three missed confirmations in a row must not stop a healthy session.
+  if (e.AGENT_CONFIRM_INTERVAL_SECONDS * 3 > e.SESSION_DEAD_MAN_SECONDS) {
+    throw new ConfigError('AGENT_CONFIRM_INTERVAL_SECONDS must be at most a third of SESSION_DEAD_MAN_SECONDS')
+  }
   if (e.LAUNCHER === 'fargate') {
     const missing = (['ECS_CLUSTER', 'ECS_TASK_DEFINITION', 'ECS_SUBNETS'] as const).filter((k) => !e[k])
     if (missing.length) throw new ConfigError(`LAUNCHER=fargate needs ${missing.join(', ')}`)
@@ -159,6 +170,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     startTimeoutSeconds: e.START_TIMEOUT_SECONDS,
     sweepIntervalSeconds: e.SWEEP_INTERVAL_SECONDS,
     reconcileIntervalSeconds: e.RECONCILE_INTERVAL_SECONDS,
+    sessionDeadManSeconds: e.SESSION_DEAD_MAN_SECONDS,
+    agentConfirmIntervalSeconds: e.AGENT_CONFIRM_INTERVAL_SECONDS,
+    saveTimeoutSeconds: e.SAVE_TIMEOUT_SECONDS,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     proxyBodyLimitBytes: e.PROXY_BODY_LIMIT_BYTES,
     ecs: {

@@ -92,6 +92,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     tokenSecret: await loadLeaseTokenSecret(db),
     snapshotRoot: config.snapshotRoot,
     s3: createS3(config),
+    saveTimeoutSeconds: config.saveTimeoutSeconds,
     logger,
     limits: {
       leaseTtlSeconds: config.leaseTtlSeconds,
@@ -115,6 +116,8 @@ export async function openRuntime(config: Config, logger: Logger) {
       drainGraceSeconds: config.leaseTtlSeconds,
       reconcileIntervalSeconds: config.reconcileIntervalSeconds,
       sweepIntervalSeconds: config.sweepIntervalSeconds,
+      deadManSeconds: config.sessionDeadManSeconds,
+      confirmIntervalSeconds: config.agentConfirmIntervalSeconds,
     },
   })
   const clockSync = setInterval(() => clock.sync().catch((err) => logger.warn({ err }, 'clock sync failed')), 30_000).unref()

@@ -7,14 +7,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import zlib from 'node:zlib'
 import t, { type Test } from 'tap'
 import { Header } from 'tar'
 import { restoreSnapshot } from '../container/agent/restore.ts'
 import { StatusFile, type AgentPhase, type AgentStatus } from '../container/agent/status.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
-import { startS3Fake } from './helpers/s3-fake.ts'
-import { buildSnapshotFixture, chromaAnswers, countChroma, queryChroma } from './helpers/snapshot-fixture.ts'
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3'
+import { startS3Fake, startStallingS3, type S3Fake } from './helpers/s3-fake.ts'
+import { buildSnapshotFixture, chromaAnswers, chromaClient, countChroma, queryChroma } from './helpers/snapshot-fixture.ts'
 
 // The session agent as the launchers run it: a real process restoring real snapshots
 // (files, archives, S3 through s3rver and the real SDK) and running the real Chroma.
@@ -24,13 +24,18 @@ const root = await mkdtemp(join(tmpdir(), 'agent-test-'))
 t.teardown(() => rm(root, { recursive: true, force: true }))
 const fixture = await buildSnapshotFixture(join(root, 'fixture'))
 
+const TOKEN = 'cls_agent-test-session-token'
+const CONTROL = 'clc_agent-test-control-token'
+
 interface AgentRun {
   dataDir: string
-  endpoint: { host: string; port: number }
+  /** The session's address, with its token. */
+  endpoint: { host: string; port: number; token: string }
   exitCode: Promise<number | null>
   waitForPhase(phases: AgentPhase[]): Promise<AgentStatus>
   log(): Promise<string>
   signal(signal: NodeJS.Signals): void
+  pid: number
 }
 
 let runs = 0
@@ -40,7 +45,7 @@ async function startAgent(t: Test, snapshot: string, env: Record<string, string>
   const dataDir = join(dir, 'data')
   const statusFile = join(dir, 'status.json')
   const logFile = await open(join(dir, 'agent.log'), 'w')
-  const endpoint = { host: '127.0.0.1', port: Number(env.CHROMA_PORT ?? (await freeLoopbackPort())) }
+  const endpoint = { host: '127.0.0.1', port: Number(env.CHROMA_PORT ?? (await freeLoopbackPort())), token: TOKEN }
   const child = spawn(process.execPath, ['--import', 'tsx', AGENT_MAIN, '--session', `s-${runs}`], {
     detached: true, // its own process group, so teardown can take Chroma down with it
     stdio: ['ignore', logFile.fd, logFile.fd],
@@ -49,6 +54,8 @@ async function startAgent(t: Test, snapshot: string, env: Record<string, string>
       SNAPSHOT_URI: snapshot,
       CHROMA_DATA_DIR: dataDir,
       STATUS_FILE: statusFile,
+      SESSION_TOKEN: TOKEN,
+      CONTROL_TOKEN: CONTROL,
       ...env,
       CHROMA_PORT: String(endpoint.port),
     },
@@ -74,6 +81,7 @@ async function startAgent(t: Test, snapshot: string, env: Record<string, string>
     },
     log: () => readFile(join(dir, 'agent.log'), 'utf8'),
     signal: (signal) => process.kill(child.pid!, signal),
+    pid: child.pid!,
   }
 }
 
@@ -100,7 +108,7 @@ t.test('restores a directory, serves it, and stops cleanly on SIGTERM', async (t
   const run = await startAgent(t, `file://${fixture.dir}`, { COLLECTION: fixture.collection })
   await assertServesFixture(t, run)
   await assertCleanStop(t, run)
-  t.match(await run.log(), /SIGTERM received; stopping/)
+  t.match(await run.log(), /stopped by SIGTERM; stopping/)
 })
 
 t.test('restores a .tar archive', async (t) => {
@@ -195,12 +203,28 @@ t.test('refuses archive entries that would leave the data directory', async (t) 
   }
 })
 
-t.test('a .tar.zst snapshot fails with a clear reason on Node 20', { skip: nodeHasZstd() && 'this Node has zstd' }, async (t) => {
-  const archive = join(root, 'snapshot.tar.zst')
-  await writeFile(archive, 'not read anyway')
-  const run = await startAgent(t, `file://${archive}`)
+t.test('restores a .tar.zst archive (fzstd on Node 20, zlib where Node has zstd)', { skip: !fixture.tarZstPath && 'no zstd CLI to make one' }, async (t) => {
+  const run = await startAgent(t, `file://${fixture.tarZstPath}`)
+  await assertServesFixture(t, run)
+})
+
+t.test('zstd: the pure-JavaScript decoder agrees with zstd, and a corrupt .tar.zst fails clearly', { skip: !fixture.tarZstPath && 'no zstd CLI to make one' }, async (t) => {
+  const { fzstdDecompressor } = await import('../container/agent/archive.ts')
+  const { createReadStream } = await import('node:fs')
+  const chunks: Buffer[] = []
+  const { pipeline } = await import('node:stream/promises')
+  await pipeline(createReadStream(fixture.tarZstPath!), fzstdDecompressor(), async function* (source) {
+    for await (const chunk of source) chunks.push(chunk as Buffer)
+  })
+  t.ok(Buffer.concat(chunks).equals(await readFile(fixture.tarPath)), 'fzstd (used where Node and the machine have no zstd) decodes the archive exactly')
+
+  const corrupt = join(root, 'corrupt.tar.zst')
+  const good = await readFile(fixture.tarZstPath!)
+  await writeFile(corrupt, Buffer.concat([good.subarray(0, 64), Buffer.alloc(4096, 0x5a)]))
+  const run = await startAgent(t, `file://${corrupt}`)
   const status = await run.waitForPhase(['failed'])
-  t.match(status.error, /is zstd-compressed, which this agent cannot read/)
+  t.match(status.error, `snapshot file://${corrupt} is not a valid tar.zst archive: `)
+  t.notOk(status.chromaPid, 'nothing served')
 })
 
 t.test('fails when the named collection is not in the snapshot', async (t) => {
@@ -217,10 +241,17 @@ t.test('fails with Chroma\'s own words when Chroma cannot start', async (t) => {
   squatter.listen(port, '127.0.0.1')
   await once(squatter, 'listening')
   t.teardown(() => squatter.close())
-  const run = await startAgent(t, `file://${fixture.tarPath}`, { CHROMA_PORT: String(port) })
+  const run = await startAgent(t, `file://${fixture.tarPath}`, { CHROMA_INTERNAL_PORT: String(port) })
   const status = await run.waitForPhase(['failed'])
   t.match(status.error, /chroma exited before answering its heartbeat .*Address 127\.0\.0\.1:\d+ is not available/)
   t.equal(await run.exitCode, 1)
+
+  t.test('and fails at once when the session port is taken', async (t) => {
+    const run = await startAgent(t, `file://${fixture.tarPath}`, { CHROMA_PORT: String(port) })
+    const status = await run.waitForPhase(['failed'])
+    t.match(status.error, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE`))
+    t.equal(await run.exitCode, 1)
+  })
 })
 
 t.test('restore progress counts the snapshot bytes and reaches 100%', async (t) => {
@@ -264,6 +295,243 @@ function tarOf(entries: Array<{ path: string; type: 'File' | 'SymbolicLink'; bod
   return Buffer.concat(blocks)
 }
 
-function nodeHasZstd(): boolean {
-  return typeof (zlib as { createZstdDecompress?: unknown }).createZstdDecompress === 'function'
+/** A request to the session's front: the control token for the agent's endpoints, the session token for Chroma, unless told otherwise. */
+async function call(run: AgentRun, method: string, path: string, token: string | null = path.startsWith('/_agent/') && path !== '/_agent/status' ? CONTROL : TOKEN, body?: unknown) {
+  const res = await fetch(`http://127.0.0.1:${run.endpoint.port}${path}`, {
+    method,
+    headers: { ...(token ? { 'x-chroma-token': token } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  })
+  const text = await res.text()
+  return { status: res.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : null }
 }
+
+t.test('the session refuses every request without its token', async (t) => {
+  const run = await startAgent(t, `file://${fixture.tarPath}`)
+  await assertServesFixture(t, run)
+  for (const [name, token] of [['no token', null], ['a wrong token', 'cls_not-the-session-token'], ['a lease token', 'clt_some-lease-token-of-another']] as const) {
+    for (const path of ['/api/v2/heartbeat', `/api/v2/tenants/default_tenant/databases/default_database/collections/${fixture.collection}`, '/_agent/status']) {
+      const res = await call(run, 'GET', path, token)
+      t.equal(res.status, 401, `${name}: ${path}`)
+      t.equal(res.body?.code, 'session_token_required')
+    }
+  }
+  const bearer = await fetch(`http://127.0.0.1:${run.endpoint.port}/api/v2/heartbeat`, { headers: { authorization: `Bearer ${TOKEN}` } })
+  t.equal(bearer.status, 200, 'Authorization: Bearer with the token passes')
+  await bearer.body?.cancel()
+  const status = await call(run, 'GET', '/_agent/status')
+  t.match(status, { status: 200, body: { phase: 'ready', restored: `file://${fixture.tarPath}` } }, 'a lease holder may read the status')
+  for (const path of ['/_agent/confirm', '/_agent/save']) {
+    const res = await call(run, 'POST', path, TOKEN)
+    t.match(res, { status: 403, body: { code: 'control_token_required' } }, `the session token cannot ${path}`)
+  }
+  t.equal((await call(run, 'GET', '/api/v2/heartbeat', CONTROL)).status, 401, 'the control token does not open Chroma')
+  t.not(status.body?.chromaPid, undefined)
+  t.equal((await call(run, 'POST', '/_agent/save')).body?.code, 'save_unsupported', 'file:// snapshots cannot be saved back')
+})
+
+t.test("the dead man's switch", async (t) => {
+  t.test('stops the session when the control plane goes silent', async (t) => {
+    const run = await startAgent(t, `file://${fixture.tarPath}`, { DEAD_MAN_SECONDS: '2' })
+    await run.waitForPhase(['ready'])
+    t.equal(await run.exitCode, 0, 'exits 0, on its own')
+    const status = await run.waitForPhase(['exited'])
+    t.match(status.stopReason, /has not confirmed the session for 2s \(dead man's switch\)/)
+    t.notOk(existsSync(run.dataDir), 'data directory removed')
+    t.notOk(await chromaAnswers(run.endpoint), 'Chroma is down')
+  })
+
+  t.test('does not fire while the control plane confirms', async (t) => {
+    const run = await startAgent(t, `file://${fixture.tarPath}`, { DEAD_MAN_SECONDS: '2' })
+    await run.waitForPhase(['ready'])
+    // Confirm for three times the switch's delay; each confirmation restarts it.
+    for (let i = 0; i < 12; i++) {
+      const confirmed = await call(run, 'POST', '/_agent/confirm')
+      t.equal(confirmed.body?.phase, 'ready', `confirmation ${i + 1} answers the status`)
+      await sleep(500)
+    }
+    t.ok(await chromaAnswers(run.endpoint), 'still serving')
+    t.equal((await call(run, 'POST', '/_agent/confirm', null)).status, 401, 'a confirmation needs the token too')
+    await assertCleanStop(t, run)
+  })
+})
+
+t.test('sha256 manifests', async (t) => {
+  const { createHash } = await import('node:crypto')
+  const sha = createHash('sha256').update(await readFile(fixture.tarGzPath)).digest('hex')
+  const dir = join(root, 'manifests')
+  await mkdir(dir)
+
+  t.test('a matching sidecar manifest is checked and passes', async (t) => {
+    const archive = join(dir, 'good.tar.gz')
+    await writeFile(archive, await readFile(fixture.tarGzPath))
+    await writeFile(`${archive}.sha256`, `${sha}  good.tar.gz\n`)
+    await assertServesFixture(t, await startAgent(t, `file://${archive}`))
+  })
+
+  t.test('a wrong checksum fails clearly and serves nothing', async (t) => {
+    const archive = join(dir, 'bad.tar.gz')
+    await writeFile(archive, await readFile(fixture.tarGzPath))
+    await writeFile(`${archive}.sha256`, `${'0'.repeat(64)}  bad.tar.gz\n`)
+    const run = await startAgent(t, `file://${archive}`)
+    const status = await run.waitForPhase(['failed'])
+    t.equal(status.error, `snapshot file://${archive} does not match its manifest: the archive has sha256 ${sha}, ${archive}.sha256 says ${'0'.repeat(64)}; refusing to serve it`)
+    t.notOk(status.chromaPid, 'no Chroma was started')
+    t.equal(await run.exitCode, 1)
+    t.notOk(existsSync(run.dataDir), 'restored files removed')
+  })
+})
+
+async function objectText(s3: S3Fake, key: string): Promise<string | null> {
+  try {
+    const o = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))
+    return (await o.Body?.transformToString()) ?? ''
+  } catch {
+    return null
+  }
+}
+
+async function keysUnder(s3: S3Fake, prefix: string): Promise<string[]> {
+  const page = await s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }))
+  return (page.Contents ?? []).map((o) => o.Key!).sort()
+}
+
+t.test('every archive format and a verified prefix from S3', async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-formats'))
+  t.teardown(() => s3.close())
+  const { createHash } = await import('node:crypto')
+  const formats = [['tar', fixture.tarPath], ['tar.gz', fixture.tarGzPath], ...(fixture.tarZstPath ? [['tar.zst', fixture.tarZstPath]] : [])]
+  for (const [ext, path] of formats) {
+    t.test(`.${ext} with its manifest`, async (t) => {
+      await s3.putFile(`formats/snap.${ext}`, path!)
+      const sha = createHash('sha256').update(await readFile(path!)).digest('hex')
+      await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: `formats/snap.${ext}.sha256`, Body: `${sha}  snap.${ext}\n` }))
+      await assertServesFixture(t, await startAgent(t, `s3://${s3.bucket}/formats/snap.${ext}`, s3.env))
+    })
+  }
+
+  t.test('a prefix with a SHA256SUMS manifest', async (t) => {
+    await s3.putDirectory('formats/files', fixture.dir)
+    const { readdir } = await import('node:fs/promises')
+    const files = (await readdir(fixture.dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile())
+    const lines = await Promise.all(files.map(async (e) => {
+      const abs = join(e.parentPath, e.name)
+      return `${createHash('sha256').update(await readFile(abs)).digest('hex')}  ${abs.slice(fixture.dir.length + 1)}`
+    }))
+    await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: 'formats/files/SHA256SUMS', Body: lines.join('\n') + '\n' }))
+    await assertServesFixture(t, await startAgent(t, `s3://${s3.bucket}/formats/files`, s3.env))
+
+    // One file changed after the manifest was written: the restore fails and nothing is served.
+    await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: 'formats/files/chroma.sqlite3', Body: 'tampered' }))
+    const run = await startAgent(t, `s3://${s3.bucket}/formats/files`, s3.env)
+    const status = await run.waitForPhase(['failed'])
+    t.match(status.error, /^snapshot s3:\/\/snapshots\/formats\/files does not match its manifest: chroma\.sqlite3 has sha256 [0-9a-f]{64}, s3:\/\/snapshots\/formats\/files\/SHA256SUMS says [0-9a-f]{64}; refusing to serve it$/)
+    t.notOk(status.chromaPid, 'nothing served')
+    t.equal(await run.exitCode, 1)
+  })
+
+  t.test('a corrupt .tar.gz object fails clearly', async (t) => {
+    await s3.client.send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: s3.bucket, Key: 'formats/corrupt.tar.gz', Body: Buffer.alloc(4096, 7) }))
+    const run = await startAgent(t, `s3://${s3.bucket}/formats/corrupt.tar.gz`, s3.env)
+    const status = await run.waitForPhase(['failed'])
+    t.match(status.error, /^snapshot s3:\/\/snapshots\/formats\/corrupt\.tar\.gz is not a valid tar\.gz archive: /)
+    t.notOk(status.chromaPid, 'nothing served')
+  })
+})
+
+t.test('save-back to S3', async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-save'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/v1.tar.gz', fixture.tarGzPath)
+  const series = `s3://${s3.bucket}/receipts/v1`
+  const latest = async () => JSON.parse((await objectText(s3, 'receipts/v1/latest')) ?? 'null') as { snapshot: string; sha256: string; version: string } | null
+  const extra = { ids: ['saved-1'], embeddings: [fixture.vector(5).map((x) => -x)], documents: ['receipt saved: tea 3.10'] }
+  /** A session of the series behind an S3 that stalls every upload of a version (it gets halfway, never done). */
+  const stallingUploads = async (t: Test) => {
+    const stall = await startStallingS3(s3.endpoint, (method, path) => method !== 'GET' && method !== 'HEAD' && path.includes('/versions/'))
+    t.teardown(() => stall.close())
+    return stall
+  }
+
+  t.test('round trip: write, save, restore the new version, read the write', async (t) => {
+    const run = await startAgent(t, `s3://${s3.bucket}/receipts/v1.tar.gz`, s3.env)
+    await run.waitForPhase(['ready'])
+    const col = await chromaClient(`http://127.0.0.1:${run.endpoint.port}`, TOKEN).getCollection({ name: fixture.collection })
+    await col.add(extra)
+    const saved = await call(run, 'POST', '/_agent/save')
+    t.equal(saved.status, 200, JSON.stringify(saved.body))
+    t.match(saved.body, { snapshot: /^s3:\/\/snapshots\/receipts\/v1\/versions\/\d{8}T\d{6}Z-[0-9a-f]{8}\.tar\.gz$/, series, sha256: /^[0-9a-f]{64}$/ })
+    t.equal(await countChroma(run.endpoint, fixture.collection), fixture.count + 1, 'serving again after the save, the write included')
+    t.match(await latest(), { snapshot: saved.body!.snapshot, sha256: saved.body!.sha256 }, 'latest names the new version')
+    const key = String(saved.body!.snapshot).slice(`s3://${s3.bucket}/`.length)
+    t.equal(await objectText(s3, `${key}.sha256`), `${saved.body!.sha256}  ${saved.body!.version}.tar.gz\n`, 'with its manifest')
+    t.match((await run.waitForPhase(['ready'])).lastSave, { snapshot: saved.body!.snapshot }, 'the status reports the save')
+
+    const again = await startAgent(t, series, s3.env)
+    const status = await again.waitForPhase(['ready', 'failed'])
+    t.equal(status.restored, saved.body!.snapshot, 'the series restores what latest names')
+    const got = await chromaClient(`http://127.0.0.1:${again.endpoint.port}`, TOKEN).getCollection({ name: fixture.collection }).then((c) => c.get({ ids: ['saved-1'] }))
+    t.same(got.documents, ['receipt saved: tea 3.10'], 'the write survived the round trip')
+  })
+
+  t.test('a save interrupted halfway (the agent killed mid-upload) leaves the previous version intact', async (t) => {
+    const before = await latest()
+    const versionsBefore = await keysUnder(s3, 'receipts/v1/versions/')
+    const stall = await stallingUploads(t)
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint })
+    await run.waitForPhase(['ready'])
+    void call(run, 'POST', '/_agent/save').catch(() => {})
+    await run.waitForPhase(['saving'])
+    while (stall.stalled() === 0) await sleep(50)
+    process.kill(-run.pid, 'SIGKILL')
+    await run.exitCode
+    t.same(await latest(), before, 'latest is unchanged')
+    t.same(await keysUnder(s3, 'receipts/v1/versions/'), versionsBefore, 'no partial version is visible')
+    const again = await startAgent(t, series, s3.env)
+    await again.waitForPhase(['ready'])
+    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 1, 'the previous version restores whole')
+  })
+
+  t.test('SIGTERM during a save: stops within the stop timeout, latest unchanged', async (t) => {
+    const before = await latest()
+    const stall = await stallingUploads(t)
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint, STOP_TIMEOUT_SECONDS: '3' })
+    await run.waitForPhase(['ready'])
+    const answer = call(run, 'POST', '/_agent/save').catch((err: Error) => err)
+    while (stall.stalled() === 0) await sleep(50)
+    run.signal('SIGTERM')
+    t.equal(await run.exitCode, 0, 'exits 0')
+    const status = await run.waitForPhase(['exited'])
+    t.match(status.saveError, /was cut short: the stop timeout \(3s\) is nearly spent; latest is unchanged/)
+    t.notOk(existsSync(run.dataDir), 'data directory removed')
+    t.same(await latest(), before, 'latest is unchanged')
+    await answer
+  })
+
+  t.test('SIGTERM with SAVE_ON_STOP saves first', async (t) => {
+    const run = await startAgent(t, series, { ...s3.env, SAVE_ON_STOP: '1' })
+    await run.waitForPhase(['ready'])
+    const col = await chromaClient(`http://127.0.0.1:${run.endpoint.port}`, TOKEN).getCollection({ name: fixture.collection })
+    await col.add({ ...extra, ids: ['saved-2'] })
+    run.signal('SIGTERM')
+    t.equal(await run.exitCode, 0)
+    const status = await run.waitForPhase(['exited'])
+    t.ok(status.lastSave, 'saved on the way out')
+    t.equal((await latest())?.snapshot, status.lastSave?.snapshot, 'and latest names it')
+    const again = await startAgent(t, series, s3.env)
+    await again.waitForPhase(['ready'])
+    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 2)
+  })
+
+  t.test('SIGTERM during the restore of a series stops cleanly, saving nothing', async (t) => {
+    const before = await latest()
+    const stall = await startStallingS3(s3.endpoint, (method, path) => method === 'GET' && path.includes('/versions/') && !path.includes('.sha256'))
+    t.teardown(() => stall.close())
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint, SAVE_ON_STOP: '1' })
+    while (stall.stalled() === 0) await sleep(50)
+    run.signal('SIGTERM')
+    t.equal(await run.exitCode, 0)
+    t.notOk((await run.waitForPhase(['exited'])).lastSave, 'nothing to save before Chroma ever served')
+    t.same(await latest(), before)
+  })
+})

@@ -48,6 +48,17 @@ async function acquire(ctx: TestApp, snapshot = `file://${fixture.tarPath}`) {
   return res.json()
 }
 
+/** Runs reconciler passes in real time (an agent takes a moment to exit) until the session reaches `status`. */
+async function untilStatus(ctx: TestApp, sessionId: string, status: string, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    await ctx.workers.reconciler.reconcileOnce()
+    const s = await ctx.services.sessions.get(sessionId)
+    if (s.status === status || Date.now() > deadline) return s
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+
 /** Runs reconciler passes (moving the clock a second each) until the session leaves PENDING/STARTING or `passes` run out. */
 async function passes(ctx: TestApp, clock: ManualClock, sessionId: string, n: number) {
   for (let i = 0; i < n; i++) {
@@ -71,7 +82,14 @@ t.test('a session as a Fargate task: RunTask as configured, READY with a real Ch
   t.equal(session.port, fake.chromaPort)
   t.same(task!.tags.map((x) => [x.key, x.value]).sort(), [['chroma-lease:generation', '1'], ['chroma-lease:session', session.id]].sort(), 'tagged as ours')
   t.equal(task!.startedBy, 'chroma-lease-test')
-  t.match(task!.env, { SESSION_ID: session.id, SNAPSHOT_URI: `file://${fixture.tarPath}`, SESSION_TOKEN: /.{20,}/ }, 'container overrides')
+  t.match(
+    task!.env,
+    { SESSION_ID: session.id, SNAPSHOT_URI: `file://${fixture.tarPath}`, SESSION_TOKEN: /.{20,}/, CONTROL_TOKEN: /.{20,}/, DEAD_MAN_SECONDS: '900' },
+    'container overrides: the agent settings, tokens included',
+  )
+  t.not(task!.env.CONTROL_TOKEN, task!.env.SESSION_TOKEN)
+  const direct = await fetch(`http://${task!.ip}:${fake.chromaPort}/api/v2/heartbeat`)
+  t.equal(direct.status, 401, "the task's address alone does not open the session")
 
   // Through the control plane's proxy, with the official client, to the task's Chroma.
   const url = new URL(ctx.url)
@@ -85,8 +103,25 @@ t.test('a session as a Fargate task: RunTask as configured, READY with a real Ch
   t.equal(fake.count('StopTask'), 1, 'StopTask')
   t.equal(task!.stopCode, 'UserInitiated')
   t.match(task!.stoppedReason, /chroma-lease: force_stop|chroma-lease: test/)
+  t.equal((await untilStatus(ctx, session.id, 'STOPPED')).status, 'STOPPED', 'STOPPED once ECS says the task stopped')
+  t.equal(task!.lastStatus, 'STOPPED', 'and not before')
+})
+
+t.test('a Spot interruption drains the session at once, then it stops cleanly', async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true })
+  const lease = await acquire(ctx)
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  fake.interrupt(session.launchRef!)
   await ctx.workers.reconciler.reconcileOnce()
-  t.equal((await ctx.services.sessions.get(session.id)).status, 'STOPPED', 'STOPPED once ECS says the task stopped')
+  const draining = await ctx.services.sessions.get(session.id)
+  t.equal(draining.status, 'DRAINING', 'DRAINING on the notice, while the task still runs')
+  t.equal(draining.stopReason, 'interrupted')
+  const next = await acquire(ctx)
+  t.not(next.session.id, session.id, 'a new lease does not attach to the interrupted session')
+  const stopped = await untilStatus(ctx, session.id, 'STOPPED')
+  t.equal(stopped.status, 'STOPPED', 'the agent exits on SIGTERM: stopped, not failed')
+  t.equal(fake.count('StopTask'), 0, 'the control plane did not need to stop it')
 })
 
 t.test('RunTask capacity failures are retried with fresh tokens, then FAILED with the reason', async (t) => {
@@ -171,7 +206,7 @@ t.test('a crash between RunTask and recording it starts no second task and leaks
   const s = await ctx.services.sessions.get(lease.session.id)
   // The claim is recorded, RunTask runs, and the process dies before writing the ARN.
   t.ok(await ctx.services.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: clock.now() }))
-  await launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: null, authToken: ctx.services.tokens.sessionToken(s.id, s.generation) })
+  await launcher.launch(ctx.workers.reconciler.launchSpec(s))
   t.equal(fake.tasks.size, 1)
 
   clock.advance(20) // the next process finds the unrecorded claim and launches again
@@ -180,7 +215,7 @@ t.test('a crash between RunTask and recording it starts no second task and leaks
   t.equal((await ctx.services.sessions.get(s.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts it')
 
   // A task whose session row never existed (a crash before the row, or someone else's): stopped.
-  const stray = await launcher.launch({ sessionId: '11111111-1111-4111-8111-111111111111', generation: 1, snapshot: s.snapshot, collection: null, authToken: 'y'.repeat(32) })
+  const stray = await launcher.launch({ ...ctx.workers.reconciler.launchSpec(s), sessionId: '11111111-1111-4111-8111-111111111111', generation: 1 })
   t.same(await ctx.workers.sweeper.sweepOnce(), [stray.ref], 'the orphan sweep stops only the stray task')
   t.equal(fake.tasks.get(stray.ref)!.desiredStatus, 'STOPPED')
 })

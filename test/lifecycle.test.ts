@@ -36,7 +36,8 @@ t.test('acquire, READY, query, release, and the idle stop', async (t) => {
   const view = (await ctx.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json()
   t.equal(view.session.status, 'READY')
   t.equal(view.session.endpoint.host, '127.0.0.1')
-  t.ok(await chromaAnswers(view.session.endpoint), 'the endpoint is a live Chroma')
+  t.notOk(await chromaAnswers(view.session.endpoint), 'the endpoint refuses a request without the session token')
+  t.ok(await chromaAnswers({ ...view.session.endpoint, token: view.sessionToken }), 'the endpoint is a live Chroma for the lease holder')
 
   const q = await ctx.inject({
     method: 'POST',
@@ -57,7 +58,7 @@ t.test('acquire, READY, query, release, and the idle stop', async (t) => {
   const stopped = await reconcileUntilSettledStop(ctx, lease.session.id)
   t.equal(stopped.status, 'STOPPED')
   t.same(await ctx.launcher.listRunning(), [], 'no process is left')
-  t.notOk(await chromaAnswers(view.session.endpoint), 'Chroma is gone')
+  t.notOk(await chromaAnswers({ ...view.session.endpoint, token: view.sessionToken }), 'Chroma is gone')
   t.same(await eventTypes(ctx, lease.session.id), [
     'created', 'lease_attached', 'launching', 'launched', 'running', 'ready', 'lease_released', 'stopping', 'stopped',
   ])

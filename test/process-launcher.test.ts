@@ -17,8 +17,9 @@ t.teardown(() => rm(root, { recursive: true, force: true }))
 const snapshotRoot = join(root, 'snapshots')
 const fixture = await buildSnapshotFixture(snapshotRoot)
 const snapshot = `file://${fixture.tarGzPath}`
-/** Agents of this build do not check it yet (issue #4); every launch must carry one. */
+/** The agent requires it on every request to the session. */
 const authToken = 'cls_test-session-token'
+const controlToken = 'clc_test-control-token'
 
 let sessions = 0
 /** A launcher on its own rootDir, and a fresh session id; every agent started there is killed at teardown. */
@@ -51,7 +52,7 @@ const waitForReady = async (launcher: ProcessLauncher, target: LaunchTarget) =>
 
 t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken, controlToken })
   t.match(ref, /^\d+$/, 'the ref is the agent pid')
 
   const first = (await launcher.describe([target(ref)])).get(ref)
@@ -60,14 +61,16 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
   t.equal(ready.host, '127.0.0.1')
-  t.ok(await chromaAnswers(ready), 'Chroma heartbeat answers')
-  const [hit] = await queryChroma(ready, fixture.collection, fixture.vector(3))
+  const session = { ...ready, token: authToken }
+  t.notOk(await chromaAnswers(ready), 'the session refuses a request without its token')
+  t.ok(await chromaAnswers(session), 'Chroma heartbeat answers with the token')
+  const [hit] = await queryChroma(session, fixture.collection, fixture.vector(3))
   t.equal(hit?.id, 'r-3', 'the fixture collection is queryable')
 
   await launcher.stop(target(ref), 'test is done')
   const stopped = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
-  t.same(stopped, { state: 'stopped', reason: 'the session agent exited after a stop request' })
-  t.notOk(await chromaAnswers(ready), 'Chroma is down')
+  t.same(stopped, { state: 'stopped', reason: 'the session agent exited: stopped by SIGTERM', clean: true })
+  t.notOk(await chromaAnswers(session), 'Chroma is down')
   const dir = join(rootDir, `${sessionId}-g1`)
   t.notOk(existsSync(join(dir, 'data')), 'data directory removed')
   t.match(await readFile(join(dir, 'agent.log'), 'utf8'), /launcher: stop requested: test is done/)
@@ -78,7 +81,7 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
 t.test('concurrent launches of one attempt start one agent; a restarted control plane sees it', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
   const replica = new ProcessLauncher({ rootDir, snapshotRoot })
-  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken }
+  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken, controlToken }
   const refs = await Promise.all([launcher.launch(spec), replica.launch(spec), launcher.launch(spec)])
   t.same(new Set(refs.map((r) => r.ref)).size, 1, 'every caller gets the same ref')
   t.equal(agentPids(sessionId).length, 1, 'one agent process')
@@ -100,7 +103,7 @@ t.test('concurrent launches of one attempt start one agent; a restarted control 
 
 t.test('a killed agent is reported stopped, and its Chroma stops too', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken })
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
 
@@ -110,22 +113,22 @@ t.test('a killed agent is reported stopped, and its Chroma stops too', async (t)
   t.same(await launcher.listRunning(), [])
   t.notOk(existsSync(join(rootDir, `${sessionId}-g1`, 'data')), 'describe cleared the dead agent\'s data')
   const deadline = Date.now() + 5_000
-  while ((await chromaAnswers(ready)) && Date.now() < deadline) await sleep(100)
-  t.notOk(await chromaAnswers(ready), 'orphaned Chroma stopped itself')
+  while ((await chromaAnswers({ ...ready, token: authToken })) && Date.now() < deadline) await sleep(100)
+  t.notOk(await chromaAnswers({ ...ready, token: authToken }), 'orphaned Chroma stopped itself')
 })
 
 t.test('a failed restore is reported with its reason', async (t) => {
   const { launcher, sessionId, target } = setup(t)
   const corrupt = join(snapshotRoot, 'corrupt.tar')
   await writeFile(corrupt, 'not a tar archive'.repeat(64))
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken, controlToken })
   const stopped = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
   t.match(stopped, { state: 'stopped', reason: `snapshot file://${corrupt} is not a valid tar archive: ` })
 })
 
 t.test('stop escalates to SIGKILL after the grace period', async (t) => {
   const { launcher, sessionId, target } = setup(t, { stopGraceMs: 300 })
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken })
   await waitForReady(launcher, target(ref))
   // A stopped process cannot act on SIGTERM, but SIGKILL takes it regardless.
   process.kill(-Number(ref), 'SIGSTOP')
@@ -190,3 +193,25 @@ function readlinkOrNull(path: string): string | null {
     return null
   }
 }
+
+t.test('an agent stopping on a signal the launcher did not send is observed as stopping, then as a clean exit', async (t) => {
+  const { startS3Fake, startStallingS3 } = await import('./helpers/s3-fake.ts')
+  const s3 = await startS3Fake(join(root, 's3'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/v1.tar.gz', fixture.tarGzPath)
+  // Uploads of a new version never finish: the save on the way out keeps the agent stopping until its stop timeout.
+  const stall = await startStallingS3(s3.endpoint, (method, path) => method !== 'GET' && path.includes('/versions/'))
+  t.teardown(() => stall.close())
+  const { launcher, sessionId, target } = setup(t, { s3Endpoint: stall.endpoint, env: { ...s3.env, STOP_TIMEOUT_SECONDS: '3' } })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `s3://${s3.bucket}/receipts/v1.tar.gz`, collection: null, authToken, controlToken, saveOnStop: true })
+  const ready = await waitForReady(launcher, target(ref))
+  if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
+  t.ok(await chromaAnswers({ ...ready, token: authToken }), 'used, so there is something to save')
+
+  process.kill(Number(ref), 'SIGTERM') // e.g. ECS scale-in or a Spot interruption, not launcher.stop()
+  const stopping = await waitFor(launcher, target(ref), (o) => o.state !== 'running' || o.stopping === true)
+  t.match(stopping, { state: 'running', stopping: true }, 'seen stopping, so the control plane can drain it')
+  const gone = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
+  t.match(gone, { state: 'stopped', clean: true, reason: 'the session agent exited: stopped by SIGTERM' }, 'a clean exit within its stop timeout')
+  t.notOk((gone as { saved?: unknown }).saved, 'the save that could not finish saved nothing')
+})

@@ -100,7 +100,7 @@ t.test('a restarted control plane adopts running sessions and stops orphans', as
   for (let i = 0; i < 100 && (await launcher.listRunning()).length !== 2; i++) await new Promise((r) => setTimeout(r, 100))
   const running = (await launcher.listRunning()).map((r) => r.sessionId).sort()
   t.same(running, [lease.session.id, pending.session.id].sort(), 'exactly the live sessions run')
-  t.ok(await chromaAnswers(adopted as { host: string; port: number }))
+  t.ok(await chromaAnswers({ host: adopted.host!, port: adopted.port!, token: second.services.tokens.sessionToken(adopted.id, adopted.generation) }))
 })
 
 t.test('a crash between claiming a launch and recording it neither leaks nor launches twice', async (t) => {
@@ -110,7 +110,7 @@ t.test('a crash between claiming a launch and recording it neither leaks nor lau
   const s = await ctx.services.sessions.get(lease.session.id)
   // What a replica that died after its claim and launch, before recording the ref, leaves behind:
   await ctx.services.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: clock.now() })
-  await ctx.launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: null, authToken: ctx.services.tokens.sessionToken(s.id, s.generation) })
+  await ctx.launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: null, authToken: ctx.services.tokens.sessionToken(s.id, s.generation), controlToken: ctx.services.tokens.controlToken(s.id, s.generation) })
   await ctx.workers.reconciler.reconcileOnce()
   t.equal((await ctx.services.sessions.get(s.id)).launchRef, null, 'another replica waits before taking over the claim')
   clock.advance(16)

@@ -1,41 +1,67 @@
 /**
  * The session agent: what runs inside every session (a Fargate task, or a local child
  * process of the ProcessLauncher). It restores a snapshot into a data directory, runs
- * the Chroma server on it, and on SIGTERM/SIGINT stops Chroma gracefully and deletes
- * the directory.
+ * the Chroma server on it on loopback, and fronts it on the session's address, passing
+ * only requests that carry the session token. It can save the directory back as a new
+ * snapshot version, stops itself when the control plane stops confirming it (the dead
+ * man's switch), and on SIGTERM/SIGINT stops Chroma gracefully (saving first when
+ * asked) and deletes the directory.
  *
  *   node --import tsx container/agent/main.ts --session <sessionId> [--generation <n>]
  *
- * Environment (the contract with the launchers):
+ * Environment (the contract with the launchers; README "The session agent"):
  *   SESSION_ID       the session id; optional when --session is given, must agree with it
- *   SNAPSHOT_URI     required. file:///abs/dir, file:///abs/snap.tar|.tar.gz|.tgz,
- *                    s3://bucket/key.tar|.tar.gz|.tgz (an archive object), or
- *                    s3://bucket/prefix (every object under prefix/ is a file of the
- *                    persist directory). .tar.zst fails clearly on Node 20 (no zstd in zlib).
+ *   SESSION_TOKEN    required (16+ characters). Every request to the session must carry it
+ *                    as x-chroma-token or Authorization: Bearer; others get 401.
+ *   CONTROL_TOKEN    required (16+ characters, not SESSION_TOKEN). What POST /_agent/confirm and
+ *                    POST /_agent/save require: only the control plane holds it.
+ *   SNAPSHOT_URI     required. file:///abs/dir, file:///abs/snap.tar|.tar.gz|.tgz|.tar.zst,
+ *                    s3://bucket/key.tar|.tar.gz|.tgz|.tar.zst (an archive object), or
+ *                    s3://bucket/prefix: the version its `latest` pointer names when it has
+ *                    one (a saved series), else every object under prefix/ is a file of
+ *                    the persist directory. A sidecar `<archive>.sha256` or a prefix's
+ *                    SHA256SUMS is verified when present.
  *   COLLECTION       optional. A collection that must exist in the snapshot; the agent
  *                    fails if Chroma does not have it once it is up.
  *   CHROMA_DATA_DIR  required. Where the snapshot is restored and Chroma persists. Must
  *                    be empty or absent: the agent deletes it when it exits.
- *   CHROMA_HOST      the address Chroma listens on (default 127.0.0.1; 0.0.0.0 on Fargate)
- *   CHROMA_PORT      required. Chroma's port.
- *   STATUS_FILE      optional. A JSON file the agent replaces atomically on every change:
- *                    {phase, bytes?, totalBytes?, percent?, error?, pid, chromaPid?, at}
- *                    with phase restoring | starting | ready | stopping | exited | failed.
+ *   CHROMA_HOST      the session's listen address (default 127.0.0.1; 0.0.0.0 on Fargate)
+ *   CHROMA_PORT      required. The session's port (the agent's front; Chroma is behind it).
+ *   CHROMA_INTERNAL_PORT  Chroma's own port on 127.0.0.1 (default: any free port).
+ *   DEAD_MAN_SECONDS stop when the control plane has not called POST /_agent/confirm for
+ *                    this long (default 900).
+ *   SAVE_ON_STOP     1: on SIGTERM, save the directory back before stopping.
+ *   STOP_TIMEOUT_SECONDS  what a stop may take, saving included (default 110; Fargate's
+ *                    stopTimeout is at most 120). A save still running near its end is
+ *                    abandoned, leaving the previous version as `latest`.
+ *   STATUS_FILE      optional. A JSON file the agent replaces atomically on every change
+ *                    (container/agent/status.ts): {phase, bytes?, totalBytes?, percent?,
+ *                    error?, restored?, lastSave?, saveError?, stopReason?, pid, chromaPid?, at}
+ *                    with phase restoring | starting | ready | saving | stopping | exited | failed.
  *   SNAPSHOT_ROOT    optional. When set, file:// snapshots must lie under it (after
  *                    resolving symlinks).
  *   S3_ENDPOINT      optional. An S3-compatible endpoint (path-style addressing).
  *   AWS_REGION       default us-east-1. AWS credentials come from the SDK's default chain
  *                    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, task role).
  *
- * Exit status: 0 after a requested stop, 1 when the session failed (the reason is in
- * STATUS_FILE and the log), 2 for invalid settings. The log is plain lines on
- * stdout/stderr, Chroma's own output included.
+ * Its own endpoints, on the session's port: GET /_agent/status (either token),
+ * POST /_agent/confirm (the dead man's switch; answers the status) and POST /_agent/save
+ * (CONTROL_TOKEN only).
+ *
+ * Exit status: 0 after a requested stop (signal or dead man's switch), 1 when the
+ * session failed (the reason is in STATUS_FILE and the log), 2 for invalid settings.
+ * The log is plain lines on stdout/stderr, Chroma's own output included.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { once } from 'node:events'
+import { freeLoopbackPort } from '../../src/free-port.ts'
+import { parseSnapshotUri } from '../../src/services/snapshots/uri.ts'
 import { ChromaServer, describeExit } from './chroma-process.ts'
 import { AgentConfigError, readAgentConfig, type AgentConfig } from './config.ts'
+import { DeadMansSwitch } from './dead-man.ts'
+import { AgentFront, AgentHttpError } from './front.ts'
 import { restoreSnapshot, RestoreError } from './restore.ts'
+import { saveSnapshot, SaveError, type SaveResult } from './save.ts'
 import { StatusFile } from './status.ts'
 
 /** Chroma starts in well under a second; a minute means it is stuck. */
@@ -49,26 +75,56 @@ function log(message: string): void {
 
 class SessionAgent {
   private readonly stopRequested = new AbortController()
+  /** Cuts a save short once the stop timeout is nearly spent: Fargate SIGKILLs at its end. */
+  private readonly stopDeadline = new AbortController()
   private readonly status: StatusFile
+  private readonly front: AgentFront
+  private readonly deadMan: DeadMansSwitch
   private chroma: ChromaServer | undefined
+  private chromaPort = 0
+  /** The snapshot actually restored: saves go to its series. */
+  private restored: string
+  private saving: Promise<SaveResult> | null = null
   /** Set once the data directory is known to be ours (it was empty), so deleting it is safe. */
   private ownsDataDir = false
 
   constructor(private readonly config: AgentConfig) {
+    this.restored = config.snapshot
     this.status = new StatusFile(config.statusFile, (err) => log(`cannot write STATUS_FILE: ${err.message}`))
+    this.deadMan = new DeadMansSwitch(config.deadManSeconds * 1000, (silentMs) =>
+      this.requestStop(`the control plane has not confirmed the session for ${Math.round(silentMs / 1000)}s (dead man's switch)`),
+    )
+    this.front = new AgentFront({
+      host: config.host,
+      port: config.port,
+      token: config.sessionToken,
+      controlToken: config.controlToken,
+      log,
+      endpoints: {
+        status: () => this.status.current(),
+        confirm: () => {
+          this.deadMan.confirm()
+          return this.status.current()
+        },
+        save: () => this.saveOnRequest(),
+      },
+    })
   }
 
   /** Runs the session to its end and returns the process exit code. */
   async run(): Promise<number> {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-      process.on(signal, () => {
-        if (this.stopRequested.signal.aborted) return // the launcher repeats SIGTERM until we are gone
-        log(`${signal} received; stopping`)
-        this.stopRequested.abort(new Error(`stopped by ${signal}`))
-      })
+      process.on(signal, () => this.requestStop(`stopped by ${signal}`))
     }
     const { config } = this
     log(`session ${config.sessionId}${config.generation === undefined ? '' : ` generation ${config.generation}`}: restoring ${config.snapshot} into ${config.dataDir}`)
+    try {
+      await this.front.listen()
+    } catch (err) {
+      return this.fail(`cannot listen on ${config.host}:${config.port}: ${(err as Error).message}`)
+    }
+    // Launching the session is the control plane's first confirmation.
+    this.deadMan.confirm()
     try {
       await this.restore()
     } catch (err) {
@@ -77,59 +133,142 @@ class SessionAgent {
     }
     if (this.stopRequested.signal.aborted) return this.shutDown()
 
-    const chroma = this.startChroma()
     try {
-      await chroma.waitForHeartbeat(CHROMA_START_TIMEOUT_MS, this.stopRequested.signal)
+      this.chromaPort = config.chromaInternalPort || (await freeLoopbackPort())
+      const chroma = await this.startChroma()
       if (config.collection !== null) await this.assertCollectionExists(chroma, config.collection)
     } catch (err) {
       if (this.stopRequested.signal.aborted) return this.shutDown()
-      return this.fail(withStderr((err as Error).message, chroma))
+      return this.fail(this.chroma ? withStderr((err as Error).message, this.chroma) : (err as Error).message)
     }
-    await this.status.write({ phase: 'ready', chromaPid: chroma.pid })
-    log(`ready: chroma (pid ${chroma.pid}) serves ${chroma.url}`)
+    this.front.serve(this.chromaPort)
+    await this.status.write({ phase: 'ready', chromaPid: this.chroma?.pid })
+    log(`ready: chroma (pid ${this.chroma?.pid}) serves ${this.chroma?.url} behind ${config.host}:${config.port}`)
 
-    const outcome = await Promise.race([
-      chroma.exited.then((exit) => ({ exit })),
-      once(this.stopRequested.signal, 'abort').then(() => ({ exit: null })),
-    ])
-    if (outcome.exit && !this.stopRequested.signal.aborted) {
-      return this.fail(withStderr(`chroma exited unexpectedly (${describeExit(outcome.exit)})`, chroma))
+    const stop = once(this.stopRequested.signal, 'abort').then(() => null)
+    for (;;) {
+      const chroma = this.chroma!
+      const exit = await Promise.race([chroma.exited, stop])
+      if (exit === null) break
+      // A save stops Chroma on purpose and starts it again.
+      if (this.saving) {
+        await this.saving.catch(() => {})
+        if (this.stopRequested.signal.aborted) break
+        if (this.chroma !== chroma && !this.chroma!.hasExited) continue
+        return this.fail(withStderr('chroma did not start again after a save', this.chroma!))
+      }
+      if (this.stopRequested.signal.aborted) break
+      return this.fail(withStderr(`chroma exited unexpectedly (${describeExit(exit)})`, chroma))
     }
     return this.shutDown()
+  }
+
+  private requestStop(reason: string): void {
+    if (this.stopRequested.signal.aborted) return // the launcher repeats SIGTERM until we are gone
+    log(`${reason}; stopping`)
+    this.deadMan.disarm()
+    const { phase, chromaPid } = this.status.current()
+    void this.status.write({ phase, chromaPid }, { stopReason: reason })
+    const budgetMs = this.config.stopTimeoutSeconds * 1000
+    // Leave a quarter of the stop timeout (at most 15 s) for stopping Chroma and exiting.
+    setTimeout(() => this.stopDeadline.abort(new Error(`the stop timeout (${this.config.stopTimeoutSeconds}s) is nearly spent`)), Math.max(500, budgetMs - Math.min(15_000, budgetMs / 4))).unref()
+    this.stopRequested.abort(new Error(reason))
   }
 
   private async restore(): Promise<void> {
     await this.status.write({ phase: 'restoring', bytes: 0 })
     await claimEmptyDir(this.config.dataDir)
     this.ownsDataDir = true
-    await restoreSnapshot(this.config.snapshot, this.config.dataDir, {
+    this.front.markClean()
+    this.restored = await restoreSnapshot(this.config.snapshot, this.config.dataDir, {
       snapshotRoot: this.config.snapshotRoot,
       s3: this.config.s3,
       signal: this.stopRequested.signal,
       onProgress: (bytes, totalBytes) => void this.status.progress(bytes, totalBytes),
     })
-    log('snapshot restored')
+    await this.status.write({ phase: 'restoring', bytes: this.status.current().bytes, totalBytes: this.status.current().totalBytes, percent: 100 }, { restored: this.restored })
+    log(this.restored === this.config.snapshot ? 'snapshot restored' : `snapshot restored: ${this.restored}`)
   }
 
-  private startChroma(): ChromaServer {
-    const { dataDir, host, port } = this.config
-    this.chroma = ChromaServer.start({ dataDir, host, port, onStderr: (chunk) => process.stderr.write(chunk) })
-    void this.status.write({ phase: 'starting', chromaPid: this.chroma.pid })
-    log(`starting chroma (pid ${this.chroma.pid}) on ${host}:${port}`)
-    return this.chroma
+  /** Starts Chroma on loopback, behind the front, and waits for its heartbeat. */
+  private async startChroma(): Promise<ChromaServer> {
+    const { dataDir } = this.config
+    const chroma = ChromaServer.start({ dataDir, host: '127.0.0.1', port: this.chromaPort, onStderr: (chunk) => process.stderr.write(chunk) })
+    this.chroma = chroma
+    void this.status.write({ phase: 'starting', chromaPid: chroma.pid })
+    log(`starting chroma (pid ${chroma.pid}) on 127.0.0.1:${this.chromaPort}`)
+    await chroma.waitForHeartbeat(CHROMA_START_TIMEOUT_MS, this.stopRequested.signal)
+    return chroma
   }
 
   private async assertCollectionExists(chroma: ChromaServer, collection: string): Promise<void> {
     const path = `/api/v2/tenants/default_tenant/databases/default_database/collections/${encodeURIComponent(collection)}`
     const res = await fetch(`${chroma.url}${path}`, { signal: AbortSignal.timeout(10_000) })
     await res.body?.cancel()
-    if (res.status === 404) throw new Error(`collection ${JSON.stringify(collection)} is not in snapshot ${this.config.snapshot}`)
+    if (res.status === 404) throw new Error(`collection ${JSON.stringify(collection)} is not in snapshot ${this.restored}`)
     if (!res.ok) throw new Error(`chroma answered ${res.status} when asked for collection ${JSON.stringify(collection)}`)
   }
 
-  /** The requested stop: Chroma down gracefully, data gone, exit 0. */
+  /** POST /_agent/save: a save while serving; a second request joins the save in flight. */
+  private saveOnRequest(): Promise<SaveResult> {
+    if (this.saving) return this.saving
+    if (this.stopRequested.signal.aborted) throw new AgentHttpError(409, 'session_stopping', 'the session is stopping')
+    if (this.status.current().phase !== 'ready') throw new AgentHttpError(409, 'session_not_ready', `the session is ${this.status.current().phase}, not ready`)
+    if (parseSnapshotUri(this.restored).scheme !== 's3') throw new AgentHttpError(409, 'save_unsupported', `save-back needs an s3:// snapshot; ${this.restored} is not one`)
+    return this.save().catch((err: Error) => {
+      throw err instanceof SaveError ? new AgentHttpError(502, 'save_failed', err.message) : err
+    })
+  }
+
+  private save(): Promise<SaveResult> {
+    this.saving ??= this.quiesceAndSave().finally(() => {
+      this.saving = null
+    })
+    return this.saving
+  }
+
+  /** Chroma down (the files are consistent only at rest), pack and upload, Chroma up again unless stopping. */
+  private async quiesceAndSave(): Promise<SaveResult> {
+    this.front.pause('the session is saving a snapshot version')
+    await this.status.write({ phase: 'saving', bytes: 0 })
+    log(`saving: stopping chroma, then uploading a new version of ${this.restored}`)
+    await this.chroma?.stop(CHROMA_STOP_TIMEOUT_MS)
+    let result: SaveResult | undefined
+    let failure: Error | undefined
+    try {
+      result = await saveSnapshot(this.restored, this.config.dataDir, {
+        s3: this.config.s3,
+        signal: this.stopDeadline.signal,
+        onProgress: (bytes) => void this.status.progress(bytes, undefined, 'saving'),
+      })
+      log(`saved ${result.snapshot} (${result.bytes} bytes, sha256 ${result.sha256}); ${result.series}/latest names it`)
+      this.front.markClean()
+      await this.status.write({ phase: 'saving', bytes: result.bytes }, { lastSave: result, saveError: undefined })
+    } catch (err) {
+      failure = err as Error
+      log(`save failed: ${failure.message}`)
+      await this.status.write({ phase: 'saving' }, { saveError: failure.message })
+    }
+    if (!this.stopRequested.signal.aborted) {
+      await this.startChroma()
+      this.front.serve(this.chromaPort)
+      await this.status.write({ phase: 'ready', chromaPid: this.chroma?.pid })
+    }
+    if (failure) throw failure
+    return result!
+  }
+
+  /** The requested stop: saved first when asked, Chroma down gracefully, data gone, exit 0. */
   private async shutDown(): Promise<number> {
+    const wasServing = this.chroma !== undefined && !this.chroma.hasExited && this.status.current().phase === 'ready'
+    this.front.pause('the session is stopping')
     await this.status.write({ phase: 'stopping', chromaPid: this.chroma?.pid })
+    if (this.saving) {
+      await this.saving.catch(() => {})
+    } else if (this.config.saveOnStop && wasServing && this.front.forwarded > 0) {
+      // Only when Chroma was used since the restore or the last save: otherwise the data is already in a version.
+      await this.save().catch(() => {}) // logged and in the status; a failed save leaves the previous version intact
+    }
     await this.releaseResources()
     await this.status.write({ phase: 'exited' })
     log('stopped')
@@ -138,16 +277,19 @@ class SessionAgent {
 
   private async fail(reason: string): Promise<number> {
     log(`failed: ${reason}`)
+    this.front.pause(`the session failed: ${reason}`)
     await this.releaseResources()
     await this.status.write({ phase: 'failed', error: reason })
     return 1
   }
 
   private async releaseResources(): Promise<void> {
+    this.deadMan.disarm()
     if (this.chroma) {
       const exit = await this.chroma.stop(CHROMA_STOP_TIMEOUT_MS)
       log(`chroma stopped (${describeExit(exit)})`)
     }
+    await this.front.close()
     if (this.ownsDataDir) await rm(this.config.dataDir, { recursive: true, force: true })
   }
 }

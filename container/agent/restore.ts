@@ -1,12 +1,13 @@
 import { createReadStream, createWriteStream } from 'node:fs'
-import { lstat, mkdir, readdir, realpath, stat } from 'node:fs/promises'
-import { isAbsolute, join, relative } from 'node:path'
+import { lstat, mkdir, readdir, readFile, realpath, stat } from 'node:fs/promises'
+import { basename, isAbsolute, join, relative } from 'node:path'
 import { pipeline } from 'node:stream/promises'
-import { archiveFormat, parseSnapshotUri, SnapshotUriError } from '../../src/services/snapshots/uri.ts'
-import { assertArchiveSupported, extractTar } from './archive.ts'
+import { ARCHIVE_MANIFEST_SUFFIX, archiveFormat, parseSnapshotUri, SnapshotUriError } from '../../src/services/snapshots/uri.ts'
+import { extractTar, type ExpectedDigest } from './archive.ts'
+import { archiveDigest } from './manifest.ts'
 import { ProgressMeter, type ProgressListener } from './progress.ts'
 import { RestoreError } from './restore-error.ts'
-import { restoreS3Archive, restoreS3Prefix, type S3Settings } from './s3.ts'
+import { resolveLatest, restoreS3Archive, restoreS3Prefix, type S3Settings } from './s3.ts'
 
 export { RestoreError }
 
@@ -19,23 +20,34 @@ export interface RestoreOptions {
 }
 
 /**
- * Restores the snapshot at `uri` into `dataDir` (existing and empty). Throws
- * RestoreError with the reason the session fails with, or the signal's abort error.
+ * Restores the snapshot at `uri` into `dataDir` (existing and empty), checking it
+ * against its sha256 manifest when it has one. Returns the URI actually restored (a
+ * series' `latest` resolves to its version). Throws RestoreError with the reason the
+ * session fails with, or the signal's abort error.
  */
-export async function restoreSnapshot(uri: string, dataDir: string, options: RestoreOptions): Promise<void> {
+export async function restoreSnapshot(uri: string, dataDir: string, options: RestoreOptions): Promise<string> {
   const location = parseLocation(uri)
+  let restored = uri
   if (location.scheme === 'file') {
     await restoreFile(uri, location.path, dataDir, options)
   } else {
     const format = archiveFormat(location.key)
     if (format) {
-      assertArchiveSupported(uri, format)
-      await restoreS3Archive(location, dataDir, { snapshot: uri, ...options })
+      await restoreS3Archive(location, format, dataDir, { snapshot: uri, ...options })
     } else {
-      await restoreS3Prefix(location, dataDir, { snapshot: uri, ...options })
+      const latest = await resolveLatest(location, { snapshot: uri, ...options })
+      if (latest) {
+        restored = latest
+        const version = parseLocation(latest)
+        if (version.scheme !== 's3' || !archiveFormat(version.key)) throw new RestoreError(`the latest pointer of ${uri} names ${latest}, which is not an s3:// archive`)
+        await restoreS3Archive(version, archiveFormat(version.key)!, dataDir, { snapshot: latest, ...options })
+      } else {
+        await restoreS3Prefix(location, dataDir, { snapshot: uri, ...options })
+      }
     }
   }
-  await assertChromaPersistDir(uri, dataDir)
+  await assertChromaPersistDir(restored, dataDir)
+  return restored
 }
 
 function parseLocation(uri: string) {
@@ -57,11 +69,20 @@ async function restoreFile(uri: string, path: string, dataDir: string, options: 
   // The format is the name's, as the user wrote it: the target of a symlink may be named anything.
   const format = archiveFormat(path)
   if (!info.isFile() || !format) {
-    throw new RestoreError(`snapshot ${uri} is neither a directory nor a .tar, .tar.gz or .tgz archive`)
+    throw new RestoreError(`snapshot ${uri} is neither a directory nor a .tar, .tar.gz/.tgz or .tar.zst archive`)
   }
-  assertArchiveSupported(uri, format)
   const progress = new ProgressMeter(info.size, options.onProgress)
-  await extractTar(createReadStream(real), dataDir, { snapshot: uri, progress, signal: options.signal })
+  const expected = await fileManifest(`${real}${ARCHIVE_MANIFEST_SUFFIX}`)
+  await extractTar(createReadStream(real), dataDir, { snapshot: uri, format, progress, signal: options.signal, expected })
+}
+
+/** The digest an archive's sidecar manifest (`<archive>.sha256`) gives it, if it has one. */
+async function fileManifest(path: string): Promise<ExpectedDigest | undefined> {
+  const text = await readFile(path, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return null
+    throw new RestoreError(`manifest ${path} cannot be read: ${err.message}`)
+  })
+  return text === null ? undefined : archiveDigest(text, path, basename(path.slice(0, -ARCHIVE_MANIFEST_SUFFIX.length)))
 }
 
 async function assertUnderRoot(uri: string, real: string, snapshotRoot: string): Promise<void> {

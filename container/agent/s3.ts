@@ -4,7 +4,9 @@ import { dirname, join } from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { GetObjectCommand, paginateListObjectsV2, S3Client, S3ServiceException } from '@aws-sdk/client-s3'
-import { extractTar } from './archive.ts'
+import { ARCHIVE_MANIFEST_SUFFIX, LATEST_NAME, PREFIX_MANIFEST_NAME, VERSIONS_DIR, type LatestPointer } from '../../src/services/snapshots/uri.ts'
+import { extractTar, type ArchiveFormat } from './archive.ts'
+import { archiveDigest, assertDigest, HashingTap, parseSha256Sums } from './manifest.ts'
 import { ProgressMeter, type ProgressListener } from './progress.ts'
 import { RestoreError } from './restore-error.ts'
 
@@ -24,30 +26,73 @@ interface S3RestoreOptions {
 /** Objects of a prefix snapshot downloaded at the same time. */
 const PARALLEL_DOWNLOADS = 4
 
-function s3Client(settings: S3Settings): S3Client {
+export function s3Client(settings: S3Settings): S3Client {
   // Credentials come from the SDK's default chain: AWS_* variables locally, the task
   // role on Fargate.
   return new S3Client({
     region: settings.region,
     ...(settings.endpoint ? { endpoint: settings.endpoint, forcePathStyle: true } : {}),
+    // Uploads stream plain bodies; the default aws-chunked framing with trailing
+    // checksums is not understood by every S3-compatible store. The manifest carries
+    // the sha256 that matters.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
   })
 }
 
-/** Streams an archive object straight into tar extraction; nothing is buffered whole. */
+/**
+ * Streams an archive object straight into tar extraction; nothing is buffered whole.
+ * Its sidecar manifest (`<key>.sha256`), when there is one, is checked on the way.
+ */
 export async function restoreS3Archive(
   location: { bucket: string; key: string },
+  format: ArchiveFormat,
   dataDir: string,
   options: S3RestoreOptions,
 ): Promise<void> {
   const client = s3Client(options.s3)
   try {
+    const manifestKey = `${location.key}${ARCHIVE_MANIFEST_SUFFIX}`
+    const manifestText = await getText(client, location.bucket, manifestKey, options)
+    const manifest = `s3://${location.bucket}/${manifestKey}`
+    const expected = manifestText === null ? undefined : archiveDigest(manifestText, manifest, location.key.slice(location.key.lastIndexOf('/') + 1))
     const object = await send(options, () =>
       client.send(new GetObjectCommand({ Bucket: location.bucket, Key: location.key }), { abortSignal: options.signal }),
     )
     const progress = new ProgressMeter(object.ContentLength, options.onProgress)
-    await extractTar(bodyStream(object.Body), dataDir, { snapshot: options.snapshot, progress, signal: options.signal })
+    await extractTar(bodyStream(object.Body), dataDir, { snapshot: options.snapshot, format, progress, signal: options.signal, expected })
   } finally {
     client.destroy()
+  }
+}
+
+/** The version a series' `latest` pointer names, or null when `key` is no series (no `latest` under it). */
+export async function resolveLatest(location: { bucket: string; key: string }, options: S3RestoreOptions): Promise<string | null> {
+  const client = s3Client(options.s3)
+  try {
+    const key = `${location.key.replace(/\/+$/, '')}/${LATEST_NAME}`
+    const text = await getText(client, location.bucket, key, options)
+    if (text === null) return null
+    let pointer: Partial<LatestPointer>
+    try {
+      pointer = JSON.parse(text) as Partial<LatestPointer>
+    } catch {
+      throw new RestoreError(`s3://${location.bucket}/${key} is not the JSON pointer the agent writes`)
+    }
+    if (typeof pointer.snapshot !== 'string') throw new RestoreError(`s3://${location.bucket}/${key} names no snapshot`)
+    return pointer.snapshot
+  } finally {
+    client.destroy()
+  }
+}
+
+/** A small object's text, or null when it does not exist. */
+async function getText(client: S3Client, bucket: string, key: string, options: S3RestoreOptions): Promise<string | null> {
+  try {
+    const object = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal })
+    return (await object.Body?.transformToString('utf8')) ?? ''
+  } catch (err) {
+    if (err instanceof S3ServiceException && (err.name === 'NoSuchKey' || err.$metadata.httpStatusCode === 404)) return null
+    return send(options, () => Promise.reject(err))
   }
 }
 
@@ -63,7 +108,30 @@ export async function restoreS3Prefix(
   const prefix = location.key.endsWith('/') ? location.key : `${location.key}/`
   const client = s3Client(options.s3)
   try {
-    const objects = await listObjects(client, location.bucket, prefix, options)
+    const listed = await listObjects(client, location.bucket, prefix, options)
+    // A series' saved versions and pointer, and the manifest, sit beside the files.
+    const reserved = (key: string) => {
+      const rel = key.slice(prefix.length)
+      return rel === LATEST_NAME || rel === PREFIX_MANIFEST_NAME || rel.startsWith(`${VERSIONS_DIR}/`)
+    }
+    const objects = listed.filter((o) => !reserved(o.key))
+    const manifest = `s3://${location.bucket}/${prefix}${PREFIX_MANIFEST_NAME}`
+    const sums = listed.some((o) => o.key === `${prefix}${PREFIX_MANIFEST_NAME}`)
+      ? parseSha256Sums((await getText(client, location.bucket, `${prefix}${PREFIX_MANIFEST_NAME}`, options)) ?? '', manifest)
+      : null
+    if (sums) {
+      const present = new Set(objects.map((o) => o.key.slice(prefix.length)))
+      const missing = [...sums.keys()].filter((p) => !present.has(p))
+      const unlisted = [...present].filter((p) => !sums.has(p))
+      if (missing.length || unlisted.length) {
+        throw new RestoreError(
+          `snapshot ${options.snapshot} does not match its manifest ${manifest}: ` +
+            [missing.length ? `missing ${missing.slice(0, 3).join(', ')}` : '', unlisted.length ? `not listed ${unlisted.slice(0, 3).join(', ')}` : '']
+              .filter(Boolean)
+              .join('; '),
+        )
+      }
+    }
     if (objects.length === 0) {
       throw new RestoreError(
         `snapshot ${options.snapshot} is neither an archive (.tar, .tar.gz, .tgz) nor a prefix with objects under it`,
@@ -78,7 +146,10 @@ export async function restoreS3Prefix(
     const downloadNext = async (): Promise<void> => {
       try {
         for (let next = queue.shift(); next; next = queue.shift()) {
-          await downloadObject(client, location.bucket, next.key, next.target, progress, downloadOptions)
+          const rel = next.key.slice(prefix.length)
+          const expected = sums?.get(rel)
+          const sha256 = await downloadObject(client, location.bucket, next.key, next.target, progress, downloadOptions, expected !== undefined)
+          if (expected) assertDigest(options.snapshot, rel, sha256!, expected, manifest)
         }
       } catch (err) {
         failed.abort(err)
@@ -128,12 +199,20 @@ async function downloadObject(
   target: string,
   progress: ProgressMeter,
   options: S3RestoreOptions,
-): Promise<void> {
+  /** Hash the object on the way (a manifest lists it). */
+  verify: boolean,
+): Promise<string | null> {
   const object = await send(options, () =>
     client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: options.signal }),
   )
   await mkdir(dirname(target), { recursive: true })
-  await pipeline(bodyStream(object.Body), progress.tap(), createWriteStream(target), { signal: options.signal })
+  if (!verify) {
+    await pipeline(progress.watch(bodyStream(object.Body)), createWriteStream(target), { signal: options.signal })
+    return null
+  }
+  const hash = new HashingTap()
+  await pipeline(progress.watch(bodyStream(object.Body)), hash, createWriteStream(target), { signal: options.signal })
+  return hash.hex()
 }
 
 function bodyStream(body: unknown): Readable {

@@ -1,11 +1,17 @@
 import { rename, writeFile } from 'node:fs/promises'
 
-export type AgentPhase = 'restoring' | 'starting' | 'ready' | 'stopping' | 'exited' | 'failed'
+import type { SaveResult } from './save.ts'
 
-/** The agent's STATUS_FILE, read by the process launcher's describe(). */
+export type AgentPhase = 'restoring' | 'starting' | 'ready' | 'saving' | 'stopping' | 'exited' | 'failed'
+
+/**
+ * The agent's status: its STATUS_FILE (read by the process launcher's describe()) and
+ * the answer of GET /_agent/status and POST /_agent/confirm (read by the control plane
+ * wherever it cannot read files, e.g. on Fargate).
+ */
 export interface AgentStatus {
   phase: AgentPhase
-  /** Restore progress: bytes read from the snapshot so far. */
+  /** Progress of the restore (bytes read from the snapshot) or the save (bytes packed). */
   bytes?: number
   /** The snapshot's size, when the source tells it. */
   totalBytes?: number
@@ -13,11 +19,24 @@ export interface AgentStatus {
   error?: string
   pid: number
   chromaPid?: number
+  /** The snapshot restored (a series' `latest` resolved to its version). */
+  restored?: string
+  /** The last successful save-back. */
+  lastSave?: SaveResult
+  /** Why the last save-back failed, when it did (the data it would have replaced is intact). */
+  saveError?: string
+  /** Why the agent is stopping: a signal, or the dead man's switch. */
+  stopReason?: string
   /** ISO time of this write. */
   at: string
 }
 
-export type StatusUpdate = Omit<AgentStatus, 'pid' | 'at'>
+export type StatusUpdate = Omit<AgentStatus, 'pid' | 'at' | StickyField>
+
+/** Facts that stay true until replaced, whatever the phase. */
+const STICKY = ['restored', 'lastSave', 'saveError', 'stopReason'] as const
+type StickyField = (typeof STICKY)[number]
+export type StickyUpdate = Partial<Pick<AgentStatus, StickyField>>
 
 const PROGRESS_INTERVAL_MS = 250
 
@@ -30,28 +49,37 @@ const PROGRESS_INTERVAL_MS = 250
 export class StatusFile {
   private chain: Promise<void> = Promise.resolve()
   private lastProgressAt = 0
+  private sticky: StickyUpdate = {}
+  private latest: AgentStatus = { phase: 'restoring', pid: process.pid, at: new Date().toISOString() }
 
   constructor(
     private readonly path: string | undefined,
     private readonly onError: (err: Error) => void,
   ) {}
 
-  write(update: StatusUpdate): Promise<void> {
-    const status: AgentStatus = { ...update, pid: process.pid, at: new Date().toISOString() }
+  write(update: StatusUpdate, sticky: StickyUpdate = {}): Promise<void> {
+    this.sticky = { ...this.sticky, ...sticky }
+    const status: AgentStatus = { ...this.sticky, ...update, pid: process.pid, at: new Date().toISOString() }
+    this.latest = status
     this.chain = this.chain.then(() => this.replace(status))
     return this.chain
   }
 
+  /** What was last written (or would have been, without a path). */
+  current(): AgentStatus {
+    return this.latest
+  }
+
   /**
-   * A restore progress write, skipped when the previous one is under 250 ms old:
-   * progress arrives with every chunk read, far more often than anyone looks.
+   * A progress write, skipped when the previous one is under 250 ms old: progress
+   * arrives with every chunk read, far more often than anyone looks.
    */
-  progress(bytes: number, totalBytes: number | undefined): Promise<void> {
+  progress(bytes: number, totalBytes: number | undefined, phase: 'restoring' | 'saving' = 'restoring'): Promise<void> {
     const now = Date.now()
     if (now - this.lastProgressAt < PROGRESS_INTERVAL_MS) return this.chain
     this.lastProgressAt = now
     const percent = totalBytes ? Math.min(100, Math.floor((bytes / totalBytes) * 100)) : undefined
-    return this.write({ phase: 'restoring', bytes, totalBytes, percent })
+    return this.write({ phase, bytes, totalBytes, percent })
   }
 
   private async replace(status: AgentStatus): Promise<void> {

@@ -8,7 +8,7 @@ import { leaseTokenFrom } from '../services/lease-routes.ts'
 import { sendProblem } from '../plugins/problem-details.ts'
 import { instrumentQueries, noteSessionStatus } from './query-metrics.ts'
 
-/** Credentials meant for the control plane; a session never sees them. */
+/** Credentials meant for the control plane; a session never sees them (it gets its own token instead). */
 const STRIPPED_HEADERS = ['x-chroma-token', 'authorization', 'x-api-key', 'cookie']
 const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] as const
 
@@ -59,6 +59,7 @@ export default async function proxyRoutes(app: FastifyInstance, { services, body
       rewriteRequestHeaders: (_req, headers) => {
         const out = { ...headers }
         for (const h of STRIPPED_HEADERS) delete out[h]
+        out['x-chroma-token'] = route.sessionToken
         return out
       },
       onError: (r, { error }) => {

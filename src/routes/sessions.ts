@@ -41,6 +41,15 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
     }
   })
 
+  app.post('/v1/sessions/:id/save', {
+    schema: {
+      tags: ['sessions'],
+      summary: "Save the session's data back as a new version of its s3:// snapshot (Chroma pauses while it is packed); answers the session with savedSnapshot",
+      params: IdParams,
+      response: { 200: Session, ...problems(400, 401, 403, 404, 409, 502) },
+    },
+  }, async (request) => SessionService.view(await services.saveBack.save(request.params.id, 'operator'), baseUrlOf(request, publicUrl)))
+
   app.delete('/v1/sessions/:id', {
     schema: {
       tags: ['sessions'],

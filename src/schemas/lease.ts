@@ -14,6 +14,7 @@ export const AcquireBody = Type.Object(
     idleTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Session idle TTL, set by the acquire that creates the session' })),
     waitSeconds: Type.Optional(WaitSeconds),
     holder: Type.Optional(Type.String({ maxLength: 2048, description: 'Free text, e.g. a Step Functions execution ARN' })),
+    saveOnRelease: Type.Optional(Type.Boolean({ description: 'Exclusive s3:// sessions only: when the lease ends, save the data back as a new snapshot version (session.savedSnapshot), then stop' })),
   },
   { additionalProperties: false },
 )
@@ -26,6 +27,9 @@ export const Lease = Type.Object(
   {
     id: Type.String({ format: 'uuid' }),
     token: Type.Optional(Type.String({ description: 'Bearer token for the proxy and query routes; returned on creation and its idempotent replays only' })),
+    sessionToken: Type.Union([Type.String(), Type.Null()], {
+      description: "The token session.endpoint requires (x-chroma-token or Authorization: Bearer) from callers that go to the session directly; null unless the lease is active and the session serving",
+    }),
     status: Type.Union([Type.Literal('active'), Type.Literal('released'), Type.Literal('expired')]),
     holder: Type.Union([Type.String(), Type.Null()]),
     ttlSeconds: Type.Integer(),

@@ -163,6 +163,15 @@ export class LeaseTokens {
     return `cls_${createHmac('sha256', this.secret).update(`session:${sessionId}:${generation}`).digest('base64url')}`
   }
 
+  /**
+   * The token only the control plane holds for a session's agent endpoints (the dead
+   * man's switch confirmation, save-back): lease holders get the session token, which
+   * opens Chroma but cannot save the series or keep the session alive.
+   */
+  controlToken(sessionId: string, generation: number): string {
+    return `clc_${createHmac('sha256', this.secret).update(`control:${sessionId}:${generation}`).digest('base64url')}`
+  }
+
   verify(leaseId: string, token: string): boolean {
     const a = Buffer.from(this.mint(leaseId))
     const b = Buffer.from(token)

@@ -4,6 +4,8 @@ import { request } from 'undici'
  * The control plane's own calls to a session's Chroma server (API v2): readiness
  * probes for the reconciler and the JSON query for callers without a Chroma client.
  * Proxied traffic does not come through here; it streams through src/routes/proxy.ts.
+ * Every call carries the session token (x-chroma-token), which the session's agent
+ * requires before it passes anything to Chroma.
  */
 const TENANT_DB = '/api/v2/tenants/default_tenant/databases/default_database'
 
@@ -42,14 +44,14 @@ export class ChromaClient {
    * Ready means: the heartbeat answers, Chroma's healthcheck passes (it is 503 until
    * the server can serve), and the requested collection exists when one was named.
    */
-  async readiness(base: string, collection: string | null): Promise<Readiness> {
+  async readiness(base: string, collection: string | null, token: string): Promise<Readiness> {
     try {
-      const heartbeat = await this.call('GET', `${base}/api/v2/heartbeat`)
+      const heartbeat = await this.call('GET', `${base}/api/v2/heartbeat`, token)
       if (heartbeat.status !== 200) return { ready: false, reason: `heartbeat answered ${heartbeat.status}` }
-      const health = await this.call('GET', `${base}/api/v2/healthcheck`)
+      const health = await this.call('GET', `${base}/api/v2/healthcheck`, token)
       if (health.status !== 200) return { ready: false, reason: `healthcheck answered ${health.status}` }
       if (collection !== null) {
-        const c = await this.call('GET', `${base}${TENANT_DB}/collections/${encodeURIComponent(collection)}`)
+        const c = await this.call('GET', `${base}${TENANT_DB}/collections/${encodeURIComponent(collection)}`, token)
         if (c.status === 404) return { ready: false, reason: `collection ${JSON.stringify(collection)} is not in the snapshot` }
         if (c.status !== 200) return { ready: false, reason: `collection lookup answered ${c.status}` }
       }
@@ -59,15 +61,15 @@ export class ChromaClient {
     }
   }
 
-  async collectionId(base: string, name: string): Promise<string> {
-    const res = await this.call('GET', `${base}${TENANT_DB}/collections/${encodeURIComponent(name)}`)
+  async collectionId(base: string, name: string, token: string): Promise<string> {
+    const res = await this.call('GET', `${base}${TENANT_DB}/collections/${encodeURIComponent(name)}`, token)
     if (res.status !== 200) throw new ChromaError(res.status, res.status === 404 ? `no collection ${JSON.stringify(name)}` : describe(res))
     return (res.body as { id: string }).id
   }
 
-  async query(base: string, q: QueryRequest): Promise<QueryResult> {
-    const id = await this.collectionId(base, q.collection)
-    const res = await this.call('POST', `${base}${TENANT_DB}/collections/${id}/query`, {
+  async query(base: string, q: QueryRequest, token: string): Promise<QueryResult> {
+    const id = await this.collectionId(base, q.collection, token)
+    const res = await this.call('POST', `${base}${TENANT_DB}/collections/${id}/query`, token, {
       query_embeddings: q.queryEmbeddings,
       n_results: q.nResults,
       where: q.where,
@@ -78,10 +80,10 @@ export class ChromaClient {
     return res.body as QueryResult
   }
 
-  private async call(method: 'GET' | 'POST', url: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  private async call(method: 'GET' | 'POST', url: string, token: string, body?: unknown): Promise<{ status: number; body: unknown }> {
     const res = await request(url, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: { 'x-chroma-token': token, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,

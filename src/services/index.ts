@@ -9,6 +9,8 @@ import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
 import { Metrics } from './metrics.ts'
 import { QueryService } from './query.ts'
+import { SaveBackService } from './save-back.ts'
+import { SessionAgentClient } from './session-agent.ts'
 import { SessionService } from './sessions.ts'
 import { SnapshotService } from './snapshots/snapshot-service.ts'
 
@@ -24,6 +26,8 @@ export interface ServiceDeps {
   s3?: S3Client
   /** Where services and workers report what they do; none: a Metrics of their own. */
   metrics?: Metrics
+  /** How long a save-back may take before the control plane gives up on it (default 900 s). */
+  saveTimeoutSeconds?: number
   /** Writes one structured line per session event; none: no event log. */
   logger?: Logger
 }
@@ -38,8 +42,10 @@ export function createServices(deps: ServiceDeps) {
   const tokens = new LeaseTokens(deps.tokenSecret)
   const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })
   const chroma = new ChromaClient()
-  const router = new LeaseRouter(deps.sql, deps.clock, deps.changes)
+  const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
+  const agents = new SessionAgentClient()
   const query = new QueryService(router, chroma)
+  const saveBack = new SaveBackService(sessions, agents, tokens, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, router, query, apiKeys }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys }
 }

@@ -15,6 +15,8 @@ export interface LeaseRoute {
   ended: boolean
   sessionStatus: SessionStatus
   base: string | null
+  /** What the session's agent requires: the proxy and the query route send it upstream. */
+  sessionToken: string
   cachedAt: number
   renewing?: Promise<void>
 }
@@ -38,6 +40,7 @@ export class LeaseRouter {
     private readonly sql: SqlPool,
     private readonly clock: Clock,
     changes: ChangeFeed,
+    private readonly tokens: LeaseTokens,
   ) {
     // A lease that ended takes only its own route with it; the session's other holders
     // keep theirs. A session that moved drops them all (its address or status changed).
@@ -74,8 +77,8 @@ export class LeaseRouter {
 
   private async load(hash: string): Promise<LeaseRoute> {
     const rows = await this.sql.rows<
-      { id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null }
-    >(Prisma.sql`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port
+      { id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null; generation: number }
+    >(Prisma.sql`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port, s.generation
       FROM leases l JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = ${hash}`)
     const r = rows[0]
     if (!r) throw unauthorized('invalid_lease_token', 'unknown lease token')
@@ -87,6 +90,7 @@ export class LeaseRouter {
       ended: r.ended_at !== null,
       sessionStatus: r.status,
       base: r.host && r.port ? `http://${r.host}:${r.port}` : null,
+      sessionToken: this.tokens.sessionToken(r.session_id, Number(r.generation)),
       cachedAt: Date.now(),
     }
     if (this.routes.size >= MAX_ENTRIES) this.clear()

@@ -30,6 +30,7 @@ export interface AcquireInput {
   idleTtlSeconds?: number
   waitSeconds?: number
   holder?: string
+  saveOnRelease?: boolean
 }
 
 export interface LeaseLimits {
@@ -45,6 +46,8 @@ export type LeaseStatus = 'active' | 'released' | 'expired'
 export interface LeaseView {
   id: string
   token?: string
+  /** What `session.endpoint` requires (x-chroma-token) from direct callers; null unless the lease is active and the session serving. */
+  sessionToken: string | null
   status: LeaseStatus
   holder: string | null
   ttlSeconds: number
@@ -138,8 +141,12 @@ export class LeaseService {
       throw badRequest('ttl_out_of_range', `idleTtlSeconds may be at most ${limits.maxIdleTtlSeconds} on this server`)
     }
     const mode = input.mode ?? 'shared'
+    const saveOnRelease = input.saveOnRelease ?? false
+    if (saveOnRelease && mode !== 'exclusive') {
+      throw badRequest('save_needs_exclusive', 'saveOnRelease needs mode "exclusive": a shared session\'s writes belong to no single lease')
+    }
     const requestHash = sha256(
-      JSON.stringify([input.snapshot, input.collection ?? null, mode, ttlSeconds, idleTtlSeconds, input.holder ?? null]),
+      JSON.stringify([input.snapshot, input.collection ?? null, mode, ttlSeconds, idleTtlSeconds, input.holder ?? null, ...(saveOnRelease ? [true] : [])]),
     )
     if (idempotencyKey !== undefined) {
       const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
@@ -147,6 +154,9 @@ export class LeaseService {
     }
 
     const snapshot = await this.deps.snapshots.canonical(input.snapshot)
+    if (saveOnRelease && !snapshot.startsWith('s3://')) {
+      throw unprocessable('save_unsupported', 'saveOnRelease needs an s3:// snapshot: new versions are uploaded next to it')
+    }
     const lease = {
       id: randomUUID(),
       principal: principal.id,
@@ -170,7 +180,7 @@ export class LeaseService {
         if (sessionId === null) {
           // Only a new session needs the snapshot checked (and pinned) in its store.
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
-          sessionId = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds }, lease, token, now)
+          sessionId = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds, saveOnRelease }, lease, token, now)
           if (sessionId !== null) outcome = 'created'
         }
       }
@@ -228,7 +238,7 @@ export class LeaseService {
    * attach to the winner's session on their next attempt.
    */
   private async createWithLease(
-    s: { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number },
+    s: { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number; saveOnRelease: boolean },
     lease: NewLease,
     token: string,
     now: Date,
@@ -237,9 +247,9 @@ export class LeaseService {
     const { db, limits } = this.deps
     const events = await db.$transaction(async (tx) => {
       const inserted = await tx.$queryRaw<Array<{ id: string }>>`
-        INSERT INTO sessions (id, mode, pool_key, snapshot, collection, status, generation, launcher, idle_ttl_seconds, created_by, created_at, updated_at)
+        INSERT INTO sessions (id, mode, pool_key, snapshot, collection, status, generation, launcher, idle_ttl_seconds, save_on_release, created_by, created_at, updated_at)
         VALUES (${id}::uuid, ${s.mode}::"SessionMode", ${s.poolKey}, ${s.snapshot}, ${s.collection ?? null}, 'PENDING', 1,
-                ${limits.launcher}, ${s.idleTtlSeconds}, ${lease.principal}, ${now}, ${now})
+                ${limits.launcher}, ${s.idleTtlSeconds}, ${s.saveOnRelease}, ${lease.principal}, ${now}, ${now})
         ON CONFLICT (pool_key) WHERE status IN ('PENDING', 'STARTING', 'READY') DO NOTHING
         RETURNING id`
       if (inserted.length === 0) return null
@@ -388,9 +398,13 @@ export class LeaseService {
   }
 
   view(row: LeaseRow, session: SessionRecord, baseUrl: string): LeaseView {
+    const status = leaseStatus(row, this.deps.clock.now())
+    const serving = session.status === 'READY' || session.status === 'DRAINING'
     return {
       id: row.id,
-      status: leaseStatus(row, this.deps.clock.now()),
+      status,
+      // Only the lease's own holder reads its lease (clients see their own), and only while it is active.
+      sessionToken: status === 'active' && serving ? this.deps.tokens.sessionToken(session.id, session.generation) : null,
       holder: row.holder,
       ttlSeconds: row.ttlSeconds,
       createdAt: row.createdAt.toISOString(),

@@ -33,8 +33,12 @@ export type StartPhases = Record<StartPhase, number>
 export const LAUNCH_FAILURE_CAUSES = ['launch_error', 'compute_stopped', 'start_timeout', 'launch_unrecorded'] as const
 export type LaunchFailureCause = (typeof LAUNCH_FAILURE_CAUSES)[number]
 
-/** Why the control plane ended a session that had started. `compute_lost`: its compute died while serving. */
-export const REAP_CAUSES = ['idle', 'drained', 'max_lifetime', 'force_stop', 'compute_lost'] as const
+/**
+ * Why a session that had started ended. `compute_lost`: its compute died while serving;
+ * `compute_exited`: it stopped cleanly on someone else's word (scale-in, Spot, its dead
+ * man's switch); `saved`: stopped after its save on release; `save_failed`: that save failed.
+ */
+export const REAP_CAUSES = ['idle', 'drained', 'max_lifetime', 'force_stop', 'compute_lost', 'compute_exited', 'saved', 'save_failed'] as const
 export type ReapCause = (typeof REAP_CAUSES)[number]
 
 export const ORPHAN_CAUSES = ['no_session', 'superseded', 'session_ended'] as const
@@ -103,7 +107,7 @@ export class Metrics implements Observer {
   })
   readonly sessionsReaped = new Counter({
     name: 'chroma_lease_sessions_reaped_total',
-    help: 'Started sessions the control plane ended, by cause (idle, drained, max_lifetime, force_stop, compute_lost)',
+    help: 'Started sessions that ended, by cause (idle, drained, max_lifetime, force_stop, compute_lost, compute_exited, saved, save_failed)',
     labelNames: ['cause'] as const,
     registers: [this.registry],
   })
@@ -181,8 +185,11 @@ export class Metrics implements Observer {
         this.sessionStart.observe(total)
         return
       }
+      case 'stopped':
+        if (detail.cause === 'compute_exited') this.sessionsReaped.inc({ cause: 'compute_exited' })
+        return
       case 'failed':
-        if (detail.cause === 'compute_lost') this.sessionsReaped.inc({ cause: 'compute_lost' })
+        if (detail.cause === 'compute_lost' || detail.cause === 'save_failed') this.sessionsReaped.inc({ cause: detail.cause })
         else this.launchFailures.inc({ cause: isOneOf(LAUNCH_FAILURE_CAUSES, detail.cause) ? detail.cause : 'compute_stopped' })
         return
       case 'stopping':

@@ -35,7 +35,7 @@ export class QueryService {
     onRoute?.(route)
     let result: QueryResult
     try {
-      result = await this.chroma.query(route.base!, q)
+      result = await this.chroma.query(route.base!, q, route.sessionToken)
     } catch (err) {
       if (err instanceof ChromaError) {
         if (err.status === 404) throw notFound('collection_not_found', err.message)

@@ -39,7 +39,34 @@ export interface SessionRecord {
   drainingAt: Date | null
   stoppingAt: Date | null
   endedAt: Date | null
+  /** The agent's last restore or save progress, while it is restoring or saving. */
+  progress: SessionProgress | null
+  saveOnRelease: boolean
+  savedSnapshot: string | null
+  savedAt: Date | null
   leaseCount: number
+}
+
+/** Restore or save progress as the agent reports it. */
+export interface SessionProgress {
+  phase: string
+  bytes?: number
+  totalBytes?: number
+  percent?: number
+}
+
+/** Progress is shown while it is news: a restore before READY, a save while serving. */
+function showsProgress(s: SessionRecord): boolean {
+  if (!s.progress) return false
+  if (s.status === 'PENDING' || s.status === 'STARTING') return s.progress.phase === 'restoring'
+  return (s.status === 'READY' || s.status === 'DRAINING') && s.progress.phase === 'saving'
+}
+
+/** "restoring 45%", or "saving 12.3 MB" when the total is unknown. */
+export function describeProgress(p: SessionProgress): string {
+  if (p.percent !== undefined) return `${p.phase} ${p.percent}%`
+  if (p.bytes !== undefined) return `${p.phase} ${(p.bytes / 1e6).toFixed(1)} MB`
+  return p.phase
 }
 
 /** The session as the API shows it (see src/schemas/session.ts). */
@@ -54,6 +81,12 @@ export interface SessionView {
   proxyUrl: string
   error: string | null
   stopReason: string | null
+  /** While restoring or saving: what the agent reported, with `text` like "restoring 45%". */
+  progress: (SessionProgress & { text: string }) | null
+  saveOnRelease: boolean
+  /** The newest snapshot version this session saved back; acquire it to read what was written. */
+  savedSnapshot: string | null
+  savedAt: string | null
   generation: number
   idleTtlSeconds: number
   createdAt: string
@@ -84,6 +117,8 @@ export type TransitionData = Partial<
     | 'stoppingAt'
     | 'endedAt'
     | 'generation'
+    | 'savedSnapshot'
+    | 'savedAt'
   >
 >
 
@@ -246,7 +281,7 @@ export class SessionService {
    */
   async stopUnleased(
     s: Pick<SessionRecord, 'id' | 'generation' | 'status'>,
-    reason: 'idle' | 'drained' | 'max_lifetime',
+    reason: 'idle' | 'drained' | 'max_lifetime' | 'saved',
     stillEligible: Prisma.Sql = Prisma.sql`TRUE`,
   ): Promise<boolean> {
     const now = this.clock.now()
@@ -266,6 +301,31 @@ export class SessionService {
     if (!event) return false
     this.announce([event])
     return true
+  }
+
+  /**
+   * Records the agent's restore or save progress (null once it is done). A plain write
+   * with no event, made only when the report changed: progress is for people watching,
+   * not part of the lifecycle.
+   */
+  async setProgress(s: Pick<SessionRecord, 'id' | 'generation'>, progress: SessionProgress | null): Promise<void> {
+    const json = progress === null ? null : JSON.stringify(progress)
+    await this.db.$executeRaw`
+      UPDATE sessions SET progress = ${json}::jsonb
+      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND progress IS DISTINCT FROM ${json}::jsonb`
+  }
+
+  /** Records a completed save-back: the new version's URI on the session, and a `saved` event. */
+  async recordSave(s: Pick<SessionRecord, 'id' | 'generation'>, saved: { snapshot: string; version: string; sha256: string; bytes: number; savedAt: string }, trigger: string): Promise<void> {
+    const now = this.clock.now()
+    const event = await this.db.$transaction(async (tx) => {
+      const n = await tx.$executeRaw`
+        UPDATE sessions SET saved_snapshot = ${saved.snapshot}, saved_at = ${now}, updated_at = ${now}
+        WHERE id = ${s.id}::uuid AND generation = ${s.generation}`
+      if (n !== 1) return null
+      return eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, null, { type: 'saved', reason: trigger, detail: { ...saved } }) }))
+    })
+    if (event) this.announce([event])
   }
 
   async recordEvent(sessionId: string, event: SessionEventInput, status: SessionStatus | null = null): Promise<void> {
@@ -322,6 +382,10 @@ export class SessionService {
       proxyUrl: `${baseUrl}/v1/sessions/${s.id}/chroma`,
       error: s.error,
       stopReason: s.stopReason,
+      progress: showsProgress(s) ? { ...s.progress!, text: describeProgress(s.progress!) } : null,
+      saveOnRelease: s.saveOnRelease,
+      savedSnapshot: s.savedSnapshot,
+      savedAt: s.savedAt?.toISOString() ?? null,
       generation: s.generation,
       idleTtlSeconds: s.idleTtlSeconds,
       createdAt: s.createdAt.toISOString(),
@@ -387,6 +451,10 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     drainingAt: asDate(r.draining_at),
     stoppingAt: asDate(r.stopping_at),
     endedAt: asDate(r.ended_at),
+    progress: (r.progress as SessionProgress | null) ?? null,
+    saveOnRelease: Boolean(r.save_on_release),
+    savedSnapshot: (r.saved_snapshot as string | null) ?? null,
+    savedAt: asDate(r.saved_at),
     leaseCount: Number(r.lease_count ?? 0),
   }
 }

@@ -15,6 +15,9 @@ export interface WorkerSettings {
   drainGraceSeconds: number
   reconcileIntervalSeconds: number
   sweepIntervalSeconds: number
+  /** The agents' dead man's switch (default 900 s) and how often they are confirmed (default 60 s). */
+  deadManSeconds?: number
+  confirmIntervalSeconds?: number
 }
 
 export type Workers = ReturnType<typeof createWorkers>
@@ -32,7 +35,11 @@ export function createWorkers(deps: {
 }) {
   const { db, clock, services, launcher, settings, logger } = deps
   const observer = deps.observer ?? services.metrics
-  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.tokens, clock, { startTimeoutSeconds: settings.startTimeoutSeconds }, logger)
+  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.agents, services.saveBack, services.tokens, clock, {
+    startTimeoutSeconds: settings.startTimeoutSeconds,
+    deadManSeconds: settings.deadManSeconds ?? 900,
+    confirmIntervalSeconds: settings.confirmIntervalSeconds ?? 60,
+  }, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
   const loops = [

@@ -84,6 +84,8 @@ export class Reaper {
              (sessions.stop_reason = 'max_lifetime' AND sessions.draining_at <= ${new Date(now.getTime() - this.opts.drainGraceSeconds * 1000)}) AS forced
       FROM sessions
       WHERE sessions.status IN ('READY', 'DRAINING')
+        -- a saveOnRelease session is stopped by the reconciler once its save is done
+        AND NOT (sessions.save_on_release AND sessions.saved_snapshot IS NULL AND sessions.stop_reason IS DISTINCT FROM 'max_lifetime')
         AND (${unleasedAndDue} OR (sessions.stop_reason = 'max_lifetime' AND sessions.draining_at <= ${new Date(now.getTime() - this.opts.drainGraceSeconds * 1000)}))
       LIMIT 500`
     const stopped: { id: string; reason: string }[] = []

@@ -2,12 +2,18 @@ import type { Logger } from 'pino'
 import type { Clock } from '../services/clock.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
-import { LaunchDeferred, type Launcher, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
+import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
+import type { SaveBackService } from '../services/save-back.ts'
+import type { SessionAgentClient } from '../services/session-agent.ts'
 import { SessionService, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
   startTimeoutSeconds: number
+  /** Agents stop themselves when not confirmed for this long (their dead man's switch). */
+  deadManSeconds: number
+  /** How often each session's agent is confirmed; well under deadManSeconds. */
+  confirmIntervalSeconds: number
 }
 
 /** Sessions stepped at once in a pass (launches wait on the launcher's rate limit, not on this). */
@@ -28,11 +34,17 @@ export class Reconciler {
     private readonly sessions: SessionService,
     private readonly launcher: Launcher,
     private readonly chroma: ChromaClient,
+    private readonly agents: SessionAgentClient,
+    private readonly saveBack: SaveBackService,
     private readonly tokens: LeaseTokens,
     private readonly clock: Clock,
     private readonly opts: ReconcilerOptions,
     private readonly logger?: Logger,
   ) {}
+
+  /** When each launch attempt's agent was last confirmed (real time: the agent's switch runs on real time). */
+  private readonly confirmedAt = new Map<string, number>()
+  private readonly confirming = new Set<string>()
 
   async reconcileOnce(): Promise<void> {
     const live = await this.sessions.inStatus(['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING'])
@@ -51,6 +63,42 @@ export class Reconciler {
       }
     }
     await Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker))
+    this.confirmAgents(live, observed)
+  }
+
+  /**
+   * The dead man's switch: every live session the launcher can reach is confirmed at
+   * most every confirmIntervalSeconds, from here and never from the proxy's hot path.
+   * A session this control plane no longer has a live row for is not confirmed, so its
+   * agent stops itself even if every other safeguard failed. Fire and forget: a hung
+   * agent must not hold up the pass.
+   */
+  private confirmAgents(live: SessionRecord[], observed: Map<string, ObservedCompute>): void {
+    const now = Date.now()
+    const current = new Set<string>()
+    for (const s of live) {
+      const seen = s.launchRef ? observed.get(s.launchRef) : undefined
+      const key = `${s.id}:${s.generation}`
+      current.add(key)
+      if (!seen || seen.state === 'stopped' || seen.host === undefined || seen.port === undefined) continue
+      // A restore the launcher cannot report (no status file on Fargate) is followed through the answer, every pass.
+      const wantsProgress = s.status === 'STARTING' && seen.state === 'starting' && !seen.progress
+      if (this.confirming.has(key) || (!wantsProgress && now - (this.confirmedAt.get(key) ?? 0) < this.opts.confirmIntervalSeconds * 1000)) continue
+      this.confirming.add(key)
+      this.agents
+        .confirm(`http://${seen.host}:${seen.port}`, this.tokens.controlToken(s.id, s.generation))
+        .then(
+          async (status) => {
+            this.confirmedAt.set(key, Date.now())
+            if (wantsProgress && status?.phase === 'restoring') {
+              await this.sessions.setProgress(s, { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent })
+            }
+          },
+          (err: Error) => this.logger?.debug({ sessionId: s.id, err: err.message }, 'agent confirmation failed; retrying next pass'),
+        )
+        .finally(() => this.confirming.delete(key))
+    }
+    for (const key of this.confirmedAt.keys()) if (!current.has(key)) this.confirmedAt.delete(key)
   }
 
   private async step(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
@@ -59,21 +107,70 @@ export class Reconciler {
         return this.launch(s)
       case 'STARTING':
         if (!s.launchRef) return this.relaunchOrphanedClaim(s)
+        if (seen && seen.state !== 'stopped' && seen.progress) await this.sessions.setProgress(s, seen.progress)
         return this.awaitReady(s, seen)
       case 'READY':
       case 'DRAINING':
-        if (seen?.state === 'stopped') {
-          await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason, detail: { cause: 'compute_lost' } }, {
-            error: `session compute stopped unexpectedly: ${seen.reason}`,
-            endedAt: this.clock.now(),
-          })
-          // "Stopped" may mean unusable rather than gone (an UNHEALTHY Fargate task keeps running).
-          await this.launcher.stop(targetOf(s), 'failed').catch(() => {})
-        }
-        return
+        return this.watchServing(s, seen)
       case 'STOPPING':
         return this.finishStopping(s, seen)
     }
+  }
+
+  /**
+   * A serving session: its compute may have stopped (lost, or interrupted and gone),
+   * may be stopping on someone else's word (scale-in, Spot: drain it so no new lease
+   * attaches), or may owe a save-back because its saveOnRelease lease ended.
+   */
+  private async watchServing(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    if (seen?.state === 'stopped') {
+      await this.recordSaveOnStop(s, seen)
+      if (seen.clean || s.stopReason === 'interrupted') {
+        await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_exited' } }, { endedAt: this.clock.now() })
+        return
+      }
+      await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason, detail: { cause: 'compute_lost' } }, {
+        error: `session compute stopped unexpectedly: ${seen.reason}`,
+        endedAt: this.clock.now(),
+      })
+      // "Stopped" may mean unusable rather than gone (an UNHEALTHY Fargate task keeps running).
+      await this.launcher.stop(targetOf(s), 'failed').catch(() => {})
+      return
+    }
+    if (seen?.state !== 'running') return
+    if (seen.stopping) {
+      if (s.status === 'READY') {
+        await this.sessions.transition(s, ['READY'], 'DRAINING', { type: 'draining', reason: 'compute_stopping', detail: { phase: seen.detail ?? null } }, {
+          drainingAt: this.clock.now(),
+          stopReason: 'interrupted',
+        })
+      }
+      return
+    }
+    if (seen.progress) await this.sessions.setProgress(s, seen.progress)
+    if (s.saveOnRelease && s.leaseCount === 0 && s.savedSnapshot === null && !this.saveBack.isSaving(s)) this.saveOnRelease(s)
+  }
+
+  /** A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session. */
+  private async recordSaveOnStop(s: SessionRecord, seen: Extract<ObservedCompute, { state: 'stopped' }>): Promise<void> {
+    if (!seen.saved || seen.saved.snapshot === s.savedSnapshot) return
+    await this.sessions.recordSave(s, seen.saved, 'stop')
+  }
+
+  /** The saveOnRelease lease has ended: save, then stop. A failed save fails the session (the previous version stays `latest`). */
+  private saveOnRelease(s: SessionRecord): void {
+    this.saveBack.save(s.id, 'release').then(
+      async (saved) => {
+        await this.sessions.stopUnleased(saved, 'saved')
+      },
+      async (err: Error) => {
+        const failed = await this.sessions.transition(s, ['READY', 'DRAINING'], 'FAILED', { type: 'failed', reason: err.message, detail: { cause: 'save_failed' } }, {
+          error: `save on release failed: ${err.message}`,
+          endedAt: this.clock.now(),
+        })
+        if (failed && s.launchRef) await this.launcher.stop(targetOf(s), 'save failed').catch(() => {})
+      },
+    ).catch((err: unknown) => this.logger?.error({ err, sessionId: s.id }, 'save on release: recording the outcome failed'))
   }
 
   /** Claims the launch (PENDING → STARTING) so one replica launches, then launches idempotently. */
@@ -88,16 +185,24 @@ export class Reconciler {
     await this.launchAndRecord(s)
   }
 
+  /** Everything a launch attempt needs, derived from the session alone: a retry from any replica sends the same. */
+  launchSpec(s: SessionRecord): LaunchSpec {
+    return {
+      sessionId: s.id,
+      generation: s.generation,
+      snapshot: s.snapshot,
+      collection: s.collection,
+      authToken: this.tokens.sessionToken(s.id, s.generation),
+      controlToken: this.tokens.controlToken(s.id, s.generation),
+      deadManSeconds: this.opts.deadManSeconds,
+      saveOnStop: s.saveOnRelease,
+    }
+  }
+
   private async launchAndRecord(s: SessionRecord): Promise<void> {
     let ref: string
     try {
-      ;({ ref } = await this.launcher.launch({
-        sessionId: s.id,
-        generation: s.generation,
-        snapshot: s.snapshot,
-        collection: s.collection,
-        authToken: this.tokens.sessionToken(s.id, s.generation),
-      }))
+      ;({ ref } = await this.launcher.launch(this.launchSpec(s)))
     } catch (err) {
       if (err instanceof LaunchDeferred) {
         // Still STARTING without a ref: relaunchOrphanedClaim retries it on a later pass.
@@ -113,17 +218,22 @@ export class Reconciler {
   private async awaitReady(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
     let lastReason = seen?.detail ?? 'not running yet'
+    // Told to stop by someone else while starting (a Spot interruption): it will not serve.
+    if (seen?.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
     if (seen?.state === 'running') {
       // The first pass to see it running marks the phase boundary (once per launch attempt).
       const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }))
-      const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection)
+      const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))
       if (readiness.ready) {
         const now = this.clock.now()
         const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
           type: 'ready',
           detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now), phases: startPhases(s, runningAt ?? now, now) },
         }, { host: seen.host, port: seen.port, readyAt: now })
-        if (ok) this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
+        if (ok) {
+          await this.sessions.setProgress(s, null)
+          this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
+        }
         return
       }
       lastReason = readiness.reason
@@ -134,6 +244,7 @@ export class Reconciler {
   }
 
   private async finishStopping(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    if (seen?.state === 'stopped') await this.recordSaveOnStop(s, seen)
     if (s.launchRef && seen?.state !== 'stopped') {
       await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
       return

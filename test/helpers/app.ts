@@ -52,6 +52,11 @@ export interface TestAppOptions {
   s3?: S3Fake
   /** Receives the services' structured log lines (one per session event). */
   logger?: Logger
+  /** The agents' dead man's switch and how often the reconciler confirms them (defaults 900 / 60). */
+  deadManSeconds?: number
+  confirmIntervalSeconds?: number
+  /** Extra environment for session agents (e.g. STOP_TIMEOUT_SECONDS). */
+  agentEnv?: Record<string, string>
 }
 
 let topTeardownRegistered = false
@@ -96,7 +101,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     launcher = opts.launcher
   } else {
     sessionsDir = opts.sessionsDir ?? (await mkdtemp(join(tmpdir(), 'chroma-lease-sessions-')))
-    launcher = new ProcessLauncher({ rootDir: sessionsDir, snapshotRoot, stopGraceMs: 5_000, s3Endpoint: opts.s3?.endpoint, env: opts.s3?.env })
+    launcher = new ProcessLauncher({ rootDir: sessionsDir, snapshotRoot, stopGraceMs: 5_000, s3Endpoint: opts.s3?.endpoint, env: { ...opts.s3?.env, ...opts.agentEnv } })
   }
   const workers = createWorkers({
     db,
@@ -109,6 +114,8 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
       drainGraceSeconds: opts.leaseTtlSeconds ?? 300,
       reconcileIntervalSeconds: 0.2,
       sweepIntervalSeconds: 1,
+      deadManSeconds: opts.deadManSeconds,
+      confirmIntervalSeconds: opts.confirmIntervalSeconds,
     },
   })
   const app = await buildApp({ db, clock, services, preflight: new PreflightService(launcher) })

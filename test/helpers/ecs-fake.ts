@@ -16,8 +16,10 @@ import { projectPath } from '../../src/paths.ts'
  * session agent as a local process on its own loopback address (127.0.0.N, one shared
  * port), so a RUNNING task means a real Chroma answers there.
  *
- * Faults are scripted: throttling, capacity failures, and per-task behaviours (stops
- * during start, never gets an address, turns UNHEALTHY).
+ * Faults are scripted: throttling, capacity failures, per-task behaviours (stops
+ * during start, never gets an address, turns UNHEALTHY), and Spot interruptions.
+ * A stopping task stays DEACTIVATING until its container exits, as in ECS: SIGTERM
+ * first, SIGKILL after the stop timeout.
  */
 export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy'
 
@@ -52,6 +54,8 @@ export interface EcsFakeOptions {
   taskDefinitions?: Record<string, { containerName: string; containerPort: number | 'chroma' }>
   subnets?: string[]
   securityGroups?: string[]
+  /** How long a stopping container gets between SIGTERM and SIGKILL (ECS's stopTimeout). Default 30 s. */
+  stopTimeoutMs?: number
 }
 
 export class EcsFake {
@@ -117,6 +121,16 @@ export class EcsFake {
   /** The next `n` RunTask calls start nothing and report a capacity failure. */
   capacityFailures(n: number) {
     this.capacityFailuresRemaining = n
+  }
+
+  /**
+   * What Fargate Spot does on an interruption: the task is marked for stopping
+   * (stopCode SpotInterruption) and its container gets SIGTERM, then SIGKILL.
+   */
+  interrupt(arn: string) {
+    const task = this.tasks.get(arn)
+    if (!task) throw new Error(`no task ${arn}`)
+    this.stopTask(task, 'SpotInterruption', 'Your Spot Task was interrupted.')
   }
 
   count(action: string) {
@@ -288,10 +302,16 @@ export class EcsFake {
   private stopTask(task: FakeTask, stopCode: string, reason: string) {
     if (task.desiredStatus === 'STOPPED') return
     task.desiredStatus = 'STOPPED'
-    task.lastStatus = 'STOPPED'
     task.stopCode = stopCode
     task.stoppedReason = reason
+    if (!task.agent || task.agent.exitCode !== null || task.agent.signalCode !== null) {
+      task.lastStatus = 'STOPPED'
+      return
+    }
+    // The container has its stop timeout to exit; the task is STOPPED once it has.
+    task.lastStatus = 'DEACTIVATING'
     this.kill(task, 'SIGTERM')
+    setTimeout(() => this.kill(task, 'SIGKILL'), this.opts.stopTimeoutMs ?? 30_000).unref()
   }
 
   private kill(task: FakeTask, signal: NodeJS.Signals) {
@@ -307,6 +327,7 @@ export class EcsFake {
 
   private async startAgent(task: FakeTask) {
     task.dataDir = await mkdtemp(join(tmpdir(), 'ecs-fake-task-'))
+    if (task.desiredStatus === 'STOPPED') return // stopped before its container started
     const child = spawn(process.execPath, ['--import', 'tsx', projectPath('container', 'agent', 'main.ts')], {
       detached: true,
       stdio: 'ignore',
@@ -320,9 +341,11 @@ export class EcsFake {
       },
     })
     task.agent = child
-    child.on('exit', (code) => {
-      task.exitCode = code ?? undefined
+    child.on('exit', (code, signal) => {
+      // A container killed by a signal reports 128 + its number, as Docker does.
+      task.exitCode = code ?? (signal === 'SIGKILL' ? 137 : 143)
       if (task.desiredStatus !== 'STOPPED') this.stopTask(task, 'EssentialContainerExited', 'Essential container in task exited')
+      task.lastStatus = 'STOPPED'
     })
   }
 

@@ -84,3 +84,56 @@ async function filesUnder(dir: string): Promise<string[]> {
   )
   return nested.flat()
 }
+
+/**
+ * An S3 endpoint in front of `target` that stalls chosen requests: it reads their
+ * bodies (an upload gets halfway, or all the way, in) and never answers them. Every
+ * other request is passed through. For saves cut short, deterministically.
+ */
+export async function startStallingS3(
+  target: string,
+  stall: (method: string, path: string) => boolean,
+  /** 'request': never answer; 'half-response': answer, send half the body, then stall. */
+  how: 'request' | 'half-response' = 'request',
+): Promise<{ endpoint: string; stalled: () => number; close(): Promise<void> }> {
+  const { createServer, request } = await import('node:http')
+  let stalled = 0
+  const server = createServer((req, res) => {
+    const stalling = stall(req.method ?? 'GET', req.url ?? '/')
+    if (stalling && how === 'request') {
+      stalled++
+      req.resume()
+      return
+    }
+    const { hostname, port } = new URL(target)
+    const upstream = request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers)
+      if (!stalling) return void answer.pipe(res)
+      const half = Number(answer.headers['content-length'] ?? 0) / 2
+      let sent = 0
+      answer.on('data', (chunk: Buffer) => {
+        if (sent >= half) return
+        const part = chunk.subarray(0, Math.max(0, Math.ceil(half - sent)))
+        sent += part.length
+        res.write(part)
+        if (sent >= half) {
+          stalled++
+          answer.pause()
+        }
+      })
+    })
+    upstream.on('error', () => res.destroy())
+    req.pipe(upstream)
+  })
+  server.listen(0, '127.0.0.1')
+  await new Promise((resolve) => server.once('listening', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    stalled: () => stalled,
+    async close() {
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    },
+  }
+}

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process'
 import { mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ChromaClient } from 'chromadb'
@@ -16,6 +17,8 @@ export interface SnapshotFixture {
   dir: string
   tarPath: string
   tarGzPath: string
+  /** The same archive compressed with zstd (the zstd CLI), or null when this machine has no zstd. */
+  tarZstPath: string | null
   collection: string
   count: number
   dim: number
@@ -63,7 +66,9 @@ export async function buildSnapshotFixture(parentDir: string, options: SnapshotF
   const tarGzPath = join(parentDir, 'snapshot.tar.gz')
   await tar.c({ cwd: dir, file: tarPath, portable: true }, ['.'])
   await tar.c({ cwd: dir, file: tarGzPath, portable: true, gzip: true }, ['.'])
-  return { dir, tarPath, tarGzPath, collection, count, dim, vector: (i) => [...vectors[i]!] }
+  const tarZstPath = join(parentDir, 'snapshot.tar.zst')
+  const zstd = spawnSync('zstd', ['-q', '-f', '-3', tarPath, '-o', tarZstPath])
+  return { dir, tarPath, tarGzPath, tarZstPath: zstd.status === 0 ? tarZstPath : null, collection, count, dim, vector: (i) => [...vectors[i]!] }
 }
 
 export interface ChromaQueryHit {
@@ -76,13 +81,20 @@ export interface ChromaQueryHit {
  * Queries a running Chroma at host:port directly, with the official client, as a
  * session's user would: nearest neighbours of `embedding` in `collection`.
  */
+/** A Chroma address; `token` is sent as x-chroma-token (a session agent requires it). */
+export interface ChromaEndpoint {
+  host: string
+  port: number
+  token?: string
+}
+
 export async function queryChroma(
-  endpoint: { host: string; port: number },
+  endpoint: ChromaEndpoint,
   collection: string,
   embedding: number[],
   nResults = 3,
 ): Promise<ChromaQueryHit[]> {
-  const client = chromaClient(`http://${endpoint.host}:${endpoint.port}`)
+  const client = chromaClient(`http://${endpoint.host}:${endpoint.port}`, endpoint.token)
   const col = await client.getCollection({ name: collection })
   const result = await col.query({ queryEmbeddings: [embedding], nResults, include: ['documents', 'distances'] })
   return (result.ids[0] ?? []).map((id, i) => ({
@@ -93,15 +105,18 @@ export async function queryChroma(
 }
 
 /** The number of records in `collection` of the Chroma at host:port. */
-export async function countChroma(endpoint: { host: string; port: number }, collection: string): Promise<number> {
-  const col = await chromaClient(`http://${endpoint.host}:${endpoint.port}`).getCollection({ name: collection })
+export async function countChroma(endpoint: ChromaEndpoint, collection: string): Promise<number> {
+  const col = await chromaClient(`http://${endpoint.host}:${endpoint.port}`, endpoint.token).getCollection({ name: collection })
   return col.count()
 }
 
 /** True when `GET /api/v2/heartbeat` of the Chroma at host:port answers 200 within a second. */
-export async function chromaAnswers(endpoint: { host: string; port: number }): Promise<boolean> {
+export async function chromaAnswers(endpoint: ChromaEndpoint): Promise<boolean> {
   try {
-    const res = await fetch(`http://${endpoint.host}:${endpoint.port}/api/v2/heartbeat`, { signal: AbortSignal.timeout(1_000) })
+    const res = await fetch(`http://${endpoint.host}:${endpoint.port}/api/v2/heartbeat`, {
+      signal: AbortSignal.timeout(1_000),
+      headers: endpoint.token ? { 'x-chroma-token': endpoint.token } : {},
+    })
     await res.body?.cancel()
     return res.ok
   } catch {
@@ -109,9 +124,9 @@ export async function chromaAnswers(endpoint: { host: string; port: number }): P
   }
 }
 
-function chromaClient(url: string): ChromaClient {
+export function chromaClient(url: string, token?: string): ChromaClient {
   const { hostname, port } = new URL(url)
-  return new ChromaClient({ host: hostname, port: Number(port), ssl: false })
+  return new ChromaClient({ host: hostname, port: Number(port), ssl: false, ...(token ? { headers: { 'x-chroma-token': token } } : {}) })
 }
 
 /** A small seeded PRNG (mulberry32): the same seed gives the same vectors everywhere. */

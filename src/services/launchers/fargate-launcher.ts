@@ -47,6 +47,8 @@ const CAPACITY_ATTEMPTS = 4
 /** ECS accepts at most 100 tasks per DescribeTasks call. */
 const DESCRIBE_BATCH = 100
 /** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
+/** Marks StopTask reasons as ours, so a stop by anyone else (Spot, an operator) is told apart. */
+const STOP_REASON_PREFIX = 'chroma-lease: '
 const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
 
 /**
@@ -101,12 +103,16 @@ export class FargateLauncher implements Launcher {
 
   private runTaskInput(spec: LaunchSpec, attempt: number) {
     const s = this.deps.settings
+    // The agent's settings (container/agent/config.ts); the image sets its port and data directory.
     const environment = [
       { name: 'SESSION_ID', value: spec.sessionId },
       { name: 'SESSION_GENERATION', value: String(spec.generation) },
       { name: 'SNAPSHOT_URI', value: spec.snapshot },
       { name: 'SESSION_TOKEN', value: spec.authToken },
+      { name: 'CONTROL_TOKEN', value: spec.controlToken },
       ...(spec.collection !== null ? [{ name: 'COLLECTION', value: spec.collection }] : []),
+      ...(spec.deadManSeconds !== undefined ? [{ name: 'DEAD_MAN_SECONDS', value: String(spec.deadManSeconds) }] : []),
+      ...(spec.saveOnStop ? [{ name: 'SAVE_ON_STOP', value: '1' }] : []),
     ]
     return {
       cluster: s.cluster,
@@ -178,8 +184,21 @@ export class FargateLauncher implements Launcher {
   private observe(task: Task | undefined, publicIps: Map<string, string>): ObservedCompute {
     if (!task) return { state: 'stopped', reason: 'ECS does not know the task (it stopped long ago, or never ran)' }
     const status = task.lastStatus ?? 'UNKNOWN'
-    if (task.desiredStatus === 'STOPPED' || ['DEACTIVATING', 'STOPPING', 'DEPROVISIONING', 'STOPPED', 'DELETED'].includes(status)) {
-      return { state: 'stopped', reason: stopReason(task) }
+    // STOPPED means gone: ECS reports it once the container has exited.
+    if (status === 'STOPPED' || status === 'DELETED') {
+      const exitCode = task.containers?.find((c) => c.name === this.deps.settings.containerName)?.exitCode
+      return { state: 'stopped', reason: stopReason(task), ...(exitCode === 0 ? { clean: true } : {}) }
+    }
+    const eni = networkInterface(task)
+    const host = this.deps.settings.assignPublicIp ? (eni.id ? publicIps.get(eni.id) : undefined) : eni.privateIp
+    if (task.desiredStatus === 'STOPPED' || ['DEACTIVATING', 'STOPPING', 'DEPROVISIONING'].includes(status)) {
+      // On its way out, its container told to stop (SIGTERM, then SIGKILL after stopTimeout).
+      // A stop we did not ask for (a Spot interruption, someone else's StopTask) is news:
+      // the reconciler drains the session so no new lease attaches while it saves and exits.
+      const ours = task.stoppedReason?.startsWith(STOP_REASON_PREFIX) ?? false
+      const detail = `ECS ${status}, stopping (${task.stopCode ?? 'no stopCode yet'})`
+      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true }
+      return { state: 'starting', detail }
     }
     // ECS keeps an UNHEALTHY task running when RunTask started it (no service replaces
     // it), so the control plane treats it as gone: the reconciler fails and stops it.
@@ -187,9 +206,8 @@ export class FargateLauncher implements Launcher {
     if (unhealthy) return { state: 'stopped', reason: 'the session container is UNHEALTHY (its Chroma healthcheck fails)' }
     // PROVISIONING, PENDING, ACTIVATING: not addressable yet.
     if (status !== 'RUNNING') return { state: 'starting', detail: `ECS ${status}` }
-    const eni = networkInterface(task)
-    const host = this.deps.settings.assignPublicIp ? (eni.id ? publicIps.get(eni.id) : undefined) : eni.privateIp
     if (!host) return { state: 'starting', detail: 'RUNNING, waiting for the task to get an address' }
+    // The agent answers (and takes the dead man's switch confirmation) before Chroma is ready.
     return { state: 'running', host, port: this.deps.settings.chromaPort, detail: 'ECS RUNNING' }
   }
 
@@ -213,7 +231,7 @@ export class FargateLauncher implements Launcher {
 
   async stop(target: LaunchTarget, reason: string): Promise<void> {
     try {
-      await this.deps.ecs.send(new StopTaskCommand({ cluster: this.deps.settings.cluster, task: target.ref, reason: `chroma-lease: ${reason}`.slice(0, 255) }))
+      await this.deps.ecs.send(new StopTaskCommand({ cluster: this.deps.settings.cluster, task: target.ref, reason: `${STOP_REASON_PREFIX}${reason}`.slice(0, 255) }))
     } catch (err) {
       // Stopping a task ECS no longer knows is done already.
       if ((err as Error).name === 'InvalidParameterException' && /not found|does not exist/i.test((err as Error).message)) return

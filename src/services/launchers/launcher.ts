@@ -29,6 +29,20 @@ export interface LaunchSpec {
    * LeaseTokens.sessionToken, so it is never stored and every replica knows it.
    */
   authToken: string
+  /** What the agent requires on its control endpoints (confirm, save): LeaseTokens.controlToken, never given to lease holders. */
+  controlToken: string
+  /** The agent's dead man's switch (DEAD_MAN_SECONDS): it stops itself when not confirmed for this long. Default 900. */
+  deadManSeconds?: number
+  /** Save the directory back before a SIGTERM stop (SAVE_ON_STOP): sessions acquired with saveOnRelease. */
+  saveOnStop?: boolean
+}
+
+/** Restore or save progress, as the agent reports it. */
+export interface ComputeProgress {
+  phase: string
+  bytes?: number
+  totalBytes?: number
+  percent?: number
 }
 
 /** Names one launched thing (a pid, a task ARN) together with its launch attempt. */
@@ -39,12 +53,32 @@ export interface LaunchTarget {
 }
 
 export type ObservedCompute =
-  /** Launched, not addressable yet (provisioning, restoring the snapshot, Chroma booting). */
-  | { state: 'starting'; detail?: string }
-  /** Running and addressable; Chroma may still be warming up (the reconciler checks it). */
-  | { state: 'running'; host: string; port: number; detail?: string }
-  /** Gone: exited, stopped, or never existed. `reason` says why, for the session's error. */
-  | { state: 'stopped'; reason: string }
+  /**
+   * Launched, not serving yet (provisioning, restoring the snapshot, Chroma booting).
+   * `host`/`port` when the agent is already reachable (for the dead man's switch confirmation).
+   */
+  | { state: 'starting'; detail?: string; progress?: ComputeProgress; host?: string; port?: number }
+  /**
+   * Running and addressable; Chroma may still be warming up (the reconciler checks it).
+   * `stopping`: the compute was told to stop by someone other than the control plane
+   * (scale-in, a Spot interruption notice) and is shutting down.
+   */
+  | { state: 'running'; host: string; port: number; detail?: string; progress?: ComputeProgress; stopping?: boolean }
+  /**
+   * Gone: exited, stopped, or never existed. `reason` says why, for the session's error.
+   * `clean`: it stopped as asked (a signal, its dead man's switch), not by failing.
+   * `saved`: the version it saved on its way out.
+   */
+  | { state: 'stopped'; reason: string; clean?: boolean; saved?: SavedVersion }
+
+/** A snapshot version a session agent saved (container/agent/save.ts SaveResult). */
+export interface SavedVersion {
+  snapshot: string
+  version: string
+  sha256: string
+  bytes: number
+  savedAt: string
+}
 
 /** Something this control plane launched that is still running. */
 export interface RunningCompute {

@@ -189,6 +189,8 @@ export class ProcessLauncher implements Launcher {
     const inherited = Object.fromEntries(INHERITED_ENV.flatMap((name) => (process.env[name] ? [[name, process.env[name]]] : [])))
     return {
       ...inherited,
+      // The agent keeps a stop (saving included) inside the grace after which stop() escalates to SIGKILL.
+      STOP_TIMEOUT_SECONDS: String(Math.max(1, Math.floor(this.stopGraceMs / 1000))),
       ...this.options.env,
       SESSION_ID: spec.sessionId,
       SNAPSHOT_URI: spec.snapshot,
@@ -196,6 +198,10 @@ export class ProcessLauncher implements Launcher {
       CHROMA_DATA_DIR: join(dir, 'data'),
       CHROMA_HOST: AGENT_HOST,
       CHROMA_PORT: String(port),
+      SESSION_TOKEN: spec.authToken,
+      CONTROL_TOKEN: spec.controlToken,
+      ...(spec.deadManSeconds !== undefined ? { DEAD_MAN_SECONDS: String(spec.deadManSeconds) } : {}),
+      ...(spec.saveOnStop ? { SAVE_ON_STOP: '1' } : {}),
       STATUS_FILE: join(dir, 'status.json'),
       ...(this.options.snapshotRoot ? { SNAPSHOT_ROOT: this.options.snapshotRoot } : {}),
       ...(this.options.s3Endpoint ? { S3_ENDPOINT: this.options.s3Endpoint } : {}),
@@ -207,17 +213,28 @@ export class ProcessLauncher implements Launcher {
     const pid = parsePid(target.ref)
     const status = await readStatus(dir)
     if (pid !== null && (await isAgentProcess(pid, target.sessionId, target.generation))) {
-      if (!status || status.phase === 'restoring') return { state: 'starting', detail: restoringDetail(status) }
       // A failed agent is on its way out: fail the start now. An exiting one counts as stopped
       // only once its process is gone (STOPPED means confirmed gone).
-      if (status.phase === 'failed') return { state: 'stopped', reason: goneReason(status) }
-      if (status.phase === 'exited') return { state: 'starting', detail: 'exiting' }
+      if (status?.phase === 'failed') return stoppedObservation(status)
+      if (status?.phase === 'exited') return { state: 'starting', detail: 'exiting' }
       const port = await readPort(dir)
       if (port === null) return { state: 'stopped', reason: `launch directory ${dir} has no port file` }
-      return { state: 'running', host: AGENT_HOST, port, detail: status.phase }
+      if (!status || status.phase === 'restoring') {
+        return { state: 'starting', detail: restoringDetail(status), host: AGENT_HOST, port, ...(status ? { progress: progressOf(status) } : {}) }
+      }
+      // "stopping" without our stop request: someone else signalled it (the local stand-in for scale-in or Spot).
+      const stopping = (status.phase === 'stopping' || (status.phase === 'saving' && status.stopReason !== undefined)) && !(await stopWasRequested(dir))
+      return {
+        state: 'running',
+        host: AGENT_HOST,
+        port,
+        detail: status.phase,
+        ...(status.phase === 'saving' ? { progress: progressOf(status) } : {}),
+        ...(stopping ? { stopping } : {}),
+      }
     }
     await removeData(dir)
-    return { state: 'stopped', reason: goneReason(status) }
+    return stoppedObservation(status)
   }
 }
 
@@ -323,9 +340,26 @@ function restoringDetail(status: AgentStatus | null): string {
   return status.percent === undefined ? `restoring ${status.bytes ?? 0} bytes` : `restoring ${status.percent}%`
 }
 
+function progressOf(status: AgentStatus) {
+  return { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent }
+}
+
+function stoppedObservation(status: AgentStatus | null): ObservedCompute {
+  return {
+    state: 'stopped',
+    reason: goneReason(status),
+    ...(status?.phase === 'exited' ? { clean: true } : {}),
+    ...(status?.lastSave ? { saved: status.lastSave } : {}),
+  }
+}
+
+async function stopWasRequested(dir: string): Promise<boolean> {
+  return readFile(join(dir, 'stop-requested'), 'utf8').then(() => true, () => false)
+}
+
 function goneReason(status: AgentStatus | null): string {
   if (status?.phase === 'failed') return status.error ?? 'the session agent failed'
-  if (status?.phase === 'exited') return 'the session agent exited after a stop request'
+  if (status?.phase === 'exited') return status.stopReason ? `the session agent exited: ${status.stopReason}` : 'the session agent exited after a stop request'
   return `agent process is gone${status ? ` (last phase: ${status.phase})` : ''}`
 }
 

@@ -1,9 +1,9 @@
 import { realpath, stat } from 'node:fs/promises'
 import { isAbsolute, relative, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { ProblemError, unprocessable } from '../errors.ts'
-import { archiveFormat, parseSnapshotUri, SnapshotUriError } from './uri.ts'
+import { archiveFormat, LATEST_NAME, parseSnapshotUri, SnapshotUriError, type LatestPointer } from './uri.ts'
 
 /**
  * Decides on acquire whether a snapshot can be served, so that a typo is a 422 at
@@ -23,11 +23,46 @@ export class SnapshotService {
     return loc.scheme === 'file' ? this.resolveFile(loc.path) : `s3://${loc.bucket}/${loc.key}`
   }
 
-  /** Takes a canonical URI; file:// snapshots were checked by canonical() already. */
+  /**
+   * Takes a canonical URI; file:// snapshots were checked by canonical() already. A
+   * saved series (an s3:// prefix with a `latest` pointer) launches pinned to the
+   * version `latest` names now, so the session says exactly what it serves.
+   */
   async forLaunch(canonicalUri: string): Promise<string> {
     const loc = parse(canonicalUri)
-    if (loc.scheme === 's3') await this.assertS3Snapshot(loc.bucket, loc.key)
+    if (loc.scheme !== 's3') return canonicalUri
+    if (!archiveFormat(loc.key)) {
+      const pinned = await this.latestOf(loc.bucket, loc.key)
+      if (pinned) return pinned
+    }
+    await this.assertS3Snapshot(loc.bucket, loc.key)
     return canonicalUri
+  }
+
+  /** The version a series' `latest` names, or null when the prefix is no series. */
+  private async latestOf(bucket: string, key: string): Promise<string | null> {
+    const s3 = this.opts.s3
+    if (!s3) return null
+    const latestKey = `${key.replace(/\/+$/, '')}/${LATEST_NAME}`
+    let text: string
+    try {
+      const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: latestKey }))
+      text = (await object.Body?.transformToString('utf8')) ?? ''
+    } catch (err) {
+      const name = (err as { name?: string }).name
+      if (name === 'NotFound' || name === 'NoSuchKey') return null
+      throw new ProblemError(502, 'snapshot_store_unavailable', 'Bad Gateway', `could not read s3://${bucket}/${latestKey}: ${(err as Error).message}`)
+    }
+    let pointer: Partial<LatestPointer>
+    try {
+      pointer = JSON.parse(text) as Partial<LatestPointer>
+    } catch {
+      pointer = {}
+    }
+    if (typeof pointer.snapshot !== 'string' || !pointer.snapshot.startsWith(`s3://${bucket}/`)) {
+      throw unprocessable('invalid_snapshot', `s3://${bucket}/${latestKey} is not a latest pointer naming a version in the same bucket`)
+    }
+    return pointer.snapshot
   }
 
   private async resolveFile(path: string): Promise<string> {

@@ -51,3 +51,38 @@ export function archiveFormat(name: string): 'tar' | 'tar.gz' | 'tar.zst' | null
   if (name.endsWith('.tar.zst') || name.endsWith('.tzst')) return 'tar.zst'
   return null
 }
+
+/**
+ * Saved versions of a snapshot live under its series prefix S:
+ *   S/versions/<version>.tar.gz          the persist directory, packed
+ *   S/versions/<version>.tar.gz.sha256   its manifest (sha256sum format)
+ *   S/latest                             JSON naming the newest complete version
+ * S is the prefix a version already lives under, or else the snapshot's key without
+ * its archive extension (s3://b/receipts/v1.tar.gz → receipts/v1, s3://b/receipts → receipts).
+ * `latest` is written last, so it only ever names a complete, verified upload.
+ */
+export const VERSIONS_DIR = 'versions'
+export const LATEST_NAME = 'latest'
+/** The manifest of a prefix snapshot: `<sha256>  <relative path>` per file, as sha256sum writes it. */
+export const PREFIX_MANIFEST_NAME = 'SHA256SUMS'
+/** The manifest of an archive sits beside it with this suffix. */
+export const ARCHIVE_MANIFEST_SUFFIX = '.sha256'
+
+export function snapshotSeries(location: { bucket: string; key: string }): { bucket: string; prefix: string } {
+  const key = location.key.replace(/\/+$/, '')
+  const version = new RegExp(`^(.+)/${VERSIONS_DIR}/[^/]+$`).exec(key)
+  if (version) return { bucket: location.bucket, prefix: version[1]! }
+  return { bucket: location.bucket, prefix: key.replace(/(\.tar\.gz|\.tgz|\.tar\.zst|\.tzst|\.tar)$/, '') }
+}
+
+/** The `latest` pointer object of a series, as the agent writes it. */
+export interface LatestPointer {
+  version: string
+  /** s3:// URI of the version's archive. */
+  snapshot: string
+  sha256: string
+  bytes: number
+  savedAt: string
+  /** The snapshot the saved session had restored. */
+  savedFrom: string
+}
