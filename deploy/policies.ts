@@ -79,6 +79,16 @@ export function controlPlaneTaskPolicy(a: ControlPlaneTaskPolicyArgs): PolicyDoc
       Resource: [a.sessionExecutionRoleArn, a.sessionTaskRoleArn],
       Condition: { StringEquals: { 'iam:PassedToService': 'ecs-tasks.amazonaws.com' } },
     },
+    // Preflight (src/services/preflight.ts, at start and GET /v1/preflight) and the public-IP
+    // lookup: describe calls only. DescribeTaskDefinition and EC2's Describe* support no
+    // resource-level permissions, hence Resource *.
+    { Sid: 'PreflightCluster', Effect: 'Allow', Action: 'ecs:DescribeClusters', Resource: a.clusterArn },
+    {
+      Sid: 'PreflightDescribe',
+      Effect: 'Allow',
+      Action: ['ecs:DescribeTaskDefinition', 'ec2:DescribeSubnets', 'ec2:DescribeSecurityGroups', 'ec2:DescribeNetworkInterfaces'],
+      Resource: '*',
+    },
     { Sid: 'ReadSnapshotBucket', Effect: 'Allow', Action: ['s3:ListBucket', 's3:GetBucketLocation'], Resource: a.snapshotBucketArn },
     { Sid: 'ReadSnapshots', Effect: 'Allow', Action: 's3:GetObject', Resource: `${a.snapshotBucketArn}/*` },
   )

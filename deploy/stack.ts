@@ -193,7 +193,8 @@ export function createStack(cfg: StackConfig) {
     description: 'Postgres',
   })
 
-  const interfaceEndpoints = ['ecr.api', 'ecr.dkr', 'ecs', 'logs', 'secretsmanager'].map(
+  // ec2: the control plane's preflight describes subnets and security groups at start.
+  const interfaceEndpoints = ['ec2', 'ecr.api', 'ecr.dkr', 'ecs', 'logs', 'secretsmanager'].map(
     (service) =>
       new aws.ec2.VpcEndpoint(`${p}-${service.replace('.', '-')}`, {
         vpcId: vpc.id,
@@ -271,14 +272,23 @@ export function createStack(cfg: StackConfig) {
           image: cfg.sessionImage,
           essential: true,
           portMappings: [{ containerPort: cfg.session.chromaPort, protocol: 'tcp' }],
-          // SESSION_ID, SNAPSHOT and COLLECTION come from the control plane's RunTask overrides.
+          // The session's identity, snapshot, tokens and dead man's switch come from the control
+          // plane's RunTask overrides (src/services/launchers/fargate-launcher.ts).
           environment: [
             { name: 'CHROMA_HOST', value: '0.0.0.0' },
+            // The agent restores into it and deletes it on exit (task ephemeral storage).
+            { name: 'CHROMA_DATA_DIR', value: '/data/chroma' },
             { name: 'CHROMA_PORT', value: String(cfg.session.chromaPort) },
             { name: 'AWS_REGION', value: reg },
           ],
-          // Time to save the snapshot on SIGTERM (Spot notices give two minutes).
+          // Time to save the snapshot on SIGTERM (Spot notices give two minutes); the agent
+          // keeps its own stop inside it (STOP_TIMEOUT_SECONDS=110 in the image).
           stopTimeout: 120,
+          // The image's HEALTHCHECK, which ECS does not read from the image. An UNHEALTHY
+          // task is stopped and its session failed by the control plane (RunTask tasks are
+          // not replaced by ECS). startPeriod is ECS's maximum; the check itself passes while
+          // the agent is restoring or saving.
+          healthCheck: { command: ['CMD', 'node', '/app/healthcheck.mjs'], interval: 15, timeout: 5, retries: 3, startPeriod: 300 },
           logConfiguration: { logDriver: 'awslogs', options: { 'awslogs-group': logGroup, 'awslogs-region': reg, 'awslogs-stream-prefix': 'session' } },
         },
       ]),
@@ -466,6 +476,7 @@ export function createStack(cfg: StackConfig) {
               { name: 'ECS_CONTAINER_NAME', value: cfg.session.containerName },
               { name: 'ECS_ASSIGN_PUBLIC_IP', value: 'false' },
               { name: 'ECS_CAPACITY_PROVIDER', value: cfg.session.capacityProvider },
+              { name: 'ECS_CHROMA_PORT', value: String(cfg.session.chromaPort) },
             ],
             secrets: [
               { name: 'DATABASE_URL', valueFrom: dbSecret },

@@ -29,7 +29,7 @@ const bucket = 'arn:aws:s3:::iam-snapshots-bucket'
 const tasksInCluster = `arn:aws:ecs:eu-west-1:${ACCOUNT}:task/iam/*`
 
 t.test('no policy grants a wildcard action or an unconditioned wildcard resource', async (t) => {
-  const allowedStarResource = new Set(['ecr:GetAuthorizationToken', 'ecs:ListTasks'])
+  const allowedStarResource = new Set(['ecr:GetAuthorizationToken', 'ecs:ListTasks', 'ecs:DescribeTaskDefinition', 'ec2:DescribeSubnets', 'ec2:DescribeSecurityGroups', 'ec2:DescribeNetworkInterfaces'])
   for (const prefix of ['iam', 'public']) {
     const policies = resourcesOf(prefix, ROLE_POLICY)
     t.equal(policies.length, 5, 'five roles, each with one inline policy')
@@ -63,7 +63,10 @@ t.test('the control plane runs only the session task definition, in its cluster'
   t.same(tag.Condition, { StringEquals: { 'ecs:CreateAction': 'RunTask' } }, 'tagging only as part of RunTask')
   // every ECS action the control plane has, listed
   const ecsActions = doc.Statement.flatMap((s) => list(s.Action)).filter((a) => a.startsWith('ecs:')).sort()
-  t.same(ecsActions, ['ecs:DescribeTasks', 'ecs:ListTasks', 'ecs:RunTask', 'ecs:StopTask', 'ecs:TagResource'])
+  t.same(ecsActions, ['ecs:DescribeClusters', 'ecs:DescribeTaskDefinition', 'ecs:DescribeTasks', 'ecs:ListTasks', 'ecs:RunTask', 'ecs:StopTask', 'ecs:TagResource'])
+  t.same(statement(doc, 'PreflightCluster').Resource, cluster, 'DescribeClusters on its cluster only')
+  const ec2Actions = doc.Statement.flatMap((s) => list(s.Action)).filter((a) => a.startsWith('ec2:')).sort()
+  t.same(ec2Actions, ['ec2:DescribeNetworkInterfaces', 'ec2:DescribeSecurityGroups', 'ec2:DescribeSubnets'], 'EC2: describe calls only')
 })
 
 t.test('iam:PassRole only for the session task definition\'s two roles, only to ECS tasks', async (t) => {

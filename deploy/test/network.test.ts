@@ -63,7 +63,7 @@ t.test('the VPC is private: no internet or NAT gateway, no public addresses, an 
   t.equal(s3.inputs.serviceName, 'com.amazonaws.eu-west-1.s3')
   t.same(s3.inputs.routeTableIds, [one('base', 'aws:ec2/routeTable:RouteTable', 'private').id])
   const interfaces = resourcesOf('base', 'aws:ec2/vpcEndpoint:VpcEndpoint').filter((e) => e.inputs.vpcEndpointType === 'Interface')
-  t.same(interfaces.map((e) => e.inputs.serviceName.split('.').slice(3).join('.')).sort(), ['ecr.api', 'ecr.dkr', 'ecs', 'logs', 'secretsmanager'])
+  t.same(interfaces.map((e) => e.inputs.serviceName.split('.').slice(3).join('.')).sort(), ['ec2', 'ecr.api', 'ecr.dkr', 'ecs', 'logs', 'secretsmanager'])
   for (const e of interfaces) {
     t.equal(e.inputs.privateDnsEnabled, true)
     t.same(e.inputs.securityGroupIds, [one('base', SG, 'endpoints').id])
@@ -168,6 +168,8 @@ t.test('ECS: FARGATE and FARGATE_SPOT, the session task definition', async (t) =
   t.equal(container.name, 'chroma-session', 'the container name the control plane overrides (ECS_CONTAINER_NAME)')
   t.same(container.portMappings, [{ containerPort: 8000, protocol: 'tcp' }])
   t.ok(container.environment.some((e: { name: string; value: string }) => e.name === 'CHROMA_PORT' && e.value === '8000'))
+  t.same(container.healthCheck.command, ['CMD', 'node', '/app/healthcheck.mjs'], "the image's healthcheck, which ECS does not take from the image")
+  t.ok(container.stopTimeout <= 120 && container.stopTimeout > 110, "room for the agent's own 110 s stop (a save on SIGTERM)")
   t.equal(td.inputs.executionRoleArn, 'arn:aws:iam::123456789012:role/base-session-execution')
   t.equal(td.inputs.taskRoleArn, 'arn:aws:iam::123456789012:role/base-session-task')
 
