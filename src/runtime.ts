@@ -8,7 +8,7 @@ import { openDatabase } from './database/client.ts'
 import { startEmbeddedPostgres } from './database/embedded-postgres.ts'
 import { migrate } from './database/migrator.ts'
 import { loadLeaseTokenSecret } from './services/auth.ts'
-import { DatabaseClock } from './services/clock.ts'
+import { DatabaseClock, type Clock } from './services/clock.ts'
 import { createServices } from './services/index.ts'
 import { PreflightService } from './services/preflight.ts'
 import type { Launcher } from './services/launchers/launcher.ts'
@@ -26,7 +26,7 @@ export function createS3(config: Config): S3Client {
   })
 }
 
-export async function createLauncher(config: Config, logger: Logger): Promise<Launcher> {
+export async function createLauncher(config: Config, logger: Logger, clock: Clock): Promise<Launcher> {
   if (config.launcher === 'fargate') {
     // Loaded only when used: the ECS and EC2 SDKs cost the process launcher's users ~25 MB of RSS.
     const [{ ECSClient }, { EC2Client }, { FargateLauncher }] = await Promise.all([
@@ -52,6 +52,7 @@ export async function createLauncher(config: Config, logger: Logger): Promise<La
         launchBurst: ecs.launchBurst,
       },
       logger,
+      clock,
     })
   }
   return new ProcessLauncher({
@@ -103,7 +104,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     },
   })
   await services.apiKeys.init(config.apiKeys)
-  const launcher = await createLauncher(config, logger)
+  const launcher = await createLauncher(config, logger, clock)
   const workers = createWorkers({
     db,
     clock,

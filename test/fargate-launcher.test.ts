@@ -37,6 +37,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
       ...opts.settings,
     },
     backoff: async () => {},
+    clock,
   })
   const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true })
   return { fake, clock, launcher, ctx }
@@ -218,6 +219,36 @@ t.test('a crash between RunTask and recording it starts no second task and leaks
   const stray = await launcher.launch({ ...ctx.workers.reconciler.launchSpec(s), sessionId: '11111111-1111-4111-8111-111111111111', generation: 1 })
   t.same(await ctx.workers.sweeper.sweepOnce(), [stray.ref], 'the orphan sweep stops only the stray task')
   t.equal(fake.tasks.get(stray.ref)!.desiredStatus, 'STOPPED')
+})
+
+t.test('a RunTask whose reply is lost is retried under the same token: the task it started is adopted, no second one', async (t) => {
+  const { fake, clock, ctx } = await setup(t)
+  const lease = await acquire(ctx)
+  fake.loseRunTaskReplies(3) // the SDK's three attempts all go unanswered; the first started a task
+  await ctx.workers.reconciler.reconcileOnce()
+  const deferred = await ctx.services.sessions.get(lease.session.id)
+  t.equal(deferred.status, 'STARTING', 'not failed: the task may have started')
+  t.equal(deferred.launchRef, null)
+  t.equal(fake.tasks.size, 1, 'ECS did start one')
+  clock.advance(16)
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(fake.tasks.size, 1, 'the retry replays the clientToken: no second task')
+  t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts the first')
+})
+
+t.test('a task ECS does not list yet right after RunTask is starting for 30 s, then gone', async (t) => {
+  const { fake, clock, ctx } = await setup(t)
+  fake.nextTasks('neverListed')
+  const lease = await acquire(ctx)
+  await ctx.workers.reconciler.reconcileOnce() // launches
+  clock.advance(5)
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(lease.session.id)).status, 'STARTING', 'MISSING 5 s after the launch: eventual consistency')
+  clock.advance(30)
+  await ctx.workers.reconciler.reconcileOnce()
+  const failed = await ctx.services.sessions.get(lease.session.id)
+  t.equal(failed.status, 'FAILED', 'still MISSING 35 s after: the task is gone')
+  t.match(failed.error, /ECS does not know the task/)
 })
 
 t.test('AWS calls per sweep with 300 live sessions: batched, never one per session', async (t) => {

@@ -269,10 +269,11 @@ export class Reconciler {
   }
 }
 
-export const targetOf = (s: Pick<SessionRecord, 'id' | 'generation' | 'launchRef'>): LaunchTarget => ({
+export const targetOf = (s: Pick<SessionRecord, 'id' | 'generation' | 'launchRef' | 'launchedAt'>): LaunchTarget => ({
   sessionId: s.id,
   generation: s.generation,
   ref: s.launchRef!,
+  ...(s.launchedAt ? { launchedAt: s.launchedAt } : {}),
 })
 
 const secondsSince = (from: Date | null, now: Date) => (from ? (now.getTime() - from.getTime()) / 1000 : null)

@@ -21,7 +21,8 @@ import { projectPath } from '../../src/paths.ts'
  * A stopping task stays DEACTIVATING until its container exits, as in ECS: SIGTERM
  * first, SIGKILL after the stop timeout.
  */
-export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy'
+/** `neverListed`: DescribeTasks answers MISSING for it (ECS's eventual consistency, forever). */
+export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy' | 'neverListed'
 
 interface FakeTask {
   arn: string
@@ -69,6 +70,7 @@ export class EcsFake {
   private readonly tokens = new Map<string, { params: string; arn: string | null; failure?: string }>()
   private readonly behaviours: TaskBehaviour[] = []
   private throttleRemaining = 0
+  private repliesToLose = 0
   private capacityFailuresRemaining = 0
   private nextIp = 2
   private bucket: { tokens: number; at: number }
@@ -84,6 +86,11 @@ export class EcsFake {
     fake.server = createServer((req, res) => {
       void fake.handle(req).then(
         ({ status, body, type }) => {
+          if (fake.repliesToLose > 0 && req.headers['x-amz-target']?.toString().endsWith('.RunTask')) {
+            fake.repliesToLose--
+            res.socket?.destroy() // done, but the caller never hears of it
+            return
+          }
           res.writeHead(status, { 'content-type': type })
           res.end(body)
         },
@@ -116,6 +123,11 @@ export class EcsFake {
   /** The next `n` requests of any action answer ThrottlingException. */
   throttle(n: number) {
     this.throttleRemaining = n
+  }
+
+  /** The next `n` RunTask calls do their work but their replies are lost (the connection drops). */
+  loseRunTaskReplies(n: number) {
+    this.repliesToLose = n
   }
 
   /** The next `n` RunTask calls start nothing and report a capacity failure. */
@@ -255,7 +267,7 @@ export class EcsFake {
     const failures = []
     for (const arn of input.tasks) {
       const task = this.tasks.get(arn)
-      if (!task) {
+      if (!task || task.behaviour === 'neverListed') {
         failures.push({ arn, reason: 'MISSING' })
         continue
       }

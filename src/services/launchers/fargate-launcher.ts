@@ -12,6 +12,7 @@ import {
 } from '@aws-sdk/client-ecs'
 import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, DescribeSubnetsCommand, type EC2Client } from '@aws-sdk/client-ec2'
 import type { Logger } from 'pino'
+import { systemClock, type Clock } from '../clock.ts'
 import { LaunchDeferred, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
 import { TokenBucket } from './token-bucket.ts'
 
@@ -40,10 +41,18 @@ export interface FargateLauncherDeps {
   logger?: Logger
   /** Waits between RunTask retries; tests pass a fast one. */
   backoff?: (attempt: number) => Promise<void>
+  /** The control plane's clock (launch claims are stamped with it); default the system clock. */
+  clock?: Clock
 }
 
 /** RunTask replies with `failures` (capacity, ENI limits) are retried this many times, then the launch fails. */
 const CAPACITY_ATTEMPTS = 4
+/**
+ * ECS's API is eventually consistent: DescribeTasks right after RunTask may answer
+ * MISSING for the new task. A launch claimed this recently is still starting; after
+ * that, MISSING means gone. Read from the session's launch claim, so any replica agrees.
+ */
+const UNLISTED_GRACE_MS = 30_000
 /** ECS accepts at most 100 tasks per DescribeTasks call. */
 const DESCRIBE_BATCH = 100
 /** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
@@ -78,6 +87,14 @@ export class FargateLauncher implements Launcher {
         reply = await this.deps.ecs.send(new RunTaskCommand(this.runTaskInput(spec, attempt)))
       } catch (err) {
         if (THROTTLED.has((err as Error).name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
+        // No reply (the connection broke) or a server error, after the SDK's own retries:
+        // the task may have started. A later pass replays the same clientTokens, which
+        // returns that task if there is one, rather than failing the session and leaving
+        // the task to the orphan sweep.
+        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+        if (status === undefined || status >= 500) {
+          throw new LaunchDeferred(`ECS RunTask got no usable answer (${(err as Error).name}: ${(err as Error).message}); retrying with the same clientToken`)
+        }
         throw err
       }
       const task = reply.tasks?.[0]
@@ -178,7 +195,13 @@ export class FargateLauncher implements Launcher {
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
     const tasks = await this.describeTasks(targets.map((t) => t.ref))
     const publicIps = this.deps.settings.assignPublicIp ? await this.publicIps([...tasks.values()]) : new Map<string, string>()
-    return new Map(targets.map((t) => [t.ref, this.observe(tasks.get(t.ref), publicIps)]))
+    const now = (this.deps.clock ?? systemClock).now().getTime()
+    return new Map(
+      targets.map((t): [string, ObservedCompute] => {
+        const unlisted = !tasks.has(t.ref) && t.launchedAt !== undefined && now - t.launchedAt.getTime() < UNLISTED_GRACE_MS
+        return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps)]
+      }),
+    )
   }
 
   private observe(task: Task | undefined, publicIps: Map<string, string>): ObservedCompute {

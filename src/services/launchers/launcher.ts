@@ -50,6 +50,8 @@ export interface LaunchTarget {
   sessionId: string
   generation: number
   ref: string
+  /** When the launch was claimed (the session's launched_at), for backends that are slow to list a new launch. */
+  launchedAt?: Date
 }
 
 export type ObservedCompute =
