@@ -1,7 +1,7 @@
 import { realpath, stat } from 'node:fs/promises'
 import { isAbsolute, relative, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { ProblemError, unprocessable } from '../errors.ts'
 import { archiveFormat, LATEST_NAME, parseSnapshotUri, SnapshotUriError, type LatestPointer } from './uri.ts'
 
@@ -10,8 +10,9 @@ import { archiveFormat, LATEST_NAME, parseSnapshotUri, SnapshotUriError, type La
  * once rather than a session that fails a minute later, in two steps:
  * - canonical(): every acquire. Syntax, scheme and the file:// root, with no remote
  *   call; the canonical URI (symlinks resolved) is what pool keys are built from.
- * - forLaunch(): only when a new session is created. Checks that the snapshot exists
- *   and returns the URI the session is launched with and keeps for its whole life.
+ * - forLaunch(): only when a new session is created. Resolves a versioned name to one
+ *   version, checks that it exists, and returns the URI the session is launched with
+ *   and keeps for its whole life.
  */
 export class SnapshotService {
   constructor(
@@ -24,45 +25,77 @@ export class SnapshotService {
   }
 
   /**
-   * Takes a canonical URI; file:// snapshots were checked by canonical() already. A
-   * saved series (an s3:// prefix with a `latest` pointer) launches pinned to the
-   * version `latest` names now, so the session says exactly what it serves.
+   * Takes a canonical URI; file:// snapshots were checked by canonical() already. An
+   * s3:// snapshot with versions resolves here to one concrete version, which the
+   * session keeps for its whole life while newer ones are published (shared sessions
+   * pool on the name as given, so acquires of `.../latest/` reuse the running session).
    */
   async forLaunch(canonicalUri: string): Promise<string> {
     const loc = parse(canonicalUri)
     if (loc.scheme !== 's3') return canonicalUri
-    if (!archiveFormat(loc.key)) {
-      const pinned = await this.latestOf(loc.bucket, loc.key)
-      if (pinned) return pinned
-    }
-    await this.assertS3Snapshot(loc.bucket, loc.key)
-    return canonicalUri
+    const version = await this.resolveVersion(loc.bucket, loc.key)
+    await this.assertS3Snapshot(version.bucket, version.key)
+    return `s3://${version.bucket}/${version.key}`
   }
 
-  /** The version a series' `latest` names, or null when the prefix is no series. */
-  private async latestOf(bucket: string, key: string): Promise<string | null> {
+  /**
+   * The version a snapshot name stands for; an archive, or a prefix with no versions, is itself.
+   * - `receipts/manifest.json` (any key ending in .json): the version its `snapshot`
+   *   (or `latest`) names, relative to the manifest's folder or as a full s3:// URI.
+   * - a series written by save-back (`receipts/v1`, with a `receipts/v1/latest` pointer,
+   *   or `receipts/v1/latest` itself): the version the pointer names.
+   * - `receipts/latest/` with no pointer object: the greatest name directly under
+   *   `receipts/`, an archive or a persist directory. Name versions so that they sort
+   *   (dates, zero-padded numbers).
+   */
+  private async resolveVersion(bucket: string, key: string): Promise<{ bucket: string; key: string }> {
     const s3 = this.opts.s3
-    if (!s3) return null
-    const latestKey = `${key.replace(/\/+$/, '')}/${LATEST_NAME}`
-    let text: string
+    if (!s3 || archiveFormat(key)) return { bucket, key }
+    if (key.endsWith('.json')) {
+      const text = await this.objectText(s3, bucket, key)
+      if (text === null) throw unprocessable('snapshot_not_found', `no snapshot manifest at s3://${bucket}/${key}`)
+      return followPointer(bucket, key, text)
+    }
+    const latest = /^(.*\/)?latest\/?$/.exec(key)
+    const pointerKey = latest ? key.replace(/\/+$/, '') : `${key.replace(/\/+$/, '')}/${LATEST_NAME}`
+    const pointer = await this.objectText(s3, bucket, pointerKey)
+    if (pointer !== null) return followPointer(bucket, pointerKey, pointer)
+    if (latest) return { bucket, key: await this.newestVersion(s3, bucket, latest[1] ?? '') }
+    return { bucket, key }
+  }
+
+  /** An object's text, or null when there is no such object. */
+  private async objectText(s3: S3Client, bucket: string, key: string): Promise<string | null> {
     try {
-      const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: latestKey }))
-      text = (await object.Body?.transformToString('utf8')) ?? ''
+      const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))
+      return (await object.Body?.transformToString('utf8')) ?? ''
     } catch (err) {
       const name = (err as { name?: string }).name
       if (name === 'NotFound' || name === 'NoSuchKey') return null
-      throw new ProblemError(502, 'snapshot_store_unavailable', 'Bad Gateway', `could not read s3://${bucket}/${latestKey}: ${(err as Error).message}`)
+      throw storeError(err, `s3://${bucket}/${key}`)
     }
-    let pointer: Partial<LatestPointer>
+  }
+
+  private async newestVersion(s3: S3Client, bucket: string, prefix: string): Promise<string> {
+    let newest: string | null = null
+    let token: string | undefined
     try {
-      pointer = JSON.parse(text) as Partial<LatestPointer>
-    } catch {
-      pointer = {}
+      do {
+        const page = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }))
+        const names = [
+          ...(page.CommonPrefixes ?? []).map((p) => p.Prefix!).filter((p) => p !== `${prefix}${LATEST_NAME}/`),
+          ...(page.Contents ?? []).map((o) => o.Key!).filter((k) => archiveFormat(k) !== null),
+        ]
+        for (const name of names) if (newest === null || name > newest) newest = name
+        token = page.IsTruncated ? page.NextContinuationToken : undefined
+      } while (token)
+    } catch (err) {
+      throw storeError(err, `s3://${bucket}/${prefix}`)
     }
-    if (typeof pointer.snapshot !== 'string' || !pointer.snapshot.startsWith(`s3://${bucket}/`)) {
-      throw unprocessable('invalid_snapshot', `s3://${bucket}/${latestKey} is not a latest pointer naming a version in the same bucket`)
+    if (newest === null) {
+      throw unprocessable('snapshot_not_found', `no snapshot versions under s3://${bucket}/${prefix} (archives or folders, named so that they sort)`)
     }
-    return pointer.snapshot
+    return newest
   }
 
   private async resolveFile(path: string): Promise<string> {
@@ -94,17 +127,44 @@ export class SnapshotService {
       const probe = archiveFormat(key) ? key : `${key.endsWith('/') ? key : `${key}/`}chroma.sqlite3`
       await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: probe }))
     } catch (err) {
-      if (err instanceof ProblemError) throw err
-      const name = (err as { name?: string }).name
-      if (name === 'NotFound' || name === 'NoSuchKey' || name === 'NoSuchBucket') {
-        throw unprocessable('snapshot_not_found', `no snapshot at ${uri}`)
-      }
-      if (name === 'Forbidden' || name === 'AccessDenied') {
-        throw unprocessable('snapshot_forbidden', `the control plane may not read ${uri}`)
-      }
-      throw new ProblemError(502, 'snapshot_store_unavailable', 'Bad Gateway', `could not check ${uri}: ${(err as Error).message}`)
+      throw storeError(err, uri)
     }
   }
+}
+
+/**
+ * The version a pointer names: a manifest or a save-back series' `latest` (JSON with
+ * `snapshot`, or `latest`), relative to the pointer's folder or as a full s3:// URI.
+ */
+function followPointer(bucket: string, pointerKey: string, text: string): { bucket: string; key: string } {
+  const uri = `s3://${bucket}/${pointerKey}`
+  let named: unknown
+  try {
+    const pointer = JSON.parse(text) as Partial<LatestPointer> & { latest?: unknown }
+    named = pointer.snapshot ?? pointer.latest
+  } catch {
+    throw unprocessable('invalid_snapshot', `${uri} is not JSON: expected {"snapshot": "<version key or s3:// URI>"}`)
+  }
+  if (typeof named !== 'string' || named === '') {
+    throw unprocessable('invalid_snapshot', `${uri} names no snapshot: expected {"snapshot": "<version key or s3:// URI>"}`)
+  }
+  const folder = pointerKey.includes('/') ? pointerKey.slice(0, pointerKey.lastIndexOf('/') + 1) : ''
+  const target = parse(named.startsWith('s3://') ? named : `s3://${bucket}/${folder}${named.replace(/^\.\//, '')}`)
+  if (target.scheme !== 's3') throw unprocessable('invalid_snapshot', `${uri} names ${named}, not an s3:// snapshot`)
+  return { bucket: target.bucket, key: target.key }
+}
+
+/** An S3 error as the caller should see it: a 422 for a snapshot that is not there or not readable, a 502 otherwise. */
+function storeError(err: unknown, uri: string): ProblemError {
+  if (err instanceof ProblemError) return err
+  const name = (err as { name?: string }).name
+  if (name === 'NotFound' || name === 'NoSuchKey' || name === 'NoSuchBucket') {
+    return unprocessable('snapshot_not_found', `no snapshot at ${uri}`)
+  }
+  if (name === 'Forbidden' || name === 'AccessDenied') {
+    return unprocessable('snapshot_forbidden', `the control plane may not read ${uri}`)
+  }
+  return new ProblemError(502, 'snapshot_store_unavailable', 'Bad Gateway', `could not check ${uri}: ${(err as Error).message}`)
 }
 
 function parse(uri: string) {
