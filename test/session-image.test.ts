@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { request } from 'undici'
+import { ManualClock } from '../src/services/clock.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { FakeChroma, ScriptedLauncher } from './helpers/fake-session.ts'
 import { startS3Fake, startStallingS3 } from './helpers/s3-fake.ts'
@@ -169,6 +170,55 @@ t.test("save-back on an operator's request, and what cannot be saved", async (t)
     t.equal(res.json().code, code)
     t.match(res.headers['content-type'], 'application/problem+json')
   }
+})
+
+t.test('a failed save on release is retried with backoff; the session fails only after the third failure', async (t) => {
+  const launcher = new ScriptedLauncher()
+  const chroma = await new FakeChroma().start()
+  t.teardown(() => chroma.close())
+  chroma.healthy = true
+  const ctx = await buildTestApp(t, { launcher, snapshotRoot, s3 })
+  const clock = ctx.clock as ManualClock
+  const saveCallsAfterPass = async (n: number) => {
+    await ctx.workers.reconciler.reconcileOnce()
+    for (let i = 0; i < 50 && chroma.saveCalls < n; i++) await sleep(20)
+    await sleep(50) // the outcome is recorded after the answer
+    return chroma.saveCalls
+  }
+  const released = async (saveFailures: number) => {
+    chroma.saveCalls = 0
+    chroma.saveFailures = saveFailures
+    const lease = await acquire(ctx, { snapshot: archive, collection: fixture.collection, mode: 'exclusive', saveOnRelease: true })
+    launcher.states.set(lease.session.id, chroma.running())
+    await reconcileUntil(ctx, lease.session.id, 'READY')
+    t.equal((await ctx.app.inject({ method: 'DELETE', url: `/v1/leases/${lease.id}` })).statusCode, 200)
+    return lease.session.id
+  }
+
+  // S3 is back after one failure: the second attempt saves, and the session stops as saved.
+  const recovered = await released(1)
+  t.equal(await saveCallsAfterPass(1), 1)
+  t.equal((await ctx.services.sessions.get(recovered)).status, 'READY', 'not failed after one failed save')
+  t.equal(await saveCallsAfterPass(2), 1, 'no retry before the backoff')
+  clock.advance(31)
+  t.equal(await saveCallsAfterPass(2), 2, 'retried after 30 s')
+  const saved = await ctx.services.sessions.get(recovered)
+  t.match(saved.savedSnapshot, /versions\/.+\.tar\.gz$/)
+  t.equal(saved.stopReason, 'saved')
+
+  // It never comes back: three attempts (30 s, then 60 s apart), then FAILED with the reason.
+  const lost = await released(100)
+  t.equal(await saveCallsAfterPass(1), 1)
+  clock.advance(31)
+  t.equal(await saveCallsAfterPass(2), 2)
+  clock.advance(31)
+  t.equal(await saveCallsAfterPass(3), 2, 'the second wait is 60 s')
+  clock.advance(30)
+  t.equal(await saveCallsAfterPass(3), 3)
+  await ctx.workers.reconciler.reconcileOnce()
+  const failed = await ctx.services.sessions.get(lost)
+  t.equal(failed.status, 'FAILED')
+  t.match(failed.error, /save on release failed 3 times: .*ECONNREFUSED/)
 })
 
 t.test('compute stopping under a session (scale-in, a Spot notice): DRAINING, then STOPPED', async (t) => {

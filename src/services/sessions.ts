@@ -328,6 +328,16 @@ export class SessionService {
     if (event) this.announce([event])
   }
 
+  /** How many saves of this session failed, the last one's reason and time (its save_failed events). */
+  async saveFailures(id: string): Promise<{ count: number; lastAt: Date | null; lastReason: string }> {
+    const where = { sessionId: id, type: 'save_failed' }
+    const [count, last] = await Promise.all([
+      this.db.sessionEvent.count({ where }),
+      this.db.sessionEvent.findFirst({ where, orderBy: { id: 'desc' }, select: { at: true, reason: true } }),
+    ])
+    return { count, lastAt: last?.at ?? null, lastReason: last?.reason ?? 'unknown' }
+  }
+
   async recordEvent(sessionId: string, event: SessionEventInput, status: SessionStatus | null = null): Promise<void> {
     this.announce([eventOf(await this.db.sessionEvent.create({ data: eventRow(sessionId, this.clock.now(), status, event) }))])
   }

@@ -19,6 +19,10 @@ export interface ReconcilerOptions {
 /** Sessions stepped at once in a pass (launches wait on the launcher's rate limit, not on this). */
 const STEP_CONCURRENCY = 8
 
+/** Save-on-release attempts before the session fails, and the wait after the first failure (doubling). */
+const SAVE_ON_RELEASE_ATTEMPTS = 3
+const SAVE_RETRY_BASE_MS = 30_000
+
 /** A claimed launch whose claimant vanished before recording the ref is retried after this long. */
 const ORPHANED_CLAIM_MS = 15_000
 
@@ -148,7 +152,28 @@ export class Reconciler {
       return
     }
     if (seen.progress) await this.sessions.setProgress(s, seen.progress)
-    if (s.saveOnRelease && s.leaseCount === 0 && s.savedSnapshot === null && !this.saveBack.isSaving(s)) this.saveOnRelease(s)
+    if (s.saveOnRelease && s.leaseCount === 0 && s.savedSnapshot === null && !this.saveBack.isSaving(s)) await this.saveOnReleaseWhenDue(s)
+  }
+
+  /**
+   * A failed save-on-release is retried with backoff (S3 or the network may be back
+   * soon), since failing the session would stop it and lose the writes it holds. The
+   * attempts are read from the session's save_failed events, so any replica, or this one
+   * after a restart, picks up where the last attempt left off.
+   */
+  private async saveOnReleaseWhenDue(s: SessionRecord): Promise<void> {
+    const failed = await this.sessions.saveFailures(s.id)
+    if (failed.count >= SAVE_ON_RELEASE_ATTEMPTS) {
+      const ended = await this.sessions.transition(s, ['READY', 'DRAINING'], 'FAILED', { type: 'failed', reason: failed.lastReason, detail: { cause: 'save_failed', attempts: failed.count } }, {
+        error: `save on release failed ${failed.count} times: ${failed.lastReason}`,
+        endedAt: this.clock.now(),
+      })
+      if (ended && s.launchRef) await this.launcher.stop(targetOf(s), 'save failed').catch(() => {})
+      return
+    }
+    const retryAt = (failed.lastAt?.getTime() ?? 0) + SAVE_RETRY_BASE_MS * 2 ** (failed.count - 1)
+    if (failed.count > 0 && this.clock.now().getTime() < retryAt) return
+    this.saveOnRelease(s)
   }
 
   /** A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session. */
@@ -159,19 +184,14 @@ export class Reconciler {
 
   /** The saveOnRelease lease has ended: save, then stop. A failed save fails the session (the previous version stays `latest`). */
   private saveOnRelease(s: SessionRecord): void {
+    // Fire and forget: a save takes as long as the upload, and must not hold up the pass.
+    // A failure is recorded as a save_failed event; saveOnReleaseWhenDue decides what next.
     this.saveBack.save(s.id, 'release').then(
-      async (saved) => {
-        await this.sessions.stopUnleased(saved, 'saved')
-      },
-      async (err: Error) => {
-        const failed = await this.sessions.transition(s, ['READY', 'DRAINING'], 'FAILED', { type: 'failed', reason: err.message, detail: { cause: 'save_failed' } }, {
-          error: `save on release failed: ${err.message}`,
-          endedAt: this.clock.now(),
-        })
-        if (failed && s.launchRef) await this.launcher.stop(targetOf(s), 'save failed').catch(() => {})
-      },
+      (saved) => this.sessions.stopUnleased(saved, 'saved'),
+      (err: Error) => this.logger?.warn({ sessionId: s.id, err: err.message }, 'save on release failed; retrying later'),
     ).catch((err: unknown) => this.logger?.error({ err, sessionId: s.id }, 'save on release: recording the outcome failed'))
   }
+
 
   /** Claims the launch (PENDING → STARTING) so one replica launches, then launches idempotently. */
   private async launch(s: SessionRecord): Promise<void> {

@@ -46,10 +46,13 @@ export class ScriptedLauncher implements Launcher {
 
 /**
  * A stand-in for a session's Chroma server: heartbeat, a healthcheck that answers 503
- * until `healthy`, one collection, a query answer, and `/api/v2/boom` that fails.
+ * until `healthy`, one collection, a query answer, and `/api/v2/boom` that fails; and
+ * the agent's save endpoint, which fails the first `saveFailures` times.
  */
 export class FakeChroma {
   healthy = false
+  saveFailures = 0
+  saveCalls = 0
   private server!: Server
   port = 0
 
@@ -63,6 +66,16 @@ export class FakeChroma {
       if (url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
       if (url === '/api/v2/healthcheck') return send(this.healthy ? 200 : 503, { healthy: this.healthy })
       if (url === '/api/v2/boom') return send(500, { error: 'boom' })
+      if (url === '/_agent/save' && req.method === 'POST') {
+        this.saveCalls++
+        if (this.saveFailures > 0) {
+          this.saveFailures--
+          return send(502, { code: 'save_failed', detail: 'uploading the version failed: connect ECONNREFUSED (S3)' })
+        }
+        const version = `2026-11-25T00-00-0${this.saveCalls}Z`
+        const series = 's3://snapshots/receipts/v1'
+        return send(200, { snapshot: `${series}/versions/${version}.tar.gz`, version, series, sha256: 'a'.repeat(64), bytes: 1234, savedAt: new Date().toISOString() })
+      }
       if (/\/collections\/receipts$/.test(url)) return send(200, { id: 'c0ffee00-0000-4000-8000-000000000000', name: 'receipts' })
       if (/\/collections\/[^/]+\/query$/.test(url)) {
         req.resume()
