@@ -172,6 +172,24 @@ t.test("save-back on an operator's request, and what cannot be saved", async (t)
   }
 })
 
+t.test("the session token goes to the lease's own holder only, not to operators reading it", async (t) => {
+  const launcher = new ScriptedLauncher()
+  const chroma = await new FakeChroma().start()
+  t.teardown(() => chroma.close())
+  chroma.healthy = true
+  const client = 'client-key-0123456789abcdef'
+  const operator = 'operator-key-0123456789abcdef'
+  const ctx = await buildTestApp(t, { launcher, snapshotRoot, apiKeys: [{ role: 'client', key: client }, { role: 'operator', key: operator }] })
+  const res = await ctx.app.inject({ method: 'POST', url: '/v1/leases', headers: { 'x-api-key': client }, payload: { snapshot: `file://${fixture.tarPath}` } })
+  const lease = res.json() as Lease
+  launcher.states.set(lease.session.id, chroma.running())
+  await reconcileUntil(ctx, lease.session.id, 'READY')
+  const as = async (key: string, url: string) => (await ctx.app.inject({ method: 'GET', url, headers: { 'x-api-key': key } })).json()
+  t.match((await as(client, `/v1/leases/${lease.id}`)).sessionToken, /^cls_/, 'the holder reads it')
+  t.equal((await as(operator, `/v1/leases/${lease.id}`)).sessionToken, null, 'an operator reading the lease does not')
+  t.same((await as(operator, '/v1/leases')).leases.map((l: Lease) => l.sessionToken), [null], 'nor listing leases')
+})
+
 t.test('a failed save on release is retried with backoff; the session fails only after the third failure', async (t) => {
   const launcher = new ScriptedLauncher()
   const chroma = await new FakeChroma().start()

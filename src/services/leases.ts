@@ -198,7 +198,7 @@ export class LeaseService {
     // A READY session attached to needs no second read; a starting one may be waited for.
     const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
     const row: LeaseRow = { ...lease, sessionId, createdAt: now, expiresAt: expiry(now, ttlSeconds), endedAt: null, endReason: null }
-    return { lease: { ...this.view(row, session, baseUrl), token }, created: true, outcome }
+    return { lease: { ...this.view(principal, row, session, baseUrl), token }, created: true, outcome }
   }
 
   /**
@@ -284,12 +284,12 @@ export class LeaseService {
       throw unprocessable('idempotency_key_reused', 'this Idempotency-Key was used for an acquire with other parameters')
     }
     const session = await this.settle(row.sessionId, waitSeconds ?? 0)
-    return { ...this.view(row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
+    return { ...this.view(principal, row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
   }
 
   async get(principal: Principal, id: string, waitSeconds: number, baseUrl: string): Promise<LeaseView> {
     const row = await this.find(principal, id)
-    return this.view(row, await this.settle(row.sessionId, waitSeconds), baseUrl)
+    return this.view(principal, row, await this.settle(row.sessionId, waitSeconds), baseUrl)
   }
 
   /** Extends an active lease. Ended or expired leases stay ended (410): renew never resurrects. */
@@ -308,7 +308,7 @@ export class LeaseService {
     if (updated === 0) {
       throw gone('lease_ended', `lease ${id} is ${leaseStatus(row, now)} and cannot be renewed; acquire a new one`)
     }
-    return this.view({ ...row, expiresAt, ttlSeconds: ttl }, await this.deps.sessions.get(row.sessionId), baseUrl)
+    return this.view(principal, { ...row, expiresAt, ttlSeconds: ttl }, await this.deps.sessions.get(row.sessionId), baseUrl)
   }
 
   /** Ends a lease. Releasing an ended lease is a no-op that answers with its state. */
@@ -335,7 +335,7 @@ export class LeaseService {
     const row = this.visible(principal, id, r)
     if (r!.event) this.deps.sessions.announce([eventFromRow(r!.event as Record<string, unknown>)])
     const current = r!.released_at ? { ...row, endedAt: r!.released_at as Date, endReason: r!.released_as as string } : row
-    return this.view(current, toRecord({ ...(r!.session as Record<string, unknown>), lease_count: r!.lease_count }), baseUrl)
+    return this.view(principal, current, toRecord({ ...(r!.session as Record<string, unknown>), lease_count: r!.lease_count }), baseUrl)
   }
 
   /** Leases visible to the caller: their own, or all for an operator. */
@@ -351,7 +351,7 @@ export class LeaseService {
       take: filter.limit,
     })
     const sessions = await this.deps.sessions.byIds([...new Set(rows.map((r) => r.sessionId))])
-    return rows.map((r) => this.view(r, sessions.get(r.sessionId)!, baseUrl))
+    return rows.map((r) => this.view(principal, r, sessions.get(r.sessionId)!, baseUrl))
   }
 
   private async find(principal: Principal, id: string): Promise<LeaseRow> {
@@ -397,14 +397,16 @@ export class LeaseService {
     })
   }
 
-  view(row: LeaseRow, session: SessionRecord, baseUrl: string): LeaseView {
+  /** A lease as `viewer` sees it: the session token only for the lease's own principal, only while it is active. */
+  view(viewer: Principal, row: LeaseRow, session: SessionRecord, baseUrl: string): LeaseView {
     const status = leaseStatus(row, this.deps.clock.now())
     const serving = session.status === 'READY' || session.status === 'DRAINING'
+    // An operator listing leases has no use for other principals' session tokens.
+    const own = row.principal === viewer.id
     return {
       id: row.id,
       status,
-      // Only the lease's own holder reads its lease (clients see their own), and only while it is active.
-      sessionToken: status === 'active' && serving ? this.deps.tokens.sessionToken(session.id, session.generation) : null,
+      sessionToken: own && status === 'active' && serving ? this.deps.tokens.sessionToken(session.id, session.generation) : null,
       holder: row.holder,
       ttlSeconds: row.ttlSeconds,
       createdAt: row.createdAt.toISOString(),
