@@ -40,7 +40,7 @@ export type Services = ReturnType<typeof createServices>
 /** The domain, wired once: the app's routes and the workers share these instances. */
 export function createServices(deps: ServiceDeps) {
   const prices = deps.prices ?? DEFAULT_FARGATE_PRICES
-  const metrics = deps.metrics ?? new Metrics(deps.db, deps.clock)
+  const metrics = deps.metrics ?? new Metrics(deps.db, deps.clock, prices)
   const sessions = new SessionService(deps.db, deps.sql, deps.clock, prices, metrics, deps.logger)
   const snapshots = new SnapshotService({ snapshotRoot: deps.snapshotRoot, s3: deps.s3 })
   const tokens = new LeaseTokens(deps.tokenSecret)
