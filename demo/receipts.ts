@@ -5,7 +5,9 @@
  * starts the real control plane on embedded defaults in a temporary directory, runs
  * concurrent workflow steps that each acquire a lease, query through the proxy with
  * the official chromadb client and through the JSON query route, and release; then
- * waits for the shared session to stop after its idle TTL and prints its timeline.
+ * waits for the shared session to stop after its idle TTL and prints its timeline, and
+ * ends with the original design's cost comparison (24/7 against on demand) computed from
+ * the session records of this run.
  */
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -15,6 +17,7 @@ import { ChromaClient } from 'chromadb'
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { createLogger, openRuntime } from '../src/runtime.ts'
+import { DEFAULT_FARGATE_PRICES, hourlyPrice, runCost } from '../src/services/cost.ts'
 import { buildSnapshotFixture } from '../test/helpers/snapshot-fixture.ts'
 
 const STEPS = 6
@@ -110,6 +113,7 @@ try {
     const reason = e.reason ? ` (${e.reason})` : ''
     console.log(`  +${((Date.parse(e.at) - start) / 1000).toFixed(2).padStart(6)}s  ${e.type}${reason}`)
   }
+  await printCostComparison()
 } catch (err) {
   console.error(err)
   exitCode = 1
@@ -119,3 +123,32 @@ try {
   await rm(dir, { recursive: true, force: true })
 }
 process.exit(exitCode)
+
+/**
+ * The original design's comparison, from this run's real session records: one Chroma
+ * task running 24/7 against a session per workflow run, at Fargate prices
+ * (src/services/cost.ts), for the original design's task size (0.5 vCPU, 2 GB, x86).
+ * Local sessions report no size, so that size is applied to their measured run time.
+ */
+async function printCostComparison(): Promise<void> {
+  const size = { cpuUnits: 512, memoryMiB: 2048, architecture: 'x86_64' }
+  const prices = DEFAULT_FARGATE_PRICES
+  const rows = await runtime.db.session.findMany({ select: { launchedAt: true, endedAt: true } })
+  const runs = rows.filter((r) => r.launchedAt && r.endedAt).map((r) => (r.endedAt!.getTime() - r.launchedAt!.getTime()) / 1000)
+  if (runs.length === 0) return
+  const runSeconds = runs.reduce((a, b) => a + b, 0) / runs.length
+  const alwaysOn = hourlyPrice(size, prices) * 730
+  const perRun = runCost(size, runSeconds, prices)
+  // In production a session also waits for Fargate to start it (~45 s) and stays up for its idle TTL (default 300 s), not the demo's.
+  const productionSeconds = runSeconds - IDLE_TTL_SECONDS + 45 + 300
+  const perProductionRun = runCost(size, productionSeconds, prices)
+  const usd = (n: number) => `$${n < 1 ? n.toFixed(4) : n.toFixed(2)}`
+  console.log(`\ncost at us-east-1 Fargate prices, 0.5 vCPU / 2 GB x86 ($${hourlyPrice(size, prices).toFixed(5)}/h, per second, 1-minute minimum):`)
+  console.log(`  this run: ${runs.length} session(s), ${runSeconds.toFixed(1)} s from launch to stop (idle TTL ${IDLE_TTL_SECONDS} s) = ${usd(perRun)} per workflow run`)
+  console.log(`  with a 45 s Fargate start and the default 300 s idle TTL: ${productionSeconds.toFixed(0)} s = ${usd(perProductionRun)} per workflow run`)
+  console.log('  runs/month   24/7 task   on demand (this run)   on demand (300 s idle TTL)')
+  for (const n of [30, 730, 8760]) {
+    console.log(`  ${String(n).padStart(10)}   ${usd(alwaysOn).padStart(9)}   ${usd(n * perRun).padStart(20)}   ${usd(n * perProductionRun).padStart(26)}`)
+  }
+  console.log(`  break-even: ${Math.floor(alwaysOn / perProductionRun)} runs/month with the 300 s idle TTL (runs closer together than the TTL share one session)`)
+}

@@ -1,4 +1,5 @@
 import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
+import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './services/cost.ts'
 import { parseCapacityProviders } from './services/launchers/capacity-providers.ts'
 import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
@@ -51,6 +52,10 @@ const EnvSchema = Type.Object({
   ECS_STARTED_BY: Type.String({ default: 'chroma-lease', minLength: 1, maxLength: 36, pattern: '^[A-Za-z0-9_-]+$' }),
   ECS_LAUNCH_RATE: Type.Number({ default: 20, exclusiveMinimum: 0 }),
   ECS_LAUNCH_BURST: Type.Integer({ default: 20, minimum: 1 }),
+  FARGATE_VCPU_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.x86.vcpuHour, minimum: 0 }),
+  FARGATE_GB_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.x86.gbHour, minimum: 0 }),
+  FARGATE_ARM_VCPU_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.arm.vcpuHour, minimum: 0 }),
+  FARGATE_ARM_GB_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.arm.gbHour, minimum: 0 }),
 })
 type Env = Static<typeof EnvSchema>
 
@@ -101,6 +106,8 @@ export interface Config {
     launchRate: number
     launchBurst: number
   }
+  /** Fargate prices for session costs (the session resource and /metrics). */
+  prices: FargatePrices
 }
 
 export class ConfigError extends Error {
@@ -189,6 +196,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       startedBy: e.ECS_STARTED_BY,
       launchRate: e.ECS_LAUNCH_RATE,
       launchBurst: e.ECS_LAUNCH_BURST,
+    },
+    prices: {
+      x86: { vcpuHour: e.FARGATE_VCPU_HOUR_USD, gbHour: e.FARGATE_GB_HOUR_USD },
+      arm: { vcpuHour: e.FARGATE_ARM_VCPU_HOUR_USD, gbHour: e.FARGATE_ARM_GB_HOUR_USD },
+      minimumSeconds: DEFAULT_FARGATE_PRICES.minimumSeconds,
     },
   }
 }

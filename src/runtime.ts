@@ -94,6 +94,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     snapshotRoot: config.snapshotRoot,
     s3: createS3(config),
     saveTimeoutSeconds: config.saveTimeoutSeconds,
+    prices: config.prices,
     logger,
     limits: {
       leaseTtlSeconds: config.leaseTtlSeconds,

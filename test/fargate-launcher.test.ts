@@ -270,6 +270,56 @@ t.test('AWS calls per sweep with 300 live sessions: batched, never one per sessi
   t.equal(leases.length, 300)
 })
 
+t.test("the session shows its task's size and what it costs at Fargate prices", async (t) => {
+  const { fake, clock, ctx } = await setup(t, { cpuArchitecture: 'X86_64' })
+  const lease = await acquire(ctx)
+  const id = lease.session.id
+  t.equal(lease.session.compute, null, 'no size before the task runs')
+  await ctx.workers.reconciler.reconcileOnce() // claims and launches: launched_at is now
+  clock.advance(30)
+  await ctx.workers.reconciler.reconcileOnce() // PROVISIONING
+  await ctx.workers.reconciler.reconcileOnce() // RUNNING: the size is recorded
+  const view = async () => (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${id}` })).json()
+  t.same((await view()).compute, {
+    vcpu: 1, // the task's cpu '1024'
+    memoryGb: 2, // its memory '2048'
+    architecture: 'x86_64', // its ecs.cpu-architecture attribute
+    capacityProvider: 'FARGATE_SPOT', // where ECS placed it (the strategy's first provider, in the fake)
+    runSeconds: 30,
+    hourlyUsd: 0.04937, // $0.04048 per vCPU-hour + 2 × $0.004445 per GB-hour
+    costUsd: 0.000823, // the one-minute minimum: $0.04937 / 60
+  }, 'while it starts: at least a minute is billed')
+
+  clock.advance(1800 - 30)
+  t.match((await view()).compute, { runSeconds: 1800, costUsd: 0.024685 }, 'half an hour later: half the hourly price')
+  await ctx.app.inject({ method: 'DELETE', url: `/v1/sessions/${id}?force=true` })
+  await ctx.workers.reconciler.reconcileOnce() // StopTask
+  await ctx.workers.reconciler.reconcileOnce() // ECS says STOPPED: ended_at
+  t.equal(fake.count('StopTask'), 1)
+  clock.advance(3600)
+  const ended = await view()
+  t.equal(ended.status, 'STOPPED')
+  t.match(ended.compute, { runSeconds: 1800, costUsd: 0.024685 }, 'an ended session costs no more')
+  const leaseView = (await ctx.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json()
+  t.same(leaseView.session.compute, ended.compute, "the lease shows its session's cost too")
+})
+
+t.test("a task that does not report its architecture takes its task definition's, asked once", async (t) => {
+  const { fake, clock, ctx } = await setup(t, { architectureAttribute: false })
+  const leases = [await acquire(ctx)]
+  await mkdir(join(root, 'arm-2'), { recursive: true })
+  leases.push(await acquire(ctx, `file://${join(root, 'arm-2')}`))
+  for (let i = 0; i < 4; i++) {
+    await ctx.workers.reconciler.reconcileOnce()
+    clock.advance(10)
+  }
+  for (const lease of leases) {
+    const s = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json()
+    t.match(s.compute, { vcpu: 1, memoryGb: 2, architecture: 'arm64', hourlyUsd: 0.0395, runSeconds: 40, costUsd: 0.000658 }, 'ARM prices')
+  }
+  t.equal(fake.count('DescribeTaskDefinition'), 1, 'one DescribeTaskDefinition for both tasks and every pass')
+})
+
 t.test('preflight names every problem with the launch setup; GET /v1/preflight shows it to operators', async (t) => {
   const good = await setup(t)
   const ok = await good.ctx.app.inject({ method: 'GET', url: '/v1/preflight' })

@@ -36,6 +36,7 @@ t.test('acquire, READY, query, release, and the idle stop', async (t) => {
   const view = (await ctx.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json()
   t.equal(view.session.status, 'READY')
   t.equal(view.session.endpoint.host, '127.0.0.1')
+  t.equal(view.session.compute, null, 'a local process has no Fargate size, so no cost')
   t.notOk(await chromaAnswers(view.session.endpoint), 'the endpoint refuses a request without the session token')
   t.ok(await chromaAnswers({ ...view.session.endpoint, token: view.sessionToken }), 'the endpoint is a live Chroma for the lease holder')
 

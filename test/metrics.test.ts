@@ -10,7 +10,7 @@ import { FakeChroma, sample, ScriptedLauncher } from './helpers/fake-session.ts'
 // and the launcher and Chroma are scripted, so every number below is known exactly.
 
 const root = await mkdtemp(join(tmpdir(), 'metrics-'))
-for (const dir of ['receipts', 'invoices', 'bad-capacity', 'dies', 'slow', 'lost']) await mkdir(join(root, dir))
+for (const dir of ['receipts', 'invoices', 'bad-capacity', 'dies', 'slow', 'lost', 'x86', 'arm', 'local']) await mkdir(join(root, dir))
 const snap = (name: string) => `file://${join(root, name)}`
 
 async function setup(tt: Parameters<typeof buildTestApp>[0]) {
@@ -197,4 +197,38 @@ t.test('launch failures by cause, reaped sessions by cause, orphans', async (t) 
   ctx.launcher.strays.push({ ref: 'fake-stray-2', sessionId: '00000000-0000-4000-8000-000000000001', generation: 1 })
   await ctx.workers.sweeper.sweepOnce()
   t.equal(sample(await ctx.metrics(), 'chroma_lease_orphans_stopped_total', { cause: 'no_session' }), 2, 'another orphan counts')
+})
+
+t.test('session cost at Fargate prices: live sessions so far, ended ones in total', async (t) => {
+  const ctx = await setup(t)
+  ctx.chroma.healthy = true
+  const usd = async (state: string) => sample(await ctx.metrics(), 'chroma_lease_session_cost_usd', { state })
+  const close = (actual: number | undefined, expected: number) => actual !== undefined && Math.abs(actual - expected) < 1e-9
+  t.equal(await usd('live'), 0, 'nothing has run yet')
+  t.equal(await usd('ended'), 0)
+
+  const acquire = async (name: string) => (await ctx.acquire({ snapshot: snap(name), mode: 'exclusive' })).json()
+  const x86 = await acquire('x86')
+  ctx.launcher.states.set(x86.session.id, ctx.chroma.running({ cpuUnits: 1024, memoryMiB: 2048, architecture: 'x86_64', capacityProvider: 'FARGATE' }))
+  const local = await acquire('local')
+  ctx.launcher.states.set(local.session.id, ctx.chroma.running())
+  await ctx.passes(2) // launched now, then READY
+  ctx.clock.advance(1800)
+  const arm = await acquire('arm')
+  ctx.launcher.states.set(arm.session.id, ctx.chroma.running({ cpuUnits: 512, memoryMiB: 1024, architecture: 'arm64', capacityProvider: 'FARGATE_SPOT' }))
+  await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${x86.session.id}?force=true` })
+  await ctx.passes(3) // the x86 session stops and ends, after 1800 s; the ARM one launches now and runs
+  t.equal((await ctx.services.sessions.get(x86.session.id)).status, 'STOPPED')
+  t.equal((await ctx.services.sessions.get(arm.session.id)).status, 'READY')
+
+  ctx.clock.advance(10)
+  // 1 vCPU + 2 GB x86 for 30 min: $0.04937 / 2. 0.5 vCPU + 1 GB ARM ($0.01975/h) for 10 s: a minute's worth.
+  t.ok(close(await usd('ended'), 0.024685), 'ended: the x86 half hour')
+  t.ok(close(await usd('live'), 0.01975 / 60), 'live: the one-minute minimum')
+  ctx.clock.advance(120)
+  t.ok(close(await usd('live'), (0.01975 * 130) / 3600), 'live: 130 s, per second')
+  t.ok(close(await usd('ended'), 0.024685), 'ended sessions cost no more')
+  const view = (await ctx.inject(`/v1/sessions/${arm.session.id}`)).json()
+  t.match(view.compute, { vcpu: 0.5, memoryGb: 1, architecture: 'arm64', capacityProvider: 'FARGATE_SPOT', runSeconds: 130, costUsd: 0.000713 }, 'the session resource agrees')
+  t.equal((await ctx.inject(`/v1/sessions/${local.session.id}`)).json().compute, null, 'the local session reported no size and costs nothing')
 })

@@ -2,7 +2,6 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { IdParams, problems } from '../schemas/common.ts'
 import { SessionEvents, SessionEventsQuery, SessionList, SessionListQuery, StopQuery } from '../schemas/session.ts'
 import type { Services } from '../services/index.ts'
-import { SessionService } from '../services/sessions.ts'
 import { baseUrlOf } from './base-url.ts'
 
 const Session = { $ref: 'Session' } as const
@@ -16,12 +15,12 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
   }, async (request) => {
     const { status, limit, before } = request.query
     const rows = await sessions.list({ status, limit, before: before ? new Date(before) : undefined })
-    return { sessions: rows.map((s) => SessionService.view(s, baseUrlOf(request, publicUrl))) }
+    return { sessions: rows.map((s) => sessions.view(s, baseUrlOf(request, publicUrl))) }
   })
 
   app.get('/v1/sessions/:id', {
     schema: { tags: ['sessions'], summary: 'Inspect a session', params: IdParams, response: { 200: Session, ...problems(400, 401, 403, 404) } },
-  }, async (request) => SessionService.view(await sessions.get(request.params.id), baseUrlOf(request, publicUrl)))
+  }, async (request) => sessions.view(await sessions.get(request.params.id), baseUrlOf(request, publicUrl)))
 
   app.get('/v1/sessions/:id/events', {
     schema: { tags: ['sessions'], summary: "The session's timeline, oldest first", params: IdParams, querystring: SessionEventsQuery, response: { 200: SessionEvents, ...problems(400, 401, 403, 404) } },
@@ -48,7 +47,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
       params: IdParams,
       response: { 200: Session, ...problems(400, 401, 403, 404, 409, 502) },
     },
-  }, async (request) => SessionService.view(await services.saveBack.save(request.params.id, 'operator'), baseUrlOf(request, publicUrl)))
+  }, async (request) => sessions.view(await services.saveBack.save(request.params.id, 'operator'), baseUrlOf(request, publicUrl)))
 
   app.delete('/v1/sessions/:id', {
     schema: {
@@ -62,7 +61,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
     const { force, reason } = request.query
     const why = reason ?? `operator ${request.principal.id}`
     const s = force ? await sessions.forceStop(request.params.id, why) : await sessions.drain(request.params.id, why)
-    return SessionService.view(s, baseUrlOf(request, publicUrl))
+    return sessions.view(s, baseUrlOf(request, publicUrl))
   })
 }
 

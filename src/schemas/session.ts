@@ -37,6 +37,18 @@ export const Session = Type.Object(
     createdAt: Type.String({ format: 'date-time' }),
     readyAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    compute: Type.Union([
+      Type.Object({
+        vcpu: Type.Number({ description: 'vCPUs of the task (1024 CPU units = 1)' }),
+        memoryGb: Type.Number({ description: 'Memory of the task in GB (1024 MiB = 1)' }),
+        architecture: Type.String({ description: 'x86_64 or arm64' }),
+        capacityProvider: Type.Union([Type.String(), Type.Null()], { description: 'FARGATE or FARGATE_SPOT' }),
+        runSeconds: Type.Integer({ description: 'From launch to end (or now, while it runs)' }),
+        hourlyUsd: Type.Number({ description: 'Price per hour of this size at the configured Fargate prices' }),
+        costUsd: Type.Number({ description: 'Cost so far: per-second billing with a one-minute minimum (FARGATE_SPOT at on-demand prices, an upper bound)' }),
+      }),
+      Type.Null(),
+    ], { description: 'What the session runs on and what it costs; null until its launcher reports a size (never for local processes)' }),
   },
   { $id: 'Session' },
 )

@@ -5,6 +5,7 @@ import type { ChangeFeed } from '../database/change-feed.ts'
 import { ApiKeyService, LeaseTokens } from './auth.ts'
 import { ChromaClient } from './chroma.ts'
 import type { Clock } from './clock.ts'
+import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './cost.ts'
 import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
 import { Metrics } from './metrics.ts'
@@ -30,14 +31,17 @@ export interface ServiceDeps {
   saveTimeoutSeconds?: number
   /** Writes one structured line per session event; none: no event log. */
   logger?: Logger
+  /** Fargate prices for session costs; none: us-east-1's. */
+  prices?: FargatePrices
 }
 
 export type Services = ReturnType<typeof createServices>
 
 /** The domain, wired once: the app's routes and the workers share these instances. */
 export function createServices(deps: ServiceDeps) {
-  const metrics = deps.metrics ?? new Metrics(deps.db, deps.clock)
-  const sessions = new SessionService(deps.db, deps.sql, deps.clock, metrics, deps.logger)
+  const prices = deps.prices ?? DEFAULT_FARGATE_PRICES
+  const metrics = deps.metrics ?? new Metrics(deps.db, deps.clock, prices)
+  const sessions = new SessionService(deps.db, deps.sql, deps.clock, prices, metrics, deps.logger)
   const snapshots = new SnapshotService({ snapshotRoot: deps.snapshotRoot, s3: deps.s3 })
   const tokens = new LeaseTokens(deps.tokenSecret)
   const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })

@@ -412,7 +412,7 @@ export class LeaseService {
       createdAt: row.createdAt.toISOString(),
       expiresAt: row.expiresAt.toISOString(),
       endedAt: row.endedAt?.toISOString() ?? null,
-      session: SessionService.view(session, baseUrl),
+      session: this.deps.sessions.view(session, baseUrl),
     }
   }
 }

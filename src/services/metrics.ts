@@ -1,7 +1,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database } from '../database/client.ts'
 import type { Clock } from './clock.ts'
+import type { FargatePrices } from './cost.ts'
 
 /** A session event as committed to session_events (the timeline, the log line and the metrics all come from it). */
 export interface RecordedEvent {
@@ -137,7 +139,7 @@ export class Metrics implements Observer {
     registers: [this.registry],
   })
 
-  constructor(db: Database, clock: Clock) {
+  constructor(db: Database, clock: Clock, prices: FargatePrices) {
     collectDefaultMetrics({ register: this.registry, prefix: 'chroma_lease_' })
     // Known label values start at zero, so rates and alerts work before the first event.
     for (const cause of LAUNCH_FAILURE_CAUSES) this.launchFailures.inc({ cause }, 0)
@@ -161,6 +163,27 @@ export class Metrics implements Observer {
       registers: [this.registry],
       async collect() {
         this.set(await db.lease.count({ where: { endedAt: null, expiresAt: { gt: clock.now() } } }))
+      },
+    })
+    new Gauge({
+      name: 'chroma_lease_session_cost_usd',
+      help: 'Cost of sessions at the configured Fargate prices (per second, one-minute minimum): live ones so far, ended ones in total; sessions with no reported size (local processes) cost nothing',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      async collect() {
+        // services/cost.ts runCost() per session, summed in the database: a scrape reads no rows.
+        const arm = Prisma.sql`cpu_architecture = 'arm64'`
+        const rows = await db.$queryRaw<Array<{ live: boolean; usd: number }>>`
+          SELECT ended_at IS NULL AS live,
+            sum(greatest(${prices.minimumSeconds}::float8, ceil(extract(epoch FROM coalesce(ended_at, ${clock.now()}) - launched_at)::float8))
+                * (cpu_units / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.vcpuHour}::float8 ELSE ${prices.x86.vcpuHour}::float8 END
+                   + memory_mib / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.gbHour}::float8 ELSE ${prices.x86.gbHour}::float8 END)
+                / 3600)::float8 AS usd
+          FROM sessions WHERE cpu_units IS NOT NULL AND memory_mib IS NOT NULL AND launched_at IS NOT NULL
+          GROUP BY 1`
+        this.set({ state: 'live' }, 0)
+        this.set({ state: 'ended' }, 0)
+        for (const r of rows) this.set({ state: r.live ? 'live' : 'ended' }, Number(r.usd))
       },
     })
   }

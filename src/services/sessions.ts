@@ -3,7 +3,9 @@ import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database, SqlPool } from '../database/client.ts'
 import type { Clock } from './clock.ts'
+import { sessionCost, type FargatePrices, type SessionCost } from './cost.ts'
 import { conflict, notFound } from './errors.ts'
+import type { ComputeSize } from './launchers/launcher.ts'
 import { noObserver, type Observer, type RecordedEvent } from './metrics.ts'
 
 /** Statuses in which a session may run compute. */
@@ -44,6 +46,11 @@ export interface SessionRecord {
   saveOnRelease: boolean
   savedSnapshot: string | null
   savedAt: Date | null
+  /** The compute's size as its launcher reported it when it first ran; null when it did not (local processes). */
+  cpuUnits: number | null
+  memoryMiB: number | null
+  cpuArchitecture: string | null
+  capacityProvider: string | null
   leaseCount: number
 }
 
@@ -92,6 +99,8 @@ export interface SessionView {
   createdAt: string
   readyAt: string | null
   endedAt: string | null
+  /** Size, run time and cost at the configured Fargate prices; null when the launcher reported no size. */
+  compute: SessionCost | null
 }
 
 export interface SessionEventInput {
@@ -143,6 +152,8 @@ export class SessionService {
     private readonly db: Database,
     private readonly sql: SqlPool,
     private readonly clock: Clock,
+    /** What a session's compute costs (its view's `compute`). */
+    private readonly prices: FargatePrices,
     private readonly observer: Observer = noObserver,
     private readonly logger?: Logger,
   ) {}
@@ -257,12 +268,15 @@ export class SessionService {
    * Records that the launcher reports this launch attempt's compute running (a
    * `running` event and runningAt), once per attempt across replicas: the update only
    * matches while runningAt is unset or from an earlier attempt. Returns the time it set.
+   * The size the launcher reports is recorded with it, for the session's cost.
    */
-  async markRunning(s: Pick<SessionRecord, 'id' | 'generation'>, detail: Record<string, unknown>): Promise<Date | null> {
+  async markRunning(s: Pick<SessionRecord, 'id' | 'generation'>, detail: Record<string, unknown>, size?: ComputeSize): Promise<Date | null> {
     const now = this.clock.now()
     const event = await this.db.$transaction(async (tx) => {
       const marked = await tx.$executeRaw`
-        UPDATE sessions SET running_at = ${now}, updated_at = ${now}
+        UPDATE sessions SET running_at = ${now}, updated_at = ${now},
+          cpu_units = ${size?.cpuUnits ?? null}::int, memory_mib = ${size?.memoryMiB ?? null}::int,
+          cpu_architecture = ${size?.architecture ?? null}::text, capacity_provider = ${size?.capacityProvider ?? null}::text
         WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status = 'STARTING'
           AND (running_at IS NULL OR running_at < launched_at)`
       if (marked !== 1) return null
@@ -379,7 +393,8 @@ export class SessionService {
     }
   }
 
-  static view(s: SessionRecord, baseUrl: string): SessionView {
+  /** The session as the API shows it, its cost as of now. */
+  view(s: SessionRecord, baseUrl: string): SessionView {
     const serving = (s.status === 'READY' || s.status === 'DRAINING') && s.host !== null && s.port !== null
     return {
       id: s.id,
@@ -401,6 +416,7 @@ export class SessionService {
       createdAt: s.createdAt.toISOString(),
       readyAt: s.readyAt?.toISOString() ?? null,
       endedAt: s.endedAt?.toISOString() ?? null,
+      compute: sessionCost(s, this.prices, this.clock.now()),
     }
   }
 }
@@ -465,6 +481,10 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     saveOnRelease: Boolean(r.save_on_release),
     savedSnapshot: (r.saved_snapshot as string | null) ?? null,
     savedAt: asDate(r.saved_at),
+    cpuUnits: r.cpu_units == null ? null : Number(r.cpu_units),
+    memoryMiB: r.memory_mib == null ? null : Number(r.memory_mib),
+    cpuArchitecture: (r.cpu_architecture as string | null) ?? null,
+    capacityProvider: (r.capacity_provider as string | null) ?? null,
     leaseCount: Number(r.lease_count ?? 0),
   }
 }

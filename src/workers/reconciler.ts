@@ -242,7 +242,7 @@ export class Reconciler {
     if (seen?.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
     if (seen?.state === 'running') {
       // The first pass to see it running marks the phase boundary (once per launch attempt).
-      const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }))
+      const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }, seen.size))
       const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))
       if (readiness.ready) {
         const now = this.clock.now()

@@ -28,6 +28,9 @@ interface FakeTask {
   arn: string
   cluster: string
   startedBy?: string
+  taskDefinition: string
+  /** The first provider of RunTask's capacity provider strategy (FARGATE when none). */
+  capacityProvider: string
   tags: Array<{ key: string; value: string }>
   env: Record<string, string>
   behaviour: TaskBehaviour
@@ -57,6 +60,10 @@ export interface EcsFakeOptions {
   securityGroups?: string[]
   /** How long a stopping container gets between SIGTERM and SIGKILL (ECS's stopTimeout). Default 30 s. */
   stopTimeoutMs?: number
+  /** The task definitions' runtimePlatform.cpuArchitecture (default ARM64). */
+  cpuArchitecture?: 'X86_64' | 'ARM64'
+  /** false: tasks lack the `ecs.cpu-architecture` attribute ECS reports, so only their task definition says. */
+  architectureAttribute?: boolean
 }
 
 export class EcsFake {
@@ -190,15 +197,16 @@ export class EcsFake {
           ? { clusters: [{ clusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${this.cluster}`, clusterName: this.cluster, status: 'ACTIVE' }], failures: [] }
           : { clusters: [], failures: [{ arn: input.clusters?.[0], reason: 'MISSING' }] })
       case 'DescribeTaskDefinition': {
-        const td = (this.opts.taskDefinitions ?? { 'chroma-session:3': { containerName: 'chroma-session', containerPort: 'chroma' } })[input.taskDefinition]
+        const name = String(input.taskDefinition).replace(/^arn:aws:ecs:[^:]+:\d+:task-definition\//, '')
+        const td = (this.opts.taskDefinitions ?? { 'chroma-session:3': { containerName: 'chroma-session', containerPort: 'chroma' } })[name]
         if (!td) return error('ClientException', 'Unable to describe task definition.')
         return json(200, {
           taskDefinition: {
-            taskDefinitionArn: `arn:aws:ecs:us-east-1:123456789012:task-definition/${input.taskDefinition}`,
+            taskDefinitionArn: `arn:aws:ecs:us-east-1:123456789012:task-definition/${name}`,
             requiresCompatibilities: ['FARGATE'],
             cpu: '1024',
             memory: '2048',
-            runtimePlatform: { cpuArchitecture: 'ARM64', operatingSystemFamily: 'LINUX' },
+            runtimePlatform: { cpuArchitecture: this.opts.cpuArchitecture ?? 'ARM64', operatingSystemFamily: 'LINUX' },
             containerDefinitions: [{ name: td.containerName, portMappings: [{ containerPort: td.containerPort === 'chroma' ? this.chromaPort : td.containerPort }] }],
           },
         })
@@ -246,6 +254,8 @@ export class EcsFake {
       arn: `arn:aws:ecs:us-east-1:123456789012:task/${this.cluster}/${id}`,
       cluster: this.cluster,
       startedBy: input.startedBy,
+      taskDefinition: input.taskDefinition,
+      capacityProvider: input.capacityProviderStrategy?.[0]?.capacityProvider ?? 'FARGATE',
       tags: input.tags ?? [],
       env: Object.fromEntries((container?.environment ?? []).map((e: { name: string; value: string }) => [e.name, e.value])),
       behaviour: this.behaviours.shift() ?? 'normal',
@@ -297,10 +307,12 @@ export class EcsFake {
       clusterArn: `arn:aws:ecs:us-east-1:123456789012:cluster/${task.cluster}`,
       lastStatus: task.lastStatus,
       desiredStatus: task.desiredStatus,
+      taskDefinitionArn: `arn:aws:ecs:us-east-1:123456789012:task-definition/${task.taskDefinition}`,
       cpu: '1024',
       memory: '2048',
-      capacityProviderName: 'FARGATE',
+      capacityProviderName: task.capacityProvider,
       launchType: 'FARGATE',
+      ...(this.opts.architectureAttribute === false ? {} : { attributes: [{ name: 'ecs.cpu-architecture', value: (this.opts.cpuArchitecture ?? 'ARM64').toLowerCase() }] }),
       startedBy: task.startedBy,
       healthStatus: running && task.behaviour === 'unhealthy' ? 'UNHEALTHY' : running ? 'HEALTHY' : 'UNKNOWN',
       stopCode: task.stopCode,

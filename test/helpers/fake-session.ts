@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from '../../src/services/launchers/launcher.ts'
+import type { ComputeSize, LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from '../../src/services/launchers/launcher.ts'
 
 /**
  * A launcher whose compute does exactly what the test says, when it says: for tests
@@ -89,8 +89,9 @@ export class FakeChroma {
     return this
   }
 
-  running(): ObservedCompute {
-    return { state: 'running', host: '127.0.0.1', port: this.port, detail: 'starting' }
+  /** Running here; `size`: what a Fargate task would report of itself. */
+  running(size?: ComputeSize): ObservedCompute {
+    return { state: 'running', host: '127.0.0.1', port: this.port, detail: 'starting', ...(size ? { size } : {}) }
   }
 
   close(): Promise<void> {

@@ -13,7 +13,7 @@ import {
 import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, DescribeSubnetsCommand, type EC2Client } from '@aws-sdk/client-ec2'
 import type { Logger } from 'pino'
 import { systemClock, type Clock } from '../clock.ts'
-import { LaunchDeferred, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
+import { LaunchDeferred, type ComputeSize, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
 import { TokenBucket } from './token-bucket.ts'
 
 export interface FargateSettings {
@@ -59,6 +59,10 @@ const DESCRIBE_BATCH = 100
 /** Marks StopTask reasons as ours, so a stop by anyone else (Spot, an operator) is told apart. */
 const STOP_REASON_PREFIX = 'chroma-lease: '
 const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
+/** The task attribute in which ECS reports a Fargate task's CPU architecture (x86_64, arm64). */
+const ARCHITECTURE_ATTRIBUTE = 'ecs.cpu-architecture'
+
+type Architecture = ComputeSize['architecture']
 
 /**
  * Sessions as ECS Fargate tasks. Idempotent per launch attempt through RunTask's
@@ -70,6 +74,11 @@ export class FargateLauncher implements Launcher {
   readonly kind = 'fargate' as const
   private readonly bucket: TokenBucket
   private readonly backoff: (attempt: number) => Promise<void>
+  /**
+   * CPU architectures of task definitions by ARN, for tasks that do not report theirs:
+   * asked once per task definition for the life of the process, never once per pass.
+   */
+  private readonly taskDefinitionArchitectures = new Map<string, Promise<Architecture>>()
 
   constructor(private readonly deps: FargateLauncherDeps) {
     this.bucket = new TokenBucket(deps.settings.launchRate, deps.settings.launchBurst)
@@ -195,16 +204,17 @@ export class FargateLauncher implements Launcher {
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
     const tasks = await this.describeTasks(targets.map((t) => t.ref))
     const publicIps = this.deps.settings.assignPublicIp ? await this.publicIps([...tasks.values()]) : new Map<string, string>()
+    const architectures = await this.architectures([...tasks.values()])
     const now = (this.deps.clock ?? systemClock).now().getTime()
     return new Map(
       targets.map((t): [string, ObservedCompute] => {
         const unlisted = !tasks.has(t.ref) && t.launchedAt !== undefined && now - t.launchedAt.getTime() < UNLISTED_GRACE_MS
-        return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps)]
+        return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps, architectures)]
       }),
     )
   }
 
-  private observe(task: Task | undefined, publicIps: Map<string, string>): ObservedCompute {
+  private observe(task: Task | undefined, publicIps: Map<string, string>, architectures: Map<string, Architecture>): ObservedCompute {
     if (!task) return { state: 'stopped', reason: 'ECS does not know the task (it stopped long ago, or never ran)' }
     const status = task.lastStatus ?? 'UNKNOWN'
     // STOPPED means gone: ECS reports it once the container has exited.
@@ -220,7 +230,7 @@ export class FargateLauncher implements Launcher {
       // the reconciler drains the session so no new lease attaches while it saves and exits.
       const ours = task.stoppedReason?.startsWith(STOP_REASON_PREFIX) ?? false
       const detail = `ECS ${status}, stopping (${task.stopCode ?? 'no stopCode yet'})`
-      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true }
+      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true, size: sizeOf(task, architectures) }
       return { state: 'starting', detail }
     }
     // ECS keeps an UNHEALTHY task running when RunTask started it (no service replaces
@@ -231,7 +241,42 @@ export class FargateLauncher implements Launcher {
     if (status !== 'RUNNING') return { state: 'starting', detail: `ECS ${status}` }
     if (!host) return { state: 'starting', detail: 'RUNNING, waiting for the task to get an address' }
     // The agent answers (and takes the dead man's switch confirmation) before Chroma is ready.
-    return { state: 'running', host, port: this.deps.settings.chromaPort, detail: 'ECS RUNNING' }
+    return { state: 'running', host, port: this.deps.settings.chromaPort, detail: 'ECS RUNNING', size: sizeOf(task, architectures) }
+  }
+
+  /**
+   * The CPU architecture of each running task, by task ARN. ECS reports it as a task
+   * attribute; a task without it takes its task definition's (DescribeTaskDefinition,
+   * once per task definition: see taskDefinitionArchitectures). Unknown: null.
+   */
+  private async architectures(tasks: Task[]): Promise<Map<string, Architecture>> {
+    const result = new Map<string, Architecture>()
+    await Promise.all(
+      tasks
+        .filter((task) => task.lastStatus === 'RUNNING' && task.taskArn)
+        .map(async (task) => {
+          const reported = task.attributes?.find((a) => a.name === ARCHITECTURE_ATTRIBUTE)?.value
+          result.set(task.taskArn!, reported ? architecture(reported) : await this.taskDefinitionArchitecture(task.taskDefinitionArn ?? this.deps.settings.taskDefinition))
+        }),
+    )
+    return result
+  }
+
+  private taskDefinitionArchitecture(taskDefinition: string): Promise<Architecture> {
+    let known = this.taskDefinitionArchitectures.get(taskDefinition)
+    if (!known) {
+      known = this.deps.ecs.send(new DescribeTaskDefinitionCommand({ taskDefinition })).then(
+        // ECS runs a task definition without a runtimePlatform on X86_64.
+        ({ taskDefinition: td }) => architecture(td?.runtimePlatform?.cpuArchitecture ?? 'X86_64'),
+        (err: Error) => {
+          // Remembered as unknown, not retried: a cost priced as x86 beats an extra call every pass.
+          this.deps.logger?.warn({ err, taskDefinition }, 'cannot read the task definition\'s CPU architecture; its sessions are priced as x86')
+          return null
+        },
+      )
+      this.taskDefinitionArchitectures.set(taskDefinition, known)
+    }
+    return known
   }
 
   /** DescribeTasks in batches of 100: one call per sweep for up to 100 sessions. */
@@ -285,6 +330,20 @@ export class FargateLauncher implements Launcher {
     }
     return running
   }
+}
+
+/** The task's size as ECS reports it (cpu and memory are strings of CPU units and MiB); none when it does not. */
+function sizeOf(task: Task, architectures: Map<string, Architecture>): ComputeSize | undefined {
+  const cpuUnits = Number(task.cpu)
+  const memoryMiB = Number(task.memory)
+  if (!(cpuUnits > 0) || !(memoryMiB > 0)) return undefined
+  return { cpuUnits, memoryMiB, architecture: architectures.get(task.taskArn ?? '') ?? null, capacityProvider: task.capacityProviderName ?? null }
+}
+
+/** x86_64 or arm64, from ECS's spellings (X86_64 / ARM64 in task definitions, lower case in task attributes). */
+function architecture(value: string): Architecture {
+  const v = value.toLowerCase()
+  return v === 'arm64' || v === 'x86_64' ? v : null
 }
 
 function networkInterface(task: Task): { id?: string; privateIp?: string } {

@@ -64,14 +64,26 @@ export type ObservedCompute =
    * Running and addressable; Chroma may still be warming up (the reconciler checks it).
    * `stopping`: the compute was told to stop by someone other than the control plane
    * (scale-in, a Spot interruption notice) and is shutting down.
+   * `size`: what it runs on, when the backend says (a Fargate task), for its cost.
    */
-  | { state: 'running'; host: string; port: number; detail?: string; progress?: ComputeProgress; stopping?: boolean }
+  | { state: 'running'; host: string; port: number; detail?: string; progress?: ComputeProgress; stopping?: boolean; size?: ComputeSize }
   /**
    * Gone: exited, stopped, or never existed. `reason` says why, for the session's error.
    * `clean`: it stopped as asked (a signal, its dead man's switch), not by failing.
    * `saved`: the version it saved on its way out.
    */
   | { state: 'stopped'; reason: string; clean?: boolean; saved?: SavedVersion }
+
+/** The size of a launched compute, as its backend reports it (src/services/cost.ts prices it). */
+export interface ComputeSize {
+  /** 1024 = 1 vCPU. */
+  cpuUnits: number
+  memoryMiB: number
+  /** null when the backend could not tell (priced as x86, the dearer). */
+  architecture: 'x86_64' | 'arm64' | null
+  /** FARGATE, FARGATE_SPOT; null when the backend has no such notion. */
+  capacityProvider: string | null
+}
 
 /** A snapshot version a session agent saved (container/agent/save.ts SaveResult). */
 export interface SavedVersion {

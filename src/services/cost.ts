@@ -1,0 +1,92 @@
+/**
+ * What a session's compute costs at Fargate prices. Pure functions: prices come from
+ * configuration (FARGATE_* variables), sizes and times from the session's own record.
+ *
+ * Fargate bills per second from the start of the image pull to the end of the task,
+ * with a one-minute minimum, per vCPU-hour and per GB-hour of memory, and ARM (Graviton)
+ * costs less than x86. We approximate the billed span by the session's launch claim
+ * (launched_at) to its end (ended_at, or now while it runs): the claim comes a moment
+ * before RunTask, and a stopped session ends on the first reconcile pass that sees its
+ * task STOPPED, so the figure is close rather than exact. FARGATE_SPOT is charged at the
+ * on-demand prices here (Spot prices move with the market): an upper bound.
+ */
+export interface FargatePrices {
+  x86: { vcpuHour: number; gbHour: number }
+  arm: { vcpuHour: number; gbHour: number }
+  /** Billing has a minimum duration per task, in seconds. */
+  minimumSeconds: number
+}
+
+/** us-east-1 on-demand Linux prices. */
+export const DEFAULT_FARGATE_PRICES: FargatePrices = {
+  x86: { vcpuHour: 0.04048, gbHour: 0.004445 },
+  arm: { vcpuHour: 0.03238, gbHour: 0.00356 },
+  minimumSeconds: 60,
+}
+
+export interface ComputeSize {
+  cpuUnits: number
+  memoryMiB: number
+  /** x86_64 or arm64; anything else (unknown) is priced as x86, the dearer. */
+  architecture: string
+}
+
+/** Dollars per hour for a task of this size. */
+export function hourlyPrice(size: ComputeSize, prices: FargatePrices): number {
+  const p = size.architecture === 'arm64' ? prices.arm : prices.x86
+  return (size.cpuUnits / 1024) * p.vcpuHour + (size.memoryMiB / 1024) * p.gbHour
+}
+
+/** Dollars for running a task of this size for `seconds` (per-second, with the minimum). */
+export function runCost(size: ComputeSize, seconds: number, prices: FargatePrices): number {
+  const billed = Math.max(prices.minimumSeconds, Math.ceil(Math.max(0, seconds)))
+  return (hourlyPrice(size, prices) * billed) / 3600
+}
+
+export interface SessionCostInput {
+  cpuUnits: number | null
+  memoryMiB: number | null
+  cpuArchitecture: string | null
+  capacityProvider: string | null
+  launchedAt: Date | null
+  endedAt: Date | null
+}
+
+export interface SessionCost {
+  vcpu: number
+  memoryGb: number
+  architecture: string
+  capacityProvider: string | null
+  runSeconds: number
+  hourlyUsd: number
+  costUsd: number
+}
+
+/** The session's size, run time and cost so far; null when its launcher reported no size. */
+export function sessionCost(s: SessionCostInput, prices: FargatePrices, now: Date): SessionCost | null {
+  if (s.cpuUnits === null || s.memoryMiB === null || s.launchedAt === null) return null
+  const size = { cpuUnits: s.cpuUnits, memoryMiB: s.memoryMiB, architecture: s.cpuArchitecture ?? 'x86_64' }
+  const runSeconds = Math.max(0, ((s.endedAt ?? now).getTime() - s.launchedAt.getTime()) / 1000)
+  return {
+    vcpu: s.cpuUnits / 1024,
+    memoryGb: s.memoryMiB / 1024,
+    architecture: size.architecture,
+    capacityProvider: s.capacityProvider,
+    runSeconds: Math.round(runSeconds),
+    hourlyUsd: round(hourlyPrice(size, prices), 6),
+    costUsd: round(runCost(size, runSeconds, prices), 6),
+  }
+}
+
+/**
+ * The original design's comparison: one task of this size running 24/7 for a month
+ * against on-demand sessions, given how many seconds each session ran (each billed
+ * separately, with the minimum).
+ */
+export function alwaysOnVersusOnDemand(size: ComputeSize, sessionSeconds: number[], prices: FargatePrices, hoursPerMonth = 730) {
+  const alwaysOnUsd = hourlyPrice(size, prices) * hoursPerMonth
+  const onDemandUsd = sessionSeconds.reduce((sum, s) => sum + runCost(size, s, prices), 0)
+  return { alwaysOnUsd: round(alwaysOnUsd, 2), onDemandUsd: round(onDemandUsd, 4) }
+}
+
+const round = (n: number, digits: number) => Math.round(n * 10 ** digits) / 10 ** digits
