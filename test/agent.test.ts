@@ -11,6 +11,7 @@ import t, { type Test } from 'tap'
 import { Header } from 'tar'
 import { restoreSnapshot } from '../container/agent/restore.ts'
 import { StatusFile, type AgentPhase, type AgentStatus } from '../container/agent/status.ts'
+import { procUsage } from '../container/agent/usage.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { startS3Fake, startStallingS3, type S3Fake } from './helpers/s3-fake.ts'
@@ -327,6 +328,14 @@ t.test('the session refuses every request without its token', async (t) => {
   }
   t.equal((await call(run, 'GET', '/api/v2/heartbeat', CONTROL)).status, 401, 'the control token does not open Chroma')
   t.not(status.body?.chromaPid, undefined)
+
+  // Memory and CPU of the session: the agent and Chroma together, as /proc sees them.
+  const { usage } = (await call(run, 'POST', '/_agent/confirm')).body as { usage: { memoryBytes: number; cpuSeconds: number; cpuCores: number } }
+  const agent = procUsage(run.pid)!
+  const chroma = procUsage(status.body!.chromaPid as number)!
+  t.ok(Math.abs(usage.memoryBytes - (agent.memoryBytes + chroma.memoryBytes)) < 0.2 * (agent.memoryBytes + chroma.memoryBytes), `memory: ${usage.memoryBytes} ≈ agent ${agent.memoryBytes} + Chroma ${chroma.memoryBytes}`)
+  t.ok(usage.cpuSeconds >= chroma.cpuSeconds && usage.cpuSeconds <= agent.cpuSeconds + chroma.cpuSeconds + 0.5, `CPU time ${usage.cpuSeconds} s covers Chroma's ${chroma.cpuSeconds} s and the agent's ${agent.cpuSeconds} s`)
+  t.ok(usage.cpuCores >= 0 && usage.cpuCores < 4, `cores busy since the last reading: ${usage.cpuCores}`)
   t.equal((await call(run, 'POST', '/_agent/save')).body?.code, 'save_unsupported', 'file:// snapshots cannot be saved back')
 })
 

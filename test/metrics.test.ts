@@ -10,7 +10,7 @@ import { FakeChroma, sample, ScriptedLauncher } from './helpers/fake-session.ts'
 // and the launcher and Chroma are scripted, so every number below is known exactly.
 
 const root = await mkdtemp(join(tmpdir(), 'metrics-'))
-for (const dir of ['receipts', 'invoices', 'bad-capacity', 'dies', 'slow', 'lost', 'x86', 'arm', 'local']) await mkdir(join(root, dir))
+for (const dir of ['receipts', 'invoices', 'bad-capacity', 'dies', 'slow', 'lost', 'x86', 'arm', 'local', 'small', 'big']) await mkdir(join(root, dir))
 const snap = (name: string) => `file://${join(root, name)}`
 
 async function setup(tt: Parameters<typeof buildTestApp>[0]) {
@@ -231,4 +231,35 @@ t.test('session cost at Fargate prices: live sessions so far, ended ones in tota
   const view = (await ctx.inject(`/v1/sessions/${arm.session.id}`)).json()
   t.match(view.compute, { vcpu: 0.5, memoryGb: 1, architecture: 'arm64', capacityProvider: 'FARGATE_SPOT', runSeconds: 130, costUsd: 0.000713 }, 'the session resource agrees')
   t.equal((await ctx.inject(`/v1/sessions/${local.session.id}`)).json().compute, null, 'the local session reported no size and costs nothing')
+})
+
+t.test("sessions' own memory and CPU, as their agents report them: the largest and the total over live sessions", async (t) => {
+  const ctx = await setup(t)
+  const other = await new FakeChroma().start()
+  t.teardown(() => other.close())
+  for (const c of [ctx.chroma, other]) c.healthy = true
+  ctx.chroma.usage = { memoryBytes: 300_000_000, cpuSeconds: 40, cpuCores: 0.25 }
+  other.usage = { memoryBytes: 500_000_000, cpuSeconds: 90, cpuCores: 1.5 }
+  const stat = async (name: string, s: string) => sample(await ctx.metrics(), name, { stat: s })
+  t.equal(await stat('chroma_lease_session_memory_bytes', 'sum'), 0, 'no session has reported yet')
+
+  const small = (await ctx.acquire({ snapshot: snap('small'), mode: 'exclusive' })).json()
+  const big = (await ctx.acquire({ snapshot: snap('big'), mode: 'exclusive' })).json()
+  ctx.launcher.states.set(small.session.id, ctx.chroma.running())
+  ctx.launcher.states.set(big.session.id, other.running())
+  await ctx.passes(2)
+  // Confirmations are fire and forget: wait for both reports to land.
+  for (let i = 0; i < 100 && (await stat('chroma_lease_session_memory_bytes', 'sum')) !== 800_000_000; i++) await new Promise((r) => setTimeout(r, 20))
+  t.equal(await stat('chroma_lease_session_memory_bytes', 'max'), 500_000_000)
+  t.equal(await stat('chroma_lease_session_memory_bytes', 'sum'), 800_000_000)
+  t.equal(await stat('chroma_lease_session_cpu_cores', 'max'), 1.5)
+  t.equal(await stat('chroma_lease_session_cpu_cores', 'sum'), 1.75)
+  t.match((await ctx.inject(`/v1/sessions/${big.session.id}`)).json().usage, { memoryBytes: 500_000_000, cpuCores: 1.5, at: String }, 'the session resource shows it')
+
+  await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${big.session.id}?force=true` })
+  ctx.launcher.states.set(big.session.id, { state: 'stopped', reason: 'stopped' })
+  await ctx.passes(2)
+  t.equal((await ctx.services.sessions.get(big.session.id)).status, 'STOPPED')
+  t.equal(await stat('chroma_lease_session_memory_bytes', 'sum'), 300_000_000, 'a session that ended counts no more')
+  t.equal(await stat('chroma_lease_session_cpu_cores', 'max'), 0.25)
 })

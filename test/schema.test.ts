@@ -36,6 +36,7 @@ const PG_TYPES: Record<string, string> = {
   DateTime: 'timestamp with time zone',
   Json: 'jsonb',
   Boolean: 'boolean',
+  Float: 'double precision',
 }
 
 const url = await freshDatabaseUrl({ migrated: false })

@@ -72,6 +72,17 @@ t.test('the session token: proxy and direct holders use it, nothing gets in with
   const proxied = await request(`${ctx.url}/v1/sessions/${lease.session.id}/chroma/api/v2/heartbeat`, { headers: { 'x-chroma-token': lease.token } })
   t.equal(proxied.statusCode, 200, 'the proxy passes the session token upstream')
   await proxied.body.dump()
+
+  // The reconciler's confirmation brings back the session's own memory and CPU.
+  let usage = null as { memoryBytes: number; cpuCores: number } | null
+  for (let i = 0; i < 50 && !usage; i++) {
+    await ctx.workers.reconciler.reconcileOnce()
+    await sleep(100)
+    usage = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json().usage
+  }
+  t.ok(usage && usage.memoryBytes > 50e6 && usage.memoryBytes < 2e9, `the session reports its memory (agent and Chroma): ${usage?.memoryBytes}`)
+  t.ok(usage && usage.cpuCores >= 0, `and its CPU: ${usage?.cpuCores} cores`)
+
   await ctx.app.inject({ method: 'DELETE', url: `/v1/leases/${lease.id}` })
   t.equal((await getLease(ctx, lease.id)).sessionToken, null, 'a released lease shows no session token')
 })
@@ -197,10 +208,11 @@ t.test('a failed save on release is retried with backoff; the session fails only
   chroma.healthy = true
   const ctx = await buildTestApp(t, { launcher, snapshotRoot, s3 })
   const clock = ctx.clock as ManualClock
-  const saveCallsAfterPass = async (n: number) => {
+  /** One pass; waits for the save it may start to finish and its outcome to be recorded. */
+  const saveCallsAfterPass = async (sessionId: string) => {
     await ctx.workers.reconciler.reconcileOnce()
-    for (let i = 0; i < 50 && chroma.saveCalls < n; i++) await sleep(20)
-    await sleep(50) // the outcome is recorded after the answer
+    await sleep(20)
+    for (let i = 0; i < 250 && ctx.services.saveBack.isSaving({ id: sessionId, generation: 1 }); i++) await sleep(20)
     return chroma.saveCalls
   }
   const released = async (saveFailures: number) => {
@@ -215,24 +227,25 @@ t.test('a failed save on release is retried with backoff; the session fails only
 
   // S3 is back after one failure: the second attempt saves, and the session stops as saved.
   const recovered = await released(1)
-  t.equal(await saveCallsAfterPass(1), 1)
+  t.equal(await saveCallsAfterPass(recovered), 1)
   t.equal((await ctx.services.sessions.get(recovered)).status, 'READY', 'not failed after one failed save')
-  t.equal(await saveCallsAfterPass(2), 1, 'no retry before the backoff')
+  t.equal(await saveCallsAfterPass(recovered), 1, 'no retry before the backoff')
   clock.advance(31)
-  t.equal(await saveCallsAfterPass(2), 2, 'retried after 30 s')
-  const saved = await ctx.services.sessions.get(recovered)
+  t.equal(await saveCallsAfterPass(recovered), 2, 'retried after 30 s')
+  let saved = await ctx.services.sessions.get(recovered)
+  for (let i = 0; i < 250 && saved.stopReason === null; i++, await sleep(20)) saved = await ctx.services.sessions.get(recovered)
   t.match(saved.savedSnapshot, /versions\/.+\.tar\.gz$/)
   t.equal(saved.stopReason, 'saved')
 
   // It never comes back: three attempts (30 s, then 60 s apart), then FAILED with the reason.
   const lost = await released(100)
-  t.equal(await saveCallsAfterPass(1), 1)
+  t.equal(await saveCallsAfterPass(lost), 1)
   clock.advance(31)
-  t.equal(await saveCallsAfterPass(2), 2)
+  t.equal(await saveCallsAfterPass(lost), 2)
   clock.advance(31)
-  t.equal(await saveCallsAfterPass(3), 2, 'the second wait is 60 s')
+  t.equal(await saveCallsAfterPass(lost), 2, 'the second wait is 60 s')
   clock.advance(30)
-  t.equal(await saveCallsAfterPass(3), 3)
+  t.equal(await saveCallsAfterPass(lost), 3)
   await ctx.workers.reconciler.reconcileOnce()
   const failed = await ctx.services.sessions.get(lost)
   t.equal(failed.status, 'FAILED')

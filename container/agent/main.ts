@@ -62,7 +62,8 @@ import { DeadMansSwitch } from './dead-man.ts'
 import { AgentFront, AgentHttpError } from './front.ts'
 import { restoreSnapshot, RestoreError } from './restore.ts'
 import { saveSnapshot, SaveError, type SaveResult } from './save.ts'
-import { StatusFile } from './status.ts'
+import { StatusFile, type AgentStatus } from './status.ts'
+import { UsageMeter } from './usage.ts'
 
 /** Chroma starts in well under a second; a minute means it is stuck. */
 const CHROMA_START_TIMEOUT_MS = 60_000
@@ -78,6 +79,7 @@ class SessionAgent {
   /** Cuts a save short once the stop timeout is nearly spent: Fargate SIGKILLs at its end. */
   private readonly stopDeadline = new AbortController()
   private readonly status: StatusFile
+  private readonly usage = new UsageMeter()
   private readonly front: AgentFront
   private readonly deadMan: DeadMansSwitch
   private chroma: ChromaServer | undefined
@@ -101,14 +103,19 @@ class SessionAgent {
       controlToken: config.controlToken,
       log,
       endpoints: {
-        status: () => this.status.current(),
+        status: () => this.statusWithUsage(),
         confirm: () => {
           this.deadMan.confirm()
-          return this.status.current()
+          return this.statusWithUsage()
         },
         save: () => this.saveOnRequest(),
       },
     })
+  }
+
+  private statusWithUsage(): AgentStatus {
+    const status = this.status.current()
+    return { ...status, usage: this.usage.read(status.chromaPid) }
   }
 
   /** Runs the session to its end and returns the process exit code. */

@@ -1,6 +1,7 @@
 import { rename, writeFile } from 'node:fs/promises'
 
 import type { SaveResult } from './save.ts'
+import type { SessionUsage } from './usage.ts'
 
 export type AgentPhase = 'restoring' | 'starting' | 'ready' | 'saving' | 'stopping' | 'exited' | 'failed'
 
@@ -29,6 +30,8 @@ export interface AgentStatus {
   stopReason?: string
   /** ISO time of this write. */
   at: string
+  /** Memory and CPU, in the answers to GET /_agent/status and POST /_agent/confirm only (not the file). */
+  usage?: SessionUsage
 }
 
 export type StatusUpdate = Omit<AgentStatus, 'pid' | 'at' | StickyField>

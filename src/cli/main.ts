@@ -362,6 +362,10 @@ function sessionDetail(s: SessionRow): string {
     ['ended', s.endedAt ?? '-'],
     ...(s.stopReason ? ([['stop reason', s.stopReason]] as Array<[string, string]>) : []),
     ...(s.error ? ([['error', s.error]] as Array<[string, string]>) : []),
+    ...(s.usage ? ([['usage', `${(s.usage.memoryBytes / 1e6).toFixed(0)} MB, ${s.usage.cpuCores} CPU cores (${s.usage.at})`]] as Array<[string, string]>) : []),
+    ...(s.compute
+      ? ([['compute', `${s.compute.vcpu} vCPU, ${s.compute.memoryGb} GB ${s.compute.architecture}, ${s.compute.capacityProvider ?? '-'}: $${s.compute.costUsd} for ${s.compute.runSeconds}s`]] as Array<[string, string]>)
+      : []),
   ]
   const width = Math.max(...rows.map(([k]) => k.length))
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n') + '\n'

@@ -49,6 +49,14 @@ export const Session = Type.Object(
       }),
       Type.Null(),
     ], { description: 'What the session runs on and what it costs; null until its launcher reports a size (never for local processes)' }),
+    usage: Type.Union([
+      Type.Object({
+        memoryBytes: Type.Integer({ description: 'Resident memory of the session agent and its Chroma server together' }),
+        cpuCores: Type.Number({ description: 'CPU cores they kept busy on average since the previous report (1 = one core)' }),
+        at: Type.String({ format: 'date-time', description: 'When the agent reported it' }),
+      }),
+      Type.Null(),
+    ], { description: "What the session uses, as its agent reports with the control plane's confirmations (about once a minute); null before the first" }),
   },
   { $id: 'Session' },
 )

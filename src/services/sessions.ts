@@ -51,7 +51,16 @@ export interface SessionRecord {
   memoryMiB: number | null
   cpuArchitecture: string | null
   capacityProvider: string | null
+  /** What the session agent last reported with its confirmation; null before the first. */
+  usage: SessionUsage | null
   leaseCount: number
+}
+
+/** Memory and CPU of a session, as its agent reports them. */
+export interface SessionUsage {
+  memoryBytes: number
+  cpuCores: number
+  at: Date
 }
 
 /** Restore or save progress as the agent reports it. */
@@ -101,6 +110,8 @@ export interface SessionView {
   endedAt: string | null
   /** Size, run time and cost at the configured Fargate prices; null when the launcher reported no size. */
   compute: SessionCost | null
+  /** Memory and CPU as the session's agent last reported them (about once a minute); null before its first report. */
+  usage: { memoryBytes: number; cpuCores: number; at: string } | null
 }
 
 export interface SessionEventInput {
@@ -322,6 +333,13 @@ export class SessionService {
    * with no event, made only when the report changed: progress is for people watching,
    * not part of the lifecycle.
    */
+  /** Records the memory and CPU the session's agent reported (no notification: nothing waits on it). */
+  async recordUsage(s: Pick<SessionRecord, 'id' | 'generation'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
+    await this.db.$executeRaw`
+      UPDATE sessions SET memory_bytes = ${Math.round(usage.memoryBytes)}::bigint, cpu_cores = ${usage.cpuCores}::float8, usage_at = ${this.clock.now()}
+      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND ended_at IS NULL`
+  }
+
   async setProgress(s: Pick<SessionRecord, 'id' | 'generation'>, progress: SessionProgress | null): Promise<void> {
     const json = progress === null ? null : JSON.stringify(progress)
     await this.db.$executeRaw`
@@ -417,6 +435,7 @@ export class SessionService {
       readyAt: s.readyAt?.toISOString() ?? null,
       endedAt: s.endedAt?.toISOString() ?? null,
       compute: sessionCost(s, this.prices, this.clock.now()),
+      usage: s.usage && { memoryBytes: s.usage.memoryBytes, cpuCores: s.usage.cpuCores, at: s.usage.at.toISOString() },
     }
   }
 }
@@ -485,6 +504,7 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     memoryMiB: r.memory_mib == null ? null : Number(r.memory_mib),
     cpuArchitecture: (r.cpu_architecture as string | null) ?? null,
     capacityProvider: (r.capacity_provider as string | null) ?? null,
+    usage: r.usage_at == null ? null : { memoryBytes: Number(r.memory_bytes), cpuCores: Number(r.cpu_cores), at: asDate(r.usage_at)! },
     leaseCount: Number(r.lease_count ?? 0),
   }
 }

@@ -94,6 +94,7 @@ export class Reconciler {
         .then(
           async (status) => {
             this.confirmedAt.set(key, Date.now())
+            if (status?.usage) await this.sessions.recordUsage(s, status.usage)
             if (wantsProgress && status?.phase === 'restoring') {
               await this.sessions.setProgress(s, { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent })
             }

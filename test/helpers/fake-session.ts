@@ -53,6 +53,8 @@ export class FakeChroma {
   healthy = false
   saveFailures = 0
   saveCalls = 0
+  /** What POST /_agent/confirm reports as the session's memory and CPU. */
+  usage = { memoryBytes: 0, cpuSeconds: 0, cpuCores: 0 }
   private server!: Server
   port = 0
 
@@ -66,6 +68,7 @@ export class FakeChroma {
       if (url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
       if (url === '/api/v2/healthcheck') return send(this.healthy ? 200 : 503, { healthy: this.healthy })
       if (url === '/api/v2/boom') return send(500, { error: 'boom' })
+      if (url === '/_agent/confirm' && req.method === 'POST') return send(200, { phase: 'ready', pid: 1, at: new Date().toISOString(), usage: this.usage })
       if (url === '/_agent/save' && req.method === 'POST') {
         this.saveCalls++
         if (this.saveFailures > 0) {
