@@ -177,13 +177,17 @@ export class Reconciler {
     this.saveOnRelease(s)
   }
 
-  /** A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session. */
+  /**
+   * A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session.
+   * Only launchers that can read the agent's last status report it (the process
+   * launcher); on Fargate the version lands in S3 and moves `latest`, unrecorded here.
+   */
   private async recordSaveOnStop(s: SessionRecord, seen: Extract<ObservedCompute, { state: 'stopped' }>): Promise<void> {
     if (!seen.saved || seen.saved.snapshot === s.savedSnapshot) return
     await this.sessions.recordSave(s, seen.saved, 'stop')
   }
 
-  /** The saveOnRelease lease has ended: save, then stop. A failed save fails the session (the previous version stays `latest`). */
+  /** The saveOnRelease lease has ended: save, then stop. A failed save leaves `latest` as it was; saveOnReleaseWhenDue retries it. */
   private saveOnRelease(s: SessionRecord): void {
     // Fire and forget: a save takes as long as the upload, and must not hold up the pass.
     // A failure is recorded as a save_failed event; saveOnReleaseWhenDue decides what next.
@@ -192,7 +196,6 @@ export class Reconciler {
       (err: Error) => this.logger?.warn({ sessionId: s.id, err: err.message }, 'save on release failed; retrying later'),
     ).catch((err: unknown) => this.logger?.error({ err, sessionId: s.id }, 'save on release: recording the outcome failed'))
   }
-
 
   /** Claims the launch (PENDING → STARTING) so one replica launches, then launches idempotently. */
   private async launch(s: SessionRecord): Promise<void> {
