@@ -143,7 +143,7 @@ async function benchProxy(holder: { token: string; sessionToken: string; session
   await closedLoop(1, UNLOADED_SECONDS, async () => {
     const body = bodies[n++ % bodies.length]
     const query = { method: 'POST' as const, path: queryPath, body }
-    await timed(direct, d1, { ...query, headers: { 'content-type': 'application/json' } }, 200)
+    await timed(direct, d1, { ...query, headers: { 'content-type': 'application/json', ...asHolder } }, 200)
     await timed(api, p1, { ...query, headers: { 'content-type': 'application/json', ...viaProxy } }, 200)
   })
   await direct.close()
