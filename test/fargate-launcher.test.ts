@@ -8,6 +8,7 @@ import { parseCapacityProviders } from '../src/services/launchers/capacity-provi
 import { FargateLauncher, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { EcsFake, type EcsFakeOptions } from './helpers/ecs-fake.ts'
+import { startS3Fake, type S3Fake } from './helpers/s3-fake.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 // The Fargate launcher with the real AWS SDK against a protocol-level ECS fake. The
@@ -16,7 +17,7 @@ const root = await mkdtemp(join(tmpdir(), 'chroma-lease-fargate-'))
 t.teardown(() => rm(root, { recursive: true, force: true }))
 const fixture = await buildSnapshotFixture(root, { collection: 'receipts', count: 50, dim: 8 })
 
-async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number } = {}) {
+async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake } = {}) {
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
@@ -39,7 +40,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
     backoff: async () => {},
     clock,
   })
-  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true })
+  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3 })
   return { fake, clock, launcher, ctx }
 }
 
@@ -106,6 +107,28 @@ t.test('a session as a Fargate task: RunTask as configured, READY with a real Ch
   t.match(task!.stoppedReason, /chroma-lease: force_stop|chroma-lease: test/)
   t.equal((await untilStatus(ctx, session.id, 'STOPPED')).status, 'STOPPED', 'STOPPED once ECS says the task stopped')
   t.equal(task!.lastStatus, 'STOPPED', 'and not before')
+})
+
+t.test('an s3:// snapshot: checked with HeadObject before any task starts, restored by the task from S3', async (t) => {
+  const s3 = await startS3Fake(join(root, 's3'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/2026-11.tar.gz', fixture.tarGzPath)
+  const { fake, ctx } = await setup(t, { runAgents: true, s3, agentEnv: s3.env })
+
+  const missing = await ctx.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot: 's3://snapshots/receipts/2025-01.tar.gz' } })
+  t.equal(missing.statusCode, 422, 'a snapshot that is not there: 422 at once')
+  t.equal(missing.json().code, 'snapshot_not_found')
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(fake.count('RunTask'), 0, 'and no task was started for it')
+
+  const lease = await acquire(ctx, 's3://snapshots/receipts/2026-11.tar.gz')
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  t.equal([...fake.tasks.values()][0]!.env.SNAPSHOT_URI, 's3://snapshots/receipts/2026-11.tar.gz')
+  const url = new URL(ctx.url)
+  const chroma = new ChromaClient({ host: url.hostname, port: Number(url.port), ssl: false, headers: { 'x-chroma-token': lease.token } })
+  const collection = await chroma.getCollection({ name: 'receipts', embeddingFunction: null as never })
+  t.equal(await collection.count(), 50, 'the task restored the snapshot from S3 and serves it')
 })
 
 t.test('a Spot interruption drains the session at once, then it stops cleanly', async (t) => {

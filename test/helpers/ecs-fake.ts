@@ -51,6 +51,8 @@ export interface EcsFakeOptions {
   /** Run the real session agent for each task (needs snapshotRoot for file:// snapshots). */
   runAgents?: boolean
   snapshotRoot?: string
+  /** More environment for every agent: what a task role and VPC endpoints give a real task (S3_ENDPOINT and credentials for s3rver). */
+  agentEnv?: Record<string, string>
   /** RunTask calls per second beyond which the fake answers ThrottlingException (after `runTaskBurst`). */
   runTaskRate?: number
   runTaskBurst?: number
@@ -362,6 +364,7 @@ export class EcsFake {
         CHROMA_PORT: String(this.chromaPort),
         CHROMA_DATA_DIR: join(task.dataDir, 'data'),
         ...(this.opts.snapshotRoot ? { SNAPSHOT_ROOT: this.opts.snapshotRoot } : {}),
+        ...this.opts.agentEnv,
       },
     })
     task.agent = child
