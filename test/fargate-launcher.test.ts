@@ -148,6 +148,37 @@ t.test('a Spot interruption drains the session at once, then it stops cleanly', 
   t.equal(fake.count('StopTask'), 0, 'the control plane did not need to stop it')
 })
 
+t.test('a Spot interruption of a saveOnRelease session: the task saves first, the version is on the session', async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-save'))
+  t.teardown(() => s3.close())
+  await s3.putFile('notes/v1.tar.gz', fixture.tarGzPath)
+  const { fake, ctx } = await setup(t, { runAgents: true, s3, agentEnv: s3.env })
+  const exclusive = async (snapshot: string) => {
+    const res = await ctx.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot, collection: 'receipts', mode: 'exclusive', saveOnRelease: true } })
+    t.equal(res.statusCode, 201, res.body)
+    return res.json()
+  }
+  const url = new URL(ctx.url)
+  const receipts = (token: string) =>
+    new ChromaClient({ host: url.hostname, port: Number(url.port), ssl: false, headers: { 'x-chroma-token': token } }).getCollection({ name: 'receipts', embeddingFunction: null as never })
+
+  const lease = await exclusive('s3://snapshots/notes/v1.tar.gz')
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  await (await receipts(lease.token)).add({ ids: ['w-1'], embeddings: [Array(8).fill(0.5)], documents: ['written before the interruption'] })
+
+  fake.interrupt(session.launchRef!)
+  const stopped = await untilStatus(ctx, session.id, 'STOPPED')
+  t.equal(stopped.status, 'STOPPED', 'the agent saved, then exited 0')
+  t.match(stopped.savedSnapshot, /^s3:\/\/snapshots\/notes\/v1\/versions\/.+\.tar\.gz$/, "found through the series' latest, which this session wrote")
+  t.match((await ctx.db.sessionEvent.findMany({ where: { sessionId: session.id, type: 'saved' } }))[0], { reason: 'stop' })
+
+  const next = await exclusive('s3://snapshots/notes/v1')
+  t.equal(next.session.snapshot, stopped.savedSnapshot, 'the series now launches that version')
+  t.equal((await reconcileUntilSettled(ctx, next.session.id)).status, 'READY')
+  t.same((await (await receipts(next.token)).get({ ids: ['w-1'] })).documents, ['written before the interruption'], 'with the write in it')
+})
+
 t.test('RunTask capacity failures are retried with fresh tokens, then FAILED with the reason', async (t) => {
   const { fake, clock, ctx } = await setup(t)
   fake.capacityFailures(2)

@@ -247,6 +247,7 @@ class SessionAgent {
         s3: this.config.s3,
         signal: this.stopDeadline.signal,
         onProgress: (bytes) => void this.status.progress(bytes, undefined, 'saving'),
+        sessionId: this.config.sessionId,
       })
       log(`saved ${result.snapshot} (${result.bytes} bytes, sha256 ${result.sha256}); ${result.series}/latest names it`)
       this.front.markClean()

@@ -41,7 +41,7 @@ export interface SaveResult {
 export async function saveSnapshot(
   sourceUri: string,
   dataDir: string,
-  options: { s3: S3Settings; signal: AbortSignal; onProgress: ProgressListener; now?: Date },
+  options: { s3: S3Settings; signal: AbortSignal; onProgress: ProgressListener; now?: Date; sessionId?: string },
 ): Promise<SaveResult> {
   const location = parseSnapshotUri(sourceUri)
   if (location.scheme !== 's3') throw new SaveError(`save-back needs an s3:// snapshot; ${sourceUri} is not one`)
@@ -70,7 +70,7 @@ export async function saveSnapshot(
     const put = (Key: string, Body: string, ContentType: string) =>
       client.send(new PutObjectCommand({ Bucket: bucket, Key, Body, ContentType }), { abortSignal: options.signal })
     await put(`${key}${ARCHIVE_MANIFEST_SUFFIX}`, formatSha256Sums([[`${version}.tar.gz`, sha256]]), 'text/plain')
-    const pointer: LatestPointer = { version, snapshot, sha256, bytes: hash.bytes, savedAt: savedAt.toISOString(), savedFrom: sourceUri }
+    const pointer: LatestPointer = { version, snapshot, sha256, bytes: hash.bytes, savedAt: savedAt.toISOString(), savedFrom: sourceUri, ...(options.sessionId ? { savedBy: options.sessionId } : {}) }
     options.signal.throwIfAborted()
     await put(`${prefix}/${LATEST_NAME}`, JSON.stringify(pointer, null, 2) + '\n', 'application/json')
     return { snapshot, version, series: `s3://${bucket}/${prefix}`, sha256, bytes: hash.bytes, savedAt: pointer.savedAt }

@@ -49,7 +49,7 @@ export function createServices(deps: ServiceDeps) {
   const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
   const agents = new SessionAgentClient()
   const query = new QueryService(router, chroma)
-  const saveBack = new SaveBackService(sessions, agents, tokens, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
+  const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys }
 }

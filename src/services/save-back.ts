@@ -3,6 +3,8 @@ import type { LeaseTokens } from './auth.ts'
 import { conflict, ProblemError } from './errors.ts'
 import { SessionAgentError, type SessionAgentClient } from './session-agent.ts'
 import { SessionService, type SessionRecord } from './sessions.ts'
+import type { SavedVersion } from './launchers/launcher.ts'
+import type { SnapshotService } from './snapshots/snapshot-service.ts'
 import { parseSnapshotUri } from './snapshots/uri.ts'
 
 /**
@@ -23,9 +25,21 @@ export class SaveBackService {
     private readonly sessions: SessionService,
     private readonly agents: SessionAgentClient,
     private readonly tokens: LeaseTokens,
+    private readonly snapshots: SnapshotService,
     private readonly opts: { saveTimeoutSeconds: number },
     private readonly logger?: Logger,
   ) {}
+
+  /**
+   * The version a session's agent saved on its way out (SIGTERM with SAVE_ON_STOP), found
+   * after the compute is gone: its series' `latest`, when this session wrote it. Where a
+   * launcher cannot read the agent's last status (Fargate), this is how the session learns it.
+   */
+  async savedOnStop(s: Pick<SessionRecord, 'id' | 'snapshot'>): Promise<SavedVersion | null> {
+    const pointer = await this.snapshots.latestPointer(s.snapshot)
+    if (!pointer || pointer.savedBy !== s.id) return null
+    return { snapshot: pointer.snapshot, version: pointer.version, sha256: pointer.sha256, bytes: pointer.bytes, savedAt: pointer.savedAt }
+  }
 
   isSaving(s: Pick<SessionRecord, 'id' | 'generation'>): boolean {
     return this.inFlight.has(`${s.id}:${s.generation}`)

@@ -178,14 +178,22 @@ export class Reconciler {
   }
 
   /**
-   * A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session.
-   * Only launchers that can read the agent's last status report it (the process
-   * launcher); on Fargate the version lands in S3 and moves `latest`, unrecorded here.
+   * A version the agent saved on its way out (SAVE_ON_STOP), recorded on the session:
+   * from the agent's last status where the launcher can read it (local processes), else
+   * from the series' `latest` pointer when this session wrote it (Fargate).
    */
   private async recordSaveOnStop(s: SessionRecord, seen: Extract<ObservedCompute, { state: 'stopped' }>): Promise<void> {
-    if (!seen.saved || seen.saved.snapshot === s.savedSnapshot) return
-    await this.sessions.recordSave(s, seen.saved, 'stop')
+    let saved = seen.saved ?? null
+    if (!saved && s.saveOnRelease && seen.clean) {
+      saved = await this.saveBack.savedOnStop(s).catch((err: Error) => {
+        this.logger?.warn({ sessionId: s.id, err: err.message }, 'could not read the series latest pointer after a stop')
+        return null
+      })
+    }
+    if (!saved || saved.snapshot === s.savedSnapshot) return
+    await this.sessions.recordSave(s, saved, 'stop')
   }
+
 
   /** The saveOnRelease lease has ended: save, then stop. A failed save leaves `latest` as it was; saveOnReleaseWhenDue retries it. */
   private saveOnRelease(s: SessionRecord): void {

@@ -3,7 +3,7 @@ import { isAbsolute, relative, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { ProblemError, unprocessable } from '../errors.ts'
-import { archiveFormat, LATEST_NAME, parseSnapshotUri, SnapshotUriError, type LatestPointer } from './uri.ts'
+import { archiveFormat, LATEST_NAME, parseSnapshotUri, snapshotSeries, SnapshotUriError, type LatestPointer } from './uri.ts'
 
 /**
  * Decides on acquire whether a snapshot can be served, so that a typo is a 422 at
@@ -62,6 +62,21 @@ export class SnapshotService {
     if (pointer !== null) return followPointer(bucket, pointerKey, pointer)
     if (latest) return { bucket, key: await this.newestVersion(s3, bucket, latest[1] ?? '') }
     return { bucket, key }
+  }
+
+  /** The `latest` pointer of the series an s3:// snapshot belongs to, or null when it has none (or it cannot be read as one). */
+  async latestPointer(snapshotUri: string): Promise<LatestPointer | null> {
+    const s3 = this.opts.s3
+    const loc = parse(snapshotUri)
+    if (!s3 || loc.scheme !== 's3') return null
+    const series = snapshotSeries(loc)
+    const text = await this.objectText(s3, series.bucket, `${series.prefix}/${LATEST_NAME}`)
+    try {
+      const pointer = text === null ? null : (JSON.parse(text) as LatestPointer)
+      return pointer && typeof pointer.snapshot === 'string' && typeof pointer.version === 'string' ? pointer : null
+    } catch {
+      return null
+    }
   }
 
   /** An object's text, or null when there is no such object. */

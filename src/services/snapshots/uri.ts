@@ -85,4 +85,6 @@ export interface LatestPointer {
   savedAt: string
   /** The snapshot the saved session had restored. */
   savedFrom: string
+  /** The session whose agent saved it, so a save on SIGTERM can be found after its task is gone. */
+  savedBy?: string
 }
