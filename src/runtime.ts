@@ -4,7 +4,8 @@ import pino, { type Logger } from 'pino'
 import { REDACTED_PATHS } from './app.ts'
 import type { Config } from './config.ts'
 import { PostgresChangeFeed } from './database/change-feed.ts'
-import { openDatabase } from './database/client.ts'
+import { openDatabase, type SqlPool } from './database/client.ts'
+import { SharedTokenBucket } from './database/shared-token-bucket.ts'
 import { startEmbeddedPostgres } from './database/embedded-postgres.ts'
 import { migrate } from './database/migrator.ts'
 import { loadLeaseTokenSecret } from './services/auth.ts'
@@ -26,7 +27,7 @@ export function createS3(config: Config): S3Client {
   })
 }
 
-export async function createLauncher(config: Config, logger: Logger, clock: Clock): Promise<Launcher> {
+export async function createLauncher(config: Config, logger: Logger, clock: Clock, sql: SqlPool): Promise<Launcher> {
   if (config.launcher === 'fargate') {
     // Loaded only when used: the ECS and EC2 SDKs cost the process launcher's users ~25 MB of RSS.
     const [{ ECSClient }, { EC2Client }, { FargateLauncher }] = await Promise.all([
@@ -53,6 +54,8 @@ export async function createLauncher(config: Config, logger: Logger, clock: Cloc
       },
       logger,
       clock,
+      // ECS's RunTask rate is per account: every replica draws from one bucket.
+      limiter: new SharedTokenBucket(sql, 'ecs-run-task', ecs.launchRate, ecs.launchBurst),
     })
   }
   return new ProcessLauncher({
@@ -105,7 +108,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     },
   })
   await services.apiKeys.init(config.apiKeys)
-  const launcher = await createLauncher(config, logger, clock)
+  const launcher = await createLauncher(config, logger, clock, sql)
   const workers = createWorkers({
     db,
     clock,

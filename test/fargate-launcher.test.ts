@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -8,6 +9,8 @@ import { parseCapacityProviders } from '../src/services/launchers/capacity-provi
 import { FargateLauncher, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { EcsFake, type EcsFakeOptions } from './helpers/ecs-fake.ts'
+import { SharedTokenBucket } from '../src/database/shared-token-bucket.ts'
+import type { SessionRecord } from '../src/services/sessions.ts'
 import { startS3Fake, type S3Fake } from './helpers/s3-fake.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
@@ -17,26 +20,29 @@ const root = await mkdtemp(join(tmpdir(), 'chroma-lease-fargate-'))
 t.teardown(() => rm(root, { recursive: true, force: true }))
 const fixture = await buildSnapshotFixture(root, { collection: 'receipts', count: 50, dim: 8 })
 
+function settingsOf(fake: EcsFake): FargateSettings {
+  return {
+    cluster: fake.cluster,
+    taskDefinition: 'chroma-session:3',
+    containerName: 'chroma-session',
+    subnets: ['subnet-a', 'subnet-b'],
+    securityGroups: ['sg-sessions'],
+    assignPublicIp: false,
+    capacityProviders: parseCapacityProviders('FARGATE_SPOT:3,FARGATE:1:1'),
+    chromaPort: fake.chromaPort,
+    startedBy: 'chroma-lease-test',
+    launchRate: 1000,
+    launchBurst: 1000,
+  }
+}
+
 async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake } = {}) {
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
   const launcher = new FargateLauncher({
     ...fake.clients(),
-    settings: {
-      cluster: fake.cluster,
-      taskDefinition: 'chroma-session:3',
-      containerName: 'chroma-session',
-      subnets: ['subnet-a', 'subnet-b'],
-      securityGroups: ['sg-sessions'],
-      assignPublicIp: false,
-      capacityProviders: parseCapacityProviders('FARGATE_SPOT:3,FARGATE:1:1'),
-      chromaPort: fake.chromaPort,
-      startedBy: 'chroma-lease-test',
-      launchRate: 1000,
-      launchBurst: 1000,
-      ...opts.settings,
-    },
+    settings: { ...settingsOf(fake), ...opts.settings },
     backoff: async () => {},
     clock,
   })
@@ -227,6 +233,31 @@ t.test('a herd of cold acquires for many snapshots queues its launches under the
   t.equal(fake.tasks.size, 20, 'every session got its task')
   t.equal(fake.count('RunTask'), 20, 'no RunTask call was throttled or repeated')
   t.ok(sessions.every((s) => s.launchRef !== null && s.status === 'STARTING'))
+})
+
+t.test('two replicas share one launch rate: their herd together stays under ECS\'s limit', async (t) => {
+  // The fake throttles beyond 10 RunTask/s (burst 5). Each replica alone would space its own
+  // calls at 9/s; two of them at once, each with a bucket of its own, would send 18/s.
+  const { fake, ctx } = await setup(t, { runTaskRate: 10, runTaskBurst: 5 })
+  const bucket = `ecs-run-task-${randomUUID()}` // one name: the row both replicas draw from
+  const replica = () =>
+    new FargateLauncher({
+      ...fake.clients(),
+      settings: { ...settingsOf(fake), launchRate: 9, launchBurst: 4 },
+      backoff: async () => {},
+      limiter: new SharedTokenBucket(ctx.sql, bucket, 9, 4),
+    })
+  const [a, b] = [replica(), replica()]
+  const launches = Array.from({ length: 24 }, (_, i) => ({
+    ...ctx.workers.reconciler.launchSpec({ id: randomUUID(), generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord),
+    sessionId: randomUUID(),
+    generation: i,
+  }))
+  const started = Date.now()
+  const refs = await Promise.all(launches.map((spec, i) => (i % 2 ? a : b).launch(spec)))
+  t.equal(new Set(refs.map((r) => r.ref)).size, 24, 'every launch started its task')
+  t.equal(fake.count('RunTask'), 24, 'no RunTask call was throttled or repeated')
+  t.ok(Date.now() - started >= ((24 - 4) / 9) * 1000 * 0.9, 'spaced at the shared rate, not twice it')
 })
 
 t.test('a task that stops during start fails the session with stopCode and reason', async (t) => {

@@ -7,7 +7,7 @@ import type { Logger } from 'pino'
 import { buildApp } from '../../src/app.ts'
 import type { ApiKeySeed } from '../../src/config.ts'
 import { PostgresChangeFeed } from '../../src/database/change-feed.ts'
-import { openDatabase, type Database } from '../../src/database/client.ts'
+import { openDatabase, type Database, type SqlPool } from '../../src/database/client.ts'
 import { loadLeaseTokenSecret } from '../../src/services/auth.ts'
 import { ManualClock, type Clock } from '../../src/services/clock.ts'
 import { createServices, type Services } from '../../src/services/index.ts'
@@ -21,6 +21,8 @@ import type { S3Fake } from './s3-fake.ts'
 export interface TestApp {
   app: FastifyInstance
   db: Database
+  /** The same pool as db, for the hot-path statements. */
+  sql: SqlPool
   clock: Clock
   services: Services
   workers: Workers
@@ -130,7 +132,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     await db.$disconnect()
     if (sessionsDir && !opts.sessionsDir && !opts.keepSessions) await rm(sessionsDir, { recursive: true, force: true })
   })
-  return { app, db, clock, services, workers, launcher, databaseUrl, url }
+  return { app, db, sql, clock, services, workers, launcher, databaseUrl, url }
 }
 
 /** Stops every session process a launcher started and waits for them to go. */

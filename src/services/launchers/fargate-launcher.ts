@@ -14,7 +14,7 @@ import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, Descri
 import type { Logger } from 'pino'
 import { systemClock, type Clock } from '../clock.ts'
 import { LaunchDeferred, type ComputeSize, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
-import { TokenBucket } from './token-bucket.ts'
+import { TokenBucket, type RateLimiter } from './token-bucket.ts'
 
 export interface FargateSettings {
   cluster: string
@@ -43,6 +43,8 @@ export interface FargateLauncherDeps {
   backoff?: (attempt: number) => Promise<void>
   /** The control plane's clock (launch claims are stamped with it); default the system clock. */
   clock?: Clock
+  /** Spaces RunTask calls: one bucket all replicas share in production; default one of this process (launchRate, launchBurst). */
+  limiter?: RateLimiter
 }
 
 /** RunTask replies with `failures` (capacity, ENI limits) are retried this many times, then the launch fails. */
@@ -72,7 +74,7 @@ type Architecture = ComputeSize['architecture']
  */
 export class FargateLauncher implements Launcher {
   readonly kind = 'fargate' as const
-  private readonly bucket: TokenBucket
+  private readonly bucket: RateLimiter
   private readonly backoff: (attempt: number) => Promise<void>
   /**
    * CPU architectures of task definitions by ARN, for tasks that do not report theirs:
@@ -81,7 +83,7 @@ export class FargateLauncher implements Launcher {
   private readonly taskDefinitionArchitectures = new Map<string, Promise<Architecture>>()
 
   constructor(private readonly deps: FargateLauncherDeps) {
-    this.bucket = new TokenBucket(deps.settings.launchRate, deps.settings.launchBurst)
+    this.bucket = deps.limiter ?? new TokenBucket(deps.settings.launchRate, deps.settings.launchBurst)
     this.backoff = deps.backoff ?? ((attempt) => sleep(Math.min(30_000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2)))
   }
 

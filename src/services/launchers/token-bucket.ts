@@ -1,11 +1,17 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 
+/** Spaces calls to a rate-limited API: take() resolves when the next call may go. */
+export interface RateLimiter {
+  take(): Promise<void>
+}
+
 /**
  * Spaces calls to a rate-limited API: up to `burst` at once, then `ratePerSecond`.
  * Callers queue (in order) rather than fail, so a herd of cold acquires for many
  * snapshots becomes a steady stream of RunTask calls that ECS accepts.
  */
-export class TokenBucket {
+export class TokenBucket implements RateLimiter {
+  // In this process only; SharedTokenBucket (src/database) is the one replicas share.
   private tokens: number
   private last = performance.now()
   private queue: Promise<void> = Promise.resolve()
