@@ -166,33 +166,25 @@ export class Metrics implements Observer {
       },
     })
     // Sessions' own memory and CPU, as their agents report them with each confirmation:
-    // the largest and the total over live sessions (no per-session labels).
-    const usageOfLiveSessions = (column: 'memory_bytes' | 'cpu_cores') =>
-      db.$queryRaw<Array<{ max: number | null; sum: number | null }>>`
-        SELECT max(${Prisma.raw(column)})::float8 AS max, sum(${Prisma.raw(column)})::float8 AS sum
-        FROM sessions WHERE ended_at IS NULL AND usage_at IS NOT NULL`
-    new Gauge({
-      name: 'chroma_lease_session_memory_bytes',
-      help: 'Resident memory of live sessions (agent and Chroma), as their agents last reported it: the largest session and the total',
-      labelNames: ['stat'] as const,
-      registers: [this.registry],
-      async collect() {
-        const [row] = await usageOfLiveSessions('memory_bytes')
-        this.set({ stat: 'max' }, Number(row?.max ?? 0))
-        this.set({ stat: 'sum' }, Number(row?.sum ?? 0))
-      },
-    })
-    new Gauge({
-      name: 'chroma_lease_session_cpu_cores',
-      help: 'CPU cores busy in live sessions (agent and Chroma), averaged over the minute before their agents last reported: the busiest session and the total',
-      labelNames: ['stat'] as const,
-      registers: [this.registry],
-      async collect() {
-        const [row] = await usageOfLiveSessions('cpu_cores')
-        this.set({ stat: 'max' }, Number(row?.max ?? 0))
-        this.set({ stat: 'sum' }, Number(row?.sum ?? 0))
-      },
-    })
+    // the largest session and the total over live sessions, as separate metrics (a
+    // label telling max from sum would make summing over labels meaningless), and
+    // without per-session labels.
+    const usageGauge = (name: string, help: string, column: 'memory_bytes' | 'cpu_cores', stat: 'max' | 'sum') =>
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        async collect() {
+          const [row] = await db.$queryRaw<Array<{ value: number | null }>>`
+            SELECT ${Prisma.raw(`${stat}(${column})`)}::float8 AS value
+            FROM sessions WHERE ended_at IS NULL AND usage_at IS NOT NULL`
+          this.set(Number(row?.value ?? 0))
+        },
+      })
+    usageGauge('chroma_lease_session_memory_max_bytes', 'Resident memory (agent and Chroma) of the largest live session, as its agent last reported it', 'memory_bytes', 'max')
+    usageGauge('chroma_lease_sessions_memory_bytes', 'Resident memory (agent and Chroma) of all live sessions together, as their agents last reported it', 'memory_bytes', 'sum')
+    usageGauge('chroma_lease_session_cpu_max_cores', 'CPU cores busy in the busiest live session (agent and Chroma), averaged over the interval before its agent last reported', 'cpu_cores', 'max')
+    usageGauge('chroma_lease_sessions_cpu_cores', 'CPU cores busy in all live sessions together, averaged over the interval before their agents last reported', 'cpu_cores', 'sum')
     new Gauge({
       name: 'chroma_lease_session_cost_usd',
       help: 'Cost of sessions at the configured Fargate prices (per second, one-minute minimum): live ones so far, ended ones in total; sessions with no reported size (local processes) cost nothing',
