@@ -35,11 +35,17 @@ t.teardown(() => browser.close())
 /** Expands one operation, fills path parameters, executes it, and returns the live response's status and body. */
 async function execute(page: Page, method: string, path: string, params: Record<string, string> = {}) {
   const op = page.locator(`.opblock-${method}`).filter({ has: page.locator('.opblock-summary-path', { hasText: new RegExp(`^${path.replace(/[{}]/g, '\\$&')}$`) }) })
-  await op.locator('.opblock-summary').first().click()
+  // Expand it unless an earlier call left it open; clear an earlier call's response.
+  if (!(await op.getByRole('button', { name: 'Execute' }).isVisible())) await op.locator('.opblock-summary').first().click()
   // The console opens with "Try it out" already on (uiConfig.tryItOutEnabled).
   await op.getByRole('button', { name: 'Execute' }).waitFor()
+  const clear = op.getByRole('button', { name: 'Clear' })
+  if (await clear.isVisible()) await clear.click()
   for (const [name, value] of Object.entries(params)) {
-    await op.locator(`tr[data-param-name="${name}"] input`).fill(value)
+    const row = op.locator(`tr[data-param-name="${name}"]`)
+    // Booleans and enums are drop-downs, everything else a text field.
+    if (await row.locator('select').count()) await row.locator('select').selectOption(value)
+    else await row.locator('input').fill(value)
   }
   await op.getByRole('button', { name: 'Execute' }).click()
   const response = op.locator('.live-responses-table .response')
@@ -49,7 +55,7 @@ async function execute(page: Page, method: string, path: string, params: Record<
   return { status, body }
 }
 
-t.test('an operator authorises with a key, lists sessions, inspects and drains one', async (t) => {
+t.test('an operator authorises with a key, lists sessions, inspects, drains and force-stops one', async (t) => {
   const page = await browser.newPage()
   await page.goto(`${ctx.url}/docs`)
   await page.locator('.swagger-ui .info .title').filter({ hasText: 'chroma-lease' }).waitFor()
@@ -78,6 +84,14 @@ t.test('an operator authorises with a key, lists sessions, inspects and drains o
   t.equal(drained.status, 200)
   t.equal(JSON.parse(drained.body).status, 'DRAINING')
   t.equal((await ctx.services.sessions.get(sessionId)).status, 'DRAINING', 'the drain reached the database')
+
+  const stopped = await execute(page, 'delete', '/v1/sessions/{id}', { id: sessionId, force: 'true', reason: 'stuck, from the console' })
+  t.equal(stopped.status, 200)
+  t.equal(JSON.parse(stopped.body).status, 'STOPPING', 'force stop')
+  const events = await ctx.services.sessions.events(sessionId, { limit: 100 })
+  t.match(events.find((e) => e.type === 'force_stop'), { reason: 'stuck, from the console' }, 'the force stop and its reason are on the timeline')
+  const leaseNow = await ctx.app.inject({ url: `/v1/leases/${lease.json().id}`, headers: { 'x-api-key': OPERATOR } })
+  t.not(leaseNow.json().status, 'active', 'the force stop ended the lease')
 
   await mkdir(ARTIFACTS, { recursive: true })
   await page.screenshot({ path: join(ARTIFACTS, 'swagger-ui.png'), fullPage: true })
