@@ -1,11 +1,15 @@
-import { execFile } from 'node:child_process'
-import { mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import pg from 'pg'
 import t from 'tap'
 import { main, type Io } from '../src/cli/main.ts'
+import { freeLoopbackPort } from '../src/free-port.ts'
 import { buildTestApp } from './helpers/app.ts'
+import { freshDatabaseUrl } from './helpers/database.ts'
 
 // The `chroma-lease` CLI against a real control plane on a loopback port. Workers are
 // not started, so sessions stay PENDING: the CLI's job is the API, not the lifecycle.
@@ -114,4 +118,42 @@ t.test('bad usage exits 2 with a hint; an unreachable server exits 1', async (t)
   t.match(unknown.err, /404 session_not_found/)
   const gone = await main(['sessions', 'list', '--url', 'http://127.0.0.1:9'], { env: {}, out: () => {}, err: (s) => t.match(s, /cannot reach http:\/\/127\.0\.0\.1:9/) })
   t.equal(gone, 1)
+})
+
+t.test('migrate and serve: the installed command applies the migrations and runs the service', async (t) => {
+  const run = promisify(execFile)
+  const databaseUrl = await freshDatabaseUrl({ migrated: false })
+  const dataDir = await mkdtemp(join(tmpdir(), 'chroma-lease-cli-serve-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const env = { PATH: process.env.PATH, DATABASE_URL: databaseUrl, DATA_DIR: dataDir, LOG_LEVEL: 'warn' }
+  const migrations = (await readdir('prisma/migrations', { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name)
+
+  const first = await run(process.execPath, ['bin/chroma-lease.js', 'migrate'], { env })
+  t.match(first.stdout, `applied ${migrations.length} migration(s): ${migrations.join(', ')}; 0 already applied`)
+  const again = await run(process.execPath, ['bin/chroma-lease.js', 'migrate'], { env })
+  t.match(again.stdout, `applied 0 migration(s); ${migrations.length} already applied`, 'a second run changes nothing')
+  const db = new pg.Client({ connectionString: databaseUrl })
+  await db.connect()
+  const applied = await db.query<{ migration_name: string }>('SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL ORDER BY migration_name')
+  await db.end()
+  t.same(applied.rows.map((r) => r.migration_name), migrations, "recorded in Prisma's bookkeeping")
+
+  const port = await freeLoopbackPort()
+  const server = spawn(process.execPath, ['bin/chroma-lease.js', 'serve'], { env: { ...env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  server.stdout.on('data', (c) => (output += c))
+  server.stderr.on('data', (c) => (output += c))
+  const exited = once(server, 'exit')
+  t.teardown(() => void (server.exitCode === null && server.kill('SIGKILL')))
+  let ready = 0
+  for (let i = 0; i < 300 && ready !== 200 && server.exitCode === null; i++) {
+    ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status, () => 0)
+    if (ready !== 200) await new Promise((r) => setTimeout(r, 100))
+  }
+  t.equal(ready, 200, `serve answers /readyz (output: ${output})`)
+  const sessions = await fetch(`http://127.0.0.1:${port}/v1/sessions`)
+  t.equal(sessions.status, 200, 'and the API, on the migrated database')
+  server.kill('SIGTERM')
+  const [code] = await exited
+  t.equal(code, 0, 'serve stops cleanly on SIGTERM')
 })
