@@ -4,6 +4,7 @@ import type { Database, SqlPool } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import { ApiKeyService, LeaseTokens } from './auth.ts'
 import { ChromaClient } from './chroma.ts'
+import { CostReport } from './cost-report.ts'
 import type { Clock } from './clock.ts'
 import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './cost.ts'
 import { LeaseRouter } from './lease-routes.ts'
@@ -51,5 +52,6 @@ export function createServices(deps: ServiceDeps) {
   const query = new QueryService(router, chroma)
   const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys }
+  const costs = new CostReport(deps.sql, deps.clock, prices)
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs }
 }

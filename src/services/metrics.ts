@@ -4,6 +4,7 @@ import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database } from '../database/client.ts'
 import type { Clock } from './clock.ts'
 import type { FargatePrices } from './cost.ts'
+import { sessionCostSql } from './cost-report.ts'
 
 /** A session event as committed to session_events (the timeline, the log line and the metrics all come from it). */
 export interface RecordedEvent {
@@ -192,14 +193,9 @@ export class Metrics implements Observer {
       registers: [this.registry],
       async collect() {
         // services/cost.ts runCost() per session, summed in the database: a scrape reads no rows.
-        const arm = Prisma.sql`cpu_architecture = 'arm64'`
         const rows = await db.$queryRaw<Array<{ live: boolean; usd: number }>>`
-          SELECT ended_at IS NULL AS live,
-            sum(greatest(${prices.minimumSeconds}::float8, ceil(extract(epoch FROM coalesce(ended_at, ${clock.now()}) - launched_at)::float8))
-                * (cpu_units / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.vcpuHour}::float8 ELSE ${prices.x86.vcpuHour}::float8 END
-                   + memory_mib / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.gbHour}::float8 ELSE ${prices.x86.gbHour}::float8 END)
-                / 3600)::float8 AS usd
-          FROM sessions WHERE cpu_units IS NOT NULL AND memory_mib IS NOT NULL AND launched_at IS NOT NULL
+          SELECT s.ended_at IS NULL AS live, sum(${sessionCostSql(prices, clock.now())})::float8 AS usd
+          FROM sessions s WHERE s.cpu_units IS NOT NULL AND s.memory_mib IS NOT NULL AND s.launched_at IS NOT NULL
           GROUP BY 1`
         this.set({ state: 'live' }, 0)
         this.set({ state: 'ended' }, 0)

@@ -1,0 +1,21 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { problems } from '../schemas/common.ts'
+import { CostQuery, WorkflowCosts } from '../schemas/cost.ts'
+import type { Services } from '../services/index.ts'
+
+const costRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app, { services }) => {
+  app.get('/v1/costs', {
+    preHandler: app.requireRole('client'),
+    schema: {
+      tags: ['sessions'],
+      summary: 'Cost per workflow: each session\'s cost split among its leases by the time each held it, summed per holder (a client sees its own leases, an operator all)',
+      querystring: CostQuery,
+      response: { 200: WorkflowCosts, ...problems(400, 401) },
+    },
+  }, async (request) => {
+    const { since, holder, limit } = request.query
+    return { workflows: await services.costs.byWorkflow(request.principal, { since: since ? new Date(since) : undefined, holder, limit }) }
+  })
+}
+
+export default costRoutes
