@@ -107,6 +107,23 @@ t.test('sessions and leases: list, show with its timeline, release, stop', async
   t.equal(JSON.parse(drained.out).status, 'DRAINING')
 })
 
+t.test('costs: per workflow, as a table or JSON, filtered by holder', async (t) => {
+  await acquire(OPERATOR, 'costs')
+  const json = await cli('costs', '--json')
+  t.equal(json.code, 0)
+  const [row] = JSON.parse(json.out).workflows
+  // The CLI's sessions never run (no workers), so no session reported a size: nothing is priced.
+  t.match(row, { holder: 'cli-test', costUsd: 0 })
+  t.ok(row.leases >= 1 && row.unpricedLeases === row.leases, 'leases on unsized sessions are counted as unpriced, not free')
+  const table = await cli('costs', '--holder', 'cli-test')
+  t.match(table.out, /^HOLDER\s+LEASES\s+SESSIONS\s+COST \(USD\)\s+UNPRICED\s+LAST LEASE\n/)
+  t.match(table.out, new RegExp(`cli-test\\s+${row.leases}\\s+${row.sessions}\\s+0\\.000000\\s+${row.leases}`))
+  t.equal((await cli('costs', '--holder', 'nobody')).out, '(none)\n')
+  const bad = await cli('costs', '--since', 'yesterday')
+  t.equal(bad.code, 1)
+  t.match(bad.err, /400 validation_failed/)
+})
+
 t.test('bad usage exits 2 with a hint; an unreachable server exits 1', async (t) => {
   for (const argv of [['frobnicate'], ['sessions'], ['sessions', 'show'], ['keys', 'list', '--limit', '3'], ['keys', 'create'], ['keys', 'create', '--name', 'x', '--role', 'admin'], ['--bogus']]) {
     const r = await cli(...argv)

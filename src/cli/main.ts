@@ -27,6 +27,8 @@ Talk to a running control plane (--url, --api-key):
   leases list [--session ID] [--active] [--limit N]
                                      leases, newest first
   leases release ID                  release a lease (idempotent)
+  costs [--holder H] [--since TIME] [--limit N]
+                                     cost per workflow (lease holder) at Fargate prices
 
 Options:
   --url URL          the control plane (env CHROMA_LEASE_URL; default http://127.0.0.1:8080)
@@ -47,6 +49,8 @@ const OPTIONS = {
   reason: { type: 'string' },
   session: { type: 'string' },
   active: { type: 'boolean' },
+  holder: { type: 'string' },
+  since: { type: 'string' },
 } as const
 
 type Flags = {
@@ -61,6 +65,8 @@ type Flags = {
   reason?: string
   session?: string
   active?: boolean
+  holder?: string
+  since?: string
 }
 
 /** Options each command takes besides the common ones. */
@@ -74,6 +80,7 @@ const COMMAND_OPTIONS: Record<string, Array<keyof Flags>> = {
   'sessions stop': ['reason'],
   'leases list': ['session', 'active', 'limit'],
   'leases release': [],
+  costs: ['holder', 'since', 'limit'],
 }
 const COMMON: Array<keyof Flags> = ['url', 'api-key', 'json', 'help']
 const WITH_ID = new Set(['keys revoke', 'sessions show', 'sessions drain', 'sessions stop', 'leases release'])
@@ -215,6 +222,15 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
       print(lease, () => leasesTable([lease]))
       return 0
     }
+    case 'costs': {
+      const query = new URLSearchParams()
+      if (flags.holder !== undefined) query.set('holder', flags.holder)
+      if (flags.since) query.set('since', flags.since)
+      if (flags.limit) query.set('limit', flags.limit)
+      const { workflows } = await api.call<{ workflows: WorkflowCostRow[] }>('GET', `/v1/costs${query.size ? `?${query}` : ''}`)
+      print({ workflows }, () => costsTable(workflows))
+      return 0
+    }
   }
   throw new UsageError(`unknown command: ${command}`)
 }
@@ -322,6 +338,16 @@ interface LeaseRow {
   session: SessionRow
 }
 
+interface WorkflowCostRow {
+  holder: string | null
+  leases: number
+  sessions: number
+  costUsd: number
+  unpricedLeases: number
+  firstLeaseAt: string
+  lastLeaseAt: string
+}
+
 function keysTable(keys: ApiKeyRow[]): string {
   return formatTable(
     ['ID', 'NAME', 'ROLE', 'FINGERPRINT', 'CREATED', 'REVOKED'],
@@ -382,5 +408,12 @@ function leasesTable(leases: LeaseRow[]): string {
   return formatTable(
     ['ID', 'STATUS', 'SESSION', 'SESSION STATUS', 'HOLDER', 'AGE', 'EXPIRES'],
     leases.map((l) => [l.id, l.status, l.session.id, l.session.status, shorten(l.holder ?? '-', 40), age(l.createdAt), l.endedAt ? `ended ${l.endedAt}` : l.expiresAt]),
+  )
+}
+
+function costsTable(workflows: WorkflowCostRow[]): string {
+  return formatTable(
+    ['HOLDER', 'LEASES', 'SESSIONS', 'COST (USD)', 'UNPRICED', 'LAST LEASE'],
+    workflows.map((w) => [shorten(w.holder ?? '-', 60, 'start'), String(w.leases), String(w.sessions), w.costUsd.toFixed(6), String(w.unpricedLeases), age(w.lastLeaseAt)]),
   )
 }
