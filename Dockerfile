@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The control plane: `npm start` (src/server.ts, bundled by esbuild) in a non-root image.
 #   docker build -t chroma-lease .
-# The session image is container/Dockerfile.
+# The session image is container/Dockerfile. test/control-plane-image.test.ts runs every RUN
+# below from this file but the chown, then the CMD and HEALTHCHECK.
 
 # --- build: install, generate the Prisma client (postinstall), drop dev dependencies, bundle
 FROM node:20-bookworm-slim AS build

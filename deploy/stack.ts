@@ -223,6 +223,12 @@ export function createStack(cfg: StackConfig) {
       restrictPublicBuckets: true,
     })
     new aws.s3.BucketVersioning(`${p}-snapshots`, { bucket: bucket.id, versioningConfiguration: { status: 'Enabled' } })
+    // A save-back cut short (SIGKILL, a lost task) leaves its multipart upload open: never
+    // visible as an object, but its parts are billed until aborted.
+    new aws.s3.BucketLifecycleConfiguration(`${p}-snapshots`, {
+      bucket: bucket.id,
+      rules: [{ id: 'abort-incomplete-multipart-uploads', status: 'Enabled', filter: {}, abortIncompleteMultipartUpload: { daysAfterInitiation: 1 } }],
+    })
     snapshotBucketName = bucket.bucket
     snapshotBucketArn = bucket.arn
   }

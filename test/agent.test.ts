@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -483,22 +484,76 @@ t.test('save-back to S3', async (t) => {
     t.same(got.documents, ['receipt saved: tea 3.10'], 'the write survived the round trip')
   })
 
-  t.test('a save interrupted halfway (the agent killed mid-upload) leaves the previous version intact', async (t) => {
+  // Random bytes do not compress: an archive of over two 5 MB parts, so the save is a
+  // multipart upload (@aws-sdk/lib-storage) that really reaches s3rver.
+  const PADDING_BYTES = 11 * 1024 * 1024
+  const sha256Of = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex')
+  let padding = ''
+
+  t.test('a multipart save (three parts) completes on the store and restores', async (t) => {
+    const run = await startAgent(t, series, s3.env)
+    await run.waitForPhase(['ready'])
+    await writeFile(join(run.dataDir, 'padding.bin'), randomBytes(PADDING_BYTES))
+    padding = await sha256Of(join(run.dataDir, 'padding.bin'))
+    const saved = await call(run, 'POST', '/_agent/save')
+    t.equal(saved.status, 200, JSON.stringify(saved.body))
+    t.ok(Number(saved.body!.bytes) > 2 * 5 * 1024 * 1024, `${saved.body!.bytes} bytes: more than two parts`)
+    t.same(await s3.incompleteUploads(), [], 'the multipart upload was completed, nothing left open')
+    t.match(await latest(), { snapshot: saved.body!.snapshot }, 'latest names it')
+    const again = await startAgent(t, series, s3.env)
+    t.equal((await again.waitForPhase(['ready', 'failed'])).restored, saved.body!.snapshot)
+    t.equal(await sha256Of(join(again.dataDir, 'padding.bin')), padding, 'restored byte for byte')
+    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 1)
+  })
+
+  t.test('a save killed mid-multipart-upload leaves the previous latest and version intact', async (t) => {
     const before = await latest()
+    t.ok(before, 'a previous version to protect')
     const versionsBefore = await keysUnder(s3, 'receipts/v1/versions/')
-    const stall = await stallingUploads(t)
+    // Part 1 goes through to s3rver; parts 2 and later are read and never answered.
+    const laterPart = (method: string, path: string) => method === 'PUT' && Number(/[?&]partNumber=(\d+)/.exec(path)?.[1] ?? 0) >= 2
+    const stall = await startStallingS3(s3.endpoint, laterPart)
+    t.teardown(() => stall.close())
     const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint })
     await run.waitForPhase(['ready'])
     void call(run, 'POST', '/_agent/save').catch(() => {})
-    await run.waitForPhase(['saving'])
-    while (stall.stalled() === 0) await sleep(50)
+    const partOneStored = () => stall.passed().some((r) => r.method === 'PUT' && /[?&]partNumber=1(&|$)/.test(r.path) && r.status === 200)
+    while (!partOneStored() || stall.stalled() === 0) await sleep(50)
     process.kill(-run.pid, 'SIGKILL')
     await run.exitCode
+
+    const left = await s3.incompleteUploads()
+    t.equal(left.length, 1, 'the upload reached the store and was left open (the bucket lifecycle rule aborts such uploads in AWS)')
+    t.match(left[0], { key: /^receipts\/v1\/versions\/.+\.tar\.gz$/ })
+    t.ok(left[0]!.parts.includes(1), `s3rver holds part 1 of it: parts ${left[0]!.parts.join(', ')}`)
     t.same(await latest(), before, 'latest is unchanged')
     t.same(await keysUnder(s3, 'receipts/v1/versions/'), versionsBefore, 'no partial version is visible')
+    t.notOk(versionsBefore.includes(left[0]!.key), 'the open upload names no listed version')
     const again = await startAgent(t, series, s3.env)
-    await again.waitForPhase(['ready'])
-    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 1, 'the previous version restores whole')
+    t.equal((await again.waitForPhase(['ready', 'failed'])).restored, before!.snapshot, 'the series restores the previous version')
+    t.equal(await sha256Of(join(again.dataDir, 'padding.bin')), padding, 'whole')
+    t.equal(await countChroma(again.endpoint, fixture.collection), fixture.count + 1)
+  })
+
+  t.test('a save whose latest PUT fails: the complete new version stays unnamed, latest unchanged', async (t) => {
+    const before = await latest()
+    const versionsBefore = await keysUnder(s3, 'receipts/v1/versions/')
+    const uploadsBefore = await s3.incompleteUploads()
+    const stall = await startStallingS3(s3.endpoint, (method, path) => method === 'PUT' && path.split('?')[0]!.endsWith('/receipts/v1/latest'), 'refuse')
+    t.teardown(() => stall.close())
+    const run = await startAgent(t, series, { ...s3.env, S3_ENDPOINT: stall.endpoint })
+    await run.waitForPhase(['ready'])
+    const saved = await call(run, 'POST', '/_agent/save')
+    t.equal(saved.status, 502, 'the save fails')
+    t.match(saved.body, { code: 'save_failed', detail: /failed: .*Access Denied.*; latest is unchanged$/ })
+    t.equal(stall.stalled(), 1, 'at the latest PUT')
+    t.same(await latest(), before, 'latest is unchanged')
+    const added = (await keysUnder(s3, 'receipts/v1/versions/')).filter((k) => !versionsBefore.includes(k))
+    t.equal(added.length, 2, `the archive and its manifest were complete before latest: ${added.join(', ')}`)
+    t.same(await s3.incompleteUploads(), uploadsBefore, 'its multipart upload was completed')
+    t.notOk(added.some((k) => `s3://${s3.bucket}/${k}` === before!.snapshot), 'latest still names the previous version, not the new one')
+    const again = await startAgent(t, series, s3.env)
+    t.equal((await again.waitForPhase(['ready', 'failed'])).restored, before!.snapshot, 'the series restores the previous version')
   })
 
   t.test('SIGTERM during a save: stops within the stop timeout, latest unchanged', async (t) => {

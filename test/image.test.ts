@@ -1,98 +1,66 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { copyFile, mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { freeLoopbackPort } from '../src/free-port.ts'
-import { buildTestApp } from './helpers/app.ts'
+import { buildLocally, cannotRunHere, imageConfig, parseDockerfile, runLines } from './helpers/dockerfile.ts'
 import { buildSnapshotFixture, countChroma } from './helpers/snapshot-fixture.ts'
 
-// Docker cannot build here, so this runs the commands the two Dockerfiles run, on this
-// machine's files, with /app mapped to a temporary directory: the agent bundle is built
-// by the same script, the binding is stripped by the same command, the agent starts by
-// the image's ENTRYPOINT with the image's ENV, and its HEALTHCHECK is the one judged.
+// Docker cannot build here, so this builds the session image's stages from
+// container/Dockerfile as Docker would, each stage in a temporary directory standing for
+// its root: its own COPY lines from this checkout, its own RUN lines (npm ci, the agent
+// bundle, the binding's npm install and strip), then the runtime stage's ENTRYPOINT
+// with its ENV, and its HEALTHCHECK judged. The control-plane image is
+// test/control-plane-image.test.ts (a file of its own, so the two npm installs run in
+// parallel).
 
 const repo = fileURLToPath(new URL('..', import.meta.url))
 const root = await mkdtemp(join(tmpdir(), 'image-test-'))
 t.teardown(() => rm(root, { recursive: true, force: true }))
-const app = join(root, 'app')
 
-interface Dockerfile {
-  runs: string[]
-  env: Record<string, string>
-  entrypoint: string[]
-  cmd: string[]
-  healthcheck: string[]
-  user: string
-}
+/** What apt-get installs in the image, and the program of it the image uses: present on this machine instead. */
+const APT_PROGRAMS: Record<string, string> = { binutils: 'strip', zstd: 'zstd' }
 
-/** The instructions of the final stage that matter here, and every RUN of every stage. */
-function parseDockerfile(text: string): Dockerfile {
-  const lines = text.replace(/\s*\\\n\s*/g, " ").split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
-  const result: Dockerfile = { runs: [], env: {}, entrypoint: [], cmd: [], healthcheck: [], user: '' }
-  for (const line of lines) {
-    const [instruction, ...rest] = line.split(' ')
-    const args = rest.join(' ')
-    if (instruction === 'FROM') result.env = {}
-    if (instruction === 'RUN') result.runs.push(args)
-    if (instruction === 'ENV') for (const m of args.matchAll(/(\w+)=(\S+)/g)) result.env[m[1]!] = m[2]!
-    if (instruction === 'ENTRYPOINT') result.entrypoint = JSON.parse(args) as string[]
-    if (instruction === 'CMD') result.cmd = JSON.parse(args) as string[]
-    if (instruction === 'USER') result.user = args
-    if (instruction === 'HEALTHCHECK') result.healthcheck = JSON.parse(args.slice(args.indexOf('CMD ') + 4)) as string[]
-  }
-  return result
-}
-
-const atApp = (args: string[]) => args.map((a) => a.replaceAll('/app/', `${app}/`).replace(/^\/app$/, app))
-
-/** Runs a command to its end without blocking this process (the control plane under test answers from it). */
-async function run(command: string, args: string[], env: Record<string, string> = {}, cwd = repo) {
-  const child = spawn(command, args, { cwd, env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  child.stderr.on('data', (c: Buffer) => (stderr += c))
-  const [status] = (await once(child, 'close')) as [number | null]
-  return { status, stderr }
-}
+const which = async (program: string) => (await once(spawn('sh', ['-c', `command -v ${program}`], { stdio: 'ignore' }), 'close'))[0] === 0
 
 t.test('the session image', async (t) => {
-  const image = parseDockerfile(await readFile(join(repo, 'container/Dockerfile'), 'utf8'))
+  const stages = parseDockerfile(await readFile(join(repo, 'container/Dockerfile'), 'utf8'))
+  const image = imageConfig(stages)
   t.equal(image.user, 'node', 'runs as a non-root user')
+  t.same(stages.map((s) => s.name), ['build', 'binding', 'stage-2'], 'build, binding, runtime')
+  const runs = runLines(stages)
+  const skipped = cannotRunHere(runs)
+  for (const { run } of skipped.filter((s) => s.run.startsWith('apt-get '))) {
+    const packages = /apt-get install -y --no-install-recommends ([\w\s-]+?)(?: &&|$)/.exec(run)?.[1]!.trim().split(/\s+/) ?? []
+    t.ok(packages.length > 0, `apt-get installs: ${packages.join(' ')}`)
+    for (const pkg of packages) {
+      t.ok(APT_PROGRAMS[pkg], `the image's ${pkg} is known here`)
+      t.ok(await which(APT_PROGRAMS[pkg] ?? pkg), `${APT_PROGRAMS[pkg]} (from ${pkg}) is on this machine`)
+    }
+  }
 
-  const buildRun = image.runs.find((r) => r.startsWith('node scripts/build-agent.mjs'))!
-  t.equal(buildRun, 'node scripts/build-agent.mjs /app', 'the image bundles the agent with scripts/build-agent.mjs')
-  const built = await run('node', atApp(buildRun.split(' ').slice(1)))
-  t.equal(built.status, 0, built.stderr)
+  const build = await buildLocally(stages, { context: repo, root, cannotRunHere: skipped })
+  t.same(build.ran, runs.filter((r) => !skipped.some((s) => s.run === r)), 'every other RUN line ran, in order')
+  t.ok(build.ran.some((r) => r.startsWith('npm ci --ignore-scripts')), 'including the build stage npm ci')
+  t.ok(build.ran.some((r) => r.startsWith('npm install --omit=dev --no-package-lock')), "and the binding stage's npm install and strip")
 
-  // The binding stage: the pinned version, stripped by the image's own command.
+  const app = join(build.rootOf('stage-2'), 'app')
   const pkg = JSON.parse(await readFile(join(app, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }
   t.same(pkg.dependencies, { 'chromadb-js-bindings-linux-x64-gnu': '1.0.5' }, 'only the pinned Chroma binding is installed')
-  const stripRun = image.runs.find((r) => r.includes('strip --strip-unneeded'))!
-  const bindingDir = join(app, 'node_modules/chromadb-js-bindings-linux-x64-gnu')
-  const installed = join(repo, 'node_modules/chromadb-js-bindings-linux-x64-gnu')
-  await mkdir(bindingDir, { recursive: true })
-  await copyFile(join(installed, 'package.json'), join(bindingDir, 'package.json'))
-  const strip = stripRun.slice(stripRun.indexOf('strip --strip-unneeded')).split(' ')
-  if ((await run('which', ['strip'])).status === 0) {
-    await copyFile(join(installed, 'chromadb-js-bindings.linux-x64-gnu.node'), join(bindingDir, 'chromadb-js-bindings.linux-x64-gnu.node'))
-    const stripped = await run('sh', ['-c', strip.join(' ')], {}, app)
-    t.equal(stripped.status, 0, stripped.stderr)
-  } else {
-    await symlink(join(installed, 'chromadb-js-bindings.linux-x64-gnu.node'), join(bindingDir, 'chromadb-js-bindings.linux-x64-gnu.node'))
-    t.comment('no strip on this machine: the unstripped binding is used')
-  }
+  const binding = await stat(join(app, 'node_modules/chromadb-js-bindings-linux-x64-gnu/chromadb-js-bindings.linux-x64-gnu.node'))
+  t.ok(binding.size < 100e6, `the binding in the image is stripped: ${(binding.size / 1e6).toFixed(0)} MB`)
 
   const fixture = await buildSnapshotFixture(join(root, 'fixture'), { count: 30, dim: 8 })
   const port = await freeLoopbackPort()
-  const env = {
-    ...image.env,
+  const env: Record<string, string> = {
+    ...Object.fromEntries(Object.entries(image.env).map(([k, v]) => [k, build.inImage(v)])),
     // The image's fixed ports, moved to free ones: this machine runs other sessions.
     CHROMA_PORT: String(port),
     CHROMA_INTERNAL_PORT: String(await freeLoopbackPort()),
-    CHROMA_DATA_DIR: join(root, 'data'),
     SESSION_ID: 'image-test',
     SESSION_TOKEN: 'cls_image-test-session-token',
     CONTROL_TOKEN: 'clc_image-test-control-token',
@@ -100,8 +68,9 @@ t.test('the session image', async (t) => {
     HOME: root,
   }
   t.equal(image.env.CHROMA_HOST, '0.0.0.0', 'the session listens on every interface (the task ENI)')
-  const [command, ...args] = atApp(image.entrypoint)
-  const agent = spawn(command!, args, { env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+  t.ok(env.CHROMA_DATA_DIR!.startsWith(build.rootOf('stage-2')), "the image's data directory, in the runtime stage")
+  const [command, ...args] = image.entrypoint.map(build.inImage)
+  const agent = spawn(command!, args, { cwd: join(build.rootOf('stage-2'), image.workdir), env: { PATH: process.env.PATH!, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
   let output = ''
   agent.stdout.on('data', (c: Buffer) => (output += c))
   agent.stderr.on('data', (c: Buffer) => (output += c))
@@ -111,29 +80,15 @@ t.test('the session image', async (t) => {
     await exited
   })
 
-  const [hc, ...hcArgs] = atApp(image.healthcheck)
-  const healthcheck = async (extra: Record<string, string> = {}) => (await run(hc!, hcArgs, { ...env, ...extra })).status
+  const [hc, ...hcArgs] = image.healthcheck.map(build.inImage)
+  const healthcheck = async (extra: Record<string, string> = {}) => (await once(spawn(hc!, hcArgs, { env: { PATH: process.env.PATH!, ...env, ...extra }, stdio: 'ignore' }), 'close'))[0] as number
   const deadline = Date.now() + 60_000
   while ((await healthcheck()) !== 0 && Date.now() < deadline && agent.exitCode === null) await sleep(200)
-  t.equal(await healthcheck(), 0, `HEALTHCHECK passes once the session serves\n${output}`)
-  t.equal(await countChroma({ host: '127.0.0.1', port, token: env.SESSION_TOKEN }, fixture.collection), 30, 'the bundled agent serves the snapshot')
+  t.equal(await healthcheck(), 0, 'HEALTHCHECK passes once the session serves', { output })
+  t.equal(await countChroma({ host: '127.0.0.1', port, token: env.SESSION_TOKEN }, fixture.collection), 30, 'the agent built and installed by the image serves the snapshot')
   t.equal(await healthcheck({ SESSION_TOKEN: 'cls_wrong-token-wrong-token' }), 1, 'a wrong token fails the HEALTHCHECK')
 
   process.kill(agent.pid!, 'SIGTERM')
   t.equal(await exited, 0, 'stops cleanly on SIGTERM')
   t.equal(await healthcheck(), 1, 'and the HEALTHCHECK fails once it is gone')
-})
-
-t.test('the control-plane image', async (t) => {
-  const image = parseDockerfile(await readFile(join(repo, 'Dockerfile'), 'utf8'))
-  t.equal(image.user, 'node', 'runs as a non-root user')
-  const pkg = JSON.parse(await readFile(join(repo, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
-  t.same(image.runs[0], 'npm ci --no-audit --no-fund && npm prune --omit=dev --no-audit --no-fund')
-  t.equal(image.runs[1], 'node scripts/build.mjs', 'bundles at build time')
-  t.equal(`${image.runs[1]} && ${image.cmd.join(' ')}`, pkg.scripts.start, 'build step + CMD is `npm start` (test/server.test.ts runs it end to end)')
-
-  const ctx = await buildTestApp(t, { listen: true })
-  const [hc, ...hcArgs] = image.healthcheck
-  t.equal((await run(hc!, hcArgs, { PORT: new URL(ctx.url).port })).status, 0, 'HEALTHCHECK passes against a live control plane')
-  t.equal((await run(hc!, hcArgs, { PORT: String(await freeLoopbackPort()) })).status, 1, 'and fails when nothing answers')
 })

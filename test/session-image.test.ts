@@ -73,13 +73,9 @@ t.test('the session token: proxy and direct holders use it, nothing gets in with
   t.equal(proxied.statusCode, 200, 'the proxy passes the session token upstream')
   await proxied.body.dump()
 
-  // The reconciler's confirmation brings back the session's own memory and CPU.
-  let usage = null as { memoryBytes: number; cpuCores: number } | null
-  for (let i = 0; i < 50 && !usage; i++) {
-    await ctx.workers.reconciler.reconcileOnce()
-    await sleep(100)
-    usage = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json().usage
-  }
+  // The agent confirmer's confirmation brings back the session's own memory and CPU.
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 1, 'the agent answers its confirmation')
+  const usage = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json().usage as { memoryBytes: number; cpuCores: number } | null
   t.ok(usage && usage.memoryBytes > 50e6 && usage.memoryBytes < 2e9, `the session reports its memory (agent and Chroma): ${usage?.memoryBytes}`)
   t.ok(usage && usage.cpuCores >= 0, `and its CPU: ${usage?.cpuCores} cores`)
 
@@ -87,17 +83,23 @@ t.test('the session token: proxy and direct holders use it, nothing gets in with
   t.equal((await getLease(ctx, lease.id)).sessionToken, null, 'a released lease shows no session token')
 })
 
-t.test("the dead man's switch, fed by the reconciler", async (t) => {
-  const ctx = await buildTestApp(t, { snapshotRoot, deadManSeconds: 2, confirmIntervalSeconds: 0.5 })
+t.test("the dead man's switch, fed by the agent confirmer", async (t) => {
+  const clock = new ManualClock()
+  const ctx = await buildTestApp(t, { snapshotRoot, clock, deadManSeconds: 2, confirmIntervalSeconds: 0.5 })
   const lease = await acquire(ctx, { snapshot: `file://${fixture.tarPath}` })
   await reconcileUntilSettled(ctx, lease.session.id)
 
-  // Alive: the reconciler runs for three times the switch's delay, confirming as it goes.
+  // Alive: the workers run for three times the switch's delay (real time: the agent's
+  // switch runs on it), the manual clock kept in step; the confirmer confirms when due.
   const until = Date.now() + 6_000
+  let confirmed = 0
   while (Date.now() < until) {
     await ctx.workers.reconciler.reconcileOnce()
+    confirmed += await ctx.workers.confirmer.confirmSessions()
     await sleep(200)
+    clock.advance(0.2)
   }
+  t.ok(confirmed >= 6, `confirmed about every 0.5 s: ${confirmed} times`)
   t.equal((await ctx.services.sessions.get(lease.session.id)).status, 'READY', 'not fired while the control plane confirms')
   t.equal((await ctx.launcher.listRunning()).length, 1, 'the agent still runs')
 

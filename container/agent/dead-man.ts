@@ -1,7 +1,7 @@
 /**
  * The dead man's switch: fires once when `confirm()` has not been called for
  * `timeoutMs`. The control plane confirms every session it still knows about from its
- * reconciler (never per proxied request), so a control plane that is gone for good,
+ * agent confirmer (never per proxied request), so a control plane that is gone for good,
  * or one that forgot the session, cannot leave it running and billing.
  */
 export class DeadMansSwitch {

@@ -138,6 +138,18 @@ t.test('the control plane is reached through its load balancer only', async (t) 
   t.equal(service.inputs.loadBalancers.length, 2, 'registered with the API and the query target groups')
 })
 
+t.test('the snapshot bucket aborts multipart uploads left incomplete (a save-back cut short) after a day', async (t) => {
+  const bucket = one('base', 'aws:s3/bucket:Bucket', 'snapshots')
+  const lifecycle = one('base', 'aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration', 'snapshots')
+  t.equal(lifecycle.inputs.bucket, bucket.id, 'on the snapshot bucket')
+  const rules = lifecycle.inputs.rules as Array<Record<string, any>>
+  const abort = rules.filter((r) => r.abortIncompleteMultipartUpload)
+  t.equal(abort.length, 1)
+  t.match(abort[0], { status: 'Enabled', abortIncompleteMultipartUpload: { daysAfterInitiation: 1 } })
+  t.same(abort[0]!.filter ?? {}, {}, 'for every key in the bucket')
+  t.equal(resourcesOf('existing', 'aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration').length, 0, "an existing bucket's lifecycle is left alone")
+})
+
 t.test('an existing database: the control plane is let into its security group, no RDS is created', async (t) => {
   t.equal(resourcesOf('existing', 'aws:rds/instance:Instance').length, 0)
   t.equal(resourcesOf('existing', SG).filter((s) => s.name === 'existing-database').length, 0)

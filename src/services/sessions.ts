@@ -56,6 +56,15 @@ export interface SessionRecord {
   leaseCount: number
 }
 
+/** A live session whose agent has an address: what the agent confirmer needs of it. */
+export interface ReachableSession {
+  id: string
+  generation: number
+  status: SessionStatus
+  host: string
+  port: number
+}
+
 /** Memory and CPU of a session, as its agent reports them. */
 export interface SessionUsage {
   memoryBytes: number
@@ -329,10 +338,30 @@ export class SessionService {
   }
 
   /**
-   * Records the agent's restore or save progress (null once it is done). A plain write
-   * with no event, made only when the report changed: progress is for people watching,
-   * not part of the lifecycle.
+   * Live sessions of one launcher whose agent has an address (recorded as soon as the
+   * launcher reports one, before READY): what the agent confirmer walks. A lean query,
+   * run every confirmer pass: no lease counts.
    */
+  async reachable(launcher: string, limit = 10_000): Promise<ReachableSession[]> {
+    const rows = await this.sql.rows<{ id: string; generation: number; status: SessionStatus; host: string; port: number }>(Prisma.sql`
+      SELECT id, generation, status, host, port FROM sessions
+      WHERE status::text IN (${Prisma.join(LIVE_STATUSES)}) AND launcher = ${launcher} AND host IS NOT NULL AND port IS NOT NULL
+      ORDER BY created_at ASC LIMIT ${limit}`)
+    return rows.map((r) => ({ id: r.id, generation: Number(r.generation), status: r.status, host: r.host, port: Number(r.port) }))
+  }
+
+  /**
+   * Records where a starting session's agent answers, so the agent confirmer can reach it
+   * before READY (a long restore must not run out its dead man's switch). The view shows
+   * the endpoint only once the session serves.
+   */
+  async recordEndpoint(s: Pick<SessionRecord, 'id' | 'generation'>, host: string, port: number): Promise<void> {
+    await this.db.$executeRaw`
+      UPDATE sessions SET host = ${host}, port = ${port}::int
+      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status = 'STARTING'
+        AND (host IS DISTINCT FROM ${host} OR port IS DISTINCT FROM ${port}::int)`
+  }
+
   /** Records the memory and CPU the session's agent reported (no notification: nothing waits on it). */
   async recordUsage(s: Pick<SessionRecord, 'id' | 'generation'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
     await this.db.$executeRaw`
@@ -340,6 +369,11 @@ export class SessionService {
       WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND ended_at IS NULL`
   }
 
+  /**
+   * Records the agent's restore or save progress (null once it is done). A plain write
+   * with no event, made only when the report changed: progress is for people watching,
+   * not part of the lifecycle.
+   */
   async setProgress(s: Pick<SessionRecord, 'id' | 'generation'>, progress: SessionProgress | null): Promise<void> {
     const json = progress === null ? null : JSON.stringify(progress)
     await this.db.$executeRaw`

@@ -4,6 +4,7 @@ import type { Services } from '../services/index.ts'
 import type { Launcher } from '../services/launchers/launcher.ts'
 import type { Database } from '../database/client.ts'
 import type { Observer } from '../services/metrics.ts'
+import { AgentConfirmer } from './agent-confirmer.ts'
 import { WorkerLoop } from './loop.ts'
 import { OrphanSweeper } from './orphan-sweeper.ts'
 import { Reaper } from './reaper.ts'
@@ -15,7 +16,7 @@ export interface WorkerSettings {
   drainGraceSeconds: number
   reconcileIntervalSeconds: number
   sweepIntervalSeconds: number
-  /** The agents' dead man's switch (default 900 s) and how often they are confirmed (default 60 s). */
+  /** The agents' dead man's switch (default 900 s) and how often the agent confirmer confirms each (default 60 s). */
   deadManSeconds?: number
   confirmIntervalSeconds?: number
 }
@@ -35,20 +36,25 @@ export function createWorkers(deps: {
 }) {
   const { db, clock, services, launcher, settings, logger } = deps
   const observer = deps.observer ?? services.metrics
-  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.agents, services.saveBack, services.tokens, clock, {
+  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, clock, {
     startTimeoutSeconds: settings.startTimeoutSeconds,
     deadManSeconds: settings.deadManSeconds ?? 900,
+  }, logger)
+  const confirmer = new AgentConfirmer(services.sessions, services.agents, services.tokens, launcher.kind, clock, {
     confirmIntervalSeconds: settings.confirmIntervalSeconds ?? 60,
   }, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
   const loops = [
     new WorkerLoop('reconciler', settings.reconcileIntervalSeconds * 1000, () => reconciler.reconcileOnce(), logger),
+    // As often as the reconciler (restoring sessions are followed every pass); the rest only when due.
+    new WorkerLoop('agent-confirmer', settings.reconcileIntervalSeconds * 1000, () => confirmer.confirmSessions(), logger),
     new WorkerLoop('reaper', settings.sweepIntervalSeconds * 1000, () => reaper.reapOnce(), logger),
     new WorkerLoop('orphan-sweeper', settings.sweepIntervalSeconds * 1000, () => sweeper.sweepOnce(), logger),
   ]
   return {
     reconciler,
+    confirmer,
     reaper,
     sweeper,
     start: () => loops.forEach((l) => l.start()),

@@ -5,15 +5,12 @@ import type { ChromaClient } from '../services/chroma.ts'
 import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
-import type { SessionAgentClient } from '../services/session-agent.ts'
 import { SessionService, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
   startTimeoutSeconds: number
-  /** Agents stop themselves when not confirmed for this long (their dead man's switch). */
+  /** Agents stop themselves when not confirmed for this long (their dead man's switch; AgentConfirmer confirms them). */
   deadManSeconds: number
-  /** How often each session's agent is confirmed; well under deadManSeconds. */
-  confirmIntervalSeconds: number
 }
 
 /** Sessions stepped at once in a pass (launches wait on the launcher's rate limit, not on this). */
@@ -38,17 +35,12 @@ export class Reconciler {
     private readonly sessions: SessionService,
     private readonly launcher: Launcher,
     private readonly chroma: ChromaClient,
-    private readonly agents: SessionAgentClient,
     private readonly saveBack: SaveBackService,
     private readonly tokens: LeaseTokens,
     private readonly clock: Clock,
     private readonly opts: ReconcilerOptions,
     private readonly logger?: Logger,
   ) {}
-
-  /** When each launch attempt's agent was last confirmed (real time: the agent's switch runs on real time). */
-  private readonly confirmedAt = new Map<string, number>()
-  private readonly confirming = new Set<string>()
 
   async reconcileOnce(): Promise<void> {
     const live = await this.sessions.inStatus(['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING'])
@@ -67,43 +59,6 @@ export class Reconciler {
       }
     }
     await Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker))
-    this.confirmAgents(live, observed)
-  }
-
-  /**
-   * The dead man's switch: every live session the launcher can reach is confirmed at
-   * most every confirmIntervalSeconds, from here and never from the proxy's hot path.
-   * A session this control plane no longer has a live row for is not confirmed, so its
-   * agent stops itself even if every other safeguard failed. Fire and forget: a hung
-   * agent must not hold up the pass.
-   */
-  private confirmAgents(live: SessionRecord[], observed: Map<string, ObservedCompute>): void {
-    const now = Date.now()
-    const current = new Set<string>()
-    for (const s of live) {
-      const seen = s.launchRef ? observed.get(s.launchRef) : undefined
-      const key = `${s.id}:${s.generation}`
-      current.add(key)
-      if (!seen || seen.state === 'stopped' || seen.host === undefined || seen.port === undefined) continue
-      // A restore the launcher cannot report (no status file on Fargate) is followed through the answer, every pass.
-      const wantsProgress = s.status === 'STARTING' && seen.state === 'starting' && !seen.progress
-      if (this.confirming.has(key) || (!wantsProgress && now - (this.confirmedAt.get(key) ?? 0) < this.opts.confirmIntervalSeconds * 1000)) continue
-      this.confirming.add(key)
-      this.agents
-        .confirm(`http://${seen.host}:${seen.port}`, this.tokens.controlToken(s.id, s.generation))
-        .then(
-          async (status) => {
-            this.confirmedAt.set(key, Date.now())
-            if (status?.usage) await this.sessions.recordUsage(s, status.usage)
-            if (wantsProgress && status?.phase === 'restoring') {
-              await this.sessions.setProgress(s, { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent })
-            }
-          },
-          (err: Error) => this.logger?.debug({ sessionId: s.id, err: err.message }, 'agent confirmation failed; retrying next pass'),
-        )
-        .finally(() => this.confirming.delete(key))
-    }
-    for (const key of this.confirmedAt.keys()) if (!current.has(key)) this.confirmedAt.delete(key)
   }
 
   private async step(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
@@ -113,6 +68,10 @@ export class Reconciler {
       case 'STARTING':
         if (!s.launchRef) return this.relaunchOrphanedClaim(s)
         if (seen && seen.state !== 'stopped' && seen.progress) await this.sessions.setProgress(s, seen.progress)
+        // Where the agent answers, for the agent confirmer (its dead man's switch runs from launch).
+        if (seen && seen.state !== 'stopped' && seen.host !== undefined && seen.port !== undefined && (seen.host !== s.host || seen.port !== s.port)) {
+          await this.sessions.recordEndpoint(s, seen.host, seen.port)
+        }
         return this.awaitReady(s, seen)
       case 'READY':
       case 'DRAINING':

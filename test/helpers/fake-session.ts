@@ -55,6 +55,14 @@ export class FakeChroma {
   saveCalls = 0
   /** What POST /_agent/confirm reports as the session's memory and CPU. */
   usage = { memoryBytes: 0, cpuSeconds: 0, cpuCores: 0 }
+  /** What POST /_agent/confirm reports as the agent's phase and progress. */
+  confirmStatus: Record<string, unknown> = { phase: 'ready' }
+  /** How long POST /_agent/confirm takes to answer. */
+  confirmDelayMs = 0
+  /** The control token of every confirmation received, in order. */
+  readonly confirms: string[] = []
+  private confirmsInFlight = 0
+  maxConfirmsInFlight = 0
   private server!: Server
   port = 0
 
@@ -68,7 +76,14 @@ export class FakeChroma {
       if (url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
       if (url === '/api/v2/healthcheck') return send(this.healthy ? 200 : 503, { healthy: this.healthy })
       if (url === '/api/v2/boom') return send(500, { error: 'boom' })
-      if (url === '/_agent/confirm' && req.method === 'POST') return send(200, { phase: 'ready', pid: 1, at: new Date().toISOString(), usage: this.usage })
+      if (url === '/_agent/confirm' && req.method === 'POST') {
+        this.confirms.push(String(req.headers['x-chroma-token']))
+        this.maxConfirmsInFlight = Math.max(this.maxConfirmsInFlight, ++this.confirmsInFlight)
+        return void setTimeout(() => {
+          this.confirmsInFlight--
+          send(200, { ...this.confirmStatus, pid: 1, at: new Date().toISOString(), usage: this.usage })
+        }, this.confirmDelayMs)
+      }
       if (url === '/_agent/save' && req.method === 'POST') {
         this.saveCalls++
         if (this.saveFailures > 0) {

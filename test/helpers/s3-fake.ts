@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs'
-import { readdir, stat } from 'node:fs/promises'
+import { readdir, readFile, stat } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { createRequire } from 'node:module'
 import { join, relative } from 'node:path'
@@ -31,6 +31,11 @@ export interface S3Fake {
   putFile(key: string, path: string): Promise<void>
   /** Uploads every file under `dir` as `<prefix>/<relative path>`. */
   putDirectory(prefix: string, dir: string): Promise<void>
+  /**
+   * Multipart uploads begun and never completed nor aborted, from s3rver's own store
+   * (it has no ListMultipartUploads): the key each is for and the parts it holds.
+   */
+  incompleteUploads(): Promise<Array<{ uploadId: string; key: string; parts: number[] }>>
   close(): Promise<void>
 }
 
@@ -70,11 +75,30 @@ export async function startS3Fake(storageDir: string, bucket = 'snapshots'): Pro
     async putDirectory(prefix, dir) {
       for (const path of await filesUnder(dir)) await putFile(`${prefix}/${relative(dir, path)}`, path)
     },
+    async incompleteUploads() {
+      // s3rver keeps an upload in <bucket>/._S3rver_uploads/<uploadId>/{key,metadata,<part>,<part>.md5}.
+      const uploads = join(storageDir, bucket, '._S3rver_uploads')
+      const ids = await readdir(uploads).catch(() => [] as string[])
+      return Promise.all(
+        ids.map(async (uploadId) => {
+          const files = await readdir(join(uploads, uploadId))
+          const parts = files.filter((f) => /^\d+$/.test(f)).map(Number).sort((a, b) => a - b)
+          return { uploadId, key: await readFile(join(uploads, uploadId, 'key'), 'utf8'), parts }
+        }),
+      )
+    },
     async close() {
       client.destroy()
       await server.close()
     },
   }
+}
+
+/** A request the stalling proxy passed through, with the status its target answered once the answer was sent whole. */
+export interface PassedRequest {
+  method: string
+  path: string
+  status: number
 }
 
 async function filesUnder(dir: string): Promise<string[]> {
@@ -87,17 +111,19 @@ async function filesUnder(dir: string): Promise<string[]> {
 
 /**
  * An S3 endpoint in front of `target` that stalls chosen requests: it reads their
- * bodies (an upload gets halfway, or all the way, in) and never answers them. Every
- * other request is passed through. For saves cut short, deterministically.
+ * bodies (an upload gets halfway, or all the way, in) and never answers them, or
+ * refuses them. Every other request is passed through to `target`, and what `target`
+ * answered is kept in `passed()`. For saves cut short, deterministically.
  */
 export async function startStallingS3(
   target: string,
   stall: (method: string, path: string) => boolean,
-  /** 'request': never answer; 'half-response': answer, send half the body, then stall. */
-  how: 'request' | 'half-response' = 'request',
-): Promise<{ endpoint: string; stalled: () => number; close(): Promise<void> }> {
+  /** 'request': never answer; 'half-response': answer, send half the body, then stall; 'refuse': answer 403 AccessDenied (not retried). */
+  how: 'request' | 'half-response' | 'refuse' = 'request',
+): Promise<{ endpoint: string; stalled: () => number; passed: () => PassedRequest[]; close(): Promise<void> }> {
   const { createServer, request } = await import('node:http')
   let stalled = 0
+  const passed: PassedRequest[] = []
   const server = createServer((req, res) => {
     const stalling = stall(req.method ?? 'GET', req.url ?? '/')
     if (stalling && how === 'request') {
@@ -105,8 +131,15 @@ export async function startStallingS3(
       req.resume()
       return
     }
+    if (stalling && how === 'refuse') {
+      stalled++
+      req.resume()
+      res.writeHead(403, { 'content-type': 'application/xml' })
+      return void res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>')
+    }
     const { hostname, port } = new URL(target)
     const upstream = request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+      if (!stalling) answer.once('end', () => passed.push({ method: req.method ?? 'GET', path: req.url ?? '/', status: answer.statusCode ?? 0 }))
       res.writeHead(answer.statusCode ?? 502, answer.headers)
       if (!stalling) return void answer.pipe(res)
       const half = Number(answer.headers['content-length'] ?? 0) / 2
@@ -131,6 +164,7 @@ export async function startStallingS3(
   return {
     endpoint: `http://127.0.0.1:${port}`,
     stalled: () => stalled,
+    passed: () => [...passed],
     async close() {
       server.closeAllConnections()
       await new Promise((resolve) => server.close(resolve))
