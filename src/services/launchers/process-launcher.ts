@@ -233,8 +233,11 @@ export class ProcessLauncher implements Launcher {
         ...(stopping ? { stopping } : {}),
       }
     }
+    // Gone. Read its status again: it may have written its end (exited, with the
+    // reason) between the read above and the process check, and nothing writes it now.
+    const final = await readStatus(dir)
     await removeData(dir)
-    return stoppedObservation(status)
+    return stoppedObservation(final)
   }
 }
 
