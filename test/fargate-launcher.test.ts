@@ -96,6 +96,20 @@ t.test('a session as a Fargate task: RunTask as configured, READY with a real Ch
     'container overrides: the agent settings, tokens included',
   )
   t.not(task!.env.CONTROL_TOKEN, task!.env.SESSION_TOKEN)
+  const input = task!.runTaskInput
+  t.equal(input.cluster, fake.cluster)
+  t.equal(input.taskDefinition, 'chroma-session:3')
+  t.equal(input.count, 1)
+  t.notOk('launchType' in input, 'no launchType: ECS refuses it together with a capacity provider strategy')
+  t.same(input.capacityProviderStrategy, [
+    { capacityProvider: 'FARGATE_SPOT', weight: 3 },
+    { capacityProvider: 'FARGATE', weight: 1, base: 1 },
+  ], 'the whole strategy, weights and base')
+  t.same(input.networkConfiguration, { awsvpcConfiguration: { subnets: ['subnet-a', 'subnet-b'], securityGroups: ['sg-sessions'], assignPublicIp: 'DISABLED' } })
+  t.same(input.overrides.containerOverrides.map((c: { name: string }) => c.name), ['chroma-session'], 'the overrides go to the configured container')
+  t.equal(input.clientToken, `cl-${session.id}-g1-a0`, 'the token names the session, its generation and the attempt')
+  t.match(input.clientToken, /^[\x21-\x7e]{1,64}$/, 'at most 64 printable ASCII characters')
+  t.same(input.tags, [{ key: 'chroma-lease:session', value: session.id }, { key: 'chroma-lease:generation', value: '1' }])
   const direct = await fetch(`http://${task!.ip}:${fake.chromaPort}/api/v2/heartbeat`)
   t.equal(direct.status, 401, "the task's address alone does not open the session")
 

@@ -26,6 +26,8 @@ export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unheal
 
 interface FakeTask {
   arn: string
+  /** The RunTask request that started it, as the SDK serialised it. */
+  runTaskInput: Record<string, any>
   cluster: string
   startedBy?: string
   taskDefinition: string
@@ -237,6 +239,7 @@ export class EcsFake {
       this.bucket.tokens -= 1
     }
     if (typeof input.clientToken === 'string' && input.clientToken.length > 64) return error('InvalidParameterException', 'clientToken is longer than 64 characters')
+    if (input.launchType && input.capacityProviderStrategy) return error('InvalidParameterException', 'Specifying both a launch type and capacity provider strategy is not supported.')
     const { clientToken, ...params } = input
     const paramsHash = createHash('sha256').update(JSON.stringify(params)).digest('hex')
     const seen = clientToken ? this.tokens.get(clientToken) : undefined
@@ -254,6 +257,7 @@ export class EcsFake {
     const container = input.overrides?.containerOverrides?.[0]
     const task: FakeTask = {
       arn: `arn:aws:ecs:us-east-1:123456789012:task/${this.cluster}/${id}`,
+      runTaskInput: input,
       cluster: this.cluster,
       startedBy: input.startedBy,
       taskDefinition: input.taskDefinition,
