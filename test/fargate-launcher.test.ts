@@ -168,6 +168,25 @@ t.test('a Spot interruption drains the session at once, then it stops cleanly', 
   t.equal(fake.count('StopTask'), 0, 'the control plane did not need to stop it')
 })
 
+t.test('with public IPs (ECS_ASSIGN_PUBLIC_IP) a Spot interruption drains the session too', async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true, settings: { assignPublicIp: true } })
+  const lease = await acquire(ctx)
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  const task = fake.tasks.get(session.launchRef!)!
+  t.equal(task.runTaskInput.networkConfiguration.awsvpcConfiguration.assignPublicIp, 'ENABLED')
+  t.equal(session.host, task.ip, 'the address from DescribeNetworkInterfaces')
+  fake.interrupt(session.launchRef!)
+  fake.resetCounts()
+  await ctx.workers.reconciler.reconcileOnce()
+  const draining = await ctx.services.sessions.get(session.id)
+  t.equal(draining.status, 'DRAINING', "the stopping task's public address is looked up too, so the session drains at once")
+  t.equal(fake.count('DescribeNetworkInterfaces'), 1)
+  const stopped = await untilStatus(ctx, session.id, 'STOPPED')
+  t.equal(stopped.status, 'STOPPED')
+  t.equal(stopped.error, null)
+})
+
 t.test('a Spot interruption of a saveOnRelease session: the task saves first, the version is on the session', async (t) => {
   const s3 = await startS3Fake(join(root, 's3-save'))
   t.teardown(() => s3.close())

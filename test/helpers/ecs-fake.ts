@@ -19,7 +19,7 @@ import { projectPath } from '../../src/paths.ts'
  * Faults are scripted: throttling, capacity failures, per-task behaviours (stops
  * during start, never gets an address, turns UNHEALTHY), and Spot interruptions.
  * A stopping task stays DEACTIVATING until its container exits, as in ECS: SIGTERM
- * first, SIGKILL after the stop timeout.
+ * (at the first DescribeTasks after the stop), SIGKILL after the stop timeout.
  */
 /** `neverListed`: DescribeTasks answers MISSING for it (ECS's eventual consistency, forever). */
 export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy' | 'neverListed'
@@ -44,6 +44,10 @@ interface FakeTask {
   stopCode?: string
   stoppedReason?: string
   exitCode?: number
+  /** DescribeTasks calls left before an agent-less stopping task is STOPPED (EcsFakeOptions.stopDescribes). */
+  stopDescribesLeft?: number
+  /** Its agent has had SIGTERM. */
+  signalled?: boolean
   agent?: ChildProcess
   dataDir?: string
 }
@@ -64,6 +68,11 @@ export interface EcsFakeOptions {
   securityGroups?: string[]
   /** How long a stopping container gets between SIGTERM and SIGKILL (ECS's stopTimeout). Default 30 s. */
   stopTimeoutMs?: number
+  /**
+   * How many DescribeTasks calls a stop takes for a task without an agent (DEACTIVATING,
+   * STOPPING, then STOPPED), as ECS takes a while to deprovision. Default 0: STOPPED at once.
+   */
+  stopDescribes?: number
   /** The task definitions' runtimePlatform.cpuArchitecture (default ARM64). */
   cpuArchitecture?: 'X86_64' | 'ARM64'
   /** false: tasks lack the `ecs.cpu-architecture` attribute ECS reports, so only their task definition says. */
@@ -154,6 +163,16 @@ export class EcsFake {
     const task = this.tasks.get(arn)
     if (!task) throw new Error(`no task ${arn}`)
     this.stopTask(task, 'SpotInterruption', 'Your Spot Task was interrupted.')
+  }
+
+  /**
+   * ECS stopping a task on its own account (an infrastructure problem, a stop code
+   * introduced after this code was written). A task without an agent exits with `exitCode`.
+   */
+  stopAs(arn: string, stopCode: string, reason: string, exitCode?: number) {
+    const task = this.tasks.get(arn)
+    if (!task) throw new Error(`no task ${arn}`)
+    this.stopTask(task, stopCode, reason, exitCode)
   }
 
   count(action: string) {
@@ -293,9 +312,10 @@ export class EcsFake {
     return { tasks, failures }
   }
 
-  /** PROVISIONING on the first look, then RUNNING (or what the behaviour says). */
+  /** PROVISIONING on the first look, then RUNNING (or what the behaviour says); a stop moves on one step per look. */
   private advance(task: FakeTask) {
     task.describes++
+    if (task.desiredStatus === 'STOPPED' && task.lastStatus !== 'STOPPED') return this.advanceStop(task)
     if (task.lastStatus !== 'PROVISIONING' || task.describes < 2) return
     if (task.behaviour === 'stopDuringStart') {
       this.stopTask(task, 'TaskFailedToStart', 'CannotPullContainerError: pull image manifest has been retried 5 time(s): not found')
@@ -329,19 +349,32 @@ export class EcsFake {
     }
   }
 
-  private stopTask(task: FakeTask, stopCode: string, reason: string) {
+  private stopTask(task: FakeTask, stopCode: string, reason: string, exitCode?: number) {
     if (task.desiredStatus === 'STOPPED') return
     task.desiredStatus = 'STOPPED'
     task.stopCode = stopCode
     task.stoppedReason = reason
-    if (!task.agent || task.agent.exitCode !== null || task.agent.signalCode !== null) {
-      task.lastStatus = 'STOPPED'
+    if (task.agent && task.agent.exitCode === null && task.agent.signalCode === null) {
+      // The container gets SIGTERM when ECS moves on from DEACTIVATING: here, at the next look.
+      task.lastStatus = 'DEACTIVATING'
       return
     }
-    // The container has its stop timeout to exit; the task is STOPPED once it has.
-    task.lastStatus = 'DEACTIVATING'
-    this.kill(task, 'SIGTERM')
-    setTimeout(() => this.kill(task, 'SIGKILL'), this.opts.stopTimeoutMs ?? 30_000).unref()
+    if (exitCode !== undefined) task.exitCode = exitCode
+    task.stopDescribesLeft = this.opts.stopDescribes ?? 0
+    task.lastStatus = task.stopDescribesLeft > 0 ? 'DEACTIVATING' : 'STOPPED'
+  }
+
+  /** A stopping task's next step: SIGTERM to its agent (the task is STOPPED once it has exited), or one step nearer STOPPED. */
+  private advanceStop(task: FakeTask) {
+    if (task.agent) {
+      if (task.signalled) return
+      task.signalled = true
+      this.kill(task, 'SIGTERM')
+      setTimeout(() => this.kill(task, 'SIGKILL'), this.opts.stopTimeoutMs ?? 30_000).unref()
+      return
+    }
+    task.stopDescribesLeft = (task.stopDescribesLeft ?? 1) - 1
+    task.lastStatus = task.stopDescribesLeft > 0 ? 'STOPPING' : 'STOPPED'
   }
 
   private kill(task: FakeTask, signal: NodeJS.Signals) {
@@ -403,11 +436,24 @@ export class EcsFake {
       if (missing.length) return notFound('InvalidGroup.NotFound', `The security group '${missing.join("', '")}' does not exist`)
       return xml(`<securityGroupInfo>${listed('GroupId.').map((id) => `<item><groupId>${id}</groupId><groupName>${id}-name</groupName></item>`).join('')}</securityGroupInfo>`)
     }
-    const ids = [...params.entries()].filter(([k]) => k.startsWith('NetworkInterfaceId.')).map(([, v]) => v)
-    const items = [...this.tasks.values()]
-      .filter((t) => ids.includes(t.eniId))
-      .map((t) => `<item><networkInterfaceId>${t.eniId}</networkInterfaceId><association><publicIp>${t.ip}</publicIp></association></item>`)
-      .join('')
-    return { status: 200, type: 'text/xml', body: `<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><networkInterfaceSet>${items}</networkInterfaceSet></DescribeNetworkInterfacesResponse>` }
+    if (action !== 'DescribeNetworkInterfaces') return notFound('InvalidAction', `the fake does not implement ${action}`)
+    // What EC2 enforces: a listed ENI id that does not exist fails the whole call; a filter
+    // just leaves it out, takes at most 200 values, and pages with MaxResults.
+    const listedIds = listed('NetworkInterfaceId.')
+    const filterName = params.get('Filter.1.Name')
+    const filterIds = listed('Filter.1.Value.')
+    if (listedIds.length && params.has('MaxResults')) return notFound('InvalidParameterCombination', 'The parameter NetworkInterfaceIds cannot be used with the parameter MaxResults')
+    if (filterIds.length > 200) return notFound('FilterLimitExceeded', 'The maximum number of filter values specified on a single call is 200')
+    if (filterName && filterName !== 'network-interface-id') return notFound('InvalidParameterValue', `the fake does not filter on ${filterName}`)
+    const existing = new Map([...this.tasks.values()].filter((t) => t.lastStatus !== 'STOPPED').map((t) => [t.eniId, t]))
+    const missing = listedIds.filter((id) => !existing.has(id))
+    if (missing.length) return notFound('InvalidNetworkInterfaceID.NotFound', `The networkInterface ID '${missing.join("', '")}' does not exist`)
+    const found = [...new Set([...listedIds, ...filterIds])].flatMap((id) => existing.get(id) ?? [])
+    const from = Number(params.get('NextToken') ?? 0)
+    const size = Number(params.get('MaxResults') ?? found.length)
+    const page = found.slice(from, from + size)
+    const next = from + size < found.length ? `<nextToken>${from + size}</nextToken>` : ''
+    const items = page.map((t) => `<item><networkInterfaceId>${t.eniId}</networkInterfaceId><association><publicIp>${t.ip}</publicIp></association></item>`).join('')
+    return xml(`<networkInterfaceSet>${items}</networkInterfaceSet>${next}`)
   }
 }

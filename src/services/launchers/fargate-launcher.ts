@@ -57,9 +57,13 @@ const CAPACITY_ATTEMPTS = 4
 const UNLISTED_GRACE_MS = 30_000
 /** ECS accepts at most 100 tasks per DescribeTasks call. */
 const DESCRIBE_BATCH = 100
-/** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
+/** EC2 accepts at most 200 filter values per call (FilterLimitExceeded beyond). */
+const FILTER_VALUES_PER_CALL = 200
+/** lastStatus of a task whose container has exited: nothing left to reach. */
+const GONE_STATUSES = new Set(['STOPPED', 'DELETED'])
 /** Marks StopTask reasons as ours, so a stop by anyone else (Spot, an operator) is told apart. */
 const STOP_REASON_PREFIX = 'chroma-lease: '
+/** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
 const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
 /** The task attribute in which ECS reports a Fargate task's CPU architecture (x86_64, arm64). */
 const ARCHITECTURE_ATTRIBUTE = 'ecs.cpu-architecture'
@@ -220,7 +224,7 @@ export class FargateLauncher implements Launcher {
     if (!task) return { state: 'stopped', reason: 'ECS does not know the task (it stopped long ago, or never ran)' }
     const status = task.lastStatus ?? 'UNKNOWN'
     // STOPPED means gone: ECS reports it once the container has exited.
-    if (status === 'STOPPED' || status === 'DELETED') {
+    if (GONE_STATUSES.has(status)) {
       const exitCode = task.containers?.find((c) => c.name === this.deps.settings.containerName)?.exitCode
       return { state: 'stopped', reason: stopReason(task), ...(exitCode === 0 ? { clean: true } : {}) }
     }
@@ -291,12 +295,27 @@ export class FargateLauncher implements Launcher {
     return tasks
   }
 
-  /** Public addresses (ECS_ASSIGN_PUBLIC_IP) are only on the ENI: one DescribeNetworkInterfaces for all running tasks. */
+  /**
+   * Public addresses (ECS_ASSIGN_PUBLIC_IP) are only on the ENI: DescribeNetworkInterfaces
+   * for every task that has one, stopping ones included (a Spot notice must still find
+   * the session to drain it). A filter rather than NetworkInterfaceIds: an ENI deleted
+   * while its task deprovisions would fail the whole call (InvalidNetworkInterfaceID.NotFound),
+   * where a filter leaves it out. One call per 200 tasks, EC2's limit on filter values.
+   */
   private async publicIps(tasks: Task[]): Promise<Map<string, string>> {
-    const ids = tasks.filter((t) => t.lastStatus === 'RUNNING').flatMap((t) => networkInterface(t).id ?? [])
-    if (ids.length === 0) return new Map()
-    const reply = await this.deps.ec2.send(new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: ids }))
-    return new Map((reply.NetworkInterfaces ?? []).flatMap((n) => (n.NetworkInterfaceId && n.Association?.PublicIp ? [[n.NetworkInterfaceId, n.Association.PublicIp]] : [])))
+    const ids = tasks.filter((t) => !GONE_STATUSES.has(t.lastStatus ?? '')).flatMap((t) => networkInterface(t).id ?? [])
+    const publicIps = new Map<string, string>()
+    for (let i = 0; i < ids.length; i += FILTER_VALUES_PER_CALL) {
+      let nextToken: string | undefined
+      do {
+        const reply = await this.deps.ec2.send(
+          new DescribeNetworkInterfacesCommand({ Filters: [{ Name: 'network-interface-id', Values: ids.slice(i, i + FILTER_VALUES_PER_CALL) }], MaxResults: 1000, NextToken: nextToken }),
+        )
+        for (const n of reply.NetworkInterfaces ?? []) if (n.NetworkInterfaceId && n.Association?.PublicIp) publicIps.set(n.NetworkInterfaceId, n.Association.PublicIp)
+        nextToken = reply.NextToken
+      } while (nextToken)
+    }
+    return publicIps
   }
 
   async stop(target: LaunchTarget, reason: string): Promise<void> {
