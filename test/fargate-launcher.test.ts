@@ -187,6 +187,53 @@ t.test('with public IPs (ECS_ASSIGN_PUBLIC_IP) a Spot interruption drains the se
   t.equal(stopped.error, null)
 })
 
+t.test('a READY session whose task ECS stops for InfrastructureHealth drains, then FAILED with the stop code and reason', async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true })
+  const lease = await acquire(ctx)
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  fake.stopAs(session.launchRef!, 'InfrastructureHealth', 'Task stopped due to an infrastructure health issue')
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(session.id)).status, 'DRAINING', 'no new lease while it goes')
+  const failed = await untilStatus(ctx, session.id, 'FAILED')
+  t.equal(failed.status, 'FAILED', 'the agent exited 0 on SIGTERM, but the stop was not a clean one')
+  t.match(failed.error, /session compute stopped unexpectedly: task stopped: InfrastructureHealth: Task stopped due to an infrastructure health issue/)
+  t.match((await ctx.db.sessionEvent.findMany({ where: { sessionId: session.id, type: 'failed' } }))[0], { detail: { cause: 'compute_lost' } })
+  const metrics = (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /^chroma_lease_sessions_reaped_total\{cause="compute_lost"\} 1$/m, 'counted as compute lost')
+  t.match(metrics, /^chroma_lease_sessions_reaped_total\{cause="compute_exited"\} 0$/m, 'not as a clean exit')
+  t.equal((await ctx.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json().session.error, failed.error, 'the lease shows why')
+})
+
+t.test("a stopped task is clean only for stop codes known to be: ours, Spot, or the agent's own exit 0", async (t) => {
+  const { fake, launcher, ctx } = await setup(t)
+  const cases: Array<[stopCode: string, exitCode: number | undefined, clean: boolean]> = [
+    ['SpotInterruption', 137, true], // killed after its stopTimeout: interrupted, not failed
+    ['TerminationNotice', 143, true],
+    ['EssentialContainerExited', 0, true], // the dead man's switch, a save on release
+    ['EssentialContainerExited', 1, false],
+    ['UserInitiated', 0, true], // someone else's StopTask, and the agent exited cleanly
+    ['UserInitiated', 137, false],
+    ['ServiceSchedulerInitiated', 0, true],
+    ['TaskFailedToStart', undefined, false],
+    ['InfrastructureHealth', 0, false],
+    ['CapacityRebalance2031', 0, false], // a stop code ECS has not invented yet
+  ]
+  const observe = async (ref: string) => (await launcher.describe([{ sessionId: 'x', generation: 1, ref }])).get(ref)!
+  for (const [stopCode, exitCode, clean] of cases) {
+    const { ref } = await launcher.launch({ ...ctx.workers.reconciler.launchSpec({ id: randomUUID(), generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord) })
+    await observe(ref)
+    t.match(await observe(ref), { state: 'running' })
+    fake.stopAs(ref, stopCode, `stopped for ${stopCode}`, exitCode)
+    const seen = await observe(ref)
+    t.match(seen, { state: 'stopped', reason: new RegExp(`^task stopped: ${stopCode}: stopped for ${stopCode}`) })
+    t.equal(seen.state === 'stopped' && seen.clean === true, clean, `${stopCode}, exit code ${exitCode}: ${clean ? 'clean' : 'a failure'}`)
+  }
+  const { ref } = await launcher.launch({ ...ctx.workers.reconciler.launchSpec({ id: randomUUID(), generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord) })
+  await launcher.stop({ sessionId: 'x', generation: 1, ref }, 'idle')
+  t.match(await observe(ref), { state: 'stopped', clean: true, reason: /UserInitiated: chroma-lease: idle/ }, 'our own StopTask is clean whatever the exit')
+})
+
 t.test('a Spot interruption of a saveOnRelease session: the task saves first, the version is on the session', async (t) => {
   const s3 = await startS3Fake(join(root, 's3-save'))
   t.teardown(() => s3.close())

@@ -130,7 +130,9 @@ export class Reconciler {
   private async watchServing(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') {
       await this.recordSaveOnStop(s, seen)
-      if (seen.clean || s.stopReason === 'interrupted') {
+      // The launcher judges how its compute ended (e.g. ECS's stop codes): an interruption
+      // that drained the session is clean, a stop for a reason it does not know is not.
+      if (seen.clean) {
         await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_exited' } }, { endedAt: this.clock.now() })
         return
       }

@@ -226,7 +226,7 @@ export class FargateLauncher implements Launcher {
     // STOPPED means gone: ECS reports it once the container has exited.
     if (GONE_STATUSES.has(status)) {
       const exitCode = task.containers?.find((c) => c.name === this.deps.settings.containerName)?.exitCode
-      return { state: 'stopped', reason: stopReason(task), ...(exitCode === 0 ? { clean: true } : {}) }
+      return { state: 'stopped', reason: stopReason(task), ...(stoppedCleanly(task, exitCode) ? { clean: true } : {}) }
     }
     const eni = networkInterface(task)
     const host = this.deps.settings.assignPublicIp ? (eni.id ? publicIps.get(eni.id) : undefined) : eni.privateIp
@@ -234,7 +234,7 @@ export class FargateLauncher implements Launcher {
       // On its way out, its container told to stop (SIGTERM, then SIGKILL after stopTimeout).
       // A stop we did not ask for (a Spot interruption, someone else's StopTask) is news:
       // the reconciler drains the session so no new lease attaches while it saves and exits.
-      const ours = task.stoppedReason?.startsWith(STOP_REASON_PREFIX) ?? false
+      const ours = stoppedByUs(task)
       const detail = `ECS ${status}, stopping (${task.stopCode ?? 'no stopCode yet'})`
       if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true, size: sizeOf(task, architectures) }
       return { state: 'starting', detail }
@@ -371,6 +371,35 @@ function networkInterface(task: Task): { id?: string; privateIp?: string } {
   const eni = task.attachments?.find((a) => a.type === 'ElasticNetworkInterface')
   const detail = (name: string) => eni?.details?.find((d) => d.name === name)?.value
   return { id: detail('networkInterfaceId'), privateIp: detail('privateIPv4Address') }
+}
+
+/** Our StopTask reasons carry STOP_REASON_PREFIX (ECS sets stoppedReason to the reason given). */
+function stoppedByUs(task: Task): boolean {
+  return task.stoppedReason?.startsWith(STOP_REASON_PREFIX) ?? false
+}
+
+/**
+ * Whether a stopped task ended as intended rather than failed, from ECS's stop code
+ * (docs/dependencies.md lists them): our own StopTask; a Spot interruption or termination
+ * notice (the session was drained and the agent had its stopTimeout to save, so it was
+ * not lost); and a container that exited 0 on its own (the agent's dead man's switch, a
+ * save on release) or after someone else's StopTask. A task that failed to start, a
+ * non-zero exit, InfrastructureHealth, and any code not listed here (new ones appear)
+ * are failures: an unknown reason is never taken for a clean one.
+ */
+function stoppedCleanly(task: Task, exitCode: number | undefined): boolean {
+  switch (task.stopCode) {
+    case 'UserInitiated':
+      return stoppedByUs(task) || exitCode === 0
+    case 'SpotInterruption':
+    case 'TerminationNotice':
+      return true
+    case 'EssentialContainerExited':
+    case 'ServiceSchedulerInitiated':
+      return exitCode === 0
+    default:
+      return false
+  }
 }
 
 /** Why a task stopped, for the session's error: stopCode (any value, known or new), reason, and the container's exit. */
