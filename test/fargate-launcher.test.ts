@@ -6,7 +6,8 @@ import { ChromaClient } from 'chromadb'
 import t, { type Test } from 'tap'
 import { ManualClock } from '../src/services/clock.ts'
 import { parseCapacityProviders } from '../src/services/launchers/capacity-providers.ts'
-import { FargateLauncher, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
+import { FargateLauncher, runTaskRetryDelayMs, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
+import { LaunchDeferred } from '../src/services/launchers/launcher.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { EcsFake, type EcsFakeOptions } from './helpers/ecs-fake.ts'
 import { SharedTokenBucket } from '../src/database/shared-token-bucket.ts'
@@ -40,14 +41,19 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
+  // The waits between RunTask retries, recorded instead of slept (jitter fixed at its middle).
+  const waits: number[] = []
   const launcher = new FargateLauncher({
     ...fake.clients(),
     settings: { ...settingsOf(fake), ...opts.settings },
-    backoff: async () => {},
+    wait: async (ms) => {
+      waits.push(ms)
+    },
+    random: () => 0.5,
     clock,
   })
   const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3 })
-  return { fake, clock, launcher, ctx }
+  return { fake, clock, launcher, ctx, waits }
 }
 
 async function acquire(ctx: TestApp, snapshot = `file://${fixture.tarPath}`) {
@@ -265,13 +271,15 @@ t.test('a Spot interruption of a saveOnRelease session: the task saves first, th
   t.same((await (await receipts(next.token)).get({ ids: ['w-1'] })).documents, ['written before the interruption'], 'with the write in it')
 })
 
-t.test('RunTask capacity failures are retried with fresh tokens, then FAILED with the reason', async (t) => {
-  const { fake, clock, ctx } = await setup(t)
+t.test('RunTask capacity failures are retried with fresh tokens after backing off, then FAILED with the reason', async (t) => {
+  const { fake, clock, ctx, waits } = await setup(t)
   fake.capacityFailures(2)
   const a = await acquire(ctx)
   await ctx.workers.reconciler.reconcileOnce()
   const launched = await ctx.services.sessions.get(a.session.id)
   t.equal(fake.count('RunTask'), 3, 'two failures, then a task')
+  t.same(waits, [1500, 3000], 'a wait before each retry: 2 s then 4 s, at three quarters with the jitter in the middle')
+  t.same([...fake.tasks.values()].map((x) => x.runTaskInput.clientToken), [`cl-${a.session.id}-g1-a2`], 'the third attempt\'s token started it')
   t.equal(fake.tasks.size, 1)
   t.equal(launched.launchRef, [...fake.tasks.keys()][0])
 
@@ -282,6 +290,14 @@ t.test('RunTask capacity failures are retried with fresh tokens, then FAILED wit
   t.equal(failed.status, 'FAILED')
   t.match(failed.error, /launch failed: ECS could not start the task after 4 attempts: Capacity is unavailable at this time/)
   t.equal(fake.tasks.size, 1, 'no task was started for it')
+  t.same(waits.slice(2), [1500, 3000, 6000], 'three retries, each waiting twice as long')
+})
+
+t.test('the RunTask retry schedule: exponential, jittered between half and all of it, capped at 30 s', async (t) => {
+  t.same([1, 2, 3, 4].map((n) => runTaskRetryDelayMs(n, 0)), [1000, 2000, 4000, 8000], 'the least jitter: half')
+  t.same([1, 2, 3, 4].map((n) => runTaskRetryDelayMs(n, 0.999999)), [2000, 4000, 8000, 16000], 'the most: all of it')
+  t.equal(runTaskRetryDelayMs(5, 0.999999), 30000, 'capped')
+  t.equal(runTaskRetryDelayMs(9, 0), 15000)
 })
 
 t.test('throttling is absorbed: the SDK retries, then the launch waits for a later pass', async (t) => {
@@ -324,7 +340,6 @@ t.test('two replicas share one launch rate: their herd together stays under ECS\
     new FargateLauncher({
       ...fake.clients(),
       settings: { ...settingsOf(fake), launchRate: 9, launchBurst: 4 },
-      backoff: async () => {},
       limiter: new SharedTokenBucket(ctx.sql, bucket, 9, 4),
     })
   const [a, b] = [replica(), replica()]
@@ -399,6 +414,38 @@ t.test('a RunTask whose reply is lost is retried under the same token: the task 
   await ctx.workers.reconciler.reconcileOnce()
   t.equal(fake.tasks.size, 1, 'the retry replays the clientToken: no second task')
   t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts the first')
+})
+
+t.test('a replayed launch after a deploy changed its configuration (ConflictException): adopts the task it started, else starts one under a new token', async (t) => {
+  const { fake, launcher, ctx } = await setup(t)
+  const deployed = new FargateLauncher({ ...fake.clients(), settings: { ...settingsOf(fake), taskDefinition: 'chroma-session:4' }, wait: async () => {} })
+  const spec = (id: string) => ctx.workers.reconciler.launchSpec({ id, generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord)
+
+  // The launch's answer is lost (the task started), then a deploy, then the replay.
+  const first = spec(randomUUID())
+  fake.loseRunTaskReplies(3)
+  await t.rejects(launcher.launch(first), LaunchDeferred)
+  t.equal(fake.tasks.size, 1)
+  const [started] = [...fake.tasks.keys()]
+  fake.resetCounts()
+  t.same(await deployed.launch(first), { ref: started }, 'the replay adopts the task the lost call started')
+  t.equal(fake.tasks.size, 1, 'no second task')
+  t.match(Object.fromEntries(fake.calls), { RunTask: 1, ListTasks: 1, DescribeTasks: 1 }, 'one RunTask (ConflictException), then the tasks by their tags')
+
+  // The same, but that task has stopped since: the replay starts one with the new configuration.
+  const second = spec(randomUUID())
+  fake.loseRunTaskReplies(3)
+  await t.rejects(launcher.launch(second), LaunchDeferred)
+  const gone = [...fake.tasks.keys()].at(-1)!
+  fake.stopAs(gone, 'EssentialContainerExited', 'Essential container in task exited', 1)
+  const { ref } = await deployed.launch(second)
+  t.not(ref, gone)
+  const task = fake.tasks.get(ref)!
+  t.equal(task.runTaskInput.taskDefinition, 'chroma-session:4', 'started with the configuration deployed now')
+  t.match(task.runTaskInput.clientToken, new RegExp(`^cl-${second.sessionId}-g1-a0-[0-9a-f]{8}$`), "under the token of that configuration")
+  t.ok(task.runTaskInput.clientToken.length <= 64)
+  t.same(await deployed.launch(second), { ref }, 'a further replay (a crash before recording it) finds the same task')
+  t.equal(fake.tasks.size, 3, 'two sessions, one live task each (and the stopped one)')
 })
 
 t.test('a task ECS does not list yet right after RunTask is starting for 30 s, then gone', async (t) => {

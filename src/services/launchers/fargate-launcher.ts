@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
   DescribeClustersCommand,
@@ -8,6 +9,8 @@ import {
   StopTaskCommand,
   type CapacityProviderStrategyItem,
   type ECSClient,
+  type RunTaskCommandInput,
+  type RunTaskCommandOutput,
   type Task,
 } from '@aws-sdk/client-ecs'
 import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, DescribeSubnetsCommand, type EC2Client } from '@aws-sdk/client-ec2'
@@ -39,8 +42,10 @@ export interface FargateLauncherDeps {
   ec2: EC2Client
   settings: FargateSettings
   logger?: Logger
-  /** Waits between RunTask retries; tests pass a fast one. */
-  backoff?: (attempt: number) => Promise<void>
+  /** Waits between RunTask retries after capacity failures (real time: ECS's capacity comes back in real time); tests pass one that records. */
+  wait?: (ms: number) => Promise<void>
+  /** Jitter for those waits, in [0, 1); default Math.random. */
+  random?: () => number
   /** The control plane's clock (launch claims are stamped with it); default the system clock. */
   clock?: Clock
   /** Spaces RunTask calls: one bucket all replicas share in production; default one of this process (launchRate, launchBurst). */
@@ -79,7 +84,8 @@ type Architecture = ComputeSize['architecture']
 export class FargateLauncher implements Launcher {
   readonly kind = 'fargate' as const
   private readonly bucket: RateLimiter
-  private readonly backoff: (attempt: number) => Promise<void>
+  private readonly wait: (ms: number) => Promise<void>
+  private readonly random: () => number
   /**
    * CPU architectures of task definitions by ARN, for tasks that do not report theirs:
    * asked once per task definition for the life of the process, never once per pass.
@@ -88,29 +94,28 @@ export class FargateLauncher implements Launcher {
 
   constructor(private readonly deps: FargateLauncherDeps) {
     this.bucket = deps.limiter ?? new TokenBucket(deps.settings.launchRate, deps.settings.launchBurst)
-    this.backoff = deps.backoff ?? ((attempt) => sleep(Math.min(30_000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2)))
+    this.wait = deps.wait ?? ((ms) => sleep(ms))
+    this.random = deps.random ?? Math.random
   }
 
   async launch(spec: LaunchSpec): Promise<{ ref: string }> {
     const { settings } = this.deps
     let lastFailure = ''
     for (let attempt = 0; attempt < CAPACITY_ATTEMPTS; attempt++) {
-      if (attempt > 0) await this.backoff(attempt)
-      await this.bucket.take()
-      let reply
-      try {
-        reply = await this.deps.ecs.send(new RunTaskCommand(this.runTaskInput(spec, attempt)))
-      } catch (err) {
-        if (THROTTLED.has((err as Error).name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
-        // No reply (the connection broke) or a server error, after the SDK's own retries:
-        // the task may have started. A later pass replays the same clientTokens, which
-        // returns that task if there is one, rather than failing the session and leaving
-        // the task to the orphan sweep.
-        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
-        if (status === undefined || status >= 500) {
-          throw new LaunchDeferred(`ECS RunTask got no usable answer (${(err as Error).name}: ${(err as Error).message}); retrying with the same clientToken`)
+      if (attempt > 0) await this.wait(runTaskRetryDelayMs(attempt, this.random()))
+      const input = this.runTaskInput(spec, attempt)
+      let reply = await this.runTask(input)
+      if (reply === 'conflict') {
+        // The token was first used with other parameters: the configuration changed (a
+        // deploy) between a launch whose answer was lost and this replay. That first call
+        // may have started a task; if it did, it is this launch's.
+        const started = await this.taskStartedFor(spec)
+        if (started) {
+          this.deps.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, taskArn: started, attempt }, 'RunTask token reused with a new configuration; adopted the task it started')
+          return { ref: started }
         }
-        throw err
+        reply = await this.runTask({ ...input, clientToken: FargateLauncher.clientToken(spec.sessionId, spec.generation, attempt, configurationFingerprint(input)) })
+        if (reply === 'conflict') throw new Error(`ECS RunTask answered ConflictException for the token of this configuration too (session ${spec.sessionId}, generation ${spec.generation})`)
       }
       const task = reply.tasks?.[0]
       if (task?.taskArn) {
@@ -123,17 +128,46 @@ export class FargateLauncher implements Launcher {
     throw new Error(`ECS could not start the task after ${CAPACITY_ATTEMPTS} attempts: ${lastFailure} (cluster ${settings.cluster})`)
   }
 
+  /** One RunTask under the rate limit: its reply, 'conflict' (the token was used with other parameters), or LaunchDeferred when there is no usable answer. */
+  private async runTask(input: RunTaskCommandInput): Promise<RunTaskCommandOutput | 'conflict'> {
+    await this.bucket.take()
+    try {
+      return await this.deps.ecs.send(new RunTaskCommand(input))
+    } catch (err) {
+      const name = (err as Error).name
+      if (THROTTLED.has(name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
+      if (name === 'ConflictException') return 'conflict'
+      // No reply (the connection broke) or a server error, after the SDK's own retries:
+      // the task may have started. A later pass replays the same clientTokens, which
+      // returns that task if there is one, rather than failing the session and leaving
+      // the task to the orphan sweep.
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+      if (status === undefined || status >= 500) {
+        throw new LaunchDeferred(`ECS RunTask got no usable answer (${name}: ${(err as Error).message}); retrying with the same clientToken`)
+      }
+      throw err
+    }
+  }
+
+  /** A task this control plane started for the launch attempt and that has not been told to stop, found by its tags (as the orphan sweep finds them). */
+  private async taskStartedFor(spec: LaunchSpec): Promise<string | undefined> {
+    const running = await this.listRunning()
+    return running.find((r) => r.sessionId === spec.sessionId && r.generation === spec.generation)?.ref
+  }
+
   /**
    * Each retry of a launch attempt gets its own token, derived from (session, generation,
    * attempt): a retry after a crash replays the same sequence, so ECS answers every
-   * step as before (ConflictException is impossible: the parameters are derived too),
-   * while a retry after a capacity failure asks anew instead of replaying the failure.
+   * step as before, while a retry after a capacity failure asks anew instead of
+   * replaying the failure. A replay under a changed configuration (ConflictException)
+   * that finds no task to adopt asks under the token of its configuration, which a
+   * further replay with that configuration repeats. At most 63 characters (ECS: 64).
    */
-  static clientToken(sessionId: string, generation: number, attempt: number): string {
-    return `cl-${sessionId}-g${generation}-a${attempt}`
+  static clientToken(sessionId: string, generation: number, attempt: number, configuration?: string): string {
+    return `cl-${sessionId}-g${generation}-a${attempt}${configuration ? `-${configuration}` : ''}`
   }
 
-  private runTaskInput(spec: LaunchSpec, attempt: number) {
+  private runTaskInput(spec: LaunchSpec, attempt: number): RunTaskCommandInput {
     const s = this.deps.settings
     // The agent's settings (container/agent/config.ts); the image sets its port and data directory.
     const environment = [
@@ -351,6 +385,21 @@ export class FargateLauncher implements Launcher {
     }
     return running
   }
+}
+
+/**
+ * How long to wait before RunTask attempt `attempt` (1, 2, …) after capacity failures:
+ * exponential from 2 s, at most 30 s, with jitter (half to all of it, from `random` in
+ * [0, 1)) so that a herd that failed together does not retry together.
+ */
+export function runTaskRetryDelayMs(attempt: number, random: number): number {
+  return Math.round(Math.min(30_000, 1000 * 2 ** attempt) * (0.5 + random / 2))
+}
+
+/** A short digest of a RunTask request without its token: equal for equal configurations. */
+function configurationFingerprint(input: RunTaskCommandInput): string {
+  const { clientToken: _token, ...configuration } = input
+  return createHash('sha256').update(JSON.stringify(configuration)).digest('hex').slice(0, 8)
 }
 
 /** The task's size as ECS reports it (cpu and memory are strings of CPU units and MiB); none when it does not. */
