@@ -12,6 +12,8 @@ import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app
 import { EcsFake, type EcsFakeOptions } from './helpers/ecs-fake.ts'
 import { SharedTokenBucket } from '../src/database/shared-token-bucket.ts'
 import type { SessionRecord } from '../src/services/sessions.ts'
+import type { RateLimiter } from '../src/services/launchers/token-bucket.ts'
+import type { SqlPool } from '../src/database/client.ts'
 import { startS3Fake, type S3Fake } from './helpers/s3-fake.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
@@ -37,7 +39,7 @@ function settingsOf(fake: EcsFake): FargateSettings {
   }
 }
 
-async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake } = {}) {
+async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake; limiter?: RateLimiter } = {}) {
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
@@ -51,6 +53,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
     },
     random: () => 0.5,
     clock,
+    ...(opts.limiter ? { limiter: opts.limiter } : {}),
   })
   const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3 })
   return { fake, clock, launcher, ctx, waits }
@@ -353,6 +356,28 @@ t.test('two replicas share one launch rate: their herd together stays under ECS\
   t.equal(new Set(refs.map((r) => r.ref)).size, 24, 'every launch started its task')
   t.equal(fake.count('RunTask'), 24, 'no RunTask call was throttled or repeated')
   t.ok(Date.now() - started >= ((24 - 4) / 9) * 1000 * 0.9, 'spaced at the shared rate, not twice it')
+})
+
+t.test('the shared launch-rate bucket unreachable (its database down): launches wait, then go once it is back', async (t) => {
+  // The bucket's statements go through a pool that refuses while `down`, as an unreachable Postgres does.
+  const database: { down: boolean; sql?: SqlPool } = { down: true }
+  const reach = <T>(run: (sql: SqlPool) => Promise<T>) => (database.down ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')) : run(database.sql!))
+  const flaky = { execute: (q: never) => reach((sql) => sql.execute(q)), rows: (q: never) => reach((sql) => sql.rows(q)) } as unknown as SqlPool
+  const { fake, clock, ctx } = await setup(t, { limiter: new SharedTokenBucket(flaky, `ecs-run-task-${randomUUID()}`, 100, 100) })
+  database.sql = ctx.sql
+  const lease = await acquire(ctx)
+  await ctx.workers.reconciler.reconcileOnce()
+  let s = await ctx.services.sessions.get(lease.session.id)
+  t.equal(s.status, 'STARTING', 'not failed')
+  t.equal(s.launchRef, null)
+  t.equal(fake.count('RunTask'), 0, 'no RunTask without a token')
+
+  database.down = false
+  clock.advance(16) // past the orphaned-claim wait: the next pass launches again
+  await ctx.workers.reconciler.reconcileOnce()
+  s = await ctx.services.sessions.get(lease.session.id)
+  t.equal(fake.count('RunTask'), 1, 'the bucket creates its row now that it can')
+  t.equal(s.launchRef, [...fake.tasks.keys()][0], 'and the launch goes')
 })
 
 t.test('a task that stops during start fails the session with stopCode and reason', async (t) => {

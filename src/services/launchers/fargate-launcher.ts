@@ -130,7 +130,10 @@ export class FargateLauncher implements Launcher {
 
   /** One RunTask under the rate limit: its reply, 'conflict' (the token was used with other parameters), or LaunchDeferred when there is no usable answer. */
   private async runTask(input: RunTaskCommandInput): Promise<RunTaskCommandOutput | 'conflict'> {
-    await this.bucket.take()
+    // The shared bucket lives in Postgres: while it cannot be reached, launches wait rather than fail.
+    await this.bucket.take().catch((err: Error) => {
+      throw new LaunchDeferred(`the RunTask rate limit cannot be read (${err.message}); launching on a later pass`)
+    })
     try {
       return await this.deps.ecs.send(new RunTaskCommand(input))
     } catch (err) {
