@@ -380,6 +380,40 @@ t.test('the shared launch-rate bucket unreachable (its database down): launches 
   t.equal(s.launchRef, [...fake.tasks.keys()][0], 'and the launch goes')
 })
 
+t.test('a slow stop costs one StopTask, not one per pass; a StopTask that did not get through is sent again', async (t) => {
+  const { fake, clock, ctx } = await setup(t, { stopDescribes: 8 })
+  const running = async () => {
+    const dir = join(root, 'slow-stop', randomUUID())
+    await mkdir(dir, { recursive: true })
+    const lease = await acquire(ctx, `file://${dir}`)
+    for (let i = 0; i < 3; i++) await ctx.workers.reconciler.reconcileOnce() // launched, PROVISIONING, RUNNING
+    const s = await ctx.services.sessions.get(lease.session.id)
+    t.equal(fake.tasks.get(s.launchRef!)!.lastStatus, 'RUNNING')
+    return s
+  }
+  const stopCalls = async (id: string) => {
+    fake.resetCounts()
+    await ctx.app.inject({ method: 'DELETE', url: `/v1/sessions/${id}?force=true` })
+    let passes = 0
+    for (; (await ctx.services.sessions.get(id)).status !== 'STOPPED' && passes < 20; passes++) {
+      await ctx.workers.reconciler.reconcileOnce()
+      clock.advance(1)
+    }
+    return { passes, stopTasks: fake.count('StopTask') }
+  }
+
+  const a = await running()
+  const slow = await stopCalls(a.id)
+  t.ok(slow.passes >= 8, `ECS took ${slow.passes} passes to stop it`)
+  t.equal(slow.stopTasks, 1, 'StopTask once: every later pass saw desiredStatus STOPPED')
+
+  const b = await running()
+  fake.throttle(3, 'StopTask') // the SDK's three attempts: the first pass's StopTask never lands
+  const lost = await stopCalls(b.id)
+  t.equal((await ctx.services.sessions.get(b.id)).status, 'STOPPED')
+  t.equal(lost.stopTasks, 3 + 1, 'ECS still showed it RUNNING on the next pass, so it was asked again, once')
+})
+
 t.test('a task that stops during start fails the session with stopCode and reason', async (t) => {
   const { fake, clock, ctx } = await setup(t)
   fake.nextTasks('stopDuringStart')

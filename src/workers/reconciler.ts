@@ -280,7 +280,9 @@ export class Reconciler {
   private async finishStopping(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') await this.recordSaveOnStop(s, seen)
     if (s.launchRef && seen?.state !== 'stopped') {
-      await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
+      // Asked once is enough once the backend shows the stop under way; until it does (a
+      // replica that crashed before asking, a lost StopTask), ask again.
+      if (!seen?.stopUnderway) await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
       return
     }
     await this.sessions.transition(s, ['STOPPING'], 'STOPPED', { type: 'stopped', reason: s.stopReason }, { endedAt: this.clock.now() })

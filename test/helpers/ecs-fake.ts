@@ -89,7 +89,8 @@ export class EcsFake {
   private server!: Server
   private readonly tokens = new Map<string, { params: string; arn: string | null; failure?: string }>()
   private readonly behaviours: TaskBehaviour[] = []
-  private throttleRemaining = 0
+  /** Requests left to answer ThrottlingException, for every action (key '*') or one. */
+  private readonly throttled = new Map<string, number>()
   private repliesToLose = 0
   private capacityFailuresRemaining = 0
   private nextIp = 2
@@ -140,9 +141,9 @@ export class EcsFake {
     this.behaviours.push(...behaviours)
   }
 
-  /** The next `n` requests of any action answer ThrottlingException. */
-  throttle(n: number) {
-    this.throttleRemaining = n
+  /** The next `n` requests of any action, or of `action` only, answer ThrottlingException. */
+  throttle(n: number, action = '*') {
+    this.throttled.set(action, n)
   }
 
   /** The next `n` RunTask calls do their work but their replies are lost (the connection drops). */
@@ -198,8 +199,10 @@ export class EcsFake {
     this.calls.set(action, this.count(action) + 1)
     const json = (status: number, body: unknown) => ({ status, body: JSON.stringify(body), type: 'application/x-amz-json-1.1' })
     const error = (type: string, message: string) => json(400, { __type: type, message })
-    if (this.throttleRemaining > 0) {
-      this.throttleRemaining--
+    for (const key of [action, '*']) {
+      const left = this.throttled.get(key) ?? 0
+      if (left === 0) continue
+      this.throttled.set(key, left - 1)
       return error('ThrottlingException', 'Rate exceeded')
     }
     const input = JSON.parse(raw || '{}')

@@ -273,8 +273,9 @@ export class FargateLauncher implements Launcher {
       // the reconciler drains the session so no new lease attaches while it saves and exits.
       const ours = stoppedByUs(task)
       const detail = `ECS ${status}, stopping (${task.stopCode ?? 'no stopCode yet'})`
-      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true, size: sizeOf(task, architectures) }
-      return { state: 'starting', detail }
+      const stopUnderway = task.desiredStatus === 'STOPPED'
+      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true, stopUnderway, size: sizeOf(task, architectures) }
+      return { state: 'starting', detail, stopUnderway }
     }
     // ECS keeps an UNHEALTHY task running when RunTask started it (no service replaces
     // it), so the control plane treats it as gone: the reconciler fails and stops it.
