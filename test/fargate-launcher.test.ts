@@ -39,7 +39,7 @@ function settingsOf(fake: EcsFake): FargateSettings {
   }
 }
 
-async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake; limiter?: RateLimiter } = {}) {
+async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake; limiter?: RateLimiter; deadManSeconds?: number; confirmIntervalSeconds?: number } = {}) {
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
@@ -55,7 +55,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
     clock,
     ...(opts.limiter ? { limiter: opts.limiter } : {}),
   })
-  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3 })
+  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3, deadManSeconds: opts.deadManSeconds, confirmIntervalSeconds: opts.confirmIntervalSeconds })
   return { fake, clock, launcher, ctx, waits }
 }
 
@@ -316,6 +316,37 @@ t.test('throttling is absorbed: the SDK retries, then the launch waits for a lat
   t.equal(fake.tasks.size, 1, 'one task in the end')
   t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0])
   t.not(s.status, 'FAILED')
+})
+
+t.test("DescribeTasks throttled beyond the SDK's retries: no session fails, launches and the dead man's switch confirmations go on", async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true, deadManSeconds: 5, confirmIntervalSeconds: 1 })
+  const serving = await acquire(ctx)
+  t.equal((await reconcileUntilSettled(ctx, serving.session.id)).status, 'READY')
+  const servingTask = fake.tasks.get((await ctx.services.sessions.get(serving.session.id)).launchRef!)!
+
+  fake.throttle(Infinity, 'DescribeTasks')
+  // Longer than the dead man's switch: without confirmations the serving session's agent would stop it.
+  const until = Date.now() + 8_000
+  let passes = 0
+  for (; Date.now() < until; passes++) {
+    await ctx.workers.reconciler.reconcileOnce() // resolves: a failed describe does not abort the pass
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  t.ok(fake.count('DescribeTasks') >= 3 * passes, `every DescribeTasks was throttled, ${passes} passes`)
+  t.equal(servingTask.lastStatus, 'RUNNING', "the serving session's agent was confirmed all along, at its recorded endpoint")
+  t.equal(servingTask.agent?.exitCode, null)
+  t.equal((await ctx.services.sessions.get(serving.session.id)).status, 'READY', 'not failed, not stopped')
+
+  const cold = await acquire(ctx, `file://${fixture.dir}`)
+  await ctx.workers.reconciler.reconcileOnce()
+  const launched = await ctx.services.sessions.get(cold.session.id)
+  t.equal(launched.status, 'STARTING')
+  t.equal(launched.launchRef, [...fake.tasks.keys()][1], 'a launch goes ahead while DescribeTasks is throttled')
+
+  fake.throttle(0, 'DescribeTasks')
+  const settled = await reconcileUntilSettled(ctx, cold.session.id)
+  t.equal(settled.status, 'READY', `once ECS answers again, it is READY (${settled.error})`)
+  t.equal((await ctx.services.sessions.get(serving.session.id)).status, 'READY')
 })
 
 t.test('a herd of cold acquires for many snapshots queues its launches under the rate limit', async (t) => {

@@ -53,8 +53,13 @@ export class Reconciler {
   async reconcileOnce(): Promise<void> {
     const live = await this.sessions.inStatus(['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING'])
     const launched = live.filter((s) => s.launchRef !== null && s.launcher === this.launcher.kind)
+    // A launcher that cannot answer (throttling beyond the SDK's retries) leaves its sessions
+    // unobserved for this pass; launches and everything else still go ahead.
     const observed = launched.length
-      ? await this.launcher.describe(launched.map(targetOf))
+      ? await this.launcher.describe(launched.map(targetOf)).catch((err: Error) => {
+          this.logger?.warn({ err, sessions: launched.length }, 'describing the launched compute failed; those sessions wait for the next pass')
+          return new Map<string, ObservedCompute>()
+        })
       : new Map<string, ObservedCompute>()
     // A bounded number of steps at once: each may hold a database connection in a
     // transaction, and hundreds at once would starve the pool (and the API with it).
@@ -84,13 +89,14 @@ export class Reconciler {
       const seen = s.launchRef ? observed.get(s.launchRef) : undefined
       const key = `${s.id}:${s.generation}`
       current.add(key)
-      if (!seen || seen.state === 'stopped' || seen.host === undefined || seen.port === undefined) continue
+      const agent = this.agentAddress(s, seen)
+      if (!agent) continue
       // A restore the launcher cannot report (no status file on Fargate) is followed through the answer, every pass.
-      const wantsProgress = s.status === 'STARTING' && seen.state === 'starting' && !seen.progress
+      const wantsProgress = s.status === 'STARTING' && seen?.state === 'starting' && !seen.progress
       if (this.confirming.has(key) || (!wantsProgress && now - (this.confirmedAt.get(key) ?? 0) < this.opts.confirmIntervalSeconds * 1000)) continue
       this.confirming.add(key)
       this.agents
-        .confirm(`http://${seen.host}:${seen.port}`, this.tokens.controlToken(s.id, s.generation))
+        .confirm(`http://${agent.host}:${agent.port}`, this.tokens.controlToken(s.id, s.generation))
         .then(
           async (status) => {
             this.confirmedAt.set(key, Date.now())
@@ -104,6 +110,17 @@ export class Reconciler {
         .finally(() => this.confirming.delete(key))
     }
     for (const key of this.confirmedAt.keys()) if (!current.has(key)) this.confirmedAt.delete(key)
+  }
+
+  /**
+   * Where the session's agent answers: as observed this pass; or, when the launcher could
+   * not observe it, where it last served (a READY or DRAINING session's endpoint), so that
+   * a launcher API that keeps failing does not let every agent's dead man's switch fire.
+   */
+  private agentAddress(s: SessionRecord, seen: ObservedCompute | undefined): { host: string; port: number } | null {
+    if (seen) return seen.state !== 'stopped' && seen.host !== undefined && seen.port !== undefined ? { host: seen.host, port: seen.port } : null
+    const unobserved = s.launchRef !== null && s.launcher === this.launcher.kind
+    return unobserved && (s.status === 'READY' || s.status === 'DRAINING') && s.host !== null && s.port !== null ? { host: s.host, port: s.port } : null
   }
 
   private async step(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
@@ -251,7 +268,7 @@ export class Reconciler {
 
   private async awaitReady(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
-    let lastReason = seen?.detail ?? 'not running yet'
+    let lastReason = seen ? (seen.detail ?? 'not running yet') : 'its compute could not be observed'
     // Told to stop by someone else while starting (a Spot interruption): it will not serve.
     if (seen?.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
     if (seen?.state === 'running') {
@@ -278,6 +295,8 @@ export class Reconciler {
   }
 
   private async finishStopping(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    // Launched but not observed this pass: whether to ask again, or to record it stopped, waits for an answer.
+    if (s.launchRef && !seen) return
     if (seen?.state === 'stopped') await this.recordSaveOnStop(s, seen)
     if (s.launchRef && seen?.state !== 'stopped') {
       // Asked once is enough once the backend shows the stop under way; until it does (a

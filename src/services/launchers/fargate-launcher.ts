@@ -244,16 +244,43 @@ export class FargateLauncher implements Launcher {
     ])
   }
 
+  /**
+   * Targets whose DescribeTasks batch (or, with public IPs, whose DescribeNetworkInterfaces)
+   * failed after the SDK's retries are left out of the answer: unknown this pass, rather
+   * than taken for stopped or failing the whole pass.
+   */
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
-    const tasks = await this.describeTasks(targets.map((t) => t.ref))
-    const publicIps = this.deps.settings.assignPublicIp ? await this.publicIps([...tasks.values()]) : new Map<string, string>()
+    const unanswered = new Set<string>()
+    const tasks = new Map<string, Task>()
+    const refs = targets.map((t) => t.ref)
+    for (let i = 0; i < refs.length; i += DESCRIBE_BATCH) {
+      const batch = refs.slice(i, i + DESCRIBE_BATCH)
+      try {
+        for (const task of await this.describeBatch(batch)) tasks.set(task.taskArn!, task)
+      } catch (err) {
+        this.deps.logger?.warn({ err, tasks: batch.length }, 'DescribeTasks failed; these sessions are looked at again next pass')
+        for (const ref of batch) unanswered.add(ref)
+      }
+    }
+    let publicIps = new Map<string, string>()
+    if (this.deps.settings.assignPublicIp) {
+      try {
+        publicIps = await this.publicIps([...tasks.values()])
+      } catch (err) {
+        // Without its address a live task cannot be told from one that has none yet.
+        this.deps.logger?.warn({ err }, 'DescribeNetworkInterfaces failed; running sessions are looked at again next pass')
+        for (const task of tasks.values()) if (!GONE_STATUSES.has(task.lastStatus ?? '')) unanswered.add(task.taskArn!)
+      }
+    }
     const architectures = await this.architectures([...tasks.values()])
     const now = (this.deps.clock ?? systemClock).now().getTime()
     return new Map(
-      targets.map((t): [string, ObservedCompute] => {
-        const unlisted = !tasks.has(t.ref) && t.launchedAt !== undefined && now - t.launchedAt.getTime() < UNLISTED_GRACE_MS
-        return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps, architectures)]
-      }),
+      targets
+        .filter((t) => !unanswered.has(t.ref))
+        .map((t): [string, ObservedCompute] => {
+          const unlisted = !tasks.has(t.ref) && t.launchedAt !== undefined && now - t.launchedAt.getTime() < UNLISTED_GRACE_MS
+          return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps, architectures)]
+        }),
     )
   }
 
@@ -327,10 +354,14 @@ export class FargateLauncher implements Launcher {
   private async describeTasks(arns: string[], include?: Array<'TAGS'>): Promise<Map<string, Task>> {
     const tasks = new Map<string, Task>()
     for (let i = 0; i < arns.length; i += DESCRIBE_BATCH) {
-      const reply = await this.deps.ecs.send(new DescribeTasksCommand({ cluster: this.deps.settings.cluster, tasks: arns.slice(i, i + DESCRIBE_BATCH), include }))
-      for (const task of reply.tasks ?? []) if (task.taskArn) tasks.set(task.taskArn, task)
+      for (const task of await this.describeBatch(arns.slice(i, i + DESCRIBE_BATCH), include)) tasks.set(task.taskArn!, task)
     }
     return tasks
+  }
+
+  private async describeBatch(arns: string[], include?: Array<'TAGS'>): Promise<Task[]> {
+    const reply = await this.deps.ecs.send(new DescribeTasksCommand({ cluster: this.deps.settings.cluster, tasks: arns, include }))
+    return (reply.tasks ?? []).filter((task) => task.taskArn)
   }
 
   /**

@@ -109,7 +109,10 @@ export interface Launcher {
   readonly kind: 'process' | 'fargate'
   /** Starts the compute for one launch attempt, or returns the one already started for it. */
   launch(spec: LaunchSpec): Promise<{ ref: string }>
-  /** Observes many launches in as few calls as the backend allows. Keys are refs. */
+  /**
+   * Observes many launches in as few calls as the backend allows. Keys are refs; a target
+   * left out could not be observed this time (the backend did not answer for it).
+   */
   describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>>
   /** Asks the compute to stop; safe to repeat; escalates (e.g. SIGKILL) on later calls after a grace period. */
   stop(target: LaunchTarget, reason: string): Promise<void>
