@@ -553,23 +553,31 @@ t.test('a task ECS does not list yet right after RunTask is starting for 30 s, t
   t.match(failed.error, /ECS does not know the task/)
 })
 
-t.test('AWS calls per sweep with 300 live sessions: batched, never one per session', async (t) => {
-  const { fake, ctx } = await setup(t)
-  const leases = []
+t.test('AWS calls per pass with 300 READY sessions on public IPs: batched, never one per session', async (t) => {
+  const { fake, launcher, ctx } = await setup(t, { stubAgents: true, settings: { assignPublicIp: true } })
+  const ids: string[] = []
   for (let i = 0; i < 300; i++) {
     const dir = join(root, 'many', String(i))
     await mkdir(dir, { recursive: true })
-    leases.push(await acquire(ctx, `file://${dir}`))
+    ids.push((await acquire(ctx, `file://${dir}`)).session.id)
   }
-  await ctx.workers.reconciler.reconcileOnce() // launches all 300
+  const statuses = async () => [...new Set((await Promise.all(ids.map((id) => ctx.services.sessions.get(id)))).map((s) => s.status))]
+  for (let pass = 0; pass < 10 && (await statuses()).join() !== 'READY'; pass++) await ctx.workers.reconciler.reconcileOnce()
+  t.same(await statuses(), ['READY'], 'all 300 READY: launched, RUNNING, their public IPs found, Chroma answering')
   t.equal(fake.tasks.size, 300)
+
   fake.resetCounts()
   await ctx.workers.reconciler.reconcileOnce()
-  t.same(Object.fromEntries(fake.calls), { DescribeTasks: 3 }, 'a reconcile pass: 3 DescribeTasks calls of 100 tasks')
+  t.same(Object.fromEntries(fake.calls), { DescribeTasks: 3, DescribeNetworkInterfaces: 2 }, 'a steady-state pass: DescribeTasks per 100 tasks, DescribeNetworkInterfaces per 200 ENIs, nothing per session')
   fake.resetCounts()
   t.same(await ctx.workers.sweeper.sweepOnce(), [], 'no orphans')
   t.same(Object.fromEntries(fake.calls), { ListTasks: 3, DescribeTasks: 3 }, 'an orphan sweep: 3 pages of ListTasks, 3 DescribeTasks')
-  t.equal(leases.length, 300)
+
+  fake.throttle(3, 'DescribeTasks') // the SDK's three attempts at the first batch
+  const sessions = await Promise.all(ids.map((id) => ctx.services.sessions.get(id)))
+  const seen = await launcher.describe(sessions.map((s) => ({ sessionId: s.id, generation: s.generation, ref: s.launchRef! })))
+  t.equal(seen.size, 200, 'a batch that fails leaves out its 100 tasks, not the other 200')
+  t.ok([...seen.values()].every((o) => o.state === 'running'))
 })
 
 t.test("the session shows its task's size and what it costs at Fargate prices", async (t) => {

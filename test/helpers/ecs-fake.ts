@@ -49,6 +49,8 @@ interface FakeTask {
   /** Its agent has had SIGTERM. */
   signalled?: boolean
   agent?: ChildProcess
+  /** With `stubAgents`: the server answering for it at its address. */
+  stub?: Server
   dataDir?: string
 }
 
@@ -56,6 +58,12 @@ export interface EcsFakeOptions {
   cluster?: string
   /** Run the real session agent for each task (needs snapshotRoot for file:// snapshots). */
   runAgents?: boolean
+  /**
+   * Instead, answer at each task's address as an agent whose Chroma is ready (heartbeat,
+   * healthcheck, confirm, status; the task's tokens required), without a process: for
+   * tests with hundreds of tasks that need them READY, not serving data.
+   */
+  stubAgents?: boolean
   snapshotRoot?: string
   /** More environment for every agent: what a task role and VPC endpoints give a real task (S3_ENDPOINT and credentials for s3rver). */
   agentEnv?: Record<string, string>
@@ -79,6 +87,13 @@ export interface EcsFakeOptions {
   architectureAttribute?: boolean
 }
 
+/** The n-th loopback address (127.0.0.2, …, 127.0.1.1, …): Linux routes all of 127/8 to lo. */
+function loopbackAddress(n: number): string {
+  // Skip the .0 and .255 of every /24 so that no address looks like a network or broadcast one.
+  const index = Math.floor(n / 254) * 256 + (n % 254) + 1
+  return `127.${(index >> 16) & 255}.${(index >> 8) & 255}.${index & 255}`
+}
+
 export class EcsFake {
   readonly calls = new Map<string, number>()
   readonly tasks = new Map<string, FakeTask>()
@@ -93,7 +108,7 @@ export class EcsFake {
   private readonly throttled = new Map<string, number>()
   private repliesToLose = 0
   private capacityFailuresRemaining = 0
-  private nextIp = 2
+  private nextIp = 1
   private bucket: { tokens: number; at: number }
 
   constructor(private readonly opts: EcsFakeOptions = {}) {
@@ -186,6 +201,7 @@ export class EcsFake {
 
   async close() {
     for (const task of this.tasks.values()) this.kill(task, 'SIGKILL')
+    await Promise.all([...this.tasks.values()].map((t) => t.stub && new Promise((resolve) => t.stub!.close(resolve))))
     await new Promise((resolve) => this.server.close(resolve))
     await Promise.all([...this.tasks.values()].map((t) => (t.dataDir ? rm(t.dataDir, { recursive: true, force: true }) : undefined)))
   }
@@ -288,7 +304,7 @@ export class EcsFake {
       env: Object.fromEntries((container?.environment ?? []).map((e: { name: string; value: string }) => [e.name, e.value])),
       behaviour: this.behaviours.shift() ?? 'normal',
       describes: 0,
-      ip: `127.0.0.${this.nextIp++}`,
+      ip: loopbackAddress(this.nextIp++),
       eniId: `eni-${id.slice(0, 17)}`,
       lastStatus: 'PROVISIONING',
       desiredStatus: 'RUNNING',
@@ -296,6 +312,7 @@ export class EcsFake {
     this.tasks.set(task.arn, task)
     if (clientToken) this.tokens.set(clientToken, { params: paramsHash, arn: task.arn })
     if (this.opts.runAgents && task.behaviour !== 'stopDuringStart') void this.startAgent(task)
+    if (this.opts.stubAgents && task.behaviour !== 'stopDuringStart') this.startStubAgent(task)
     return json(200, { tasks: [this.view(task, false)], failures: [] })
   }
 
@@ -363,6 +380,7 @@ export class EcsFake {
       return
     }
     if (exitCode !== undefined) task.exitCode = exitCode
+    task.stub?.close()
     task.stopDescribesLeft = this.opts.stopDescribes ?? 0
     task.lastStatus = task.stopDescribesLeft > 0 ? 'DEACTIVATING' : 'STOPPED'
   }
@@ -414,6 +432,25 @@ export class EcsFake {
       if (task.desiredStatus !== 'STOPPED') this.stopTask(task, 'EssentialContainerExited', 'Essential container in task exited')
       task.lastStatus = 'STOPPED'
     })
+  }
+
+  private startStubAgent(task: FakeTask) {
+    task.stub = createServer((req, res) => {
+      const send = (status: number, body: unknown) => {
+        res.writeHead(status, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(body))
+      }
+      const token = req.headers['x-chroma-token']
+      const control = token === task.env.CONTROL_TOKEN
+      if (!control && token !== task.env.SESSION_TOKEN) return send(401, { code: 'session_token_required' })
+      const status = { phase: 'ready', pid: 0, at: new Date().toISOString() }
+      if (req.url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
+      if (req.url === '/api/v2/healthcheck') return send(200, { is_executor_ready: true })
+      if (req.url === '/_agent/status') return send(200, status)
+      if (req.url === '/_agent/confirm' && control) return send(200, status)
+      send(404, { error: 'NotFound' })
+    })
+    task.stub.listen(this.chromaPort, task.ip)
   }
 
   /** EC2's query protocol, for DescribeNetworkInterfaces (public addresses). */
