@@ -14,7 +14,7 @@ import { SharedTokenBucket } from '../src/database/shared-token-bucket.ts'
 import type { SessionRecord } from '../src/services/sessions.ts'
 import type { RateLimiter } from '../src/services/launchers/token-bucket.ts'
 import type { SqlPool } from '../src/database/client.ts'
-import { startS3Fake, type S3Fake } from './helpers/s3-fake.ts'
+import { startS3Fake, startStallingS3, type S3Fake } from './helpers/s3-fake.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 // The Fargate launcher with the real AWS SDK against a protocol-level ECS fake. The
@@ -158,6 +158,31 @@ t.test('an s3:// snapshot: checked with HeadObject before any task starts, resto
   const chroma = new ChromaClient({ host: url.hostname, port: Number(url.port), ssl: false, headers: { 'x-chroma-token': lease.token } })
   const collection = await chroma.getCollection({ name: 'receipts', embeddingFunction: null as never })
   t.equal(await collection.count(), 50, 'the task restored the snapshot from S3 and serves it')
+})
+
+t.test("a STARTING session whose task is RUNNING shows its agent's restore progress on the lease and the session", async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-progress'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/slow.tar.gz', fixture.tarGzPath)
+  // The task's S3 sends half of the archive and then nothing: the restore stays at about 50%.
+  const stall = await startStallingS3(s3.endpoint, (method, path) => method === 'GET' && path.split('?')[0]!.endsWith('/receipts/slow.tar.gz'), 'half-response')
+  t.teardown(() => stall.close())
+  const { fake, ctx } = await setup(t, { runAgents: true, s3, agentEnv: { ...s3.env, S3_ENDPOINT: stall.endpoint } })
+  const lease = await acquire(ctx, 's3://snapshots/receipts/slow.tar.gz')
+  const view = async () => (await ctx.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json()
+  const deadline = Date.now() + 30_000
+  let seen = await view()
+  while (!(seen.session.progress?.percent >= 40) && Date.now() < deadline) {
+    await ctx.workers.reconciler.reconcileOnce()
+    await new Promise((r) => setTimeout(r, 100)) // the restore moves in real time
+    seen = await view()
+  }
+  t.equal(fake.tasks.get((await ctx.services.sessions.get(lease.session.id)).launchRef!)!.lastStatus, 'RUNNING', 'ECS says RUNNING while the agent restores')
+  t.equal(seen.session.status, 'STARTING')
+  t.match(seen.session.progress, { phase: 'restoring', text: /^restoring \d+%$/, totalBytes: Number })
+  t.ok(seen.session.progress.percent >= 40 && seen.session.progress.percent < 100, seen.session.progress.text)
+  const session = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json()
+  t.equal(session.progress.text, seen.session.progress.text, 'the session shows it too')
 })
 
 t.test('a Spot interruption drains the session at once, then it stops cleanly', async (t) => {

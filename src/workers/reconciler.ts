@@ -91,8 +91,9 @@ export class Reconciler {
       current.add(key)
       const agent = this.agentAddress(s, seen)
       if (!agent) continue
-      // A restore the launcher cannot report (no status file on Fargate) is followed through the answer, every pass.
-      const wantsProgress = s.status === 'STARTING' && seen?.state === 'starting' && !seen.progress
+      // A restore the launcher cannot report (on Fargate a task is RUNNING, with no status
+      // file to read, while its agent restores) is followed through the answer, every pass.
+      const wantsProgress = s.status === 'STARTING' && seen !== undefined && seen.state !== 'stopped' && !seen.progress
       if (this.confirming.has(key) || (!wantsProgress && now - (this.confirmedAt.get(key) ?? 0) < this.opts.confirmIntervalSeconds * 1000)) continue
       this.confirming.add(key)
       this.agents
@@ -101,8 +102,9 @@ export class Reconciler {
           async (status) => {
             this.confirmedAt.set(key, Date.now())
             if (status?.usage) await this.sessions.recordUsage(s, status.usage)
-            if (wantsProgress && status?.phase === 'restoring') {
-              await this.sessions.setProgress(s, { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent })
+            if (wantsProgress) {
+              const restoring = status?.phase === 'restoring'
+              await this.sessions.setProgress(s, restoring ? { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent } : null)
             }
           },
           (err: Error) => this.logger?.debug({ sessionId: s.id, err: err.message }, 'agent confirmation failed; retrying next pass'),
