@@ -30,6 +30,7 @@ t.test('a bad strategy is refused with what is wrong, before any launch', async 
     ['FARGATE:1:1,FARGATE_SPOT:1:1', /only one capacity provider may have a base/],
     ['FARGATE,FARGATE:2', /named twice/],
     ['FARGATE:0,FARGATE_SPOT:0', /at least one capacity provider needs a weight above 0/],
+    ['A,B,C,D,E,F,G', /at most 6 capacity providers/],
   ]
   for (const [value, message] of bad) t.throws(() => parseCapacityProviders(value), message, JSON.stringify(value))
 

@@ -1,8 +1,9 @@
 import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
 
-/** ECS's bounds on a strategy item (CapacityProviderStrategyItem): weight 0-1000, base 0-100000. */
+/** ECS's bounds (CapacityProviderStrategyItem): weight 0-1000, base 0-100000, at most 6 providers. */
 const MAX_WEIGHT = 1000
 const MAX_BASE = 100_000
+const MAX_PROVIDERS = 6
 
 /**
  * `FARGATE`, or `FARGATE_SPOT:3,FARGATE:1:1` (provider:weight:base), as a RunTask capacity
@@ -20,6 +21,7 @@ export function parseCapacityProviders(value: string): CapacityProviderStrategyI
     if (base !== undefined) item.base = integerIn(base, MAX_BASE, 'base', part)
     return item
   })
+  if (items.length > MAX_PROVIDERS) throw new Error(`at most ${MAX_PROVIDERS} capacity providers in a strategy (ECS's rule), in ${JSON.stringify(value)}`)
   if (items.filter((i) => i.base !== undefined).length > 1) throw new Error(`only one capacity provider may have a base (ECS's rule), in ${JSON.stringify(value)}`)
   if (new Set(items.map((i) => i.capacityProvider)).size !== items.length) throw new Error(`a capacity provider is named twice in ${JSON.stringify(value)}`)
   if (!items.some((i) => i.weight! > 0)) throw new Error(`at least one capacity provider needs a weight above 0, in ${JSON.stringify(value)}`)
