@@ -109,6 +109,9 @@ export class Reconciler {
           },
           (err: Error) => this.logger?.debug({ sessionId: s.id, err: err.message }, 'agent confirmation failed; retrying next pass'),
         )
+        // Nobody awaits this chain: a failed write of the answer (the database going away at
+        // shutdown) is logged here rather than becoming an unhandled rejection.
+        .catch((err: Error) => this.logger?.warn({ sessionId: s.id, err: err.message }, "recording the agent's answer failed; the next confirmation records it"))
         .finally(() => this.confirming.delete(key))
     }
     for (const key of this.confirmedAt.keys()) if (!current.has(key)) this.confirmedAt.delete(key)
