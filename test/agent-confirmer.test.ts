@@ -51,7 +51,7 @@ t.test("sessions keep being confirmed while the launcher's describe() fails", as
   const [a, b] = await ctx.sessions(2)
   t.same([a!.status, b!.status], ['READY', 'READY'])
   ctx.launcher.describeFails = true
-  await t.rejects(ctx.workers.reconciler.reconcileOnce(), /DescribeTasks/, 'the reconcile pass fails on describe()')
+  await ctx.workers.reconciler.reconcileOnce() // logs the failed describe(); its sessions wait for a later pass
 
   ctx.chroma.usage = { memoryBytes: 123_000_000, cpuSeconds: 2, cpuCores: 0.5 }
   t.equal(await ctx.workers.confirmer.confirmSessions(), 2, 'both agents confirmed')
@@ -62,7 +62,7 @@ t.test("sessions keep being confirmed while the launcher's describe() fails", as
   t.equal(await ctx.workers.confirmer.confirmSessions(), 0, 'none again within the interval')
   for (let minute = 1; minute <= 20; minute++) {
     ctx.clock.advance(INTERVAL)
-    await t.rejects(ctx.workers.reconciler.reconcileOnce())
+    await ctx.workers.reconciler.reconcileOnce()
     await ctx.workers.confirmer.confirmSessions()
   }
   t.same([ctx.confirmsOf(a!), ctx.confirmsOf(b!)], [21, 21], 'once per interval for 20 minutes of describe() failing, past the 15-minute switch')

@@ -6,12 +6,15 @@ import { ChromaClient } from 'chromadb'
 import t, { type Test } from 'tap'
 import { ManualClock } from '../src/services/clock.ts'
 import { parseCapacityProviders } from '../src/services/launchers/capacity-providers.ts'
-import { FargateLauncher, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
+import { FargateLauncher, runTaskRetryDelayMs, type FargateSettings } from '../src/services/launchers/fargate-launcher.ts'
+import { LaunchDeferred } from '../src/services/launchers/launcher.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { EcsFake, type EcsFakeOptions } from './helpers/ecs-fake.ts'
 import { SharedTokenBucket } from '../src/database/shared-token-bucket.ts'
 import type { SessionRecord } from '../src/services/sessions.ts'
-import { startS3Fake, type S3Fake } from './helpers/s3-fake.ts'
+import type { RateLimiter } from '../src/services/launchers/token-bucket.ts'
+import type { SqlPool } from '../src/database/client.ts'
+import { startS3Fake, startStallingS3, type S3Fake } from './helpers/s3-fake.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 // The Fargate launcher with the real AWS SDK against a protocol-level ECS fake. The
@@ -36,18 +39,24 @@ function settingsOf(fake: EcsFake): FargateSettings {
   }
 }
 
-async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake } = {}) {
+async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake; limiter?: RateLimiter; deadManSeconds?: number; confirmIntervalSeconds?: number } = {}) {
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
+  // The waits between RunTask retries, recorded instead of slept (jitter fixed at its middle).
+  const waits: number[] = []
   const launcher = new FargateLauncher({
     ...fake.clients(),
     settings: { ...settingsOf(fake), ...opts.settings },
-    backoff: async () => {},
+    wait: async (ms) => {
+      waits.push(ms)
+    },
+    random: () => 0.5,
     clock,
+    ...(opts.limiter ? { limiter: opts.limiter } : {}),
   })
-  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3 })
-  return { fake, clock, launcher, ctx }
+  const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3, deadManSeconds: opts.deadManSeconds, confirmIntervalSeconds: opts.confirmIntervalSeconds })
+  return { fake, clock, launcher, ctx, waits }
 }
 
 async function acquire(ctx: TestApp, snapshot = `file://${fixture.tarPath}`) {
@@ -96,6 +105,20 @@ t.test('a session as a Fargate task: RunTask as configured, READY with a real Ch
     'container overrides: the agent settings, tokens included',
   )
   t.not(task!.env.CONTROL_TOKEN, task!.env.SESSION_TOKEN)
+  const input = task!.runTaskInput
+  t.equal(input.cluster, fake.cluster)
+  t.equal(input.taskDefinition, 'chroma-session:3')
+  t.equal(input.count, 1)
+  t.notOk('launchType' in input, 'no launchType: ECS refuses it together with a capacity provider strategy')
+  t.same(input.capacityProviderStrategy, [
+    { capacityProvider: 'FARGATE_SPOT', weight: 3 },
+    { capacityProvider: 'FARGATE', weight: 1, base: 1 },
+  ], 'the whole strategy, weights and base')
+  t.same(input.networkConfiguration, { awsvpcConfiguration: { subnets: ['subnet-a', 'subnet-b'], securityGroups: ['sg-sessions'], assignPublicIp: 'DISABLED' } })
+  t.same(input.overrides.containerOverrides.map((c: { name: string }) => c.name), ['chroma-session'], 'the overrides go to the configured container')
+  t.equal(input.clientToken, `cl-${session.id}-g1-a0`, 'the token names the session, its generation and the attempt')
+  t.match(input.clientToken, /^[\x21-\x7e]{1,64}$/, 'at most 64 printable ASCII characters')
+  t.same(input.tags, [{ key: 'chroma-lease:session', value: session.id }, { key: 'chroma-lease:generation', value: '1' }])
   const direct = await fetch(`http://${task!.ip}:${fake.chromaPort}/api/v2/heartbeat`)
   t.equal(direct.status, 401, "the task's address alone does not open the session")
 
@@ -137,6 +160,32 @@ t.test('an s3:// snapshot: checked with HeadObject before any task starts, resto
   t.equal(await collection.count(), 50, 'the task restored the snapshot from S3 and serves it')
 })
 
+t.test("a STARTING session whose task is RUNNING shows its agent's restore progress on the lease and the session", async (t) => {
+  const s3 = await startS3Fake(join(root, 's3-progress'))
+  t.teardown(() => s3.close())
+  await s3.putFile('receipts/slow.tar.gz', fixture.tarGzPath)
+  // The task's S3 sends half of the archive and then nothing: the restore stays at about 50%.
+  const stall = await startStallingS3(s3.endpoint, (method, path) => method === 'GET' && path.split('?')[0]!.endsWith('/receipts/slow.tar.gz'), 'half-response')
+  t.teardown(() => stall.close())
+  const { fake, ctx } = await setup(t, { runAgents: true, s3, agentEnv: { ...s3.env, S3_ENDPOINT: stall.endpoint } })
+  const lease = await acquire(ctx, 's3://snapshots/receipts/slow.tar.gz')
+  const view = async () => (await ctx.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json()
+  const deadline = Date.now() + 30_000
+  let seen = await view()
+  while (!(seen.session.progress?.percent >= 40) && Date.now() < deadline) {
+    await ctx.workers.reconciler.reconcileOnce()
+    await ctx.workers.confirmer.confirmSessions() // on Fargate the agent's answer is the only source of progress
+    await new Promise((r) => setTimeout(r, 100)) // the restore moves in real time
+    seen = await view()
+  }
+  t.equal(fake.tasks.get((await ctx.services.sessions.get(lease.session.id)).launchRef!)!.lastStatus, 'RUNNING', 'ECS says RUNNING while the agent restores')
+  t.equal(seen.session.status, 'STARTING')
+  t.match(seen.session.progress, { phase: 'restoring', text: /^restoring \d+%$/, totalBytes: Number })
+  t.ok(seen.session.progress.percent >= 40 && seen.session.progress.percent < 100, seen.session.progress.text)
+  const session = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json()
+  t.equal(session.progress.text, seen.session.progress.text, 'the session shows it too')
+})
+
 t.test('a Spot interruption drains the session at once, then it stops cleanly', async (t) => {
   const { fake, ctx } = await setup(t, { runAgents: true })
   const lease = await acquire(ctx)
@@ -152,6 +201,72 @@ t.test('a Spot interruption drains the session at once, then it stops cleanly', 
   const stopped = await untilStatus(ctx, session.id, 'STOPPED')
   t.equal(stopped.status, 'STOPPED', 'the agent exits on SIGTERM: stopped, not failed')
   t.equal(fake.count('StopTask'), 0, 'the control plane did not need to stop it')
+})
+
+t.test('with public IPs (ECS_ASSIGN_PUBLIC_IP) a Spot interruption drains the session too', async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true, settings: { assignPublicIp: true } })
+  const lease = await acquire(ctx)
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  const task = fake.tasks.get(session.launchRef!)!
+  t.equal(task.runTaskInput.networkConfiguration.awsvpcConfiguration.assignPublicIp, 'ENABLED')
+  t.equal(session.host, task.ip, 'the address from DescribeNetworkInterfaces')
+  fake.interrupt(session.launchRef!)
+  fake.resetCounts()
+  await ctx.workers.reconciler.reconcileOnce()
+  const draining = await ctx.services.sessions.get(session.id)
+  t.equal(draining.status, 'DRAINING', "the stopping task's public address is looked up too, so the session drains at once")
+  t.equal(fake.count('DescribeNetworkInterfaces'), 1)
+  const stopped = await untilStatus(ctx, session.id, 'STOPPED')
+  t.equal(stopped.status, 'STOPPED')
+  t.equal(stopped.error, null)
+})
+
+t.test('a READY session whose task ECS stops for InfrastructureHealth drains, then FAILED with the stop code and reason', async (t) => {
+  const { fake, ctx } = await setup(t, { runAgents: true })
+  const lease = await acquire(ctx)
+  const session = await reconcileUntilSettled(ctx, lease.session.id)
+  t.equal(session.status, 'READY')
+  fake.stopAs(session.launchRef!, 'InfrastructureHealth', 'Task stopped due to an infrastructure health issue')
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(session.id)).status, 'DRAINING', 'no new lease while it goes')
+  const failed = await untilStatus(ctx, session.id, 'FAILED')
+  t.equal(failed.status, 'FAILED', 'the agent exited 0 on SIGTERM, but the stop was not a clean one')
+  t.match(failed.error, /session compute stopped unexpectedly: task stopped: InfrastructureHealth: Task stopped due to an infrastructure health issue/)
+  t.match((await ctx.db.sessionEvent.findMany({ where: { sessionId: session.id, type: 'failed' } }))[0], { detail: { cause: 'compute_lost' } })
+  const metrics = (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /^chroma_lease_sessions_reaped_total\{cause="compute_lost"\} 1$/m, 'counted as compute lost')
+  t.match(metrics, /^chroma_lease_sessions_reaped_total\{cause="compute_exited"\} 0$/m, 'not as a clean exit')
+  t.equal((await ctx.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).json().session.error, failed.error, 'the lease shows why')
+})
+
+t.test("a stopped task is clean only for stop codes known to be: ours, Spot, or the agent's own exit 0", async (t) => {
+  const { fake, launcher, ctx } = await setup(t)
+  const cases: Array<[stopCode: string, exitCode: number | undefined, clean: boolean]> = [
+    ['SpotInterruption', 137, true], // killed after its stopTimeout: interrupted, not failed
+    ['TerminationNotice', 143, true],
+    ['EssentialContainerExited', 0, true], // the dead man's switch, a save on release
+    ['EssentialContainerExited', 1, false],
+    ['UserInitiated', 0, true], // someone else's StopTask, and the agent exited cleanly
+    ['UserInitiated', 137, false],
+    ['ServiceSchedulerInitiated', 0, true],
+    ['TaskFailedToStart', undefined, false],
+    ['InfrastructureHealth', 0, false],
+    ['CapacityRebalance2031', 0, false], // a stop code ECS has not invented yet
+  ]
+  const observe = async (ref: string) => (await launcher.describe([{ sessionId: 'x', generation: 1, ref }])).get(ref)!
+  for (const [stopCode, exitCode, clean] of cases) {
+    const { ref } = await launcher.launch({ ...ctx.workers.reconciler.launchSpec({ id: randomUUID(), generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord) })
+    await observe(ref)
+    t.match(await observe(ref), { state: 'running' })
+    fake.stopAs(ref, stopCode, `stopped for ${stopCode}`, exitCode)
+    const seen = await observe(ref)
+    t.match(seen, { state: 'stopped', reason: new RegExp(`^task stopped: ${stopCode}: stopped for ${stopCode}`) })
+    t.equal(seen.state === 'stopped' && seen.clean === true, clean, `${stopCode}, exit code ${exitCode}: ${clean ? 'clean' : 'a failure'}`)
+  }
+  const { ref } = await launcher.launch({ ...ctx.workers.reconciler.launchSpec({ id: randomUUID(), generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord) })
+  await launcher.stop({ sessionId: 'x', generation: 1, ref }, 'idle')
+  t.match(await observe(ref), { state: 'stopped', clean: true, reason: /UserInitiated: chroma-lease: idle/ }, 'our own StopTask is clean whatever the exit')
 })
 
 t.test('a Spot interruption of a saveOnRelease session: the task saves first, the version is on the session', async (t) => {
@@ -185,13 +300,15 @@ t.test('a Spot interruption of a saveOnRelease session: the task saves first, th
   t.same((await (await receipts(next.token)).get({ ids: ['w-1'] })).documents, ['written before the interruption'], 'with the write in it')
 })
 
-t.test('RunTask capacity failures are retried with fresh tokens, then FAILED with the reason', async (t) => {
-  const { fake, clock, ctx } = await setup(t)
+t.test('RunTask capacity failures are retried with fresh tokens after backing off, then FAILED with the reason', async (t) => {
+  const { fake, clock, ctx, waits } = await setup(t)
   fake.capacityFailures(2)
   const a = await acquire(ctx)
   await ctx.workers.reconciler.reconcileOnce()
   const launched = await ctx.services.sessions.get(a.session.id)
   t.equal(fake.count('RunTask'), 3, 'two failures, then a task')
+  t.same(waits, [1500, 3000], 'a wait before each retry: 2 s then 4 s, at three quarters with the jitter in the middle')
+  t.same([...fake.tasks.values()].map((x) => x.runTaskInput.clientToken), [`cl-${a.session.id}-g1-a2`], 'the third attempt\'s token started it')
   t.equal(fake.tasks.size, 1)
   t.equal(launched.launchRef, [...fake.tasks.keys()][0])
 
@@ -202,6 +319,14 @@ t.test('RunTask capacity failures are retried with fresh tokens, then FAILED wit
   t.equal(failed.status, 'FAILED')
   t.match(failed.error, /launch failed: ECS could not start the task after 4 attempts: Capacity is unavailable at this time/)
   t.equal(fake.tasks.size, 1, 'no task was started for it')
+  t.same(waits.slice(2), [1500, 3000, 6000], 'three retries, each waiting twice as long')
+})
+
+t.test('the RunTask retry schedule: exponential, jittered between half and all of it, capped at 30 s', async (t) => {
+  t.same([1, 2, 3, 4].map((n) => runTaskRetryDelayMs(n, 0)), [1000, 2000, 4000, 8000], 'the least jitter: half')
+  t.same([1, 2, 3, 4].map((n) => runTaskRetryDelayMs(n, 0.999999)), [2000, 4000, 8000, 16000], 'the most: all of it')
+  t.equal(runTaskRetryDelayMs(5, 0.999999), 30000, 'capped')
+  t.equal(runTaskRetryDelayMs(9, 0), 15000)
 })
 
 t.test('throttling is absorbed: the SDK retries, then the launch waits for a later pass', async (t) => {
@@ -217,6 +342,41 @@ t.test('throttling is absorbed: the SDK retries, then the launch waits for a lat
   t.equal(fake.tasks.size, 1, 'one task in the end')
   t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0])
   t.not(s.status, 'FAILED')
+})
+
+t.test("DescribeTasks throttled beyond the SDK's retries: no session fails, launches and the dead man's switch confirmations go on", async (t) => {
+  const { fake, ctx, clock } = await setup(t, { runAgents: true, deadManSeconds: 5, confirmIntervalSeconds: 1 })
+  const serving = await acquire(ctx)
+  t.equal((await reconcileUntilSettled(ctx, serving.session.id)).status, 'READY')
+  const servingTask = fake.tasks.get((await ctx.services.sessions.get(serving.session.id)).launchRef!)!
+
+  fake.throttle(Infinity, 'DescribeTasks')
+  // Longer than the dead man's switch: without confirmations the serving session's agent would stop it.
+  const until = Date.now() + 8_000
+  let passes = 0
+  for (let last = Date.now(); Date.now() < until; passes++) {
+    await ctx.workers.reconciler.reconcileOnce() // resolves: a failed describe does not abort the pass
+    await ctx.workers.confirmer.confirmSessions() // from the session rows: needs no DescribeTasks
+    await new Promise((r) => setTimeout(r, 200))
+    // The confirmer's interval runs on the test's clock, the agent's switch in real time: keep them together.
+    clock.advance((Date.now() - last) / 1000)
+    last = Date.now()
+  }
+  t.ok(fake.count('DescribeTasks') >= 3 * passes, `every DescribeTasks was throttled, ${passes} passes`)
+  t.equal(servingTask.lastStatus, 'RUNNING', "the serving session's agent was confirmed all along, at its recorded endpoint")
+  t.equal(servingTask.agent?.exitCode, null)
+  t.equal((await ctx.services.sessions.get(serving.session.id)).status, 'READY', 'not failed, not stopped')
+
+  const cold = await acquire(ctx, `file://${fixture.dir}`)
+  await ctx.workers.reconciler.reconcileOnce()
+  const launched = await ctx.services.sessions.get(cold.session.id)
+  t.equal(launched.status, 'STARTING')
+  t.equal(launched.launchRef, [...fake.tasks.keys()][1], 'a launch goes ahead while DescribeTasks is throttled')
+
+  fake.throttle(0, 'DescribeTasks')
+  const settled = await reconcileUntilSettled(ctx, cold.session.id)
+  t.equal(settled.status, 'READY', `once ECS answers again, it is READY (${settled.error})`)
+  t.equal((await ctx.services.sessions.get(serving.session.id)).status, 'READY')
 })
 
 t.test('a herd of cold acquires for many snapshots queues its launches under the rate limit', async (t) => {
@@ -244,7 +404,6 @@ t.test('two replicas share one launch rate: their herd together stays under ECS\
     new FargateLauncher({
       ...fake.clients(),
       settings: { ...settingsOf(fake), launchRate: 9, launchBurst: 4 },
-      backoff: async () => {},
       limiter: new SharedTokenBucket(ctx.sql, bucket, 9, 4),
     })
   const [a, b] = [replica(), replica()]
@@ -258,6 +417,62 @@ t.test('two replicas share one launch rate: their herd together stays under ECS\
   t.equal(new Set(refs.map((r) => r.ref)).size, 24, 'every launch started its task')
   t.equal(fake.count('RunTask'), 24, 'no RunTask call was throttled or repeated')
   t.ok(Date.now() - started >= ((24 - 4) / 9) * 1000 * 0.9, 'spaced at the shared rate, not twice it')
+})
+
+t.test('the shared launch-rate bucket unreachable (its database down): launches wait, then go once it is back', async (t) => {
+  // The bucket's statements go through a pool that refuses while `down`, as an unreachable Postgres does.
+  const database: { down: boolean; sql?: SqlPool } = { down: true }
+  const reach = <T>(run: (sql: SqlPool) => Promise<T>) => (database.down ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')) : run(database.sql!))
+  const flaky = { execute: (q: never) => reach((sql) => sql.execute(q)), rows: (q: never) => reach((sql) => sql.rows(q)) } as unknown as SqlPool
+  const { fake, clock, ctx } = await setup(t, { limiter: new SharedTokenBucket(flaky, `ecs-run-task-${randomUUID()}`, 100, 100) })
+  database.sql = ctx.sql
+  const lease = await acquire(ctx)
+  await ctx.workers.reconciler.reconcileOnce()
+  let s = await ctx.services.sessions.get(lease.session.id)
+  t.equal(s.status, 'STARTING', 'not failed')
+  t.equal(s.launchRef, null)
+  t.equal(fake.count('RunTask'), 0, 'no RunTask without a token')
+
+  database.down = false
+  clock.advance(16) // past the orphaned-claim wait: the next pass launches again
+  await ctx.workers.reconciler.reconcileOnce()
+  s = await ctx.services.sessions.get(lease.session.id)
+  t.equal(fake.count('RunTask'), 1, 'the bucket creates its row now that it can')
+  t.equal(s.launchRef, [...fake.tasks.keys()][0], 'and the launch goes')
+})
+
+t.test('a slow stop costs one StopTask, not one per pass; a StopTask that did not get through is sent again', async (t) => {
+  const { fake, clock, ctx } = await setup(t, { stopDescribes: 8 })
+  const running = async () => {
+    const dir = join(root, 'slow-stop', randomUUID())
+    await mkdir(dir, { recursive: true })
+    const lease = await acquire(ctx, `file://${dir}`)
+    for (let i = 0; i < 3; i++) await ctx.workers.reconciler.reconcileOnce() // launched, PROVISIONING, RUNNING
+    const s = await ctx.services.sessions.get(lease.session.id)
+    t.equal(fake.tasks.get(s.launchRef!)!.lastStatus, 'RUNNING')
+    return s
+  }
+  const stopCalls = async (id: string) => {
+    fake.resetCounts()
+    await ctx.app.inject({ method: 'DELETE', url: `/v1/sessions/${id}?force=true` })
+    let passes = 0
+    for (; (await ctx.services.sessions.get(id)).status !== 'STOPPED' && passes < 20; passes++) {
+      await ctx.workers.reconciler.reconcileOnce()
+      clock.advance(1)
+    }
+    return { passes, stopTasks: fake.count('StopTask') }
+  }
+
+  const a = await running()
+  const slow = await stopCalls(a.id)
+  t.ok(slow.passes >= 8, `ECS took ${slow.passes} passes to stop it`)
+  t.equal(slow.stopTasks, 1, 'StopTask once: every later pass saw desiredStatus STOPPED')
+
+  const b = await running()
+  fake.throttle(3, 'StopTask') // the SDK's three attempts: the first pass's StopTask never lands
+  const lost = await stopCalls(b.id)
+  t.equal((await ctx.services.sessions.get(b.id)).status, 'STOPPED')
+  t.equal(lost.stopTasks, 3 + 1, 'ECS still showed it RUNNING on the next pass, so it was asked again, once')
 })
 
 t.test('a task that stops during start fails the session with stopCode and reason', async (t) => {
@@ -321,6 +536,38 @@ t.test('a RunTask whose reply is lost is retried under the same token: the task 
   t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts the first')
 })
 
+t.test('a replayed launch after a deploy changed its configuration (ConflictException): adopts the task it started, else starts one under a new token', async (t) => {
+  const { fake, launcher, ctx } = await setup(t)
+  const deployed = new FargateLauncher({ ...fake.clients(), settings: { ...settingsOf(fake), taskDefinition: 'chroma-session:4' }, wait: async () => {} })
+  const spec = (id: string) => ctx.workers.reconciler.launchSpec({ id, generation: 1, snapshot: `file://${fixture.dir}`, collection: null, saveOnRelease: false } as SessionRecord)
+
+  // The launch's answer is lost (the task started), then a deploy, then the replay.
+  const first = spec(randomUUID())
+  fake.loseRunTaskReplies(3)
+  await t.rejects(launcher.launch(first), LaunchDeferred)
+  t.equal(fake.tasks.size, 1)
+  const [started] = [...fake.tasks.keys()]
+  fake.resetCounts()
+  t.same(await deployed.launch(first), { ref: started }, 'the replay adopts the task the lost call started')
+  t.equal(fake.tasks.size, 1, 'no second task')
+  t.match(Object.fromEntries(fake.calls), { RunTask: 1, ListTasks: 1, DescribeTasks: 1 }, 'one RunTask (ConflictException), then the tasks by their tags')
+
+  // The same, but that task has stopped since: the replay starts one with the new configuration.
+  const second = spec(randomUUID())
+  fake.loseRunTaskReplies(3)
+  await t.rejects(launcher.launch(second), LaunchDeferred)
+  const gone = [...fake.tasks.keys()].at(-1)!
+  fake.stopAs(gone, 'EssentialContainerExited', 'Essential container in task exited', 1)
+  const { ref } = await deployed.launch(second)
+  t.not(ref, gone)
+  const task = fake.tasks.get(ref)!
+  t.equal(task.runTaskInput.taskDefinition, 'chroma-session:4', 'started with the configuration deployed now')
+  t.match(task.runTaskInput.clientToken, new RegExp(`^cl-${second.sessionId}-g1-a0-[0-9a-f]{8}$`), "under the token of that configuration")
+  t.ok(task.runTaskInput.clientToken.length <= 64)
+  t.same(await deployed.launch(second), { ref }, 'a further replay (a crash before recording it) finds the same task')
+  t.equal(fake.tasks.size, 3, 'two sessions, one live task each (and the stopped one)')
+})
+
 t.test('a task ECS does not list yet right after RunTask is starting for 30 s, then gone', async (t) => {
   const { fake, clock, ctx } = await setup(t)
   fake.nextTasks('neverListed')
@@ -336,23 +583,31 @@ t.test('a task ECS does not list yet right after RunTask is starting for 30 s, t
   t.match(failed.error, /ECS does not know the task/)
 })
 
-t.test('AWS calls per sweep with 300 live sessions: batched, never one per session', async (t) => {
-  const { fake, ctx } = await setup(t)
-  const leases = []
+t.test('AWS calls per pass with 300 READY sessions on public IPs: batched, never one per session', async (t) => {
+  const { fake, launcher, ctx } = await setup(t, { stubAgents: true, settings: { assignPublicIp: true } })
+  const ids: string[] = []
   for (let i = 0; i < 300; i++) {
     const dir = join(root, 'many', String(i))
     await mkdir(dir, { recursive: true })
-    leases.push(await acquire(ctx, `file://${dir}`))
+    ids.push((await acquire(ctx, `file://${dir}`)).session.id)
   }
-  await ctx.workers.reconciler.reconcileOnce() // launches all 300
+  const statuses = async () => [...new Set((await Promise.all(ids.map((id) => ctx.services.sessions.get(id)))).map((s) => s.status))]
+  for (let pass = 0; pass < 10 && (await statuses()).join() !== 'READY'; pass++) await ctx.workers.reconciler.reconcileOnce()
+  t.same(await statuses(), ['READY'], 'all 300 READY: launched, RUNNING, their public IPs found, Chroma answering')
   t.equal(fake.tasks.size, 300)
+
   fake.resetCounts()
   await ctx.workers.reconciler.reconcileOnce()
-  t.same(Object.fromEntries(fake.calls), { DescribeTasks: 3 }, 'a reconcile pass: 3 DescribeTasks calls of 100 tasks')
+  t.same(Object.fromEntries(fake.calls), { DescribeTasks: 3, DescribeNetworkInterfaces: 2 }, 'a steady-state pass: DescribeTasks per 100 tasks, DescribeNetworkInterfaces per 200 ENIs, nothing per session')
   fake.resetCounts()
   t.same(await ctx.workers.sweeper.sweepOnce(), [], 'no orphans')
   t.same(Object.fromEntries(fake.calls), { ListTasks: 3, DescribeTasks: 3 }, 'an orphan sweep: 3 pages of ListTasks, 3 DescribeTasks')
-  t.equal(leases.length, 300)
+
+  fake.throttle(3, 'DescribeTasks') // the SDK's three attempts at the first batch
+  const sessions = await Promise.all(ids.map((id) => ctx.services.sessions.get(id)))
+  const seen = await launcher.describe(sessions.map((s) => ({ sessionId: s.id, generation: s.generation, ref: s.launchRef! })))
+  t.equal(seen.size, 200, 'a batch that fails leaves out its 100 tasks, not the other 200')
+  t.ok([...seen.values()].every((o) => o.state === 'running'))
 })
 
 t.test("the session shows its task's size and what it costs at Fargate prices", async (t) => {

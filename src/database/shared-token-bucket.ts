@@ -12,7 +12,7 @@ import type { SqlPool } from './client.ts'
  */
 export class SharedTokenBucket implements RateLimiter {
   private queue: Promise<void> = Promise.resolve()
-  private created: Promise<unknown> | undefined
+  private created: Promise<void> | undefined
 
   constructor(
     private readonly sql: SqlPool,
@@ -27,11 +27,24 @@ export class SharedTokenBucket implements RateLimiter {
     return turn
   }
 
+  /** The bucket's row, inserted once per process; a failed insert (the database unreachable) is tried again by the next take(). */
+  private ensureRow(): Promise<void> {
+    this.created ??= this.sql
+      .execute(Prisma.sql`
+        INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (${this.name}, ${this.burst}::float8, clock_timestamp())
+        ON CONFLICT (name) DO NOTHING`)
+      .then(
+        () => {},
+        (err: unknown) => {
+          this.created = undefined
+          throw err
+        },
+      )
+    return this.created
+  }
+
   private async waitForToken(): Promise<void> {
-    this.created ??= this.sql.execute(Prisma.sql`
-      INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (${this.name}, ${this.burst}::float8, clock_timestamp())
-      ON CONFLICT (name) DO NOTHING`)
-    await this.created
+    await this.ensureRow()
     const rate = Prisma.sql`${this.ratePerSecond}::float8`
     const available = Prisma.sql`least(${this.burst}::float8, tokens + ${rate} * extract(epoch FROM clock_timestamp() - updated_at)::float8)`
     for (;;) {

@@ -72,8 +72,10 @@ export class AgentConfirmer {
     this.confirmedAt.set(attemptKey(s), this.clock.now().getTime())
     try {
       if (status?.usage) await this.sessions.recordUsage(s, status.usage)
-      if (s.status === 'STARTING' && status?.phase === 'restoring') {
-        await this.sessions.setProgress(s, { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent })
+      // Shown while it restores, cleared once it has (setProgress writes only a change).
+      if (s.status === 'STARTING') {
+        const restoring = status?.phase === 'restoring'
+        await this.sessions.setProgress(s, restoring ? { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent } : null)
       }
     } catch (err) {
       this.logger?.warn({ sessionId: s.id, err: (err as Error).message }, "recording the agent's answer failed")

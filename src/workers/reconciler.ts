@@ -45,8 +45,13 @@ export class Reconciler {
   async reconcileOnce(): Promise<void> {
     const live = await this.sessions.inStatus(['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING'])
     const launched = live.filter((s) => s.launchRef !== null && s.launcher === this.launcher.kind)
+    // A launcher that cannot answer (throttling beyond the SDK's retries) leaves its sessions
+    // unobserved for this pass; launches and everything else still go ahead.
     const observed = launched.length
-      ? await this.launcher.describe(launched.map(targetOf))
+      ? await this.launcher.describe(launched.map(targetOf)).catch((err: Error) => {
+          this.logger?.warn({ err, sessions: launched.length }, 'describing the launched compute failed; those sessions wait for the next pass')
+          return new Map<string, ObservedCompute>()
+        })
       : new Map<string, ObservedCompute>()
     // A bounded number of steps at once: each may hold a database connection in a
     // transaction, and hundreds at once would starve the pool (and the API with it).
@@ -89,7 +94,9 @@ export class Reconciler {
   private async watchServing(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') {
       await this.recordSaveOnStop(s, seen)
-      if (seen.clean || s.stopReason === 'interrupted') {
+      // The launcher judges how its compute ended (e.g. ECS's stop codes): an interruption
+      // that drained the session is clean, a stop for a reason it does not know is not.
+      if (seen.clean) {
         await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_exited' } }, { endedAt: this.clock.now() })
         return
       }
@@ -208,7 +215,7 @@ export class Reconciler {
 
   private async awaitReady(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
     if (seen?.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
-    let lastReason = seen?.detail ?? 'not running yet'
+    let lastReason = seen ? (seen.detail ?? 'not running yet') : 'its compute could not be observed'
     // Told to stop by someone else while starting (a Spot interruption): it will not serve.
     if (seen?.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
     if (seen?.state === 'running') {
@@ -235,9 +242,13 @@ export class Reconciler {
   }
 
   private async finishStopping(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    // Launched but not observed this pass: whether to ask again, or to record it stopped, waits for an answer.
+    if (s.launchRef && !seen) return
     if (seen?.state === 'stopped') await this.recordSaveOnStop(s, seen)
     if (s.launchRef && seen?.state !== 'stopped') {
-      await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
+      // Asked once is enough once the backend shows the stop under way; until it does (a
+      // replica that crashed before asking, a lost StopTask), ask again.
+      if (!seen?.stopUnderway) await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
       return
     }
     await this.sessions.transition(s, ['STOPPING'], 'STOPPED', { type: 'stopped', reason: s.stopReason }, { endedAt: this.clock.now() })

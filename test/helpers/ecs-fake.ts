@@ -19,13 +19,15 @@ import { projectPath } from '../../src/paths.ts'
  * Faults are scripted: throttling, capacity failures, per-task behaviours (stops
  * during start, never gets an address, turns UNHEALTHY), and Spot interruptions.
  * A stopping task stays DEACTIVATING until its container exits, as in ECS: SIGTERM
- * first, SIGKILL after the stop timeout.
+ * (at the first DescribeTasks after the stop), SIGKILL after the stop timeout.
  */
 /** `neverListed`: DescribeTasks answers MISSING for it (ECS's eventual consistency, forever). */
 export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy' | 'neverListed'
 
 interface FakeTask {
   arn: string
+  /** The RunTask request that started it, as the SDK serialised it. */
+  runTaskInput: Record<string, any>
   cluster: string
   startedBy?: string
   taskDefinition: string
@@ -42,7 +44,13 @@ interface FakeTask {
   stopCode?: string
   stoppedReason?: string
   exitCode?: number
+  /** DescribeTasks calls left before an agent-less stopping task is STOPPED (EcsFakeOptions.stopDescribes). */
+  stopDescribesLeft?: number
+  /** Its agent has had SIGTERM. */
+  signalled?: boolean
   agent?: ChildProcess
+  /** With `stubAgents`: the server answering for it at its address. */
+  stub?: Server
   dataDir?: string
 }
 
@@ -50,6 +58,12 @@ export interface EcsFakeOptions {
   cluster?: string
   /** Run the real session agent for each task (needs snapshotRoot for file:// snapshots). */
   runAgents?: boolean
+  /**
+   * Instead, answer at each task's address as an agent whose Chroma is ready (heartbeat,
+   * healthcheck, confirm, status; the task's tokens required), without a process: for
+   * tests with hundreds of tasks that need them READY, not serving data.
+   */
+  stubAgents?: boolean
   snapshotRoot?: string
   /** More environment for every agent: what a task role and VPC endpoints give a real task (S3_ENDPOINT and credentials for s3rver). */
   agentEnv?: Record<string, string>
@@ -62,10 +76,22 @@ export interface EcsFakeOptions {
   securityGroups?: string[]
   /** How long a stopping container gets between SIGTERM and SIGKILL (ECS's stopTimeout). Default 30 s. */
   stopTimeoutMs?: number
+  /**
+   * How many DescribeTasks calls a stop takes for a task without an agent (DEACTIVATING,
+   * STOPPING, then STOPPED), as ECS takes a while to deprovision. Default 0: STOPPED at once.
+   */
+  stopDescribes?: number
   /** The task definitions' runtimePlatform.cpuArchitecture (default ARM64). */
   cpuArchitecture?: 'X86_64' | 'ARM64'
   /** false: tasks lack the `ecs.cpu-architecture` attribute ECS reports, so only their task definition says. */
   architectureAttribute?: boolean
+}
+
+/** The n-th loopback address (127.0.0.2, …, 127.0.1.1, …): Linux routes all of 127/8 to lo. */
+function loopbackAddress(n: number): string {
+  // Skip the .0 and .255 of every /24 so that no address looks like a network or broadcast one.
+  const index = Math.floor(n / 254) * 256 + (n % 254) + 1
+  return `127.${(index >> 16) & 255}.${(index >> 8) & 255}.${index & 255}`
 }
 
 export class EcsFake {
@@ -78,10 +104,11 @@ export class EcsFake {
   private server!: Server
   private readonly tokens = new Map<string, { params: string; arn: string | null; failure?: string }>()
   private readonly behaviours: TaskBehaviour[] = []
-  private throttleRemaining = 0
+  /** Requests left to answer ThrottlingException, for every action (key '*') or one. */
+  private readonly throttled = new Map<string, number>()
   private repliesToLose = 0
   private capacityFailuresRemaining = 0
-  private nextIp = 2
+  private nextIp = 1
   private bucket: { tokens: number; at: number }
 
   constructor(private readonly opts: EcsFakeOptions = {}) {
@@ -129,9 +156,9 @@ export class EcsFake {
     this.behaviours.push(...behaviours)
   }
 
-  /** The next `n` requests of any action answer ThrottlingException. */
-  throttle(n: number) {
-    this.throttleRemaining = n
+  /** The next `n` requests of any action, or of `action` only, answer ThrottlingException. */
+  throttle(n: number, action = '*') {
+    this.throttled.set(action, n)
   }
 
   /** The next `n` RunTask calls do their work but their replies are lost (the connection drops). */
@@ -154,6 +181,16 @@ export class EcsFake {
     this.stopTask(task, 'SpotInterruption', 'Your Spot Task was interrupted.')
   }
 
+  /**
+   * ECS stopping a task on its own account (an infrastructure problem, a stop code
+   * introduced after this code was written). A task without an agent exits with `exitCode`.
+   */
+  stopAs(arn: string, stopCode: string, reason: string, exitCode?: number) {
+    const task = this.tasks.get(arn)
+    if (!task) throw new Error(`no task ${arn}`)
+    this.stopTask(task, stopCode, reason, exitCode)
+  }
+
   count(action: string) {
     return this.calls.get(action) ?? 0
   }
@@ -164,6 +201,7 @@ export class EcsFake {
 
   async close() {
     for (const task of this.tasks.values()) this.kill(task, 'SIGKILL')
+    await Promise.all([...this.tasks.values()].map((t) => t.stub && new Promise((resolve) => t.stub!.close(resolve))))
     await new Promise((resolve) => this.server.close(resolve))
     await Promise.all([...this.tasks.values()].map((t) => (t.dataDir ? rm(t.dataDir, { recursive: true, force: true }) : undefined)))
   }
@@ -177,8 +215,10 @@ export class EcsFake {
     this.calls.set(action, this.count(action) + 1)
     const json = (status: number, body: unknown) => ({ status, body: JSON.stringify(body), type: 'application/x-amz-json-1.1' })
     const error = (type: string, message: string) => json(400, { __type: type, message })
-    if (this.throttleRemaining > 0) {
-      this.throttleRemaining--
+    for (const key of [action, '*']) {
+      const left = this.throttled.get(key) ?? 0
+      if (left === 0) continue
+      this.throttled.set(key, left - 1)
       return error('ThrottlingException', 'Rate exceeded')
     }
     const input = JSON.parse(raw || '{}')
@@ -237,6 +277,7 @@ export class EcsFake {
       this.bucket.tokens -= 1
     }
     if (typeof input.clientToken === 'string' && input.clientToken.length > 64) return error('InvalidParameterException', 'clientToken is longer than 64 characters')
+    if (input.launchType && input.capacityProviderStrategy) return error('InvalidParameterException', 'Specifying both a launch type and capacity provider strategy is not supported.')
     const { clientToken, ...params } = input
     const paramsHash = createHash('sha256').update(JSON.stringify(params)).digest('hex')
     const seen = clientToken ? this.tokens.get(clientToken) : undefined
@@ -254,6 +295,7 @@ export class EcsFake {
     const container = input.overrides?.containerOverrides?.[0]
     const task: FakeTask = {
       arn: `arn:aws:ecs:us-east-1:123456789012:task/${this.cluster}/${id}`,
+      runTaskInput: input,
       cluster: this.cluster,
       startedBy: input.startedBy,
       taskDefinition: input.taskDefinition,
@@ -262,7 +304,7 @@ export class EcsFake {
       env: Object.fromEntries((container?.environment ?? []).map((e: { name: string; value: string }) => [e.name, e.value])),
       behaviour: this.behaviours.shift() ?? 'normal',
       describes: 0,
-      ip: `127.0.0.${this.nextIp++}`,
+      ip: loopbackAddress(this.nextIp++),
       eniId: `eni-${id.slice(0, 17)}`,
       lastStatus: 'PROVISIONING',
       desiredStatus: 'RUNNING',
@@ -270,6 +312,7 @@ export class EcsFake {
     this.tasks.set(task.arn, task)
     if (clientToken) this.tokens.set(clientToken, { params: paramsHash, arn: task.arn })
     if (this.opts.runAgents && task.behaviour !== 'stopDuringStart') void this.startAgent(task)
+    if (this.opts.stubAgents && task.behaviour !== 'stopDuringStart') this.startStubAgent(task)
     return json(200, { tasks: [this.view(task, false)], failures: [] })
   }
 
@@ -289,9 +332,10 @@ export class EcsFake {
     return { tasks, failures }
   }
 
-  /** PROVISIONING on the first look, then RUNNING (or what the behaviour says). */
+  /** PROVISIONING on the first look, then RUNNING (or what the behaviour says); a stop moves on one step per look. */
   private advance(task: FakeTask) {
     task.describes++
+    if (task.desiredStatus === 'STOPPED' && task.lastStatus !== 'STOPPED') return this.advanceStop(task)
     if (task.lastStatus !== 'PROVISIONING' || task.describes < 2) return
     if (task.behaviour === 'stopDuringStart') {
       this.stopTask(task, 'TaskFailedToStart', 'CannotPullContainerError: pull image manifest has been retried 5 time(s): not found')
@@ -325,19 +369,33 @@ export class EcsFake {
     }
   }
 
-  private stopTask(task: FakeTask, stopCode: string, reason: string) {
+  private stopTask(task: FakeTask, stopCode: string, reason: string, exitCode?: number) {
     if (task.desiredStatus === 'STOPPED') return
     task.desiredStatus = 'STOPPED'
     task.stopCode = stopCode
     task.stoppedReason = reason
-    if (!task.agent || task.agent.exitCode !== null || task.agent.signalCode !== null) {
-      task.lastStatus = 'STOPPED'
+    if (task.agent && task.agent.exitCode === null && task.agent.signalCode === null) {
+      // The container gets SIGTERM when ECS moves on from DEACTIVATING: here, at the next look.
+      task.lastStatus = 'DEACTIVATING'
       return
     }
-    // The container has its stop timeout to exit; the task is STOPPED once it has.
-    task.lastStatus = 'DEACTIVATING'
-    this.kill(task, 'SIGTERM')
-    setTimeout(() => this.kill(task, 'SIGKILL'), this.opts.stopTimeoutMs ?? 30_000).unref()
+    if (exitCode !== undefined) task.exitCode = exitCode
+    task.stub?.close()
+    task.stopDescribesLeft = this.opts.stopDescribes ?? 0
+    task.lastStatus = task.stopDescribesLeft > 0 ? 'DEACTIVATING' : 'STOPPED'
+  }
+
+  /** A stopping task's next step: SIGTERM to its agent (the task is STOPPED once it has exited), or one step nearer STOPPED. */
+  private advanceStop(task: FakeTask) {
+    if (task.agent) {
+      if (task.signalled) return
+      task.signalled = true
+      this.kill(task, 'SIGTERM')
+      setTimeout(() => this.kill(task, 'SIGKILL'), this.opts.stopTimeoutMs ?? 30_000).unref()
+      return
+    }
+    task.stopDescribesLeft = (task.stopDescribesLeft ?? 1) - 1
+    task.lastStatus = task.stopDescribesLeft > 0 ? 'STOPPING' : 'STOPPED'
   }
 
   private kill(task: FakeTask, signal: NodeJS.Signals) {
@@ -376,6 +434,25 @@ export class EcsFake {
     })
   }
 
+  private startStubAgent(task: FakeTask) {
+    task.stub = createServer((req, res) => {
+      const send = (status: number, body: unknown) => {
+        res.writeHead(status, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(body))
+      }
+      const token = req.headers['x-chroma-token']
+      const control = token === task.env.CONTROL_TOKEN
+      if (!control && token !== task.env.SESSION_TOKEN) return send(401, { code: 'session_token_required' })
+      const status = { phase: 'ready', pid: 0, at: new Date().toISOString() }
+      if (req.url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
+      if (req.url === '/api/v2/healthcheck') return send(200, { is_executor_ready: true })
+      if (req.url === '/_agent/status') return send(200, status)
+      if (req.url === '/_agent/confirm' && control) return send(200, status)
+      send(404, { error: 'NotFound' })
+    })
+    task.stub.listen(this.chromaPort, task.ip)
+  }
+
   /** EC2's query protocol, for DescribeNetworkInterfaces (public addresses). */
   private ec2(params: URLSearchParams) {
     const action = params.get('Action') ?? ''
@@ -399,11 +476,24 @@ export class EcsFake {
       if (missing.length) return notFound('InvalidGroup.NotFound', `The security group '${missing.join("', '")}' does not exist`)
       return xml(`<securityGroupInfo>${listed('GroupId.').map((id) => `<item><groupId>${id}</groupId><groupName>${id}-name</groupName></item>`).join('')}</securityGroupInfo>`)
     }
-    const ids = [...params.entries()].filter(([k]) => k.startsWith('NetworkInterfaceId.')).map(([, v]) => v)
-    const items = [...this.tasks.values()]
-      .filter((t) => ids.includes(t.eniId))
-      .map((t) => `<item><networkInterfaceId>${t.eniId}</networkInterfaceId><association><publicIp>${t.ip}</publicIp></association></item>`)
-      .join('')
-    return { status: 200, type: 'text/xml', body: `<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><networkInterfaceSet>${items}</networkInterfaceSet></DescribeNetworkInterfacesResponse>` }
+    if (action !== 'DescribeNetworkInterfaces') return notFound('InvalidAction', `the fake does not implement ${action}`)
+    // What EC2 enforces: a listed ENI id that does not exist fails the whole call; a filter
+    // just leaves it out, takes at most 200 values, and pages with MaxResults.
+    const listedIds = listed('NetworkInterfaceId.')
+    const filterName = params.get('Filter.1.Name')
+    const filterIds = listed('Filter.1.Value.')
+    if (listedIds.length && params.has('MaxResults')) return notFound('InvalidParameterCombination', 'The parameter NetworkInterfaceIds cannot be used with the parameter MaxResults')
+    if (filterIds.length > 200) return notFound('FilterLimitExceeded', 'The maximum number of filter values specified on a single call is 200')
+    if (filterName && filterName !== 'network-interface-id') return notFound('InvalidParameterValue', `the fake does not filter on ${filterName}`)
+    const existing = new Map([...this.tasks.values()].filter((t) => t.lastStatus !== 'STOPPED').map((t) => [t.eniId, t]))
+    const missing = listedIds.filter((id) => !existing.has(id))
+    if (missing.length) return notFound('InvalidNetworkInterfaceID.NotFound', `The networkInterface ID '${missing.join("', '")}' does not exist`)
+    const found = [...new Set([...listedIds, ...filterIds])].flatMap((id) => existing.get(id) ?? [])
+    const from = Number(params.get('NextToken') ?? 0)
+    const size = Number(params.get('MaxResults') ?? found.length)
+    const page = found.slice(from, from + size)
+    const next = from + size < found.length ? `<nextToken>${from + size}</nextToken>` : ''
+    const items = page.map((t) => `<item><networkInterfaceId>${t.eniId}</networkInterfaceId><association><publicIp>${t.ip}</publicIp></association></item>`).join('')
+    return xml(`<networkInterfaceSet>${items}</networkInterfaceSet>${next}`)
   }
 }

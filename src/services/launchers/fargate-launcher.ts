@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
   DescribeClustersCommand,
@@ -8,6 +9,8 @@ import {
   StopTaskCommand,
   type CapacityProviderStrategyItem,
   type ECSClient,
+  type RunTaskCommandInput,
+  type RunTaskCommandOutput,
   type Task,
 } from '@aws-sdk/client-ecs'
 import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, DescribeSubnetsCommand, type EC2Client } from '@aws-sdk/client-ec2'
@@ -39,8 +42,10 @@ export interface FargateLauncherDeps {
   ec2: EC2Client
   settings: FargateSettings
   logger?: Logger
-  /** Waits between RunTask retries; tests pass a fast one. */
-  backoff?: (attempt: number) => Promise<void>
+  /** Waits between RunTask retries after capacity failures (real time: ECS's capacity comes back in real time); tests pass one that records. */
+  wait?: (ms: number) => Promise<void>
+  /** Jitter for those waits, in [0, 1); default Math.random. */
+  random?: () => number
   /** The control plane's clock (launch claims are stamped with it); default the system clock. */
   clock?: Clock
   /** Spaces RunTask calls: one bucket all replicas share in production; default one of this process (launchRate, launchBurst). */
@@ -57,9 +62,13 @@ const CAPACITY_ATTEMPTS = 4
 const UNLISTED_GRACE_MS = 30_000
 /** ECS accepts at most 100 tasks per DescribeTasks call. */
 const DESCRIBE_BATCH = 100
-/** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
+/** EC2 accepts at most 200 filter values per call (FilterLimitExceeded beyond). */
+const FILTER_VALUES_PER_CALL = 200
+/** lastStatus of a task whose container has exited: nothing left to reach. */
+const GONE_STATUSES = new Set(['STOPPED', 'DELETED'])
 /** Marks StopTask reasons as ours, so a stop by anyone else (Spot, an operator) is told apart. */
 const STOP_REASON_PREFIX = 'chroma-lease: '
+/** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
 const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
 /** The task attribute in which ECS reports a Fargate task's CPU architecture (x86_64, arm64). */
 const ARCHITECTURE_ATTRIBUTE = 'ecs.cpu-architecture'
@@ -75,7 +84,8 @@ type Architecture = ComputeSize['architecture']
 export class FargateLauncher implements Launcher {
   readonly kind = 'fargate' as const
   private readonly bucket: RateLimiter
-  private readonly backoff: (attempt: number) => Promise<void>
+  private readonly wait: (ms: number) => Promise<void>
+  private readonly random: () => number
   /**
    * CPU architectures of task definitions by ARN, for tasks that do not report theirs:
    * asked once per task definition for the life of the process, never once per pass.
@@ -84,29 +94,28 @@ export class FargateLauncher implements Launcher {
 
   constructor(private readonly deps: FargateLauncherDeps) {
     this.bucket = deps.limiter ?? new TokenBucket(deps.settings.launchRate, deps.settings.launchBurst)
-    this.backoff = deps.backoff ?? ((attempt) => sleep(Math.min(30_000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2)))
+    this.wait = deps.wait ?? ((ms) => sleep(ms))
+    this.random = deps.random ?? Math.random
   }
 
   async launch(spec: LaunchSpec): Promise<{ ref: string }> {
     const { settings } = this.deps
     let lastFailure = ''
     for (let attempt = 0; attempt < CAPACITY_ATTEMPTS; attempt++) {
-      if (attempt > 0) await this.backoff(attempt)
-      await this.bucket.take()
-      let reply
-      try {
-        reply = await this.deps.ecs.send(new RunTaskCommand(this.runTaskInput(spec, attempt)))
-      } catch (err) {
-        if (THROTTLED.has((err as Error).name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
-        // No reply (the connection broke) or a server error, after the SDK's own retries:
-        // the task may have started. A later pass replays the same clientTokens, which
-        // returns that task if there is one, rather than failing the session and leaving
-        // the task to the orphan sweep.
-        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
-        if (status === undefined || status >= 500) {
-          throw new LaunchDeferred(`ECS RunTask got no usable answer (${(err as Error).name}: ${(err as Error).message}); retrying with the same clientToken`)
+      if (attempt > 0) await this.wait(runTaskRetryDelayMs(attempt, this.random()))
+      const input = this.runTaskInput(spec, attempt)
+      let reply = await this.runTask(input)
+      if (reply === 'conflict') {
+        // The token was first used with other parameters: the configuration changed (a
+        // deploy) between a launch whose answer was lost and this replay. That first call
+        // may have started a task; if it did, it is this launch's.
+        const started = await this.taskStartedFor(spec)
+        if (started) {
+          this.deps.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, taskArn: started, attempt }, 'RunTask token reused with a new configuration; adopted the task it started')
+          return { ref: started }
         }
-        throw err
+        reply = await this.runTask({ ...input, clientToken: FargateLauncher.clientToken(spec.sessionId, spec.generation, attempt, configurationFingerprint(input)) })
+        if (reply === 'conflict') throw new Error(`ECS RunTask answered ConflictException for the token of this configuration too (session ${spec.sessionId}, generation ${spec.generation})`)
       }
       const task = reply.tasks?.[0]
       if (task?.taskArn) {
@@ -119,17 +128,49 @@ export class FargateLauncher implements Launcher {
     throw new Error(`ECS could not start the task after ${CAPACITY_ATTEMPTS} attempts: ${lastFailure} (cluster ${settings.cluster})`)
   }
 
+  /** One RunTask under the rate limit: its reply, 'conflict' (the token was used with other parameters), or LaunchDeferred when there is no usable answer. */
+  private async runTask(input: RunTaskCommandInput): Promise<RunTaskCommandOutput | 'conflict'> {
+    // The shared bucket lives in Postgres: while it cannot be reached, launches wait rather than fail.
+    await this.bucket.take().catch((err: Error) => {
+      throw new LaunchDeferred(`the RunTask rate limit cannot be read (${err.message}); launching on a later pass`)
+    })
+    try {
+      return await this.deps.ecs.send(new RunTaskCommand(input))
+    } catch (err) {
+      const name = (err as Error).name
+      if (THROTTLED.has(name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
+      if (name === 'ConflictException') return 'conflict'
+      // No reply (the connection broke) or a server error, after the SDK's own retries:
+      // the task may have started. A later pass replays the same clientTokens, which
+      // returns that task if there is one, rather than failing the session and leaving
+      // the task to the orphan sweep.
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+      if (status === undefined || status >= 500) {
+        throw new LaunchDeferred(`ECS RunTask got no usable answer (${name}: ${(err as Error).message}); retrying with the same clientToken`)
+      }
+      throw err
+    }
+  }
+
+  /** A task this control plane started for the launch attempt and that has not been told to stop, found by its tags (as the orphan sweep finds them). */
+  private async taskStartedFor(spec: LaunchSpec): Promise<string | undefined> {
+    const running = await this.listRunning()
+    return running.find((r) => r.sessionId === spec.sessionId && r.generation === spec.generation)?.ref
+  }
+
   /**
    * Each retry of a launch attempt gets its own token, derived from (session, generation,
    * attempt): a retry after a crash replays the same sequence, so ECS answers every
-   * step as before (ConflictException is impossible: the parameters are derived too),
-   * while a retry after a capacity failure asks anew instead of replaying the failure.
+   * step as before, while a retry after a capacity failure asks anew instead of
+   * replaying the failure. A replay under a changed configuration (ConflictException)
+   * that finds no task to adopt asks under the token of its configuration, which a
+   * further replay with that configuration repeats. At most 63 characters (ECS: 64).
    */
-  static clientToken(sessionId: string, generation: number, attempt: number): string {
-    return `cl-${sessionId}-g${generation}-a${attempt}`
+  static clientToken(sessionId: string, generation: number, attempt: number, configuration?: string): string {
+    return `cl-${sessionId}-g${generation}-a${attempt}${configuration ? `-${configuration}` : ''}`
   }
 
-  private runTaskInput(spec: LaunchSpec, attempt: number) {
+  private runTaskInput(spec: LaunchSpec, attempt: number): RunTaskCommandInput {
     const s = this.deps.settings
     // The agent's settings (container/agent/config.ts); the image sets its port and data directory.
     const environment = [
@@ -203,16 +244,43 @@ export class FargateLauncher implements Launcher {
     ])
   }
 
+  /**
+   * Targets whose DescribeTasks batch (or, with public IPs, whose DescribeNetworkInterfaces)
+   * failed after the SDK's retries are left out of the answer: unknown this pass, rather
+   * than taken for stopped or failing the whole pass.
+   */
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
-    const tasks = await this.describeTasks(targets.map((t) => t.ref))
-    const publicIps = this.deps.settings.assignPublicIp ? await this.publicIps([...tasks.values()]) : new Map<string, string>()
+    const unanswered = new Set<string>()
+    const tasks = new Map<string, Task>()
+    const refs = targets.map((t) => t.ref)
+    for (let i = 0; i < refs.length; i += DESCRIBE_BATCH) {
+      const batch = refs.slice(i, i + DESCRIBE_BATCH)
+      try {
+        for (const task of await this.describeBatch(batch)) tasks.set(task.taskArn!, task)
+      } catch (err) {
+        this.deps.logger?.warn({ err, tasks: batch.length }, 'DescribeTasks failed; these sessions are looked at again next pass')
+        for (const ref of batch) unanswered.add(ref)
+      }
+    }
+    let publicIps = new Map<string, string>()
+    if (this.deps.settings.assignPublicIp) {
+      try {
+        publicIps = await this.publicIps([...tasks.values()])
+      } catch (err) {
+        // Without its address a live task cannot be told from one that has none yet.
+        this.deps.logger?.warn({ err }, 'DescribeNetworkInterfaces failed; running sessions are looked at again next pass')
+        for (const task of tasks.values()) if (!GONE_STATUSES.has(task.lastStatus ?? '')) unanswered.add(task.taskArn!)
+      }
+    }
     const architectures = await this.architectures([...tasks.values()])
     const now = (this.deps.clock ?? systemClock).now().getTime()
     return new Map(
-      targets.map((t): [string, ObservedCompute] => {
-        const unlisted = !tasks.has(t.ref) && t.launchedAt !== undefined && now - t.launchedAt.getTime() < UNLISTED_GRACE_MS
-        return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps, architectures)]
-      }),
+      targets
+        .filter((t) => !unanswered.has(t.ref))
+        .map((t): [string, ObservedCompute] => {
+          const unlisted = !tasks.has(t.ref) && t.launchedAt !== undefined && now - t.launchedAt.getTime() < UNLISTED_GRACE_MS
+          return [t.ref, unlisted ? { state: 'starting', detail: 'launched; ECS does not list the task yet' } : this.observe(tasks.get(t.ref), publicIps, architectures)]
+        }),
     )
   }
 
@@ -220,9 +288,9 @@ export class FargateLauncher implements Launcher {
     if (!task) return { state: 'stopped', reason: 'ECS does not know the task (it stopped long ago, or never ran)' }
     const status = task.lastStatus ?? 'UNKNOWN'
     // STOPPED means gone: ECS reports it once the container has exited.
-    if (status === 'STOPPED' || status === 'DELETED') {
+    if (GONE_STATUSES.has(status)) {
       const exitCode = task.containers?.find((c) => c.name === this.deps.settings.containerName)?.exitCode
-      return { state: 'stopped', reason: stopReason(task), ...(exitCode === 0 ? { clean: true } : {}) }
+      return { state: 'stopped', reason: stopReason(task), ...(stoppedCleanly(task, exitCode) ? { clean: true } : {}) }
     }
     const eni = networkInterface(task)
     const host = this.deps.settings.assignPublicIp ? (eni.id ? publicIps.get(eni.id) : undefined) : eni.privateIp
@@ -230,10 +298,11 @@ export class FargateLauncher implements Launcher {
       // On its way out, its container told to stop (SIGTERM, then SIGKILL after stopTimeout).
       // A stop we did not ask for (a Spot interruption, someone else's StopTask) is news:
       // the reconciler drains the session so no new lease attaches while it saves and exits.
-      const ours = task.stoppedReason?.startsWith(STOP_REASON_PREFIX) ?? false
+      const ours = stoppedByUs(task)
       const detail = `ECS ${status}, stopping (${task.stopCode ?? 'no stopCode yet'})`
-      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true, size: sizeOf(task, architectures) }
-      return { state: 'starting', detail }
+      const stopUnderway = task.desiredStatus === 'STOPPED'
+      if (!ours && host && status !== 'DEPROVISIONING') return { state: 'running', host, port: this.deps.settings.chromaPort, detail, stopping: true, stopUnderway, size: sizeOf(task, architectures) }
+      return { state: 'starting', detail, stopUnderway }
     }
     // ECS keeps an UNHEALTHY task running when RunTask started it (no service replaces
     // it), so the control plane treats it as gone: the reconciler fails and stops it.
@@ -285,18 +354,37 @@ export class FargateLauncher implements Launcher {
   private async describeTasks(arns: string[], include?: Array<'TAGS'>): Promise<Map<string, Task>> {
     const tasks = new Map<string, Task>()
     for (let i = 0; i < arns.length; i += DESCRIBE_BATCH) {
-      const reply = await this.deps.ecs.send(new DescribeTasksCommand({ cluster: this.deps.settings.cluster, tasks: arns.slice(i, i + DESCRIBE_BATCH), include }))
-      for (const task of reply.tasks ?? []) if (task.taskArn) tasks.set(task.taskArn, task)
+      for (const task of await this.describeBatch(arns.slice(i, i + DESCRIBE_BATCH), include)) tasks.set(task.taskArn!, task)
     }
     return tasks
   }
 
-  /** Public addresses (ECS_ASSIGN_PUBLIC_IP) are only on the ENI: one DescribeNetworkInterfaces for all running tasks. */
+  private async describeBatch(arns: string[], include?: Array<'TAGS'>): Promise<Task[]> {
+    const reply = await this.deps.ecs.send(new DescribeTasksCommand({ cluster: this.deps.settings.cluster, tasks: arns, include }))
+    return (reply.tasks ?? []).filter((task) => task.taskArn)
+  }
+
+  /**
+   * Public addresses (ECS_ASSIGN_PUBLIC_IP) are only on the ENI: DescribeNetworkInterfaces
+   * for every task that has one, stopping ones included (a Spot notice must still find
+   * the session to drain it). A filter rather than NetworkInterfaceIds: an ENI deleted
+   * while its task deprovisions would fail the whole call (InvalidNetworkInterfaceID.NotFound),
+   * where a filter leaves it out. One call per 200 tasks, EC2's limit on filter values.
+   */
   private async publicIps(tasks: Task[]): Promise<Map<string, string>> {
-    const ids = tasks.filter((t) => t.lastStatus === 'RUNNING').flatMap((t) => networkInterface(t).id ?? [])
-    if (ids.length === 0) return new Map()
-    const reply = await this.deps.ec2.send(new DescribeNetworkInterfacesCommand({ NetworkInterfaceIds: ids }))
-    return new Map((reply.NetworkInterfaces ?? []).flatMap((n) => (n.NetworkInterfaceId && n.Association?.PublicIp ? [[n.NetworkInterfaceId, n.Association.PublicIp]] : [])))
+    const ids = tasks.filter((t) => !GONE_STATUSES.has(t.lastStatus ?? '')).flatMap((t) => networkInterface(t).id ?? [])
+    const publicIps = new Map<string, string>()
+    for (let i = 0; i < ids.length; i += FILTER_VALUES_PER_CALL) {
+      let nextToken: string | undefined
+      do {
+        const reply = await this.deps.ec2.send(
+          new DescribeNetworkInterfacesCommand({ Filters: [{ Name: 'network-interface-id', Values: ids.slice(i, i + FILTER_VALUES_PER_CALL) }], MaxResults: 1000, NextToken: nextToken }),
+        )
+        for (const n of reply.NetworkInterfaces ?? []) if (n.NetworkInterfaceId && n.Association?.PublicIp) publicIps.set(n.NetworkInterfaceId, n.Association.PublicIp)
+        nextToken = reply.NextToken
+      } while (nextToken)
+    }
+    return publicIps
   }
 
   async stop(target: LaunchTarget, reason: string): Promise<void> {
@@ -334,6 +422,21 @@ export class FargateLauncher implements Launcher {
   }
 }
 
+/**
+ * How long to wait before RunTask attempt `attempt` (1, 2, …) after capacity failures:
+ * exponential from 2 s, at most 30 s, with jitter (half to all of it, from `random` in
+ * [0, 1)) so that a herd that failed together does not retry together.
+ */
+export function runTaskRetryDelayMs(attempt: number, random: number): number {
+  return Math.round(Math.min(30_000, 1000 * 2 ** attempt) * (0.5 + random / 2))
+}
+
+/** A short digest of a RunTask request without its token: equal for equal configurations. */
+function configurationFingerprint(input: RunTaskCommandInput): string {
+  const { clientToken: _token, ...configuration } = input
+  return createHash('sha256').update(JSON.stringify(configuration)).digest('hex').slice(0, 8)
+}
+
 /** The task's size as ECS reports it (cpu and memory are strings of CPU units and MiB); none when it does not. */
 function sizeOf(task: Task, architectures: Map<string, Architecture>): ComputeSize | undefined {
   const cpuUnits = Number(task.cpu)
@@ -352,6 +455,35 @@ function networkInterface(task: Task): { id?: string; privateIp?: string } {
   const eni = task.attachments?.find((a) => a.type === 'ElasticNetworkInterface')
   const detail = (name: string) => eni?.details?.find((d) => d.name === name)?.value
   return { id: detail('networkInterfaceId'), privateIp: detail('privateIPv4Address') }
+}
+
+/** Our StopTask reasons carry STOP_REASON_PREFIX (ECS sets stoppedReason to the reason given). */
+function stoppedByUs(task: Task): boolean {
+  return task.stoppedReason?.startsWith(STOP_REASON_PREFIX) ?? false
+}
+
+/**
+ * Whether a stopped task ended as intended rather than failed, from ECS's stop code
+ * (docs/dependencies.md lists them): our own StopTask; a Spot interruption or termination
+ * notice (the session was drained and the agent had its stopTimeout to save, so it was
+ * not lost); and a container that exited 0 on its own (the agent's dead man's switch, a
+ * save on release) or after someone else's StopTask. A task that failed to start, a
+ * non-zero exit, InfrastructureHealth, and any code not listed here (new ones appear)
+ * are failures: an unknown reason is never taken for a clean one.
+ */
+function stoppedCleanly(task: Task, exitCode: number | undefined): boolean {
+  switch (task.stopCode) {
+    case 'UserInitiated':
+      return stoppedByUs(task) || exitCode === 0
+    case 'SpotInterruption':
+    case 'TerminationNotice':
+      return true
+    case 'EssentialContainerExited':
+    case 'ServiceSchedulerInitiated':
+      return exitCode === 0
+    default:
+      return false
+  }
 }
 
 /** Why a task stopped, for the session's error: stopCode (any value, known or new), reason, and the container's exit. */

@@ -58,15 +58,19 @@ export type ObservedCompute =
   /**
    * Launched, not serving yet (provisioning, restoring the snapshot, Chroma booting).
    * `host`/`port` when the agent is already reachable (for the dead man's switch confirmation).
+   * `stopUnderway`: see below.
    */
-  | { state: 'starting'; detail?: string; progress?: ComputeProgress; host?: string; port?: number }
+  | { state: 'starting'; detail?: string; progress?: ComputeProgress; host?: string; port?: number; stopUnderway?: boolean }
   /**
    * Running and addressable; Chroma may still be warming up (the reconciler checks it).
    * `stopping`: the compute was told to stop by someone other than the control plane
    * (scale-in, a Spot interruption notice) and is shutting down.
    * `size`: what it runs on, when the backend says (a Fargate task), for its cost.
+   * `stopUnderway`: the backend has accepted a stop (whoever asked) and finishes it on its
+   * own (ECS escalates to SIGKILL itself), so stop() again would add nothing. Backends
+   * whose stop() escalates on repeated calls (the process launcher) never set it.
    */
-  | { state: 'running'; host: string; port: number; detail?: string; progress?: ComputeProgress; stopping?: boolean; size?: ComputeSize }
+  | { state: 'running'; host: string; port: number; detail?: string; progress?: ComputeProgress; stopping?: boolean; size?: ComputeSize; stopUnderway?: boolean }
   /**
    * Gone: exited, stopped, or never existed. `reason` says why, for the session's error.
    * `clean`: it stopped as asked (a signal, its dead man's switch), not by failing.
@@ -105,7 +109,10 @@ export interface Launcher {
   readonly kind: 'process' | 'fargate'
   /** Starts the compute for one launch attempt, or returns the one already started for it. */
   launch(spec: LaunchSpec): Promise<{ ref: string }>
-  /** Observes many launches in as few calls as the backend allows. Keys are refs. */
+  /**
+   * Observes many launches in as few calls as the backend allows. Keys are refs; a target
+   * left out could not be observed this time (the backend did not answer for it).
+   */
   describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>>
   /** Asks the compute to stop; safe to repeat; escalates (e.g. SIGKILL) on later calls after a grace period. */
   stop(target: LaunchTarget, reason: string): Promise<void>
