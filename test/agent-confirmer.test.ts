@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import t from 'tap'
 import { ManualClock } from '../src/services/clock.ts'
 import type { LaunchTarget, ObservedCompute } from '../src/services/launchers/launcher.ts'
-import { AGENT_CONFIRM_CONCURRENCY } from '../src/workers/agent-confirmer.ts'
+import { AGENT_CONFIRM_CONCURRENCY, RETRY_AFTER_FAILURE_SECONDS } from '../src/workers/agent-confirmer.ts'
 import { buildTestApp } from './helpers/app.ts'
 import { FakeChroma, ScriptedLauncher } from './helpers/fake-session.ts'
 
@@ -95,5 +95,54 @@ t.test('a bounded number of confirmations at a time', async (t) => {
   t.ok(all.every((s) => s.status === 'READY'))
   ctx.chroma.confirmDelayMs = 30
   t.equal(await ctx.workers.confirmer.confirmSessions(), n, 'every session confirmed in one pass')
-  t.equal(ctx.chroma.maxConfirmsInFlight, AGENT_CONFIRM_CONCURRENCY, `at most ${AGENT_CONFIRM_CONCURRENCY} in flight`)
+  t.ok(ctx.chroma.maxConfirmsInFlight <= AGENT_CONFIRM_CONCURRENCY, `at most ${AGENT_CONFIRM_CONCURRENCY} in flight: ${ctx.chroma.maxConfirmsInFlight}`)
+  t.ok(ctx.chroma.maxConfirmsInFlight > 1, 'and more than one at a time')
+})
+
+t.test("restore progress is cleared once the agent is past restoring, and a late answer cannot put it back on a READY session", async (t) => {
+  const ctx = await setup(t)
+  ctx.chroma.confirmStatus = { phase: 'restoring', bytes: 900, totalBytes: 1000, percent: 90 }
+  const [s] = await ctx.sessions(1, false)
+  await ctx.workers.confirmer.confirmSessions()
+  t.match((await ctx.services.sessions.get(s!.id)).progress, { phase: 'restoring', percent: 90 })
+  ctx.chroma.confirmStatus = { phase: 'starting' }
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 1, 'still asked every pass: its last answer was restoring')
+  t.equal((await ctx.services.sessions.get(s!.id)).progress, null, 'cleared: the agent is past restoring')
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 0, 'then only once per interval')
+
+  ctx.chroma.healthy = true
+  await ctx.workers.reconciler.reconcileOnce()
+  const ready = await ctx.services.sessions.get(s!.id)
+  t.equal(ready.status, 'READY')
+  // An answer read while it was STARTING, written after it became READY.
+  await ctx.services.sessions.setProgress(ready, { phase: 'restoring', bytes: 10, totalBytes: 1000, percent: 1 }, 'STARTING')
+  t.equal((await ctx.services.sessions.get(s!.id)).progress, null, 'the write is fenced on STARTING')
+})
+
+t.test('an agent that does not answer is tried again after a pause, not on every pass', async (t) => {
+  const ctx = await setup(t)
+  const [s] = await ctx.sessions(1)
+  ctx.chroma.confirmFailures = 1
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 0, 'the first try fails')
+  const tries = ctx.chroma.confirms.length
+  ctx.clock.advance(Math.min(INTERVAL, RETRY_AFTER_FAILURE_SECONDS) - 1)
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 0)
+  t.equal(ctx.chroma.confirms.length, tries, 'not asked again within the pause')
+  ctx.clock.advance(1)
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 1, 'asked again after it, and it answers')
+  t.equal(ctx.confirmsOf(s!), 2)
+})
+
+t.test('a STARTING session whose compute cannot be observed is not failed at its start deadline', async (t) => {
+  const ctx = await setup(t)
+  const [s] = await ctx.sessions(1, false)
+  t.equal(s!.status, 'STARTING')
+  ctx.launcher.describeFails = true
+  ctx.clock.advance(3600)
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(s!.id)).status, 'STARTING', 'no decision without an observation')
+  ctx.launcher.describeFails = false
+  ctx.chroma.healthy = true
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal((await ctx.services.sessions.get(s!.id)).status, 'READY', 'READY once the launcher answers again')
 })

@@ -91,10 +91,18 @@ t.test('a shared session\'s cost is split between its workflows by the time each
   t.same(mine.map((w) => w.holder), ['wf-b'], 'a client sees its own leases only')
   t.same(await costs(OPERATOR, `?since=${encodeURIComponent(new Date(clock.now().getTime() + 1000).toISOString())}`), [], 'since excludes older leases')
 
-  for (const query of ['?since=yesterday', '?limit=0', '?limit=abc']) {
-    const res = await ctx.app.inject({ url: `/v1/costs${query}`, headers: { 'x-api-key': OPERATOR } })
-    t.equal(res.statusCode, 400, `bad input ${query}`)
-    t.equal(res.json().code, 'validation_failed')
+  // The report agrees with the session resource, whose cost is computed apart (cost.ts).
+  const view = (await ctx.app.inject({ url: `/v1/sessions/${a.session.id}`, headers: { 'x-api-key': OPERATOR } })).json()
+  t.ok(close(byHolder.get('wf-a')!.costUsd + byHolder.get('wf-b')!.costUsd, view.compute.costUsd), `the session resource says $${view.compute.costUsd}`)
+  // since is inclusive: B's lease was acquired at t=600.
+  const bAt = new Date(new Date(b.createdAt).getTime()).toISOString()
+  t.same((await costs(OPERATOR, `?since=${encodeURIComponent(bAt)}`)).map((w) => w.holder).sort(), ['wf-a', 'wf-b'], "since B's acquire: B, and A's later lease")
+  t.same((await costs(OPERATOR, `?since=${encodeURIComponent(new Date(Date.parse(bAt) + 1).toISOString())}`)).map((w) => w.holder), ['wf-a'], 'a millisecond later: only A\'s local lease')
+
+  for (const [url, name] of [['/v1/costs?since=yesterday', 'since'], ['/v1/costs?limit=0', 'limit'], ['/v1/costs?limit=abc', 'limit'], ['/v1/costs?since=2016-12-31T23:59:60Z', 'since'], ['/v1/sessions?before=2016-12-31T23:59:60Z', 'before']]) {
+    const res = await ctx.app.inject({ url: url!, headers: { 'x-api-key': OPERATOR } })
+    t.equal(res.statusCode, 400, `bad input ${url}`)
+    t.match(res.json(), { code: 'validation_failed', detail: new RegExp(name!) })
   }
   t.equal((await ctx.app.inject({ url: '/v1/costs' })).statusCode, 401, 'no key, no report')
 })

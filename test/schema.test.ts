@@ -94,7 +94,7 @@ t.test('enums have exactly the generated values', async (t) => {
   }
 })
 
-t.test('unique constraints of schema.prisma exist, and the partial index of invariant 2', async (t) => {
+t.test('unique constraints and indexes of schema.prisma exist, and the partial index of invariant 2', async (t) => {
   const { rows } = await client.query(`SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexdef LIKE 'CREATE UNIQUE%'`)
   const has = (table: string, cols: string[]) =>
     rows.some((r) => r.tablename === table && new RegExp(`\\(${cols.map((c) => `"?${c}"?`).join(', ')}\\)`).test(r.indexdef))
@@ -108,6 +108,17 @@ t.test('unique constraints of schema.prisma exist, and the partial index of inva
     for (const m of block.matchAll(/@@unique\(\[([^\]]+)\]\)/g)) {
       const cols = m[1]!.split(',').map((s) => col(s.trim()))
       t.ok(has(table, cols), `${table} unique (${cols.join(', ')})`)
+    }
+  }
+  const all = (await client.query(`SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'`)).rows
+  for (const [name, model] of Object.entries(models)) {
+    const table = model.dbName ?? name
+    const col = (field: string) => model.fields.find((f) => f.name === field)?.dbName ?? field
+    const block = new RegExp(`model ${name} \\{([\\s\\S]*?)\\n\\}`).exec(schemaText)![1]!
+    for (const m of block.matchAll(/@@index\(\[([^\]]+)\]\)/g)) {
+      const cols = m[1]!.split(',').map((s) => col(s.trim()))
+      const pattern = new RegExp(`\\(${cols.map((c) => `"?${c}"?`).join(', ')}\\)`)
+      t.ok(all.some((r) => r.tablename === table && pattern.test(r.indexdef)), `${table} index (${cols.join(', ')})`)
     }
   }
   const partial = rows.find((r) => /sessions_one_live_per_pool/.test(r.indexdef))

@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { problems } from '../schemas/common.ts'
 import { CostQuery, WorkflowCosts } from '../schemas/cost.ts'
 import type { Services } from '../services/index.ts'
+import { dateParam } from './date-param.ts'
 
 const costRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app, { services }) => {
   app.get('/v1/costs', {
@@ -14,7 +15,7 @@ const costRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app
     },
   }, async (request) => {
     const { since, holder, limit } = request.query
-    return { workflows: await services.costs.byWorkflow(request.principal, { since: since ? new Date(since) : undefined, holder, limit }) }
+    return { workflows: await services.costs.byWorkflow(request.principal, { since: dateParam('since', since), holder, limit }) }
   })
 }
 

@@ -3,6 +3,7 @@ import { IdParams, problems } from '../schemas/common.ts'
 import { SessionEvents, SessionEventsQuery, SessionList, SessionListQuery, StopQuery } from '../schemas/session.ts'
 import type { Services } from '../services/index.ts'
 import { baseUrlOf } from './base-url.ts'
+import { dateParam } from './date-param.ts'
 
 const Session = { $ref: 'Session' } as const
 
@@ -14,7 +15,7 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
     schema: { tags: ['sessions'], summary: 'List sessions with their live lease counts, newest first', querystring: SessionListQuery, response: { 200: SessionList, ...problems(400, 401, 403) } },
   }, async (request) => {
     const { status, limit, before } = request.query
-    const rows = await sessions.list({ status, limit, before: before ? new Date(before) : undefined })
+    const rows = await sessions.list({ status, limit, before: dateParam('before', before) })
     return { sessions: rows.map((s) => sessions.view(s, baseUrlOf(request, publicUrl))) }
   })
 

@@ -372,13 +372,15 @@ export class SessionService {
   /**
    * Records the agent's restore or save progress (null once it is done). A plain write
    * with no event, made only when the report changed: progress is for people watching,
-   * not part of the lifecycle.
+   * not part of the lifecycle. `whileStatus`: only while the session is still in it (an
+   * answer read before a concurrent move to READY must not leave a restore's progress behind).
    */
-  async setProgress(s: Pick<SessionRecord, 'id' | 'generation'>, progress: SessionProgress | null): Promise<void> {
+  async setProgress(s: Pick<SessionRecord, 'id' | 'generation'>, progress: SessionProgress | null, whileStatus?: SessionStatus): Promise<void> {
     const json = progress === null ? null : JSON.stringify(progress)
+    const inStatus = whileStatus ? Prisma.sql`AND status = ${whileStatus}::"SessionStatus"` : Prisma.empty
     await this.db.$executeRaw`
       UPDATE sessions SET progress = ${json}::jsonb
-      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND progress IS DISTINCT FROM ${json}::jsonb`
+      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND progress IS DISTINCT FROM ${json}::jsonb ${inStatus}`
   }
 
   /** Records a completed save-back: the new version's URI on the session, and a `saved` event. */

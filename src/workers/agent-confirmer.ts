@@ -16,6 +16,23 @@ export interface AgentConfirmerOptions {
 export const AGENT_CONFIRM_CONCURRENCY = 16
 
 /**
+ * After a confirmation fails (the agent unreachable), the next try waits this long (or the
+ * confirm interval, if shorter), so that dead addresses do not take every pass's workers
+ * from the agents that answer. Far inside a 15-minute dead man's switch.
+ */
+export const RETRY_AFTER_FAILURE_SECONDS = 10
+
+/** What one replica remembers of a launch attempt's agent; rebuilt by its next passes after a restart. */
+interface AgentContact {
+  /** When it last answered (injected clock, ms). */
+  confirmedAt: number
+  /** Its last answer said it was restoring: while starting, it is asked every pass, for the progress. */
+  restoring: boolean
+  /** When the last try failed, if it did. */
+  failedAt: number | null
+}
+
+/**
  * The dead man's switch, fed: every live session whose agent has an address is
  * confirmed at most every confirmIntervalSeconds, from what the database says alone.
  * Its own loop, so neither a long reconcile pass (launch retries in a capacity outage)
@@ -28,8 +45,7 @@ export const AGENT_CONFIRM_CONCURRENCY = 16
  * the launcher cannot report it (no status file on Fargate).
  */
 export class AgentConfirmer {
-  /** When each launch attempt's agent last answered, on the injected clock; one replica's memory, rebuilt by its next pass. */
-  private readonly confirmedAt = new Map<string, number>()
+  private readonly contacts = new Map<string, AgentContact>()
 
   constructor(
     private readonly sessions: SessionService,
@@ -37,6 +53,7 @@ export class AgentConfirmer {
     private readonly tokens: LeaseTokens,
     /** Only this launcher's sessions: the ones this control plane reconciles. */
     private readonly launcherKind: string,
+    /** The control plane's clock (the database's in production, which runs with real time, as the agents' switches do). */
     private readonly clock: Clock,
     private readonly opts: AgentConfirmerOptions,
     private readonly logger?: Logger,
@@ -46,12 +63,10 @@ export class AgentConfirmer {
   async confirmSessions(): Promise<number> {
     const reachable = await this.sessions.reachable(this.launcherKind)
     const live = new Set(reachable.map(attemptKey))
-    for (const key of this.confirmedAt.keys()) if (!live.has(key)) this.confirmedAt.delete(key)
+    for (const key of this.contacts.keys()) if (!live.has(key)) this.contacts.delete(key)
     const now = this.clock.now().getTime()
-    const last = (s: ReachableSession) => this.confirmedAt.get(attemptKey(s)) ?? Number.NEGATIVE_INFINITY
-    const due = reachable
-      .filter((s) => s.status === 'STARTING' || now - last(s) >= this.opts.confirmIntervalSeconds * 1000)
-      .sort((a, b) => last(a) - last(b))
+    const last = (s: ReachableSession) => this.contacts.get(attemptKey(s))?.confirmedAt ?? Number.NEGATIVE_INFINITY
+    const due = reachable.filter((s) => this.isDue(s, now)).sort((a, b) => last(a) - last(b))
     let answered = 0
     const worker = async () => {
       for (let s = due.shift(); s; s = due.shift()) if (await this.confirm(s)) answered++
@@ -60,22 +75,34 @@ export class AgentConfirmer {
     return answered
   }
 
+  private isDue(s: ReachableSession, now: number): boolean {
+    const contact = this.contacts.get(attemptKey(s))
+    const intervalMs = this.opts.confirmIntervalSeconds * 1000
+    if (contact?.failedAt != null && now - contact.failedAt < Math.min(intervalMs, RETRY_AFTER_FAILURE_SECONDS * 1000)) return false
+    if (s.status === 'STARTING' && (!contact || contact.restoring)) return true
+    return now - (contact?.confirmedAt ?? Number.NEGATIVE_INFINITY) >= intervalMs
+  }
+
   private async confirm(s: ReachableSession): Promise<boolean> {
+    const key = attemptKey(s)
     let status
     try {
       status = await this.agents.confirm(`http://${s.host}:${s.port}`, this.tokens.controlToken(s.id, s.generation))
     } catch (err) {
-      // Not recorded as confirmed: the next pass tries again while the switch counts down.
-      this.logger?.debug({ sessionId: s.id, err: (err as Error).message }, 'agent confirmation failed; retrying next pass')
+      // Not confirmed: tried again after RETRY_AFTER_FAILURE_SECONDS while the switch counts down.
+      const contact = this.contacts.get(key)
+      this.contacts.set(key, { confirmedAt: contact?.confirmedAt ?? Number.NEGATIVE_INFINITY, restoring: contact?.restoring ?? false, failedAt: this.clock.now().getTime() })
+      this.logger?.debug({ sessionId: s.id, err: (err as Error).message }, 'agent confirmation failed; retrying later')
       return false
     }
-    this.confirmedAt.set(attemptKey(s), this.clock.now().getTime())
+    const restoring = status?.phase === 'restoring'
+    this.contacts.set(key, { confirmedAt: this.clock.now().getTime(), restoring, failedAt: null })
     try {
       if (status?.usage) await this.sessions.recordUsage(s, status.usage)
-      // Shown while it restores, cleared once it has (setProgress writes only a change).
+      // Shown while it restores, cleared once it has; only while the session is still
+      // STARTING (the reconciler clears it at READY, and a late answer must not undo that).
       if (s.status === 'STARTING') {
-        const restoring = status?.phase === 'restoring'
-        await this.sessions.setProgress(s, restoring ? { phase: status.phase, bytes: status.bytes, totalBytes: status.totalBytes, percent: status.percent } : null)
+        await this.sessions.setProgress(s, restoring ? { phase: status!.phase, bytes: status!.bytes, totalBytes: status!.totalBytes, percent: status!.percent } : null, 'STARTING')
       }
     } catch (err) {
       this.logger?.warn({ sessionId: s.id, err: (err as Error).message }, "recording the agent's answer failed")

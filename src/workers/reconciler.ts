@@ -214,11 +214,14 @@ export class Reconciler {
   }
 
   private async awaitReady(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
-    if (seen?.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
-    let lastReason = seen ? (seen.detail ?? 'not running yet') : 'its compute could not be observed'
+    // Launched but not observed this pass (the launcher's API failing): nothing is decided,
+    // the start deadline included, so throttling cannot fail a task that is nearly READY.
+    if (!seen) return
+    if (seen.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
+    let lastReason = seen.detail ?? 'not running yet'
     // Told to stop by someone else while starting (a Spot interruption): it will not serve.
-    if (seen?.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
-    if (seen?.state === 'running') {
+    if (seen.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
+    if (seen.state === 'running') {
       // The first pass to see it running marks the phase boundary (once per launch attempt).
       const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }, seen.size))
       const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))

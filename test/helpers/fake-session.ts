@@ -59,6 +59,8 @@ export class FakeChroma {
   confirmStatus: Record<string, unknown> = { phase: 'ready' }
   /** How long POST /_agent/confirm takes to answer. */
   confirmDelayMs = 0
+  /** POST /_agent/confirm answers 503 this many times first. */
+  confirmFailures = 0
   /** The control token of every confirmation received, in order. */
   readonly confirms: string[] = []
   private confirmsInFlight = 0
@@ -78,6 +80,7 @@ export class FakeChroma {
       if (url === '/api/v2/boom') return send(500, { error: 'boom' })
       if (url === '/_agent/confirm' && req.method === 'POST') {
         this.confirms.push(String(req.headers['x-chroma-token']))
+        if (this.confirmFailures > 0 && this.confirmFailures--) return send(503, { code: 'agent_busy', detail: 'not now' })
         this.maxConfirmsInFlight = Math.max(this.maxConfirmsInFlight, ++this.confirmsInFlight)
         return void setTimeout(() => {
           this.confirmsInFlight--
