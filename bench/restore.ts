@@ -264,7 +264,7 @@ async function writeSection(results: Record<string, Result>): Promise<void> {
     '',
     `\`npm run bench:restore\` (bench/restore.ts), ${new Date().toISOString().slice(0, 10)}, on ${cpus().length} shared cores (${cpus()[0]?.model.trim()}), Node ${process.version}.`,
     `A ${COUNT.toLocaleString('en-US')} x ${DIM}-dim Chroma snapshot (one collection, written by the pinned Chroma server), served by s3rver on loopback.`,
-    `Medians of ${ROUNDS} rounds, the two sides alternating which goes first. Baseline: the same object streamed from the same store with the same SDK into GNU \`tar -x\`.`,
+    `Medians of ${ROUNDS} rounds, the order of the three (the baseline, \`curl | tar -x\`, the agent) reversed every other round. Baseline: the same object streamed from the same store with the same SDK into GNU \`tar -x\`.`,
     `Agent: the real session agent (\`container/agent/main.ts\`), bundled by \`scripts/build-agent.mjs\` and run on plain Node as the session image runs it, from spawn to READY, its phases from its own log; peak RSS is VmHWM.`,
     '',
     `| archive | size | \`tar -x\` | agent restore | ratio (target ≤ ${TARGET_RATIO}) | \`curl \\| tar -x\` (agent's ratio) | agent boot | Chroma start | spawn → READY | agent peak RSS | Chroma peak RSS |`,

@@ -241,7 +241,7 @@ t.test("sessions' own memory and CPU, as their agents report them: the largest a
   ctx.chroma.usage = { memoryBytes: 300_000_000, cpuSeconds: 40, cpuCores: 0.25 }
   other.usage = { memoryBytes: 500_000_000, cpuSeconds: 90, cpuCores: 1.5 }
   const gauge = async (name: string) => sample(await ctx.metrics(), name)
-  t.equal(await gauge('chroma_lease_sessions_memory_bytes'), 0, 'no session has reported yet')
+  t.equal(await gauge('chroma_lease_live_sessions_memory_bytes'), 0, 'no session has reported yet')
 
   const small = (await ctx.acquire({ snapshot: snap('small'), mode: 'exclusive' })).json()
   const big = (await ctx.acquire({ snapshot: snap('big'), mode: 'exclusive' })).json()
@@ -250,15 +250,15 @@ t.test("sessions' own memory and CPU, as their agents report them: the largest a
   await ctx.passes(2)
   t.equal(await ctx.workers.confirmer.confirmSessions(), 2, 'both agents answer their confirmations')
   t.equal(await gauge('chroma_lease_session_memory_max_bytes'), 500_000_000)
-  t.equal(await gauge('chroma_lease_sessions_memory_bytes'), 800_000_000)
+  t.equal(await gauge('chroma_lease_live_sessions_memory_bytes'), 800_000_000)
   t.equal(await gauge('chroma_lease_session_cpu_max_cores'), 1.5)
-  t.equal(await gauge('chroma_lease_sessions_cpu_cores'), 1.75)
+  t.equal(await gauge('chroma_lease_live_sessions_cpu_cores'), 1.75)
   t.match((await ctx.inject(`/v1/sessions/${big.session.id}`)).json().usage, { memoryBytes: 500_000_000, cpuCores: 1.5, at: String }, 'the session resource shows it')
 
   await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${big.session.id}?force=true` })
   ctx.launcher.states.set(big.session.id, { state: 'stopped', reason: 'stopped' })
   await ctx.passes(2)
   t.equal((await ctx.services.sessions.get(big.session.id)).status, 'STOPPED')
-  t.equal(await gauge('chroma_lease_sessions_memory_bytes'), 300_000_000, 'a session that ended counts no more')
+  t.equal(await gauge('chroma_lease_live_sessions_memory_bytes'), 300_000_000, 'a session that ended counts no more')
   t.equal(await gauge('chroma_lease_session_cpu_max_cores'), 0.25)
 })

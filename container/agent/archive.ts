@@ -125,9 +125,9 @@ export async function extractTar(
   // Hashing costs a pass over every byte: only when a manifest asks for it.
   const hash = expected ? new HashingTap() : null
   // Decompressed here rather than by node-tar (which would recognise gzip itself): zlib's
-  // gunzip then runs on the thread pool beside the parsing, in large chunks: the bundled
-  // agent restored bench/restore.ts's 160 MB .tar.gz in 1.6 s instead of 2.3 s (medians
-  // of 6 runs; GNU tar -xz of the same object: 1.8 s).
+  // gunzip then runs on the thread pool beside the parsing, in large chunks: the restore
+  // of bench/restore.ts's .tar.gz went from 1.28x to 0.74–0.80x of GNU tar -xz
+  // (BENCHMARKS.md, Restore runs).
   const stages = [...(hash ? [hash] : []), ...decompressor(format), coalesce(UNPACK_CHUNK_BYTES), unpack]
   try {
     await pipeline([progress.watch(source), ...stages], { signal })

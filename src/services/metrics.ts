@@ -183,9 +183,9 @@ export class Metrics implements Observer {
         },
       })
     usageGauge('chroma_lease_session_memory_max_bytes', 'Resident memory (agent and Chroma) of the largest live session, as its agent last reported it', 'memory_bytes', 'max')
-    usageGauge('chroma_lease_sessions_memory_bytes', 'Resident memory (agent and Chroma) of all live sessions together, as their agents last reported it', 'memory_bytes', 'sum')
+    usageGauge('chroma_lease_live_sessions_memory_bytes', 'Resident memory (agent and Chroma) of all live sessions together, as their agents last reported it', 'memory_bytes', 'sum')
     usageGauge('chroma_lease_session_cpu_max_cores', 'CPU cores busy in the busiest live session (agent and Chroma), averaged over the interval before its agent last reported', 'cpu_cores', 'max')
-    usageGauge('chroma_lease_sessions_cpu_cores', 'CPU cores busy in all live sessions together, averaged over the interval before their agents last reported', 'cpu_cores', 'sum')
+    usageGauge('chroma_lease_live_sessions_cpu_cores', 'CPU cores busy in all live sessions together, averaged over the interval before their agents last reported', 'cpu_cores', 'sum')
     new Gauge({
       name: 'chroma_lease_session_cost_usd',
       help: 'Cost of sessions at the configured Fargate prices (per second, one-minute minimum): live ones so far, ended ones in total; sessions with no reported size (local processes) cost nothing',
