@@ -147,6 +147,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.AGENT_CONFIRM_INTERVAL_SECONDS * 3 > e.SESSION_DEAD_MAN_SECONDS) {
     throw new ConfigError('AGENT_CONFIRM_INTERVAL_SECONDS must be at most a third of SESSION_DEAD_MAN_SECONDS')
   }
+  // The agent confirmer runs on the reconciler's period: it cannot confirm more often than that.
+  if (e.RECONCILE_INTERVAL_SECONDS > e.AGENT_CONFIRM_INTERVAL_SECONDS) {
+    throw new ConfigError('RECONCILE_INTERVAL_SECONDS must not exceed AGENT_CONFIRM_INTERVAL_SECONDS (the agent confirmer runs on its period)')
+  }
   if (e.LAUNCHER === 'fargate') {
     const missing = (['ECS_CLUSTER', 'ECS_TASK_DEFINITION', 'ECS_SUBNETS'] as const).filter((k) => !e[k])
     if (missing.length) throw new ConfigError(`LAUNCHER=fargate needs ${missing.join(', ')}`)

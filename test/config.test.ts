@@ -31,6 +31,8 @@ t.test('bad settings fail at start with a clear error', async (t) => {
     [{ IDLE_TTL_SECONDS: '7200' }, /IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS/],
     [{ LAUNCHER: 'fargate' }, /needs ECS_CLUSTER, ECS_TASK_DEFINITION, ECS_SUBNETS/],
     [{ SWEEP_INTERVAL_SECONDS: '0' }, /SWEEP_INTERVAL_SECONDS/],
+    [{ AGENT_CONFIRM_INTERVAL_SECONDS: '400' }, /AGENT_CONFIRM_INTERVAL_SECONDS must be at most a third of SESSION_DEAD_MAN_SECONDS/],
+    [{ RECONCILE_INTERVAL_SECONDS: '90' }, /RECONCILE_INTERVAL_SECONDS must not exceed AGENT_CONFIRM_INTERVAL_SECONDS/],
   ]
   for (const [env, message] of cases) {
     t.throws(() => loadConfig(env), { name: 'ConfigError', message }, JSON.stringify(env))
