@@ -45,9 +45,11 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
   const clock = new ManualClock()
   // The waits between RunTask retries, recorded instead of slept (jitter fixed at its middle).
   const waits: number[] = []
+  // Read by the launcher on every call: a test changes it to stand for a deploy.
+  const settings = { ...settingsOf(fake), ...opts.settings }
   const launcher = new FargateLauncher({
     ...fake.clients(),
-    settings: { ...settingsOf(fake), ...opts.settings },
+    settings,
     wait: async (ms) => {
       waits.push(ms)
     },
@@ -56,7 +58,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
     ...(opts.limiter ? { limiter: opts.limiter } : {}),
   })
   const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3, deadManSeconds: opts.deadManSeconds, confirmIntervalSeconds: opts.confirmIntervalSeconds })
-  return { fake, clock, launcher, ctx, waits }
+  return { fake, clock, launcher, ctx, waits, settings }
 }
 
 async function acquire(ctx: TestApp, snapshot = `file://${fixture.tarPath}`) {
@@ -566,6 +568,34 @@ t.test('a replayed launch after a deploy changed its configuration (ConflictExce
   t.ok(task.runTaskInput.clientToken.length <= 64)
   t.same(await deployed.launch(second), { ref }, 'a further replay (a crash before recording it) finds the same task')
   t.equal(fake.tasks.size, 3, 'two sessions, one live task each (and the stopped one)')
+})
+
+t.test('a ConflictException while ListTasks or DescribeTasks is throttled defers the launch; it adopts the task once ECS answers', async (t) => {
+  const { fake, clock, ctx, settings } = await setup(t, { stubAgents: true })
+  const lease = await acquire(ctx)
+  fake.loseRunTaskReplies(3) // the task starts, the answer is lost: deferred
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(fake.tasks.size, 1)
+  const [started] = [...fake.tasks.keys()]
+  settings.taskDefinition = 'chroma-session:4' // a deploy: the replay gets ConflictException
+
+  for (const action of ['ListTasks', 'DescribeTasks']) {
+    fake.throttle(3, action) // the SDK's three attempts
+    clock.advance(16)
+    await ctx.workers.reconciler.reconcileOnce()
+    const s = await ctx.services.sessions.get(lease.session.id)
+    t.equal(s.status, 'STARTING', `${action} throttled while looking for the task: deferred, not FAILED (${s.error ?? ''})`)
+    t.equal(s.launchRef, null)
+    t.equal(fake.tasks.size, 1, 'and no second task')
+  }
+
+  clock.advance(16)
+  await ctx.workers.reconciler.reconcileOnce()
+  const adopted = await ctx.services.sessions.get(lease.session.id)
+  t.equal(adopted.status, 'STARTING')
+  t.equal(adopted.launchRef, started, 'once ECS answers, the replay adopts the task the lost call started')
+  t.equal(fake.tasks.size, 1)
+  t.equal((await passes(ctx, clock, lease.session.id, 5)).status, 'READY')
 })
 
 t.test('a task ECS does not list yet right after RunTask is starting for 30 s, then gone', async (t) => {

@@ -152,9 +152,19 @@ export class FargateLauncher implements Launcher {
     }
   }
 
-  /** A task this control plane started for the launch attempt and that has not been told to stop, found by its tags (as the orphan sweep finds them). */
+  /**
+   * A task this control plane started for the launch attempt and that has not been told
+   * to stop, found by its tags (as the orphan sweep finds them). When ECS does not answer
+   * (throttling, an outage), the launch is deferred rather than failed: a later pass
+   * replays the same tokens, gets ConflictException again and looks again.
+   */
   private async taskStartedFor(spec: LaunchSpec): Promise<string | undefined> {
-    const running = await this.listRunning()
+    let running: RunningCompute[]
+    try {
+      running = await this.listRunning()
+    } catch (err) {
+      throw new LaunchDeferred(`ECS RunTask answered ConflictException and the task it may have started cannot be looked up (${(err as Error).name}: ${(err as Error).message}); launching on a later pass`)
+    }
     return running.find((r) => r.sessionId === spec.sessionId && r.generation === spec.generation)?.ref
   }
 
