@@ -45,9 +45,11 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
   const clock = new ManualClock()
   // The waits between RunTask retries, recorded instead of slept (jitter fixed at its middle).
   const waits: number[] = []
+  // Read by the launcher on every call: a test changes it to stand for a deploy.
+  const settings = { ...settingsOf(fake), ...opts.settings }
   const launcher = new FargateLauncher({
     ...fake.clients(),
-    settings: { ...settingsOf(fake), ...opts.settings },
+    settings,
     wait: async (ms) => {
       waits.push(ms)
     },
@@ -56,7 +58,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
     ...(opts.limiter ? { limiter: opts.limiter } : {}),
   })
   const ctx = await buildTestApp(t, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: opts.startTimeoutSeconds ?? 120, listen: true, s3: opts.s3, deadManSeconds: opts.deadManSeconds, confirmIntervalSeconds: opts.confirmIntervalSeconds })
-  return { fake, clock, launcher, ctx, waits }
+  return { fake, clock, launcher, ctx, waits, settings }
 }
 
 async function acquire(ctx: TestApp, snapshot = `file://${fixture.tarPath}`) {
@@ -509,6 +511,7 @@ t.test('a crash between RunTask and recording it starts no second task and leaks
   t.ok(await ctx.services.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: clock.now() }))
   await launcher.launch(ctx.workers.reconciler.launchSpec(s))
   t.equal(fake.tasks.size, 1)
+  t.same(await ctx.workers.sweeper.sweepOnce(), [], 'an orphan sweep before the launch is recorded leaves its task alone')
 
   clock.advance(20) // the next process finds the unrecorded claim and launches again
   await ctx.workers.reconciler.reconcileOnce()
@@ -566,6 +569,66 @@ t.test('a replayed launch after a deploy changed its configuration (ConflictExce
   t.ok(task.runTaskInput.clientToken.length <= 64)
   t.same(await deployed.launch(second), { ref }, 'a further replay (a crash before recording it) finds the same task')
   t.equal(fake.tasks.size, 3, 'two sessions, one live task each (and the stopped one)')
+})
+
+t.test('a ConflictException while ListTasks or DescribeTasks is throttled defers the launch; it adopts the task once ECS answers', async (t) => {
+  const { fake, clock, ctx, settings } = await setup(t, { stubAgents: true })
+  const lease = await acquire(ctx)
+  fake.loseRunTaskReplies(3) // the task starts, the answer is lost: deferred
+  await ctx.workers.reconciler.reconcileOnce()
+  t.equal(fake.tasks.size, 1)
+  const [started] = [...fake.tasks.keys()]
+  settings.taskDefinition = 'chroma-session:4' // a deploy: the replay gets ConflictException
+
+  for (const action of ['ListTasks', 'DescribeTasks']) {
+    fake.throttle(3, action) // the SDK's three attempts
+    clock.advance(16)
+    await ctx.workers.reconciler.reconcileOnce()
+    const s = await ctx.services.sessions.get(lease.session.id)
+    t.equal(s.status, 'STARTING', `${action} throttled while looking for the task: deferred, not FAILED (${s.error ?? ''})`)
+    t.equal(s.launchRef, null)
+    t.equal(fake.tasks.size, 1, 'and no second task')
+  }
+
+  clock.advance(16)
+  await ctx.workers.reconciler.reconcileOnce()
+  const adopted = await ctx.services.sessions.get(lease.session.id)
+  t.equal(adopted.status, 'STARTING')
+  t.equal(adopted.launchRef, started, 'once ECS answers, the replay adopts the task the lost call started')
+  t.equal(fake.tasks.size, 1)
+  t.equal((await passes(ctx, clock, lease.session.id, 5)).status, 'READY')
+})
+
+t.test('when ListTasks does not show the first task yet, a replay starts a second one: the orphan sweep stops the one the session did not record', async (t) => {
+  const { fake, clock, ctx, settings } = await setup(t, { stubAgents: true })
+  const lease = await acquire(ctx)
+  fake.loseRunTaskReplies(3) // the task starts, the answer is lost: deferred
+  await ctx.workers.reconciler.reconcileOnce()
+  const [first] = [...fake.tasks.keys()]
+  t.same(await ctx.workers.sweeper.sweepOnce(), [], 'the launch is not recorded yet: its task is left to be adopted')
+
+  settings.taskDefinition = 'chroma-session:4' // a deploy: the replay gets ConflictException
+  fake.notListedFor(first!, 1) // and ListTasks does not show the first task yet
+  clock.advance(16)
+  await ctx.workers.reconciler.reconcileOnce()
+  const s = await ctx.services.sessions.get(lease.session.id)
+  t.equal(fake.tasks.size, 2, 'a second task for the same session and generation')
+  const second = [...fake.tasks.keys()].find((arn) => arn !== first)!
+  t.equal(s.launchRef, second, 'the session records the second')
+  t.same(fake.tasks.get(first!)!.tags, fake.tasks.get(second)!.tags, 'both tagged with the same session and generation')
+
+  t.same(await ctx.workers.sweeper.sweepOnce(), [first], 'one sweep stops the duplicate')
+  t.equal(fake.tasks.get(first!)!.desiredStatus, 'STOPPED')
+  t.equal(fake.tasks.get(second)!.desiredStatus, 'RUNNING', 'and leaves the recorded task alone')
+  const metrics = (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /^chroma_lease_orphans_stopped_total\{cause="duplicate"\} 1$/m, 'counted as a duplicate')
+  const events = await ctx.db.sessionEvent.findMany({ where: { sessionId: s.id, type: 'orphan_stopped' } })
+  t.match(events, [{ reason: `a duplicate of ${second}, the compute the session recorded` }])
+
+  const ready = await passes(ctx, clock, s.id, 5)
+  t.equal(ready.status, 'READY', 'the session serves from the recorded task')
+  t.equal(ready.launchRef, second)
+  t.same(await ctx.workers.sweeper.sweepOnce(), [], 'nothing else to stop')
 })
 
 t.test('a task ECS does not list yet right after RunTask is starting for 30 s, then gone', async (t) => {

@@ -197,6 +197,12 @@ t.test('launch failures by cause, reaped sessions by cause, orphans', async (t) 
   ctx.launcher.strays.push({ ref: 'fake-stray-2', sessionId: '00000000-0000-4000-8000-000000000001', generation: 1 })
   await ctx.workers.sweeper.sweepOnce()
   t.equal(sample(await ctx.metrics(), 'chroma_lease_orphans_stopped_total', { cause: 'no_session' }), 2, 'another orphan counts')
+
+  // A second compute of a live session's generation, beside the one it recorded (any launcher).
+  t.equal(await status(idle.session.id), 'STOPPING', 'still live')
+  ctx.launcher.strays.push({ ref: 'fake-duplicate', sessionId: idle.session.id, generation: 1 })
+  t.ok((await ctx.workers.sweeper.sweepOnce()).includes('fake-duplicate'), 'the sweep stops it')
+  t.equal(sample(await ctx.metrics(), 'chroma_lease_orphans_stopped_total', { cause: 'duplicate' }), 1, 'counted as a duplicate')
 })
 
 t.test('session cost at Fargate prices: live sessions so far, ended ones in total', async (t) => {

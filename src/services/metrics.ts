@@ -44,7 +44,12 @@ export type LaunchFailureCause = (typeof LAUNCH_FAILURE_CAUSES)[number]
 export const REAP_CAUSES = ['idle', 'drained', 'max_lifetime', 'force_stop', 'compute_lost', 'compute_exited', 'saved', 'save_failed'] as const
 export type ReapCause = (typeof REAP_CAUSES)[number]
 
-export const ORPHAN_CAUSES = ['no_session', 'superseded', 'session_ended'] as const
+/**
+ * Why the orphan sweeper stopped a compute: no session row; the session moved on to a
+ * later generation; the session ended; or a second compute of the session's generation
+ * beside the one it recorded as its launch_ref (`duplicate`).
+ */
+export const ORPHAN_CAUSES = ['no_session', 'superseded', 'session_ended', 'duplicate'] as const
 export type OrphanCause = (typeof ORPHAN_CAUSES)[number]
 
 export type QueryKind = 'proxy' | 'query'

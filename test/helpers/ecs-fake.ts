@@ -107,6 +107,8 @@ export class EcsFake {
   /** Requests left to answer ThrottlingException, for every action (key '*') or one. */
   private readonly throttled = new Map<string, number>()
   private repliesToLose = 0
+  /** Tasks ListTasks leaves out for this many more calls (ECS's eventual consistency). */
+  private readonly unlisted = new Map<string, number>()
   private capacityFailuresRemaining = 0
   private nextIp = 1
   private bucket: { tokens: number; at: number }
@@ -164,6 +166,11 @@ export class EcsFake {
   /** The next `n` RunTask calls do their work but their replies are lost (the connection drops). */
   loseRunTaskReplies(n: number) {
     this.repliesToLose = n
+  }
+
+  /** The next `n` ListTasks calls leave the task out, as ListTasks may right after RunTask. */
+  notListedFor(arn: string, n: number) {
+    this.unlisted.set(arn, n)
   }
 
   /** The next `n` RunTask calls start nothing and report a capacity failure. */
@@ -255,8 +262,10 @@ export class EcsFake {
       }
       case 'ListTasks': {
         const matching = [...this.tasks.values()].filter(
-          (t) => (!input.startedBy || t.startedBy === input.startedBy) && (input.desiredStatus ?? 'RUNNING') === t.desiredStatus,
+          (t) => (!input.startedBy || t.startedBy === input.startedBy) && (input.desiredStatus ?? 'RUNNING') === t.desiredStatus && !this.unlisted.get(t.arn),
         )
+        // One fewer call to miss for every lagging task (on the first page only: one call each).
+        if (!input.nextToken) for (const [arn, n] of this.unlisted) this.unlisted.set(arn, Math.max(0, n - 1))
         const from = Number(input.nextToken ?? 0)
         const size = input.maxResults ?? 100
         const page = matching.slice(from, from + size)

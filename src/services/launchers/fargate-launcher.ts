@@ -109,6 +109,13 @@ export class FargateLauncher implements Launcher {
         // The token was first used with other parameters: the configuration changed (a
         // deploy) between a launch whose answer was lost and this replay. That first call
         // may have started a task; if it did, it is this launch's.
+        //
+        // Not listed does not prove not started (ListTasks is eventually consistent), but
+        // this path does not defer on that account: a replay reaches it at the earliest
+        // one orphaned-claim wait (15 s) after the claim, long after ListTasks normally
+        // shows a task, and should a task still be missed, the orphan sweep stops the
+        // duplicate (the session records one launch_ref; cause `duplicate`) within one
+        // sweep. Deferring instead would delay every such launch for a rare double bill.
         const started = await this.taskStartedFor(spec)
         if (started) {
           this.deps.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, taskArn: started, attempt }, 'RunTask token reused with a new configuration; adopted the task it started')
@@ -152,9 +159,19 @@ export class FargateLauncher implements Launcher {
     }
   }
 
-  /** A task this control plane started for the launch attempt and that has not been told to stop, found by its tags (as the orphan sweep finds them). */
+  /**
+   * A task this control plane started for the launch attempt and that has not been told
+   * to stop, found by its tags (as the orphan sweep finds them). When ECS does not answer
+   * (throttling, an outage), the launch is deferred rather than failed: a later pass
+   * replays the same tokens, gets ConflictException again and looks again.
+   */
   private async taskStartedFor(spec: LaunchSpec): Promise<string | undefined> {
-    const running = await this.listRunning()
+    let running: RunningCompute[]
+    try {
+      running = await this.listRunning()
+    } catch (err) {
+      throw new LaunchDeferred(`ECS RunTask answered ConflictException and the task it may have started cannot be looked up (${(err as Error).name}: ${(err as Error).message}); launching on a later pass`)
+    }
     return running.find((r) => r.sessionId === spec.sessionId && r.generation === spec.generation)?.ref
   }
 
