@@ -7,6 +7,7 @@ import { ManualClock } from '../src/services/clock.ts'
 import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
 import { buildTestApp, reconcileUntilSettled, stopAll } from './helpers/app.ts'
 import { freshDatabaseUrl } from './helpers/database.ts'
+import { ScriptedLauncher } from './helpers/fake-session.ts'
 import { buildSnapshotFixture, chromaAnswers } from './helpers/snapshot-fixture.ts'
 
 // Several control planes on one database, and control planes that restart: the
@@ -117,4 +118,19 @@ t.test('a crash between claiming a launch and recording it neither leaks nor lau
   const ready = await reconcileUntilSettled(ctx, s.id)
   t.equal(ready.status, 'READY')
   t.equal((await ctx.launcher.listRunning()).length, 1, 'the relaunch found the first launch: one process')
+})
+
+t.test("two replicas recording different launches of one claim: the first record stands, the other is a duplicate to sweep", async (t) => {
+  const databaseUrl = await freshDatabaseUrl()
+  const clock = new ManualClock()
+  const one = await buildTestApp(t, { databaseUrl, snapshotRoot: root, clock, launcher: new ScriptedLauncher() })
+  const two = await buildTestApp(t, { databaseUrl, snapshotRoot: root, clock, launcher: new ScriptedLauncher() })
+  const res = await one.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot, collection: fixture.collection } })
+  const id = res.json().session.id as string
+  const claimed = await one.services.sessions.transition(await one.services.sessions.get(id), ['PENDING'], 'STARTING', { type: 'launching' })
+  t.ok(claimed)
+  const session = await one.services.sessions.get(id)
+  t.ok(await one.services.sessions.recordLaunch(session, 'task-a'), 'the first replica records its task')
+  t.notOk(await two.services.sessions.recordLaunch(session, 'task-b'), 'the second finds it recorded')
+  t.equal((await two.services.sessions.get(id)).launchRef, 'task-a', 'and does not overwrite it')
 })

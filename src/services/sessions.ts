@@ -258,11 +258,13 @@ export class SessionService {
     // A session on its way out holds no leases: end them in the same transaction, so
     // counts and clients agree. Only a force stop or max lifetime stops a leased session.
     endLeases = to === 'STOPPED' || to === 'FAILED',
+    /** Further conditions the row must meet (see recordLaunch). */
+    fence: Prisma.SessionWhereInput = {},
   ): Promise<boolean> {
     const now = this.clock.now()
     const events = await this.db.$transaction(async (tx) => {
       const { count } = await tx.session.updateMany({
-        where: { id: s.id, generation: s.generation, status: { in: from } },
+        where: { ...fence, id: s.id, generation: s.generation, status: { in: from } },
         data: { ...data, status: to, updatedAt: now },
       })
       if (count !== 1) return null
@@ -282,6 +284,16 @@ export class SessionService {
     if (!events) return false
     this.announce(events)
     return true
+  }
+
+  /**
+   * Records the compute a launch started, with a `launched` event, unless a ref is
+   * recorded already: two replicas that both launched an unrecorded claim must not
+   * overwrite each other's record (the orphan sweeper stops compute that is not the
+   * recorded one, as a duplicate). False when another replica recorded first.
+   */
+  recordLaunch(s: Pick<SessionRecord, 'id' | 'generation'>, ref: string): Promise<boolean> {
+    return this.transition(s, ['STARTING'], 'STARTING', { type: 'launched', detail: { ref } }, { launchRef: ref }, false, { launchRef: null })
   }
 
   /**

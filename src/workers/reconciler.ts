@@ -209,8 +209,10 @@ export class Reconciler {
       }
       return this.fail(s, `launch failed: ${(err as Error).message}`, 'launch_error')
     }
-    const recorded = await this.sessions.transition(s, ['STARTING'], 'STARTING', { type: 'launched', detail: { ref } }, { launchRef: ref })
+    const recorded = await this.sessions.recordLaunch(s, ref)
     if (recorded) this.logger?.info({ sessionId: s.id, ref }, 'session launched')
+    // Another replica recorded its launch first: if this compute is another one, the orphan sweeper stops it as a duplicate.
+    else this.logger?.warn({ sessionId: s.id, ref }, 'launch not recorded: the session has moved on or another launch was recorded first')
   }
 
   private async awaitReady(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
