@@ -16,9 +16,9 @@ export interface AgentConfirmerOptions {
 export const AGENT_CONFIRM_CONCURRENCY = 16
 
 /**
- * After a confirmation fails (the agent unreachable), the next try waits this long (or the
- * confirm interval, if shorter), so that dead addresses do not take every pass's workers
- * from the agents that answer. Far inside a 15-minute dead man's switch.
+ * After a serving session's confirmation fails (the agent unreachable), the next try waits
+ * this long (or the confirm interval, if shorter), so that dead addresses do not take every
+ * pass's workers from the agents that answer. Far inside a 15-minute dead man's switch.
  */
 export const RETRY_AFTER_FAILURE_SECONDS = 10
 
@@ -78,8 +78,9 @@ export class AgentConfirmer {
   private isDue(s: ReachableSession, now: number): boolean {
     const contact = this.contacts.get(attemptKey(s))
     const intervalMs = this.opts.confirmIntervalSeconds * 1000
+    // A starting agent that does not answer yet is normal (its task is still coming up): asked every pass.
+    if (s.status === 'STARTING') return !contact || contact.restoring || contact.failedAt !== null || now - contact.confirmedAt >= intervalMs
     if (contact?.failedAt != null && now - contact.failedAt < Math.min(intervalMs, RETRY_AFTER_FAILURE_SECONDS * 1000)) return false
-    if (s.status === 'STARTING' && (!contact || contact.restoring)) return true
     return now - (contact?.confirmedAt ?? Number.NEGATIVE_INFINITY) >= intervalMs
   }
 
