@@ -95,7 +95,7 @@ t.test('a shared session\'s cost is split between its workflows by the time each
   const view = (await ctx.app.inject({ url: `/v1/sessions/${a.session.id}`, headers: { 'x-api-key': OPERATOR } })).json()
   t.ok(close(byHolder.get('wf-a')!.costUsd + byHolder.get('wf-b')!.costUsd, view.compute.costUsd), `the session resource says $${view.compute.costUsd}`)
   // since is inclusive: B's lease was acquired at t=600.
-  const bAt = new Date(new Date(b.createdAt).getTime()).toISOString()
+  const bAt: string = b.createdAt
   t.same((await costs(OPERATOR, `?since=${encodeURIComponent(bAt)}`)).map((w) => w.holder).sort(), ['wf-a', 'wf-b'], "since B's acquire: B, and A's later lease")
   t.same((await costs(OPERATOR, `?since=${encodeURIComponent(new Date(Date.parse(bAt) + 1).toISOString())}`)).map((w) => w.holder), ['wf-a'], 'a millisecond later: only A\'s local lease')
 

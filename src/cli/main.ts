@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util'
+import type { WorkflowCost } from '../services/cost-report.ts'
 import type { SessionView } from '../services/sessions.ts'
 import { formatTable, age, shorten, compactJson } from './table.ts'
 
@@ -338,15 +339,8 @@ interface LeaseRow {
   session: SessionRow
 }
 
-interface WorkflowCostRow {
-  holder: string | null
-  leases: number
-  sessions: number
-  costUsd: number
-  unpricedLeases: number
-  firstLeaseAt: string
-  lastLeaseAt: string
-}
+/** A workflow's cost as the API's JSON shows it. */
+type WorkflowCostRow = WorkflowCost
 
 function keysTable(keys: ApiKeyRow[]): string {
   return formatTable(

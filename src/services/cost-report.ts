@@ -2,22 +2,7 @@ import { Prisma } from '../generated/prisma/client.ts'
 import type { SqlPool } from '../database/client.ts'
 import type { Principal } from './auth.ts'
 import type { Clock } from './clock.ts'
-import type { FargatePrices } from './cost.ts'
-
-/**
- * A session's cost so far in SQL, the same formula as cost.ts sessionCost() (per second,
- * the minimum, ARM or x86 prices), for `s`, a row of sessions: NULL without a size or a
- * launch, as sessionCost() is null (greatest() would otherwise bill the minimum for it).
- * test/costs.test.ts checks the two agree.
- */
-export function sessionCostSql(prices: FargatePrices, now: Date): Prisma.Sql {
-  const arm = Prisma.sql`s.cpu_architecture = 'arm64'`
-  return Prisma.sql`(CASE WHEN s.launched_at IS NULL THEN NULL ELSE
-    greatest(${prices.minimumSeconds}::float8, ceil(greatest(0, extract(epoch FROM coalesce(s.ended_at, ${now}) - s.launched_at))::float8))
-    * (s.cpu_units / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.vcpuHour}::float8 ELSE ${prices.x86.vcpuHour}::float8 END
-       + s.memory_mib / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.gbHour}::float8 ELSE ${prices.x86.gbHour}::float8 END)
-    / 3600 END)::float8`
-}
+import { sessionCostSql, type FargatePrices } from './cost.ts'
 
 export interface WorkflowCost {
   /** The leases' `holder` (e.g. a Step Functions execution ARN); null for leases acquired without one. */

@@ -1,6 +1,9 @@
+import { Prisma } from '../generated/prisma/client.ts'
+
 /**
  * What a session's compute costs at Fargate prices. Pure functions: prices come from
- * configuration (FARGATE_* variables), sizes and times from the session's own record.
+ * configuration (FARGATE_* variables), sizes and times from the session's own record;
+ * the same per-session formula as SQL too, for sums in the database (sessionCostSql).
  *
  * Fargate bills per second from the start of the image pull to the end of the task,
  * with a one-minute minimum, per vCPU-hour and per GB-hour of memory, and ARM (Graviton)
@@ -76,6 +79,21 @@ export function sessionCost(s: SessionCostInput, prices: FargatePrices, now: Dat
     hourlyUsd: round(hourlyPrice(size, prices), 6),
     costUsd: round(runCost(size, runSeconds, prices), 6),
   }
+}
+
+/**
+ * A session's cost so far in SQL, the same formula as sessionCost() above (per second,
+ * the minimum, ARM or x86 prices), for `s`, a row of sessions: NULL without a size or a
+ * launch, as sessionCost() is null (greatest() would otherwise bill the minimum for it).
+ * test/costs.test.ts checks the two agree.
+ */
+export function sessionCostSql(prices: FargatePrices, now: Date): Prisma.Sql {
+  const arm = Prisma.sql`s.cpu_architecture = 'arm64'`
+  return Prisma.sql`(CASE WHEN s.launched_at IS NULL THEN NULL ELSE
+    greatest(${prices.minimumSeconds}::float8, ceil(greatest(0, extract(epoch FROM coalesce(s.ended_at, ${now}) - s.launched_at))::float8))
+    * (s.cpu_units / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.vcpuHour}::float8 ELSE ${prices.x86.vcpuHour}::float8 END
+       + s.memory_mib / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.gbHour}::float8 ELSE ${prices.x86.gbHour}::float8 END)
+    / 3600 END)::float8`
 }
 
 /**

@@ -3,8 +3,7 @@ import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database } from '../database/client.ts'
 import type { Clock } from './clock.ts'
-import type { FargatePrices } from './cost.ts'
-import { sessionCostSql } from './cost-report.ts'
+import { sessionCostSql, type FargatePrices } from './cost.ts'
 
 /** A session event as committed to session_events (the timeline, the log line and the metrics all come from it). */
 export interface RecordedEvent {
@@ -197,7 +196,7 @@ export class Metrics implements Observer {
       labelNames: ['state'] as const,
       registers: [this.registry],
       async collect() {
-        // services/cost.ts runCost() per session, summed in the database: a scrape reads no rows.
+        // cost.ts sessionCostSql() per session, summed in the database: a scrape reads no rows.
         const rows = await db.$queryRaw<Array<{ live: boolean; usd: number }>>`
           SELECT s.ended_at IS NULL AS live, sum(${sessionCostSql(prices, clock.now())})::float8 AS usd
           FROM sessions s WHERE s.cpu_units IS NOT NULL AND s.memory_mib IS NOT NULL AND s.launched_at IS NOT NULL
