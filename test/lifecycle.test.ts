@@ -102,7 +102,7 @@ t.test('drain, force stop and max lifetime are recorded with their reasons', asy
   const forced = await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${b.session.id}?force=true&reason=bad%20data` })
   t.equal(forced.json().status, 'STOPPING')
   t.equal(forced.json().leaseCount, 0, 'force stop ends the leases')
-  t.equal((await ctx.inject({ method: 'GET', url: `/v1/leases/${b.id}` })).json().status, 'released')
+  t.match((await ctx.inject({ method: 'GET', url: `/v1/leases/${b.id}` })).json(), { status: 'ended', endReason: 'force_stopped' }, 'a force-stopped lease says so, not "released"')
   const events = (await ctx.inject({ method: 'GET', url: `/v1/sessions/${b.session.id}/events` })).json().events
   t.match(events.find((e: { type: string }) => e.type === 'force_stop'), { reason: 'bad data', detail: { liveLeases: 1 } })
 
@@ -114,7 +114,7 @@ t.test('drain, force stop and max lifetime are recorded with their reasons', asy
   ctx.clock.advance(301)
   const { stopped } = await ctx.workers.reaper.reapOnce()
   t.same(stopped, [{ id: c.session.id, reason: 'max_lifetime' }], 'after the drain grace even a leased session stops')
-  t.equal((await ctx.inject({ method: 'GET', url: `/v1/leases/${c.id}` })).json().status, 'released')
+  t.match((await ctx.inject({ method: 'GET', url: `/v1/leases/${c.id}` })).json(), { status: 'ended', endReason: 'max_lifetime' })
   for (const id of [a.session.id, b.session.id, c.session.id]) t.equal((await reconcileUntilSettledStop(ctx, id)).status, 'STOPPED')
 })
 

@@ -276,7 +276,7 @@ t.test('compute stopping under a session (scale-in, a Spot notice): DRAINING, th
   launcher.states.set(lease.session.id, { state: 'stopped', reason: 'the session agent exited: stopped by SIGTERM', clean: true })
   const stopped = await reconcileUntil(ctx, lease.session.id, 'STOPPED')
   t.equal(stopped.error, null, 'stopped, not failed')
-  t.equal((await getLease(ctx, lease.id)).status, 'released', 'its lease ended with it')
+  t.match(await getLease(ctx, lease.id), { status: 'ended', endReason: 'session_ended' }, 'its lease ended with it, and says why')
 })
 
 t.test('SIGTERM to a saveOnRelease session (scale-in, a Spot notice): it saves first, the version is recorded, STOPPED', async (t) => {

@@ -225,7 +225,7 @@ t.test('a session that fails to start ends the execution with the reason, lease 
   t.equal(lease.body.session.status, 'FAILED')
   t.ok(lease.body.session.error, 'the control plane gave a reason')
   t.equal(run.cause, lease.body.session.error, "the execution's cause is the control plane's reason")
-  t.equal(lease.body.status, 'released')
+  t.match(lease.body, { status: 'ended', endReason: 'session_failed' }, 'ended by its session, not released by the workflow')
   t.equal(calls(run, 'QueryPrimary').length + calls(run, 'QuerySecondary').length, 0, 'no query was tried')
 })
 

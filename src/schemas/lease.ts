@@ -30,7 +30,24 @@ export const Lease = Type.Object(
     sessionToken: Type.Union([Type.String(), Type.Null()], {
       description: "The token session.endpoint requires (x-chroma-token or Authorization: Bearer) from callers that go to the session directly; shown to the lease's own holder only (operators reading others' leases see null), and null unless the lease is active and the session serving",
     }),
-    status: Type.Union([Type.Literal('active'), Type.Literal('released'), Type.Literal('expired')]),
+    status: Type.Union([Type.Literal('active'), Type.Literal('released'), Type.Literal('expired'), Type.Literal('ended')], {
+      description: 'active; released (its holder let it go); expired (its TTL ran out); ended (its session ended it: see endReason)',
+    }),
+    endReason: Type.Union(
+      [
+        Type.Literal('released'),
+        Type.Literal('expired'),
+        Type.Literal('session_failed'),
+        Type.Literal('force_stopped'),
+        Type.Literal('max_lifetime'),
+        Type.Literal('session_ended'),
+        Type.Null(),
+      ],
+      {
+        description:
+          'Why it ended, null while active: released, expired, session_failed (its session failed), force_stopped (an operator force-stopped its session), max_lifetime (its session reached MAX_SESSION_SECONDS), session_ended (its session ended otherwise)',
+      },
+    ),
     holder: Type.Union([Type.String(), Type.Null()]),
     ttlSeconds: Type.Integer(),
     createdAt: Type.String({ format: 'date-time' }),

@@ -31,7 +31,7 @@ export class CostReport {
   ) {}
 
   async byWorkflow(viewer: Principal, filter: { since?: Date; holder?: string; limit: number }): Promise<WorkflowCost[]> {
-    const now = this.clock.now()
+    const now = this.clock.sql
     // Which leases the report is about; the shares are computed over every lease of
     // their sessions, so a filter never makes a workflow's share look larger.
     const wanted = Prisma.join(

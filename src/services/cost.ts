@@ -87,7 +87,7 @@ export function sessionCost(s: SessionCostInput, prices: FargatePrices, now: Dat
  * launch, as sessionCost() is null (greatest() would otherwise bill the minimum for it).
  * test/costs.test.ts checks the two agree.
  */
-export function sessionCostSql(prices: FargatePrices, now: Date): Prisma.Sql {
+export function sessionCostSql(prices: FargatePrices, now: Prisma.Sql): Prisma.Sql {
   const arm = Prisma.sql`s.cpu_architecture = 'arm64'`
   return Prisma.sql`(CASE WHEN s.launched_at IS NULL THEN NULL ELSE
     greatest(${prices.minimumSeconds}::float8, ceil(greatest(0, extract(epoch FROM coalesce(s.ended_at, ${now}) - s.launched_at))::float8))

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Prisma } from '../generated/prisma/client.ts'
-import type { SessionMode } from '../generated/prisma/enums.ts'
+import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database, SqlPool } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import { LeaseTokens, sha256, type Principal } from './auth.ts'
@@ -41,7 +41,11 @@ export interface LeaseLimits {
   launcher: string
 }
 
-export type LeaseStatus = 'active' | 'released' | 'expired'
+/** `ended`: its session ended it (failure, force stop, max lifetime); `endReason` says which. */
+export type LeaseStatus = 'active' | 'released' | 'expired' | 'ended'
+
+/** Why a lease ended: its holder let go, it ran out, or its session ended it. */
+export type LeaseEndReason = 'released' | 'expired' | 'session_failed' | 'force_stopped' | 'max_lifetime' | 'session_ended'
 
 export interface LeaseView {
   id: string
@@ -49,6 +53,8 @@ export interface LeaseView {
   /** What `session.endpoint` requires (x-chroma-token) from direct callers; null unless the lease is active and the session serving. */
   sessionToken: string | null
   status: LeaseStatus
+  /** Null while active. */
+  endReason: LeaseEndReason | null
   holder: string | null
   ttlSeconds: number
   createdAt: string
@@ -69,12 +75,15 @@ interface LeaseRow {
   expiresAt: Date
   endedAt: Date | null
   endReason: string | null
+  /** Past its expiry by the database's clock when read (whether or not the reaper has recorded it). */
+  lapsed: boolean
 }
 
-/** A LeaseRow from the leases table aliased `lease`. */
-const LEASE_COLUMNS = Prisma.sql`lease.id, lease.session_id AS "sessionId", lease.principal, lease.holder,
+/** A LeaseRow from the leases table aliased `lease`, read at `now` (the clock's SQL). */
+const leaseColumns = (now: Prisma.Sql) => Prisma.sql`lease.id, lease.session_id AS "sessionId", lease.principal, lease.holder,
   lease.idempotency_key AS "idempotencyKey", lease.request_hash AS "requestHash", lease.ttl_seconds AS "ttlSeconds",
-  lease.created_at AS "createdAt", lease.expires_at AS "expiresAt", lease.ended_at AS "endedAt", lease.end_reason AS "endReason"`
+  lease.created_at AS "createdAt", lease.expires_at AS "expiresAt", lease.ended_at AS "endedAt", lease.end_reason AS "endReason",
+  lease.expires_at <= ${now} AS lapsed`
 
 /** Attach or create takes a few tries only when a session stops between the two. */
 const MAX_ATTACH_ATTEMPTS = 5
@@ -170,18 +179,23 @@ export class LeaseService {
     let attached: SessionRecord | null = null
     let outcome: AcquireOutcome = 'reused'
     let launchSnapshot: string | undefined
-    let now = clock.now()
+    let times: LeaseTimes | null = null
     try {
       for (let attempt = 0; sessionId === null && attempt < MAX_ATTACH_ATTEMPTS; attempt++) {
-        now = clock.now()
         const poolKey = mode === 'shared' ? `${snapshot}#${input.collection ?? ''}` : null
-        attached = poolKey === null ? null : await this.attach(poolKey, lease, token, now)
+        const a = poolKey === null ? null : await this.attach(poolKey, lease, token)
+        attached = a?.session ?? null
+        times = a?.times ?? null
         sessionId = attached?.id ?? null
         if (sessionId === null) {
           // Only a new session needs the snapshot checked (and pinned) in its store.
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
-          sessionId = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds, saveOnRelease }, lease, token, now)
-          if (sessionId !== null) outcome = 'created'
+          const created = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds, saveOnRelease }, lease, token)
+          if (created !== null) {
+            sessionId = created.sessionId
+            times = created.times
+            outcome = 'created'
+          }
         }
       }
     } catch (err) {
@@ -197,7 +211,7 @@ export class LeaseService {
     const waitSeconds = input.waitSeconds ?? 0
     // A READY session attached to needs no second read; a starting one may be waited for.
     const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
-    const row: LeaseRow = { ...lease, sessionId, createdAt: now, expiresAt: expiry(now, ttlSeconds), endedAt: null, endReason: null }
+    const row: LeaseRow = { ...lease, sessionId, ...times!, endedAt: null, endReason: null, lapsed: false }
     return { lease: { ...this.view(principal, row, session, baseUrl), token }, created: true, outcome }
   }
 
@@ -207,7 +221,8 @@ export class LeaseService {
    * and then see the lease (the reaper re-counts after taking its row lock); if the
    * stop won, the session no longer matches and nothing is inserted.
    */
-  private async attach(poolKey: string, lease: NewLease, token: string, now: Date): Promise<SessionRecord | null> {
+  private async attach(poolKey: string, lease: NewLease, token: string): Promise<{ session: SessionRecord; times: LeaseTimes } | null> {
+    const now = this.deps.clock.sql
     const rows = await this.deps.sql.rows<Record<string, unknown>>(Prisma.sql`
       WITH s AS (
         SELECT * FROM sessions
@@ -217,7 +232,7 @@ export class LeaseService {
         INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
         SELECT ${lease.id}::uuid, s.id, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
                ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now}
-        FROM s RETURNING id, session_id
+        FROM s RETURNING id, session_id, created_at, expires_at
       ), e AS (
         INSERT INTO session_events (session_id, at, type, lease_id, detail)
         SELECT session_id, ${now}, 'lease_attached', id, ${JSON.stringify({ holder: lease.holder })}::jsonb FROM l
@@ -225,11 +240,13 @@ export class LeaseService {
       )
       -- The session as the caller sees it, in the same round trip. The count reads the
       -- statement's snapshot, which does not hold the lease inserted above: hence + 1.
-      SELECT s.*, ${liveLeaseCount(now)} + 1 AS lease_count, to_jsonb(e) AS event FROM s JOIN e ON e.session_id = s.id`)
+      SELECT s.*, ${liveLeaseCount(now)} + 1 AS lease_count, ${now} AS observed_at, to_jsonb(e) AS event,
+             l.created_at AS lease_created_at, l.expires_at AS lease_expires_at
+      FROM s JOIN e ON e.session_id = s.id JOIN l ON l.id = e.lease_id`)
     const row = rows[0]
     if (!row) return null
     this.deps.sessions.announce([eventFromRow(row.event as Record<string, unknown>)])
-    return toRecord(row)
+    return { session: toRecord(row), times: { createdAt: row.lease_created_at as Date, expiresAt: row.lease_expires_at as Date } }
   }
 
   /**
@@ -241,11 +258,11 @@ export class LeaseService {
     s: { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number; saveOnRelease: boolean },
     lease: NewLease,
     token: string,
-    now: Date,
-  ): Promise<string | null> {
+  ): Promise<{ sessionId: string; times: LeaseTimes } | null> {
     const id = randomUUID()
-    const { db, limits } = this.deps
-    const events = await db.$transaction(async (tx) => {
+    const { db, limits, clock } = this.deps
+    const now = clock.sql
+    const created = await db.$transaction(async (tx) => {
       const inserted = await tx.$queryRaw<Array<{ id: string }>>`
         INSERT INTO sessions (id, mode, pool_key, snapshot, collection, status, generation, launcher, idle_ttl_seconds, save_on_release, created_by, created_at, updated_at)
         VALUES (${id}::uuid, ${s.mode}::"SessionMode", ${s.poolKey}, ${s.snapshot}, ${s.collection ?? null}, 'PENDING', 1,
@@ -253,20 +270,27 @@ export class LeaseService {
         ON CONFLICT (pool_key) WHERE status IN ('PENDING', 'STARTING', 'READY') DO NOTHING
         RETURNING id`
       if (inserted.length === 0) return null
-      await tx.$executeRaw`
+      const [times] = await tx.$queryRaw<LeaseTimes[]>`
         INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
         VALUES (${lease.id}::uuid, ${id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
-                ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})`
-      return tx.sessionEvent.createManyAndReturn({
-        data: [
-          { sessionId: id, at: now, type: 'created', status: 'PENDING', detail: { snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode } },
-          { sessionId: id, at: now, type: 'lease_attached', leaseId: lease.id, detail: { holder: lease.holder } },
-        ],
-      })
+                ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})
+        RETURNING created_at AS "createdAt", expires_at AS "expiresAt"`
+      // Two statements, so the two events keep their order (ids) on the timeline.
+      const events = await tx.$queryRaw<Array<Record<string, unknown>>>`
+        INSERT INTO session_events (session_id, at, type, status, detail)
+        VALUES (${id}::uuid, ${now}, 'created', 'PENDING', ${JSON.stringify({ snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode })}::jsonb)
+        RETURNING ${EVENT_COLUMNS}`
+      events.push(
+        ...(await tx.$queryRaw<Array<Record<string, unknown>>>`
+        INSERT INTO session_events (session_id, at, type, lease_id, detail)
+        VALUES (${id}::uuid, ${now}, 'lease_attached', ${lease.id}::uuid, ${JSON.stringify({ holder: lease.holder })}::jsonb)
+        RETURNING ${EVENT_COLUMNS}`),
+      )
+      return { times: times!, events }
     })
-    if (!events) return null
-    this.deps.sessions.announce(events.map(eventOf))
-    return id
+    if (!created) return null
+    this.deps.sessions.announce(created.events.map(eventFromRow))
+    return { sessionId: id, times: created.times }
   }
 
   private async replay(
@@ -276,9 +300,9 @@ export class LeaseService {
     waitSeconds: number | undefined,
     baseUrl: string,
   ): Promise<LeaseView | null> {
-    const row = await this.deps.db.lease.findUnique({
-      where: { principal_idempotencyKey: { principal: principal.id, idempotencyKey } },
-    })
+    const [row] = await this.deps.sql.rows<LeaseRow>(Prisma.sql`
+      SELECT ${leaseColumns(this.deps.clock.sql)} FROM leases lease
+      WHERE lease.principal = ${principal.id} AND lease.idempotency_key = ${idempotencyKey}`)
     if (!row) return null
     if (row.requestHash !== requestHash) {
       throw unprocessable('idempotency_key_reused', 'this Idempotency-Key was used for an acquire with other parameters')
@@ -292,28 +316,42 @@ export class LeaseService {
     return this.view(principal, row, await this.settle(row.sessionId, waitSeconds), baseUrl)
   }
 
-  /** Extends an active lease. Ended or expired leases stay ended (410): renew never resurrects. */
+  /**
+   * Extends an active lease. Ended or expired leases stay ended (410): renew never
+   * resurrects. The expiry only moves forward (a shorter ttlSeconds never cuts it), and
+   * renew takes the session's row lock as attach does: a stop that won makes it 410.
+   */
   async renew(principal: Principal, id: string, ttlSeconds: number | undefined, baseUrl: string): Promise<LeaseView> {
     const { clock, limits } = this.deps
     if (ttlSeconds !== undefined && ttlSeconds > limits.maxLeaseTtlSeconds) {
       throw badRequest('ttl_out_of_range', `ttlSeconds may be at most ${limits.maxLeaseTtlSeconds} on this server`)
     }
     const row = await this.find(principal, id)
-    const now = clock.now()
+    const now = clock.sql
     const ttl = ttlSeconds ?? row.ttlSeconds
-    const expiresAt = expiry(now, ttl)
-    const updated = await this.deps.sql.execute(Prisma.sql`
-      UPDATE leases SET expires_at = ${expiresAt}, ttl_seconds = ${ttl}
-      WHERE id = ${id}::uuid AND ended_at IS NULL AND expires_at > ${now}`)
-    if (updated === 0) {
-      throw gone('lease_ended', `lease ${id} is ${leaseStatus(row, now)} and cannot be renewed; acquire a new one`)
+    const [renewed] = await this.deps.sql.rows<{ expiresAt: Date; ttlSeconds: number }>(Prisma.sql`
+      WITH s AS (
+        SELECT id FROM sessions WHERE id = ${row.sessionId}::uuid AND status::text IN (${Prisma.join(HOLDABLE_STATUSES)})
+        FOR SHARE)
+      UPDATE leases SET expires_at = GREATEST(expires_at, ${expiry(now, ttl)}), ttl_seconds = ${ttl}
+      WHERE id = ${id}::uuid AND ended_at IS NULL AND expires_at > ${now} AND session_id IN (SELECT id FROM s)
+      RETURNING expires_at AS "expiresAt", ttl_seconds AS "ttlSeconds"`)
+    if (!renewed) {
+      const current = await this.find(principal, id)
+      const status = leaseStatus(current)
+      throw gone(
+        'lease_ended',
+        status === 'active'
+          ? `lease ${id} cannot be renewed: its session is stopping; acquire a new one`
+          : `lease ${id} is ${status}${current.endReason && status === 'ended' ? ` (${current.endReason})` : ''} and cannot be renewed; acquire a new one`,
+      )
     }
-    return this.view(principal, { ...row, expiresAt, ttlSeconds: ttl }, await this.deps.sessions.get(row.sessionId), baseUrl)
+    return this.view(principal, { ...row, ...renewed, lapsed: false }, await this.deps.sessions.get(row.sessionId), baseUrl)
   }
 
   /** Ends a lease. Releasing an ended lease is a no-op that answers with its state. */
   async release(principal: Principal, id: string, baseUrl: string): Promise<LeaseView> {
-    const now = this.deps.clock.now()
+    const now = this.deps.clock.sql
     const mayEnd = principal.role === 'operator' ? Prisma.sql`TRUE` : Prisma.sql`principal = ${principal.id}`
     // One round trip: the lease as it was, its end (when this call ended it), the event,
     // and its session. The session's count excludes this lease, which no longer counts.
@@ -327,35 +365,38 @@ export class LeaseService {
         INSERT INTO session_events (session_id, at, type, lease_id)
         SELECT session_id, ${now}, 'lease_' || end_reason, id FROM l
         RETURNING ${EVENT_COLUMNS})
-      SELECT ${LEASE_COLUMNS}, l.ended_at AS released_at, l.end_reason AS released_as, to_jsonb(e) AS event,
-             to_jsonb(s) AS session, ${liveLeaseCount(now, Prisma.sql`l.id <> ${id}::uuid`)} AS lease_count
+      SELECT ${leaseColumns(now)}, l.ended_at AS released_at, l.end_reason AS released_as, to_jsonb(e) AS event,
+             to_jsonb(s) AS session, ${liveLeaseCount(now, Prisma.sql`l.id <> ${id}::uuid`)} AS lease_count, ${now} AS observed_at
       FROM leases lease JOIN sessions s ON s.id = lease.session_id
       LEFT JOIN l ON TRUE LEFT JOIN e ON TRUE
       WHERE lease.id = ${id}::uuid`)
     const row = this.visible(principal, id, r)
     if (r!.event) this.deps.sessions.announce([eventFromRow(r!.event as Record<string, unknown>)])
+    if (!r!.released_at && !row.endedAt) {
+      // Not ended by this call, yet not ended in its snapshot: another release (or end)
+      // committed while this UPDATE waited for it. Answer the final state, never "active".
+      return this.get(principal, id, 0, baseUrl)
+    }
     const current = r!.released_at ? { ...row, endedAt: r!.released_at as Date, endReason: r!.released_as as string } : row
-    return this.view(principal, current, toRecord({ ...(r!.session as Record<string, unknown>), lease_count: r!.lease_count }), baseUrl)
+    return this.view(principal, current, toRecord({ ...(r!.session as Record<string, unknown>), lease_count: r!.lease_count, observed_at: r!.observed_at }), baseUrl)
   }
 
   /** Leases visible to the caller: their own, or all for an operator. */
   async list(principal: Principal, filter: { sessionId?: string; active?: boolean; limit: number }, baseUrl: string) {
-    const now = this.deps.clock.now()
-    const rows = await this.deps.db.lease.findMany({
-      where: {
-        ...(principal.role === 'operator' ? {} : { principal: principal.id }),
-        ...(filter.sessionId ? { sessionId: filter.sessionId } : {}),
-        ...(filter.active ? { endedAt: null, expiresAt: { gt: now } } : {}),
-      },
-      orderBy: { createdAt: 'desc' },
-      take: filter.limit,
-    })
+    const now = this.deps.clock.sql
+    const conditions = [Prisma.sql`TRUE`]
+    if (principal.role !== 'operator') conditions.push(Prisma.sql`lease.principal = ${principal.id}`)
+    if (filter.sessionId) conditions.push(Prisma.sql`lease.session_id = ${filter.sessionId}::uuid`)
+    if (filter.active) conditions.push(Prisma.sql`lease.ended_at IS NULL AND lease.expires_at > ${now}`)
+    const rows = await this.deps.sql.rows<LeaseRow>(Prisma.sql`
+      SELECT ${leaseColumns(now)} FROM leases lease WHERE ${Prisma.join(conditions, ' AND ')}
+      ORDER BY lease.created_at DESC LIMIT ${filter.limit}`)
     const sessions = await this.deps.sessions.byIds([...new Set(rows.map((r) => r.sessionId))])
     return rows.map((r) => this.view(principal, r, sessions.get(r.sessionId)!, baseUrl))
   }
 
   private async find(principal: Principal, id: string): Promise<LeaseRow> {
-    const [row] = await this.deps.sql.rows<LeaseRow>(Prisma.sql`SELECT ${LEASE_COLUMNS} FROM leases lease WHERE lease.id = ${id}::uuid`)
+    const [row] = await this.deps.sql.rows<LeaseRow>(Prisma.sql`SELECT ${leaseColumns(this.deps.clock.sql)} FROM leases lease WHERE lease.id = ${id}::uuid`)
     return this.visible(principal, id, row)
   }
 
@@ -399,13 +440,14 @@ export class LeaseService {
 
   /** A lease as `viewer` sees it: the session token only for the lease's own principal, only while it is active. */
   view(viewer: Principal, row: LeaseRow, session: SessionRecord, baseUrl: string): LeaseView {
-    const status = leaseStatus(row, this.deps.clock.now())
+    const status = leaseStatus(row)
     const serving = session.status === 'READY' || session.status === 'DRAINING'
     // An operator listing leases has no use for other principals' session tokens.
     const own = row.principal === viewer.id
     return {
       id: row.id,
       status,
+      endReason: status === 'active' ? null : endReasonOf(row),
       sessionToken: own && status === 'active' && serving ? this.deps.tokens.sessionToken(session.id, session.generation) : null,
       holder: row.holder,
       ttlSeconds: row.ttlSeconds,
@@ -419,11 +461,27 @@ export class LeaseService {
 
 type NewLease = Pick<LeaseRow, 'id' | 'principal' | 'holder' | 'idempotencyKey' | 'requestHash' | 'ttlSeconds'>
 
-const expiry = (now: Date, ttlSeconds: number) => new Date(now.getTime() + ttlSeconds * 1000)
+type LeaseTimes = Pick<LeaseRow, 'createdAt' | 'expiresAt'>
 
-export function leaseStatus(row: Pick<LeaseRow, 'endedAt' | 'endReason' | 'expiresAt'>, now: Date): LeaseStatus {
-  if (row.endedAt) return row.endReason === 'expired' ? 'expired' : 'released'
-  return row.expiresAt.getTime() <= now.getTime() ? 'expired' : 'active'
+/** A session a lease may still be renewed on: not on its way out. */
+const HOLDABLE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY', 'DRAINING']
+
+/** `now` (the clock's SQL) plus a TTL, computed by the statement. */
+const expiry = (now: Prisma.Sql, ttlSeconds: number) => Prisma.sql`(${now} + make_interval(secs => ${ttlSeconds}))`
+
+/** A lease's status from its row, read on the database's clock (`lapsed`). */
+export function leaseStatus(row: Pick<LeaseRow, 'endedAt' | 'endReason' | 'lapsed'>): LeaseStatus {
+  if (row.endedAt) {
+    if (row.endReason === 'expired') return 'expired'
+    return row.endReason === 'released' ? 'released' : 'ended'
+  }
+  return row.lapsed ? 'expired' : 'active'
+}
+
+/** The end reason the API shows; rows written before reasons were told apart read `session_ended`. */
+function endReasonOf(row: Pick<LeaseRow, 'endedAt' | 'endReason'>): LeaseEndReason {
+  if (!row.endedAt) return 'expired' // lapsed, not yet recorded by the reaper
+  return (row.endReason as LeaseEndReason | null) ?? 'session_ended'
 }
 
 /** A unique_violation (23505), raised by node-postgres (SqlPool) or by Prisma's driver adapter. */

@@ -167,7 +167,8 @@ export class Metrics implements Observer {
       help: 'Leases that are active and unexpired',
       registers: [this.registry],
       async collect() {
-        this.set(await db.lease.count({ where: { endedAt: null, expiresAt: { gt: clock.now() } } }))
+        const [row] = await db.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM leases WHERE ended_at IS NULL AND expires_at > ${clock.sql}`
+        this.set(row?.n ?? 0)
       },
     })
     // Sessions' own memory and CPU, as their agents report them with each confirmation:
@@ -198,7 +199,7 @@ export class Metrics implements Observer {
       async collect() {
         // cost.ts sessionCostSql() per session, summed in the database: a scrape reads no rows.
         const rows = await db.$queryRaw<Array<{ live: boolean; usd: number }>>`
-          SELECT s.ended_at IS NULL AS live, sum(${sessionCostSql(prices, clock.now())})::float8 AS usd
+          SELECT s.ended_at IS NULL AS live, sum(${sessionCostSql(prices, clock.sql)})::float8 AS usd
           FROM sessions s WHERE s.cpu_units IS NOT NULL AND s.memory_mib IS NOT NULL AND s.launched_at IS NOT NULL
           GROUP BY 1`
         this.set({ state: 'live' }, 0)

@@ -54,6 +54,8 @@ export interface SessionRecord {
   /** What the session agent last reported with its confirmation; null before the first. */
   usage: SessionUsage | null
   leaseCount: number
+  /** The database's clock when this row was read: what in-memory comparisons with its timestamps use (never the host's clock). */
+  observedAt: Date
 }
 
 /** A live session whose agent has an address: what the agent confirmer needs of it. */
@@ -130,29 +132,54 @@ export interface SessionEventInput {
   detail?: Record<string, unknown>
 }
 
-/** Fields a transition may set besides status. */
+/** Stands for "now on the database's clock" in TransitionData: the statement computes it. */
+export const DB_NOW: unique symbol = Symbol('the database clock')
+type Stamp = Date | typeof DB_NOW | null
+
+/** Fields a transition may set besides status; timestamps are usually DB_NOW. */
 export type TransitionData = Partial<
-  Pick<
-    SessionRecord,
-    | 'launchRef'
-    | 'host'
-    | 'port'
-    | 'error'
-    | 'stopReason'
-    | 'launchedAt'
-    | 'runningAt'
-    | 'readyAt'
-    | 'drainingAt'
-    | 'stoppingAt'
-    | 'endedAt'
-    | 'generation'
-    | 'savedSnapshot'
-    | 'savedAt'
-  >
+  Pick<SessionRecord, 'launchRef' | 'host' | 'port' | 'error' | 'stopReason' | 'generation' | 'savedSnapshot'> & {
+    launchedAt: Stamp
+    runningAt: Stamp
+    readyAt: Stamp
+    drainingAt: Stamp
+    stoppingAt: Stamp
+    endedAt: Stamp
+    savedAt: Stamp
+  }
 >
 
+/** TransitionData's fields as columns of sessions. */
+const TRANSITION_COLUMNS: Record<keyof TransitionData, string> = {
+  launchRef: 'launch_ref',
+  host: 'host',
+  port: 'port',
+  error: 'error',
+  stopReason: 'stop_reason',
+  generation: 'generation',
+  savedSnapshot: 'saved_snapshot',
+  launchedAt: 'launched_at',
+  runningAt: 'running_at',
+  readyAt: 'ready_at',
+  drainingAt: 'draining_at',
+  stoppingAt: 'stopping_at',
+  endedAt: 'ended_at',
+  savedAt: 'saved_at',
+}
+
+/**
+ * Why a session's end ended its leases, as the lease resource tells its holder
+ * (`endReason`). A lease that had lapsed already stays `expired`.
+ */
+export function leaseEndReason(to: SessionStatus, event: SessionEventInput): string {
+  if (to === 'FAILED') return 'session_failed'
+  if (event.type === 'force_stop') return 'force_stopped'
+  if (event.reason === 'max_lifetime') return 'max_lifetime'
+  return 'session_ended'
+}
+
 /** The live leases of session `s` (the alias) at `now`: what every lease count means (invariant 4). */
-export const liveLeaseCount = (now: Date, also: Prisma.Sql = Prisma.sql`TRUE`) =>
+export const liveLeaseCount = (now: Prisma.Sql, also: Prisma.Sql = Prisma.sql`TRUE`) =>
   Prisma.sql`(SELECT count(*)::int FROM leases l WHERE l.session_id = s.id AND l.ended_at IS NULL AND l.expires_at > ${now} AND ${also})`
 
 /** Columns of session_events that a RETURNING clause hands to SessionService.announce. */
@@ -230,7 +257,7 @@ export class SessionService {
 
   private async select(where: Prisma.Sql, limit = 1000, order = Prisma.sql`s.created_at DESC`): Promise<SessionRecord[]> {
     const rows = await this.sql.rows<Record<string, unknown>>(Prisma.sql`
-      SELECT s.*, ${liveLeaseCount(this.clock.now())} AS lease_count
+      SELECT s.*, ${liveLeaseCount(this.clock.sql)} AS lease_count, ${this.clock.sql} AS observed_at
       FROM sessions s WHERE ${where} ORDER BY ${order} LIMIT ${limit}`)
     return rows.map(toRecord)
   }
@@ -258,21 +285,28 @@ export class SessionService {
     // A session on its way out holds no leases: end them in the same transaction, so
     // counts and clients agree. Only a force stop or max lifetime stops a leased session.
     endLeases = to === 'STOPPED' || to === 'FAILED',
-    /** Further conditions the row must meet (see recordLaunch). */
-    fence: Prisma.SessionWhereInput = {},
+    /** A further condition the row (aliased `sessions`) must meet (see recordLaunch). */
+    fence: Prisma.Sql = Prisma.sql`TRUE`,
   ): Promise<boolean> {
-    const now = this.clock.now()
+    const now = this.clock.sql
+    const sets = Object.entries(data).map(([field, value]) => {
+      const column = Prisma.raw(TRANSITION_COLUMNS[field as keyof TransitionData])
+      return value === DB_NOW ? Prisma.sql`${column} = ${now}` : Prisma.sql`${column} = ${value ?? null}`
+    })
     const events = await this.db.$transaction(async (tx) => {
-      const { count } = await tx.session.updateMany({
-        where: { ...fence, id: s.id, generation: s.generation, status: { in: from } },
-        data: { ...data, status: to, updatedAt: now },
-      })
-      if (count !== 1) return null
-      const written = [eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, to, event) }))]
+      const moved = await tx.$queryRaw<Array<Record<string, unknown>>>`
+        WITH moved AS (
+          UPDATE sessions SET ${Prisma.join([Prisma.sql`status = ${to}::"SessionStatus"`, Prisma.sql`updated_at = ${now}`, ...sets])}
+          WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status::text IN (${Prisma.join(from)}) AND ${fence}
+          RETURNING id)
+        ${insertEvent(Prisma.sql`SELECT id FROM moved`, now, to, event)}`
+      if (moved.length !== 1) return null
+      const written = moved.map(eventFromRow)
       if (endLeases) {
         const ended = await tx.$queryRaw<Array<Record<string, unknown>>>`
           WITH ended AS (
-            UPDATE leases SET ended_at = ${now}, end_reason = 'session_ended'
+            UPDATE leases SET ended_at = LEAST(${now}, expires_at),
+                              end_reason = CASE WHEN expires_at <= ${now} THEN 'expired' ELSE ${leaseEndReason(to, event)} END
             WHERE session_id = ${s.id}::uuid AND ended_at IS NULL RETURNING id)
           INSERT INTO session_events (session_id, at, type, status, reason, lease_id)
           SELECT ${s.id}::uuid, ${now}, 'lease_ended', ${to}::"SessionStatus", ${event.type}, id FROM ended
@@ -293,7 +327,7 @@ export class SessionService {
    * recorded one, as a duplicate). False when another replica recorded first.
    */
   recordLaunch(s: Pick<SessionRecord, 'id' | 'generation'>, ref: string): Promise<boolean> {
-    return this.transition(s, ['STARTING'], 'STARTING', { type: 'launched', detail: { ref } }, { launchRef: ref }, false, { launchRef: null })
+    return this.transition(s, ['STARTING'], 'STARTING', { type: 'launched', detail: { ref } }, { launchRef: ref }, false, Prisma.sql`sessions.launch_ref IS NULL`)
   }
 
   /**
@@ -303,20 +337,20 @@ export class SessionService {
    * The size the launcher reports is recorded with it, for the session's cost.
    */
   async markRunning(s: Pick<SessionRecord, 'id' | 'generation'>, detail: Record<string, unknown>, size?: ComputeSize): Promise<Date | null> {
-    const now = this.clock.now()
-    const event = await this.db.$transaction(async (tx) => {
-      const marked = await tx.$executeRaw`
+    const now = this.clock.sql
+    const [row] = await this.sql.rows<Record<string, unknown>>(Prisma.sql`
+      WITH marked AS (
         UPDATE sessions SET running_at = ${now}, updated_at = ${now},
           cpu_units = ${size?.cpuUnits ?? null}::int, memory_mib = ${size?.memoryMiB ?? null}::int,
           cpu_architecture = ${size?.architecture ?? null}::text, capacity_provider = ${size?.capacityProvider ?? null}::text
         WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status = 'STARTING'
-          AND (running_at IS NULL OR running_at < launched_at)`
-      if (marked !== 1) return null
-      return eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, 'STARTING', { type: 'running', detail }) }))
-    })
-    if (!event) return null
+          AND (running_at IS NULL OR running_at < launched_at)
+        RETURNING id)
+      ${insertEvent(Prisma.sql`SELECT id FROM marked`, now, 'STARTING', { type: 'running', detail })}`)
+    if (!row) return null
+    const event = eventFromRow(row)
     this.announce([event])
-    return now
+    return event.at
   }
 
   /**
@@ -330,7 +364,7 @@ export class SessionService {
     reason: 'idle' | 'drained' | 'max_lifetime' | 'saved',
     stillEligible: Prisma.Sql = Prisma.sql`TRUE`,
   ): Promise<boolean> {
-    const now = this.clock.now()
+    const now = this.clock.sql
     const event = await this.db.$transaction(async (tx) => {
       const locked = await tx.$queryRaw<Array<{ id: string }>>`
         SELECT id FROM sessions WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status::text = ${s.status} FOR UPDATE`
@@ -342,7 +376,8 @@ export class SessionService {
           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.session_id = sessions.id AND l.ended_at IS NULL AND l.expires_at > ${now})
           AND ${stillEligible}`
       if (stopped !== 1) return null
-      return eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, 'STOPPING', { type: 'stopping', reason }) }))
+      const [row] = await tx.$queryRaw<Array<Record<string, unknown>>>`${insertEvent(Prisma.sql`SELECT ${s.id}::uuid`, now, 'STOPPING', { type: 'stopping', reason })}`
+      return eventFromRow(row!)
     })
     if (!event) return false
     this.announce([event])
@@ -377,7 +412,7 @@ export class SessionService {
   /** Records the memory and CPU the session's agent reported (no notification: nothing waits on it). */
   async recordUsage(s: Pick<SessionRecord, 'id' | 'generation'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
     await this.db.$executeRaw`
-      UPDATE sessions SET memory_bytes = ${Math.round(usage.memoryBytes)}::bigint, cpu_cores = ${usage.cpuCores}::float8, usage_at = ${this.clock.now()}
+      UPDATE sessions SET memory_bytes = ${Math.round(usage.memoryBytes)}::bigint, cpu_cores = ${usage.cpuCores}::float8, usage_at = ${this.clock.sql}
       WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND ended_at IS NULL`
   }
 
@@ -397,15 +432,14 @@ export class SessionService {
 
   /** Records a completed save-back: the new version's URI on the session, and a `saved` event. */
   async recordSave(s: Pick<SessionRecord, 'id' | 'generation'>, saved: { snapshot: string; version: string; sha256: string; bytes: number; savedAt: string }, trigger: string): Promise<void> {
-    const now = this.clock.now()
-    const event = await this.db.$transaction(async (tx) => {
-      const n = await tx.$executeRaw`
+    const now = this.clock.sql
+    const [row] = await this.sql.rows<Record<string, unknown>>(Prisma.sql`
+      WITH saved AS (
         UPDATE sessions SET saved_snapshot = ${saved.snapshot}, saved_at = ${now}, updated_at = ${now}
-        WHERE id = ${s.id}::uuid AND generation = ${s.generation}`
-      if (n !== 1) return null
-      return eventOf(await tx.sessionEvent.create({ data: eventRow(s.id, now, null, { type: 'saved', reason: trigger, detail: { ...saved } }) }))
-    })
-    if (event) this.announce([event])
+        WHERE id = ${s.id}::uuid AND generation = ${s.generation}
+        RETURNING id)
+      ${insertEvent(Prisma.sql`SELECT id FROM saved`, now, null, { type: 'saved', reason: trigger, detail: { ...saved } })}`)
+    if (row) this.announce([eventFromRow(row)])
   }
 
   /** How many saves of this session failed, the last one's reason and time (its save_failed events). */
@@ -419,7 +453,8 @@ export class SessionService {
   }
 
   async recordEvent(sessionId: string, event: SessionEventInput, status: SessionStatus | null = null): Promise<void> {
-    this.announce([eventOf(await this.db.sessionEvent.create({ data: eventRow(sessionId, this.clock.now(), status, event) }))])
+    const [row] = await this.sql.rows<Record<string, unknown>>(insertEvent(Prisma.sql`SELECT ${sessionId}::uuid`, this.clock.sql, status, event))
+    this.announce([eventFromRow(row!)])
   }
 
   /**
@@ -431,7 +466,7 @@ export class SessionService {
       const s = await this.get(id)
       if (s.status === 'DRAINING' || s.status === 'STOPPING' || s.status === 'STOPPED' || s.status === 'FAILED') return s
       const ok = await this.transition(s, ATTACHABLE_STATUSES, 'DRAINING', { type: 'draining', reason }, {
-        drainingAt: this.clock.now(),
+        drainingAt: DB_NOW,
         stopReason: 'drain',
       })
       if (ok) return this.get(id)
@@ -443,9 +478,8 @@ export class SessionService {
     for (;;) {
       const s = await this.get(id)
       if (s.status === 'STOPPING' || s.status === 'STOPPED' || s.status === 'FAILED') return s
-      const now = this.clock.now()
       const ok = await this.transition(s, [s.status], 'STOPPING', { type: 'force_stop', reason, detail: { liveLeases: s.leaseCount } }, {
-        stoppingAt: now,
+        stoppingAt: DB_NOW,
         stopReason: 'force_stop',
       }, true)
       if (ok) return this.get(id)
@@ -482,7 +516,7 @@ export class SessionService {
       createdAt: s.createdAt.toISOString(),
       readyAt: s.readyAt?.toISOString() ?? null,
       endedAt: s.endedAt?.toISOString() ?? null,
-      compute: sessionCost(s, this.prices, this.clock.now()),
+      compute: sessionCost(s, this.prices, s.observedAt),
       usage: s.usage && { memoryBytes: s.usage.memoryBytes, cpuCores: s.usage.cpuCores, at: s.usage.at.toISOString() },
     }
   }
@@ -507,16 +541,16 @@ export function eventFromRow(r: Record<string, unknown>): RecordedEvent {
   }
 }
 
-function eventRow(sessionId: string, at: Date, status: SessionStatus | null, e: SessionEventInput) {
-  return {
-    sessionId,
-    at,
-    type: e.type,
-    status,
-    reason: e.reason ?? null,
-    leaseId: e.leaseId ?? null,
-    ...(e.detail ? { detail: e.detail as Prisma.InputJsonValue } : {}),
-  }
+/**
+ * INSERT of one event per session id that `ids` selects, at `now`, returning
+ * EVENT_COLUMNS: the tail of a statement, so an event commits with its change.
+ */
+function insertEvent(ids: Prisma.Sql, now: Prisma.Sql, status: SessionStatus | null, e: SessionEventInput): Prisma.Sql {
+  return Prisma.sql`
+    INSERT INTO session_events (session_id, at, type, status, reason, lease_id, detail)
+    SELECT ids.id, ${now}, ${e.type}, ${status}::"SessionStatus", ${e.reason ?? null}, ${e.leaseId ?? null}::uuid, ${e.detail ? JSON.stringify(e.detail) : null}::jsonb
+    FROM (${ids}) AS ids(id)
+    RETURNING ${EVENT_COLUMNS}`
 }
 
 export function toRecord(r: Record<string, unknown>): SessionRecord {
@@ -554,6 +588,7 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     capacityProvider: (r.capacity_provider as string | null) ?? null,
     usage: r.usage_at == null ? null : { memoryBytes: Number(r.memory_bytes), cpuCores: Number(r.cpu_cores), at: asDate(r.usage_at)! },
     leaseCount: Number(r.lease_count ?? 0),
+    observedAt: asDate(r.observed_at) ?? new Date(),
   }
 }
 

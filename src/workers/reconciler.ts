@@ -5,7 +5,7 @@ import type { ChromaClient } from '../services/chroma.ts'
 import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
-import { SessionService, type SessionRecord } from '../services/sessions.ts'
+import { DB_NOW, SessionService, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
   startTimeoutSeconds: number
@@ -97,12 +97,12 @@ export class Reconciler {
       // The launcher judges how its compute ended (e.g. ECS's stop codes): an interruption
       // that drained the session is clean, a stop for a reason it does not know is not.
       if (seen.clean) {
-        await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_exited' } }, { endedAt: this.clock.now() })
+        await this.sessions.transition(s, [s.status], 'STOPPED', { type: 'stopped', reason: seen.reason, detail: { cause: 'compute_exited' } }, { endedAt: DB_NOW })
         return
       }
       await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason, detail: { cause: 'compute_lost' } }, {
         error: `session compute stopped unexpectedly: ${seen.reason}`,
-        endedAt: this.clock.now(),
+        endedAt: DB_NOW,
       })
       // "Stopped" may mean unusable rather than gone (an UNHEALTHY Fargate task keeps running).
       await this.launcher.stop(targetOf(s), 'failed').catch(() => {})
@@ -112,7 +112,7 @@ export class Reconciler {
     if (seen.stopping) {
       if (s.status === 'READY') {
         await this.sessions.transition(s, ['READY'], 'DRAINING', { type: 'draining', reason: 'compute_stopping', detail: { phase: seen.detail ?? null } }, {
-          drainingAt: this.clock.now(),
+          drainingAt: DB_NOW,
           stopReason: 'interrupted',
         })
       }
@@ -133,13 +133,13 @@ export class Reconciler {
     if (failed.count >= SAVE_ON_RELEASE_ATTEMPTS) {
       const ended = await this.sessions.transition(s, ['READY', 'DRAINING'], 'FAILED', { type: 'failed', reason: failed.lastReason, detail: { cause: 'save_failed', attempts: failed.count } }, {
         error: `save on release failed ${failed.count} times: ${failed.lastReason}`,
-        endedAt: this.clock.now(),
+        endedAt: DB_NOW,
       })
       if (ended && s.launchRef) await this.launcher.stop(targetOf(s), 'save failed').catch(() => {})
       return
     }
     const retryAt = (failed.lastAt?.getTime() ?? 0) + SAVE_RETRY_BASE_MS * 2 ** (failed.count - 1)
-    if (failed.count > 0 && this.clock.now().getTime() < retryAt) return
+    if (failed.count > 0 && s.observedAt.getTime() < retryAt) return
     this.saveOnRelease(s)
   }
 
@@ -173,12 +173,12 @@ export class Reconciler {
 
   /** Claims the launch (PENDING → STARTING) so one replica launches, then launches idempotently. */
   private async launch(s: SessionRecord): Promise<void> {
-    const claimed = await this.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: this.clock.now() })
+    const claimed = await this.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: DB_NOW })
     if (claimed) await this.launchAndRecord(s)
   }
 
   private async relaunchOrphanedClaim(s: SessionRecord): Promise<void> {
-    if (this.clock.now().getTime() - (s.launchedAt?.getTime() ?? 0) < ORPHANED_CLAIM_MS) return
+    if (s.observedAt.getTime() - (s.launchedAt?.getTime() ?? 0) < ORPHANED_CLAIM_MS) return
     if (this.pastStartDeadline(s)) return this.fail(s, 'the launch was never recorded', 'launch_unrecorded')
     await this.launchAndRecord(s)
   }
@@ -228,11 +228,11 @@ export class Reconciler {
       const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }, seen.size))
       const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))
       if (readiness.ready) {
-        const now = this.clock.now()
+        const now = s.observedAt
         const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
           type: 'ready',
           detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now), phases: startPhases(s, runningAt ?? now, now) },
-        }, { host: seen.host, port: seen.port, readyAt: now })
+        }, { host: seen.host, port: seen.port, readyAt: DB_NOW })
         if (ok) {
           await this.sessions.setProgress(s, null)
           this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
@@ -256,23 +256,24 @@ export class Reconciler {
       if (!seen?.stopUnderway) await this.launcher.stop(targetOf(s), s.stopReason ?? 'stopping')
       return
     }
-    await this.sessions.transition(s, ['STOPPING'], 'STOPPED', { type: 'stopped', reason: s.stopReason }, { endedAt: this.clock.now() })
+    await this.sessions.transition(s, ['STOPPING'], 'STOPPED', { type: 'stopped', reason: s.stopReason }, { endedAt: DB_NOW })
   }
 
   /** FAILED keeps the reason (and its cause, for metrics); the compute is stopped here, and by the orphan sweeper should this crash. */
   private async fail(s: SessionRecord, reason: string, cause: LaunchFailureCause): Promise<void> {
     const ok = await this.sessions.transition(s, ['PENDING', 'STARTING'], 'FAILED', { type: 'failed', reason, detail: { cause } }, {
       error: reason,
-      endedAt: this.clock.now(),
+      endedAt: DB_NOW,
     })
     if (!ok) return
     this.logger?.warn({ sessionId: s.id, reason }, 'session failed')
     if (s.launchRef) await this.launcher.stop(targetOf(s), 'failed').catch(() => {})
   }
 
+  /** Judged on the database's clock as of the pass's read of the session, never the host's. */
   private pastStartDeadline(s: SessionRecord): boolean {
     const started = s.launchedAt?.getTime() ?? s.createdAt.getTime()
-    return this.clock.now().getTime() - started > this.opts.startTimeoutSeconds * 1000
+    return s.observedAt.getTime() - started > this.opts.startTimeoutSeconds * 1000
   }
 }
 
