@@ -136,7 +136,7 @@ t.test('failures keep their reason: a dead process, a missing collection, a corr
   t.equal(view.session.leaseCount, 0)
 
   // A snapshot never changes, so the agent fails at once rather than at the start deadline.
-  const missing = await ctx.acquire({ collection: 'invoices' })
+  const missing = await ctx.acquire({ collection: 'invoices', mode: 'exclusive' })
   const failed = await reconcileUntilSettled(ctx, missing.session.id)
   t.equal(failed.status, 'FAILED')
   t.match(failed.error, /collection "invoices" is not in snapshot/)

@@ -8,7 +8,7 @@ export const AcquireBody = Type.Object(
       maxLength: 2048,
       description: 's3://bucket/key-or-prefix, or file:///abs/path (a tar archive or a directory) under SNAPSHOT_ROOT',
     }),
-    collection: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'READY waits for this collection to exist' })),
+    collection: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'A collection the caller will use: checked once the session serves (404 collection_not_found, lease ended, when the snapshot does not hold it); an exclusive session waits for it to exist. A shared session serves every collection of its snapshot' })),
     mode: Type.Optional(Type.Union([Type.Literal('shared'), Type.Literal('exclusive')], { description: 'shared (default): reuse the pool session; exclusive: a private one' })),
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 5, description: 'Lease TTL; renew or use the proxy to keep it alive' })),
     idleTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Session idle TTL, set by the acquire that creates the session' })),
@@ -37,6 +37,7 @@ export const Lease = Type.Object(
       [
         Type.Literal('released'),
         Type.Literal('expired'),
+        Type.Literal('collection_not_found'),
         Type.Literal('session_failed'),
         Type.Literal('force_stopped'),
         Type.Literal('max_lifetime'),
@@ -45,7 +46,7 @@ export const Lease = Type.Object(
       ],
       {
         description:
-          'Why it ended, null while active: released, expired, session_failed (its session failed), force_stopped (an operator force-stopped its session), max_lifetime (its session reached MAX_SESSION_SECONDS), session_ended (its session ended otherwise)',
+          'Why it ended, null while active: released, expired, collection_not_found (the acquire named a collection its snapshot does not hold), session_failed (its session failed), force_stopped (an operator force-stopped its session), max_lifetime (its session reached MAX_SESSION_SECONDS), session_ended (its session ended otherwise)',
       },
     ),
     holder: Type.Union([Type.String(), Type.Null()]),

@@ -5,6 +5,7 @@ import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database, SqlPool } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
 import { LeaseTokens, sha256, type Principal } from './auth.ts'
+import { ChromaError, type ChromaClient } from './chroma.ts'
 import type { Clock } from './clock.ts'
 import { badRequest, conflict, gone, notFound, unprocessable } from './errors.ts'
 import { noObserver, type AcquireOutcome, type Observer } from './metrics.ts'
@@ -45,7 +46,7 @@ export interface LeaseLimits {
 export type LeaseStatus = 'active' | 'released' | 'expired' | 'ended'
 
 /** Why a lease ended: its holder let go, it ran out, or its session ended it. */
-export type LeaseEndReason = 'released' | 'expired' | 'session_failed' | 'force_stopped' | 'max_lifetime' | 'session_ended'
+export type LeaseEndReason = 'released' | 'expired' | 'collection_not_found' | 'session_failed' | 'force_stopped' | 'max_lifetime' | 'session_ended'
 
 export interface LeaseView {
   id: string
@@ -94,6 +95,8 @@ const MAX_ATTACH_ATTEMPTS = 5
  * it yet (invariant 4). All counting happens in SQL, so replicas agree.
  */
 export class LeaseService {
+  private readonly foundCollections = new Set<string>()
+
   constructor(
     private readonly deps: {
       db: Database
@@ -102,6 +105,8 @@ export class LeaseService {
       clock: Clock
       sessions: SessionService
       snapshots: SnapshotService
+      /** Checks the collection an acquire names on the session it attached to. */
+      chroma: ChromaClient
       tokens: LeaseTokens
       changes: ChangeFeed
       limits: LeaseLimits
@@ -158,7 +163,7 @@ export class LeaseService {
       JSON.stringify([input.snapshot, input.collection ?? null, mode, ttlSeconds, idleTtlSeconds, input.holder ?? null, ...(saveOnRelease ? [true] : [])]),
     )
     if (idempotencyKey !== undefined) {
-      const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
+      const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl, input.collection)
       if (replay) return { lease: replay, created: false, outcome: 'replayed' }
     }
 
@@ -182,7 +187,8 @@ export class LeaseService {
     let times: LeaseTimes | null = null
     try {
       for (let attempt = 0; sessionId === null && attempt < MAX_ATTACH_ATTEMPTS; attempt++) {
-        const poolKey = mode === 'shared' ? `${snapshot}#${input.collection ?? ''}` : null
+        // One shared session per snapshot: it serves every collection in it (the named one is checked below).
+        const poolKey = mode === 'shared' ? snapshot : null
         const a = poolKey === null ? null : await this.attach(poolKey, lease, token)
         attached = a?.session ?? null
         times = a?.times ?? null
@@ -190,7 +196,9 @@ export class LeaseService {
         if (sessionId === null) {
           // Only a new session needs the snapshot checked (and pinned) in its store.
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
-          const created = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection: input.collection, idleTtlSeconds, saveOnRelease }, lease, token)
+          // An exclusive session waits for its collection (its agent fails at once without it); a shared one is not any acquire's to fail.
+          const collection = mode === 'exclusive' ? input.collection : undefined
+          const created = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection, idleTtlSeconds, saveOnRelease }, lease, token)
           if (created !== null) {
             sessionId = created.sessionId
             times = created.times
@@ -201,7 +209,7 @@ export class LeaseService {
     } catch (err) {
       // Two retries with one Idempotency-Key raced: the loser answers with the winner's lease.
       if (idempotencyKey !== undefined && isUniqueViolation(err)) {
-        const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl)
+        const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl, input.collection)
         if (replay) return { lease: replay, created: false, outcome: 'replayed' }
       }
       throw err
@@ -211,6 +219,7 @@ export class LeaseService {
     const waitSeconds = input.waitSeconds ?? 0
     // A READY session attached to needs no second read; a starting one may be waited for.
     const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
+    if (input.collection !== undefined) await this.checkCollection(session, input.collection, lease.id)
     const row: LeaseRow = { ...lease, sessionId, ...times!, endedAt: null, endReason: null, lapsed: false }
     return { lease: { ...this.view(principal, row, session, baseUrl), token }, created: true, outcome }
   }
@@ -299,6 +308,7 @@ export class LeaseService {
     requestHash: string,
     waitSeconds: number | undefined,
     baseUrl: string,
+    collection: string | undefined,
   ): Promise<LeaseView | null> {
     const [row] = await this.deps.sql.rows<LeaseRow>(Prisma.sql`
       SELECT ${leaseColumns(this.deps.clock.sql)} FROM leases lease
@@ -307,6 +317,8 @@ export class LeaseService {
     if (row.requestHash !== requestHash) {
       throw unprocessable('idempotency_key_reused', 'this Idempotency-Key was used for an acquire with other parameters')
     }
+    // The same request (the hash says so) gets the same answer: a lease ended for its collection stays a 404.
+    if (row.endReason === 'collection_not_found') throw collectionNotFound(collection ?? '', row.id)
     const session = await this.settle(row.sessionId, waitSeconds ?? 0)
     return { ...this.view(principal, row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
   }
@@ -410,6 +422,30 @@ export class LeaseService {
 
 
   /**
+   * The collection an acquire names must be in its session's snapshot. Checked once the
+   * session serves (at acquire, or after its wait); one that is still starting is checked
+   * by Chroma itself on the first query. A missing one ends the lease (404): the caller
+   * asked for something the snapshot does not have, so nothing holds the session for it.
+   * Found collections are remembered per session generation: a snapshot never changes.
+   */
+  private async checkCollection(session: SessionRecord, collection: string, leaseId: string): Promise<void> {
+    if ((session.status !== 'READY' && session.status !== 'DRAINING') || session.host === null || session.port === null) return
+    const key = `${session.id}/${session.generation}/${collection}`
+    if (this.foundCollections.has(key)) return
+    try {
+      await this.deps.chroma.collectionId(`http://${session.host}:${session.port}`, collection, this.deps.tokens.sessionToken(session.id, session.generation))
+    } catch (err) {
+      if (!(err instanceof ChromaError && err.status === 404)) return // unreachable or slow: the first query will tell
+      await this.deps.sql.execute(Prisma.sql`
+        UPDATE leases SET ended_at = LEAST(${this.deps.clock.sql}, expires_at), end_reason = 'collection_not_found'
+        WHERE id = ${leaseId}::uuid AND ended_at IS NULL`)
+      throw collectionNotFound(collection, leaseId, session.snapshot)
+    }
+    if (this.foundCollections.size >= 10_000) this.foundCollections.clear()
+    this.foundCollections.add(key)
+  }
+
+  /**
    * Reads the session, holding the answer up to waitSeconds while it is still starting.
    * Woken by the change feed; the 1 s re-read covers a missed notification.
    */
@@ -462,6 +498,12 @@ export class LeaseService {
 type NewLease = Pick<LeaseRow, 'id' | 'principal' | 'holder' | 'idempotencyKey' | 'requestHash' | 'ttlSeconds'>
 
 type LeaseTimes = Pick<LeaseRow, 'createdAt' | 'expiresAt'>
+
+const collectionNotFound = (collection: string, leaseId: string, snapshot?: string) =>
+  notFound(
+    'collection_not_found',
+    `collection ${JSON.stringify(collection)} is not in snapshot${snapshot ? ` ${snapshot}` : ''}; lease ${leaseId} was ended. Acquire without "collection", or name one the snapshot holds`,
+  )
 
 /** A session a lease may still be renewed on: not on its way out. */
 const HOLDABLE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY', 'DRAINING']

@@ -46,11 +46,13 @@ export class ScriptedLauncher implements Launcher {
 
 /**
  * A stand-in for a session's Chroma server: heartbeat, a healthcheck that answers 503
- * until `healthy`, one collection, a query answer, and `/api/v2/boom` that fails; and
+ * until `healthy`, its `collections`, a query answer, and `/api/v2/boom` that fails; and
  * the agent's save endpoint, which fails the first `saveFailures` times.
  */
 export class FakeChroma {
   healthy = false
+  /** The collections its snapshot holds. */
+  readonly collections = new Set(['receipts'])
   saveFailures = 0
   saveCalls = 0
   /** What POST /_agent/confirm reports as the session's memory and CPU. */
@@ -97,7 +99,10 @@ export class FakeChroma {
         const series = 's3://snapshots/receipts/v1'
         return send(200, { snapshot: `${series}/versions/${version}.tar.gz`, version, series, sha256: 'a'.repeat(64), bytes: 1234, savedAt: new Date().toISOString() })
       }
-      if (/\/collections\/receipts$/.test(url)) return send(200, { id: 'c0ffee00-0000-4000-8000-000000000000', name: 'receipts' })
+      const collection = /\/collections\/([^/]+)$/.exec(url)?.[1]
+      if (collection !== undefined && this.collections.has(decodeURIComponent(collection))) {
+        return send(200, { id: 'c0ffee00-0000-4000-8000-000000000000', name: decodeURIComponent(collection) })
+      }
       if (/\/collections\/[^/]+\/query$/.test(url)) {
         req.resume()
         return req.on('end', () => send(200, { ids: [['r-1', 'r-2']], distances: [[0.1, 0.2]] }))
