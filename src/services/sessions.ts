@@ -72,6 +72,9 @@ export interface SessionUsage {
   at: Date
 }
 
+/** Where a page of inStatus() ended: the last row's creation time and id. */
+export type SessionCursor = Pick<SessionRecord, 'createdAt' | 'id'>
+
 /** Restore or save progress as the agent reports it. */
 export interface SessionProgress {
   phase: string
@@ -223,9 +226,15 @@ export class SessionService {
     return this.select(Prisma.join(conditions, ' AND '), filter.limit)
   }
 
-  /** Sessions in the given statuses, oldest first: what the workers walk. */
-  inStatus(statuses: SessionStatus[], limit = 500): Promise<SessionRecord[]> {
-    return this.select(Prisma.sql`s.status::text IN (${Prisma.join(statuses)})`, limit, Prisma.sql`s.created_at ASC`)
+  /**
+   * Sessions in the given statuses, oldest first: what the workers walk. One page of
+   * `limit`; pass the last row of a page as `after` for the next (keyset: a session
+   * created meanwhile or moved between pages is neither skipped nor read twice by order).
+   */
+  inStatus(statuses: SessionStatus[], limit = 500, after?: SessionCursor): Promise<SessionRecord[]> {
+    const where = [Prisma.sql`s.status::text IN (${Prisma.join(statuses)})`]
+    if (after) where.push(Prisma.sql`(s.created_at, s.id) > (${after.createdAt}, ${after.id}::uuid)`)
+    return this.select(Prisma.join(where, ' AND '), limit, Prisma.sql`s.created_at ASC, s.id ASC`)
   }
 
   private async select(where: Prisma.Sql, limit = 1000, order = Prisma.sql`s.created_at DESC`): Promise<SessionRecord[]> {

@@ -5,7 +5,8 @@ import type { ChromaClient } from '../services/chroma.ts'
 import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
-import { SessionService, type SessionRecord } from '../services/sessions.ts'
+import type { SessionStatus } from '../generated/prisma/enums.ts'
+import { SessionService, type SessionCursor, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
   startTimeoutSeconds: number
@@ -19,6 +20,15 @@ const STEP_CONCURRENCY = 8
 /** Save-on-release attempts before the session fails, and the wait after the first failure (doubling). */
 const SAVE_ON_RELEASE_ATTEMPTS = 3
 const SAVE_RETRY_BASE_MS = 30_000
+
+/** Sessions read (and described) at a time. */
+const PAGE_SIZE = 500
+
+/**
+ * The order a pass walks live sessions in: stops (compute to end) and launches (callers
+ * waiting) before starts in progress, and those before steady serving sessions.
+ */
+const PASS_ORDER: SessionStatus[][] = [['STOPPING', 'PENDING'], ['STARTING'], ['READY', 'DRAINING']]
 
 /** A claimed launch whose claimant vanished before recording the ref is retried after this long. */
 const ORPHANED_CLAIM_MS = 15_000
@@ -42,8 +52,24 @@ export class Reconciler {
     private readonly logger?: Logger,
   ) {}
 
+  /**
+   * One pass over every live session, however many: page by page (keyset), the most
+   * urgent first (PASS_ORDER), so a session created last is still launched, failed
+   * or stopped in this pass.
+   */
   async reconcileOnce(): Promise<void> {
-    const live = await this.sessions.inStatus(['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING'])
+    for (const statuses of PASS_ORDER) {
+      let after: SessionCursor | undefined
+      for (;;) {
+        const page = await this.sessions.inStatus(statuses, PAGE_SIZE, after)
+        if (page.length > 0) await this.reconcilePage(page)
+        if (page.length < PAGE_SIZE) break
+        after = page[page.length - 1]
+      }
+    }
+  }
+
+  private async reconcilePage(live: SessionRecord[]): Promise<void> {
     const launched = live.filter((s) => s.launchRef !== null && s.launcher === this.launcher.kind)
     // A launcher that cannot answer (throttling beyond the SDK's retries) leaves its sessions
     // unobserved for this pass; launches and everything else still go ahead.
