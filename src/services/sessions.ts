@@ -434,12 +434,18 @@ export class SessionService {
   /**
    * Operator drain: no new leases attach; the reaper stops the session once its
    * leases end. Draining a session that is already draining or stopping is a no-op.
+   * Only a serving (READY) session drains: a PENDING or STARTING one is refused with
+   * 409 `session_not_serving` and left as it was, since a drain would strand it (never
+   * launched, or its launch never recorded); ?force=true stops it.
    */
   async drain(id: string, reason: string): Promise<SessionRecord> {
     for (;;) {
       const s = await this.get(id)
       if (s.status === 'DRAINING' || s.status === 'STOPPING' || s.status === 'STOPPED' || s.status === 'FAILED') return s
-      const ok = await this.transition(s, ATTACHABLE_STATUSES, 'DRAINING', { type: 'draining', reason }, {
+      if (s.status === 'PENDING' || s.status === 'STARTING') {
+        throw conflict('session_not_serving', `session ${s.id} is ${s.status}: only a serving session drains; stop it with ?force=true`, { sessionStatus: s.status })
+      }
+      const ok = await this.transition(s, ['READY'], 'DRAINING', { type: 'draining', reason }, {
         drainingAt: this.clock.now(),
         stopReason: 'drain',
       })
