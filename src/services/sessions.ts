@@ -12,6 +12,12 @@ import { noObserver, type Observer, type RecordedEvent } from './metrics.ts'
 export const LIVE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING']
 /** Statuses in which new shared leases attach (the partial unique index covers exactly these). */
 export const ATTACHABLE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY']
+/**
+ * Statuses whose agents the control plane confirms (feeds their dead man's switch): the
+ * ones it wants serving. A STOPPING session is not confirmed, so its agent stops itself
+ * even if every stop request is lost.
+ */
+export const CONFIRMED_STATUSES: SessionStatus[] = ['STARTING', 'READY', 'DRAINING']
 /** Statuses a long-poll waits through. */
 export const STARTING_STATUSES: SessionStatus[] = ['PENDING', 'STARTING']
 
@@ -359,14 +365,14 @@ export class SessionService {
   }
 
   /**
-   * Live sessions of one launcher whose agent has an address (recorded as soon as the
+   * Sessions of one launcher that the control plane wants serving (CONFIRMED_STATUSES) whose agent has an address (recorded as soon as the
    * launcher reports one, before READY): what the agent confirmer walks. A lean query,
    * run every confirmer pass: no lease counts.
    */
   async reachable(launcher: string, limit = 10_000): Promise<ReachableSession[]> {
     const rows = await this.sql.rows<{ id: string; generation: number; status: SessionStatus; host: string; port: number }>(Prisma.sql`
       SELECT id, generation, status, host, port FROM sessions
-      WHERE status::text IN (${Prisma.join(LIVE_STATUSES)}) AND launcher = ${launcher} AND host IS NOT NULL AND port IS NOT NULL
+      WHERE status::text IN (${Prisma.join(CONFIRMED_STATUSES)}) AND launcher = ${launcher} AND host IS NOT NULL AND port IS NOT NULL
       ORDER BY created_at ASC LIMIT ${limit}`)
     return rows.map((r) => ({ id: r.id, generation: Number(r.generation), status: r.status, host: r.host, port: Number(r.port) }))
   }
