@@ -312,6 +312,28 @@ export class SessionService {
   }
 
   /**
+   * Starts a new launch attempt of a STARTING session whose launch was never recorded
+   * (its claimant crashed, is paused, or was deferred): the generation grows by one and
+   * the launch is claimed anew (launch_ref, address and launchedAt reset), in one
+   * compare-and-set on (id, STARTING, generation, launch_ref IS NULL). Whatever the
+   * earlier claimant does next is refused (its generation is stale), and the compute it
+   * may still start carries the old generation, which the orphan sweep stops. Returns the
+   * session as the new attempt, or null when another replica moved it first.
+   */
+  async relaunch(s: SessionRecord, reason: string): Promise<SessionRecord | null> {
+    const now = this.clock.now()
+    const generation = s.generation + 1
+    const ok = await this.transition(s, ['STARTING'], 'STARTING', { type: 'relaunching', reason, detail: { generation, previousGeneration: s.generation } }, {
+      generation,
+      launchRef: null,
+      host: null,
+      port: null,
+      launchedAt: now,
+    }, false, { launchRef: null })
+    return ok ? { ...s, generation, launchRef: null, host: null, port: null, launchedAt: now, updatedAt: now } : null
+  }
+
+  /**
    * Records that the launcher reports this launch attempt's compute running (a
    * `running` event and runningAt), once per attempt across replicas: the update only
    * matches while runningAt is unset or from an earlier attempt. Returns the time it set.
@@ -389,11 +411,14 @@ export class SessionService {
         AND (host IS DISTINCT FROM ${host} OR port IS DISTINCT FROM ${port}::int)`
   }
 
-  /** Records the memory and CPU the session's agent reported (no notification: nothing waits on it). */
-  async recordUsage(s: Pick<SessionRecord, 'id' | 'generation'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
+  /**
+   * Records the memory and CPU the session's agent reported (no notification: nothing
+   * waits on it), fenced on (id, status, generation) as read before asking the agent.
+   */
+  async recordUsage(s: Pick<SessionRecord, 'id' | 'generation' | 'status'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
     await this.db.$executeRaw`
       UPDATE sessions SET memory_bytes = ${Math.round(usage.memoryBytes)}::bigint, cpu_cores = ${usage.cpuCores}::float8, usage_at = ${this.clock.now()}
-      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND ended_at IS NULL`
+      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status = ${s.status}::"SessionStatus" AND ended_at IS NULL`
   }
 
   /**

@@ -2,7 +2,7 @@ import type { Logger } from 'pino'
 import type { Clock } from '../services/clock.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
-import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
+import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute, type RunningCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
 import type { SessionStatus } from '../generated/prisma/enums.ts'
@@ -82,9 +82,12 @@ export class Reconciler {
     // A bounded number of steps at once: each may hold a database connection in a
     // transaction, and hundreds at once would starve the pool (and the API with it).
     const queue = live.filter((s) => s.launcher === this.launcher.kind)
+    // What runs, asked at most once per page and only if an unrecorded launch needs it.
+    let listed: Promise<RunningCompute[]> | undefined
+    const running = () => (listed ??= this.launcher.listRunning())
     const worker = async () => {
       for (let s = queue.shift(); s; s = queue.shift()) {
-        await this.step(s, s.launchRef ? observed.get(s.launchRef) : undefined).catch((err) =>
+        await this.step(s, s.launchRef ? observed.get(s.launchRef) : undefined, running).catch((err) =>
           this.logger?.error({ err, sessionId: s!.id, status: s!.status }, 'reconcile step failed; retrying next pass'),
         )
       }
@@ -92,13 +95,13 @@ export class Reconciler {
     await Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker))
   }
 
-  private async step(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+  private async step(s: SessionRecord, seen: ObservedCompute | undefined, running: () => Promise<RunningCompute[]>): Promise<void> {
     switch (s.status) {
       case 'PENDING':
         return this.launch(s)
       case 'STARTING':
-        if (!s.launchRef) return this.relaunchOrphanedClaim(s)
-        if (seen && seen.state !== 'stopped' && seen.progress) await this.sessions.setProgress(s, seen.progress)
+        if (!s.launchRef) return this.relaunchOrphanedClaim(s, running)
+        if (seen && seen.state !== 'stopped' && seen.progress) await this.sessions.setProgress(s, seen.progress, s.status)
         // Where the agent answers, for the agent confirmer (its dead man's switch runs from launch).
         if (seen && seen.state !== 'stopped' && seen.host !== undefined && seen.port !== undefined && (seen.host !== s.host || seen.port !== s.port)) {
           await this.sessions.recordEndpoint(s, seen.host, seen.port)
@@ -144,7 +147,7 @@ export class Reconciler {
       }
       return
     }
-    if (seen.progress) await this.sessions.setProgress(s, seen.progress)
+    if (seen.progress) await this.sessions.setProgress(s, seen.progress, s.status)
     if (s.saveOnRelease && s.leaseCount === 0 && s.savedSnapshot === null && !this.saveBack.isSaving(s)) await this.saveOnReleaseWhenDue(s)
   }
 
@@ -203,10 +206,33 @@ export class Reconciler {
     if (claimed) await this.launchAndRecord(s)
   }
 
-  private async relaunchOrphanedClaim(s: SessionRecord): Promise<void> {
+  /**
+   * A launch claimed ORPHANED_CLAIM_MS ago and still unrecorded: its claimant crashed, is
+   * paused, or was deferred. Compute of this attempt already running (the claimant died
+   * after RunTask or spawn) is adopted; otherwise a new attempt with the next generation
+   * is launched, which fences the old claimant off (generation fencing: its writes are
+   * refused, and whatever it still starts is superseded, for the orphan sweep to stop).
+   * The deadline for an unrecorded launch runs from the session's creation.
+   */
+  private async relaunchOrphanedClaim(s: SessionRecord, running: () => Promise<RunningCompute[]>): Promise<void> {
     if (this.clock.now().getTime() - (s.launchedAt?.getTime() ?? 0) < ORPHANED_CLAIM_MS) return
-    if (this.pastStartDeadline(s)) return this.fail(s, 'the launch was never recorded', 'launch_unrecorded')
-    await this.launchAndRecord(s)
+    if (this.clock.now().getTime() - s.createdAt.getTime() > this.opts.startTimeoutSeconds * 1000) {
+      return this.fail(s, 'the launch was never recorded', 'launch_unrecorded')
+    }
+    let found: RunningCompute | undefined
+    try {
+      found = (await running()).find((r) => r.sessionId === s.id && r.generation === s.generation)
+    } catch (err) {
+      // Unknown whether this attempt's compute runs: adopting or relaunching waits for an answer.
+      this.logger?.warn({ sessionId: s.id, err: (err as Error).message }, 'cannot list running compute; the unrecorded launch waits for a later pass')
+      return
+    }
+    if (found) {
+      if (await this.sessions.recordLaunch(s, found.ref)) this.logger?.info({ sessionId: s.id, ref: found.ref }, 'adopted the compute of an unrecorded launch')
+      return
+    }
+    const next = await this.sessions.relaunch(s, `the launch of generation ${s.generation} was not recorded within ${ORPHANED_CLAIM_MS / 1000} s`)
+    if (next) await this.launchAndRecord(next)
   }
 
   /** Everything a launch attempt needs, derived from the session alone: a retry from any replica sends the same. */
@@ -260,7 +286,7 @@ export class Reconciler {
           detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now), phases: startPhases(s, runningAt ?? now, now) },
         }, { host: seen.host, port: seen.port, readyAt: now })
         if (ok) {
-          await this.sessions.setProgress(s, null)
+          await this.sessions.setProgress(s, null, 'READY')
           this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
         }
         return

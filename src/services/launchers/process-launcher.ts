@@ -194,6 +194,8 @@ export class ProcessLauncher implements Launcher {
       STOP_TIMEOUT_SECONDS: String(Math.max(1, Math.floor(this.stopGraceMs / 1000))),
       ...this.options.env,
       SESSION_ID: spec.sessionId,
+      // The launch attempt this agent belongs to, as on Fargate (its argv and launch directory name it too).
+      SESSION_GENERATION: String(spec.generation),
       SNAPSHOT_URI: spec.snapshot,
       ...(spec.collection !== null ? { COLLECTION: spec.collection } : {}),
       CHROMA_DATA_DIR: join(dir, 'data'),
