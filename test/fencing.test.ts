@@ -96,3 +96,41 @@ t.test('a replica paused between claim and spawn is fenced off by the relaunch: 
   t.match(await a.db.sessionEvent.findFirst({ where: { sessionId: id, type: 'orphan_stopped' } }), { reason: `superseded by generation ${ready.generation}` })
   t.equal((await b.services.sessions.get(id)).status, 'READY')
 })
+
+/** A process launcher that pauses after the spawn, before launch() returns: its replica has not recorded the launch. */
+class PausedAfterSpawn extends ProcessLauncher {
+  spawned: { ref: string } | null = null
+  private open!: () => void
+  private readonly gate = new Promise<void>((resolve) => (this.open = resolve))
+  resume(): void {
+    this.open()
+  }
+  override async launch(spec: LaunchSpec): Promise<{ ref: string }> {
+    const launched = await super.launch(spec)
+    this.spawned = launched
+    await this.gate
+    return launched
+  }
+}
+
+t.test('a replica paused after the spawn, before recording it: its compute is adopted, not launched twice', async (t) => {
+  const clock = new ManualClock()
+  const rootDir = await mkdtemp(join(tmpdir(), 'fencing-sessions-'))
+  const options = { rootDir, snapshotRoot: root, stopGraceMs: 5_000 }
+  const paused = new PausedAfterSpawn(options)
+  const a = await buildTestApp(t, { snapshotRoot: root, clock, launcher: paused })
+  const b = await buildTestApp(t, { snapshotRoot: root, clock, launcher: new ProcessLauncher(options), databaseUrl: a.databaseUrl })
+
+  const lease = (await a.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot: `file://${fixture.tarPath}`, collection: fixture.collection } })).json()
+  const id = lease.session.id as string
+  const passA = a.workers.reconciler.reconcileOnce()
+  const spawned = await until('A to spawn its agent', async () => paused.spawned)
+  clock.advance(20)
+  const ready = await reconcileUntilSettled(b, id)
+  t.match(ready, { status: 'READY', generation: 1, launchRef: spawned.ref }, "B adopted A's agent: same generation, A's pid")
+  paused.resume()
+  await passA
+  t.equal(await a.db.sessionEvent.count({ where: { sessionId: id, type: 'launched' } }), 1, "A's own record came second and was refused")
+  t.same((await paused.listRunning()).filter((r) => r.sessionId === id).map((r) => r.ref), [spawned.ref], 'one agent')
+  t.same(await a.workers.sweeper.sweepOnce(), [], 'nothing to sweep')
+})
