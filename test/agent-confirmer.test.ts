@@ -146,3 +146,21 @@ t.test('a STARTING session whose compute cannot be observed is not failed at its
   await ctx.workers.reconciler.reconcileOnce()
   t.equal((await ctx.services.sessions.get(s!.id)).status, 'READY', 'READY once the launcher answers again')
 })
+
+t.test('only sessions the control plane wants serving are confirmed: a STOPPING one is left to its switch', async (t) => {
+  const ctx = await setup(t)
+  const [starting] = await ctx.sessions(1, false)
+  const [ready, draining, stopping] = await ctx.sessions(3)
+  t.equal(starting!.status, 'STARTING')
+  await ctx.services.sessions.drain(draining!.id, 'test')
+  // Force stopped, and every stop request lost (the launcher never stops it): only its dead man's switch can end it.
+  await ctx.services.sessions.forceStop(stopping!.id, 'test')
+  t.equal((await ctx.services.sessions.get(stopping!.id)).status, 'STOPPING')
+  const before = ctx.confirmsOf(stopping!)
+  for (let i = 0; i < 3; i++) {
+    ctx.clock.advance(INTERVAL)
+    await ctx.workers.confirmer.confirmSessions()
+  }
+  t.equal(ctx.confirmsOf(stopping!), before, 'the STOPPING session is never confirmed')
+  t.ok(ctx.confirmsOf(starting!) >= 3 && ctx.confirmsOf(ready!) >= 3 && ctx.confirmsOf(draining!) >= 3, 'STARTING, READY and DRAINING ones are, every interval')
+})

@@ -103,6 +103,11 @@ t.test('sessions and leases: list, show with its timeline, release, stop', async
   t.same(events.at(-1), ['force_stop', 'cli test'], 'the reason is on the timeline')
 
   const other = await acquire(OPERATOR, 'invoices')
+  const refused = await cli('sessions', 'drain', other.session.id, '--json')
+  t.not(refused.code, 0, 'a PENDING session does not drain')
+  t.match(refused.err, /PENDING.*force=true/, 'the CLI says why, and what to do')
+  // Serving (the reconciler is not run here): drain applies.
+  t.ok(await ctx.services.sessions.transition({ id: other.session.id, generation: 1 }, ['PENDING'], 'READY', { type: 'ready' }))
   const drained = await cli('sessions', 'drain', other.session.id, '--json')
   t.equal(JSON.parse(drained.out).status, 'DRAINING')
 })

@@ -515,7 +515,7 @@ t.test('a crash between RunTask and recording it starts no second task and leaks
 
   clock.advance(20) // the next process finds the unrecorded claim and launches again
   await ctx.workers.reconciler.reconcileOnce()
-  t.equal(fake.tasks.size, 1, 'the same clientToken: ECS returns the first task')
+  t.equal(fake.tasks.size, 1, 'the task of the unrecorded launch is found by its tags: no second task')
   t.equal((await ctx.services.sessions.get(s.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts it')
 
   // A task whose session row never existed (a crash before the row, or someone else's): stopped.
@@ -524,7 +524,7 @@ t.test('a crash between RunTask and recording it starts no second task and leaks
   t.equal(fake.tasks.get(stray.ref)!.desiredStatus, 'STOPPED')
 })
 
-t.test('a RunTask whose reply is lost is retried under the same token: the task it started is adopted, no second one', async (t) => {
+t.test('a RunTask whose reply is lost: the next pass finds the task it started by its tags and adopts it, no second one', async (t) => {
   const { fake, clock, ctx } = await setup(t)
   const lease = await acquire(ctx)
   fake.loseRunTaskReplies(3) // the SDK's three attempts all go unanswered; the first started a task
@@ -535,7 +535,7 @@ t.test('a RunTask whose reply is lost is retried under the same token: the task 
   t.equal(fake.tasks.size, 1, 'ECS did start one')
   clock.advance(16)
   await ctx.workers.reconciler.reconcileOnce()
-  t.equal(fake.tasks.size, 1, 'the retry replays the clientToken: no second task')
+  t.equal(fake.tasks.size, 1, 'the task of the unrecorded launch is found by its tags: no second task')
   t.equal((await ctx.services.sessions.get(lease.session.id)).launchRef, [...fake.tasks.keys()][0], 'and the session adopts the first')
 })
 
@@ -599,31 +599,33 @@ t.test('a ConflictException while ListTasks or DescribeTasks is throttled defers
   t.equal((await passes(ctx, clock, lease.session.id, 5)).status, 'READY')
 })
 
-t.test('when ListTasks does not show the first task yet, a replay starts a second one: the orphan sweep stops the one the session did not record', async (t) => {
-  const { fake, clock, ctx, settings } = await setup(t, { stubAgents: true })
+t.test('when ListTasks does not show the first task yet, the relaunch starts the next generation: the orphan sweep stops the superseded task', async (t) => {
+  const { fake, clock, ctx } = await setup(t, { stubAgents: true })
   const lease = await acquire(ctx)
   fake.loseRunTaskReplies(3) // the task starts, the answer is lost: deferred
   await ctx.workers.reconciler.reconcileOnce()
   const [first] = [...fake.tasks.keys()]
   t.same(await ctx.workers.sweeper.sweepOnce(), [], 'the launch is not recorded yet: its task is left to be adopted')
 
-  settings.taskDefinition = 'chroma-session:4' // a deploy: the replay gets ConflictException
-  fake.notListedFor(first!, 1) // and ListTasks does not show the first task yet
+  fake.notListedFor(first!, 1) // ListTasks does not show the first task yet: nothing to adopt
   clock.advance(16)
   await ctx.workers.reconciler.reconcileOnce()
   const s = await ctx.services.sessions.get(lease.session.id)
-  t.equal(fake.tasks.size, 2, 'a second task for the same session and generation')
+  t.equal(fake.tasks.size, 2, 'a second task, of the next generation')
   const second = [...fake.tasks.keys()].find((arn) => arn !== first)!
   t.equal(s.launchRef, second, 'the session records the second')
-  t.same(fake.tasks.get(first!)!.tags, fake.tasks.get(second)!.tags, 'both tagged with the same session and generation')
+  t.equal(s.generation, 2)
+  t.equal(fake.tasks.get(second)!.runTaskInput.clientToken, `cl-${s.id}-g2-a0`, 'its own clientToken: session id and generation')
+  t.same(fake.tasks.get(first!)!.tags.find((x) => x.key === 'chroma-lease:generation')?.value, '1')
+  t.same(fake.tasks.get(second)!.tags.find((x) => x.key === 'chroma-lease:generation')?.value, '2', 'each task tagged with its generation')
 
-  t.same(await ctx.workers.sweeper.sweepOnce(), [first], 'one sweep stops the duplicate')
+  t.same(await ctx.workers.sweeper.sweepOnce(), [first], 'one sweep stops the superseded task')
   t.equal(fake.tasks.get(first!)!.desiredStatus, 'STOPPED')
   t.equal(fake.tasks.get(second)!.desiredStatus, 'RUNNING', 'and leaves the recorded task alone')
   const metrics = (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
-  t.match(metrics, /^chroma_lease_orphans_stopped_total\{cause="duplicate"\} 1$/m, 'counted as a duplicate')
+  t.match(metrics, /^chroma_lease_orphans_stopped_total\{cause="superseded"\} 1$/m, 'counted as superseded')
   const events = await ctx.db.sessionEvent.findMany({ where: { sessionId: s.id, type: 'orphan_stopped' } })
-  t.match(events, [{ reason: `a duplicate of ${second}, the compute the session recorded` }])
+  t.match(events, [{ reason: 'superseded by generation 2' }])
 
   const ready = await passes(ctx, clock, s.id, 5)
   t.equal(ready.status, 'READY', 'the session serves from the recorded task')

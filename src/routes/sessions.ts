@@ -54,9 +54,10 @@ const sessionRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?:
     schema: {
       tags: ['sessions'],
       summary: 'Drain a session (no new leases; stops when its leases end), or force stop it now with ?force=true',
+      description: 'Drain applies to a serving (READY) session; draining a PENDING or STARTING one answers 409 `session_not_serving` with its `sessionStatus` and changes nothing: force stop it instead. Draining a session that is already draining or stopping answers it as it is.',
       params: IdParams,
       querystring: StopQuery,
-      response: { 200: Session, ...problems(400, 401, 403, 404) },
+      response: { 200: Session, ...problems(400, 401, 403, 404, 409) },
     },
   }, async (request) => {
     const { force, reason } = request.query

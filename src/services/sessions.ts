@@ -12,6 +12,12 @@ import { noObserver, type Observer, type RecordedEvent } from './metrics.ts'
 export const LIVE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING']
 /** Statuses in which new shared leases attach (the partial unique index covers exactly these). */
 export const ATTACHABLE_STATUSES: SessionStatus[] = ['PENDING', 'STARTING', 'READY']
+/**
+ * Statuses whose agents the control plane confirms (feeds their dead man's switch): the
+ * ones it wants serving. A STOPPING session is not confirmed, so its agent stops itself
+ * even if every stop request is lost.
+ */
+export const CONFIRMED_STATUSES: SessionStatus[] = ['STARTING', 'READY', 'DRAINING']
 /** Statuses a long-poll waits through. */
 export const STARTING_STATUSES: SessionStatus[] = ['PENDING', 'STARTING']
 
@@ -73,6 +79,9 @@ export interface SessionUsage {
   cpuCores: number
   at: Date
 }
+
+/** Where a page of inStatus() ended: the last row's creation time and id. */
+export type SessionCursor = Pick<SessionRecord, 'createdAt' | 'id'>
 
 /** Restore or save progress as the agent reports it. */
 export interface SessionProgress {
@@ -250,9 +259,15 @@ export class SessionService {
     return this.select(Prisma.join(conditions, ' AND '), filter.limit)
   }
 
-  /** Sessions in the given statuses, oldest first: what the workers walk. */
-  inStatus(statuses: SessionStatus[], limit = 500): Promise<SessionRecord[]> {
-    return this.select(Prisma.sql`s.status::text IN (${Prisma.join(statuses)})`, limit, Prisma.sql`s.created_at ASC`)
+  /**
+   * Sessions in the given statuses, oldest first: what the workers walk. One page of
+   * `limit`; pass the last row of a page as `after` for the next (keyset: a session
+   * created meanwhile or moved between pages is neither skipped nor read twice by order).
+   */
+  inStatus(statuses: SessionStatus[], limit = 500, after?: SessionCursor): Promise<SessionRecord[]> {
+    const where = [Prisma.sql`s.status::text IN (${Prisma.join(statuses)})`]
+    if (after) where.push(Prisma.sql`(s.created_at, s.id) > (${after.createdAt}, ${after.id}::uuid)`)
+    return this.select(Prisma.join(where, ' AND '), limit, Prisma.sql`s.created_at ASC, s.id ASC`)
   }
 
   private async select(where: Prisma.Sql, limit = 1000, order = Prisma.sql`s.created_at DESC`): Promise<SessionRecord[]> {
@@ -331,6 +346,27 @@ export class SessionService {
   }
 
   /**
+   * Starts a new launch attempt of a STARTING session whose launch was never recorded
+   * (its claimant crashed, is paused, or was deferred): the generation grows by one and
+   * the launch is claimed anew (launch_ref, address and launchedAt reset), in one
+   * compare-and-set on (id, STARTING, generation, launch_ref IS NULL). Whatever the
+   * earlier claimant does next is refused (its generation is stale), and the compute it
+   * may still start carries the old generation, which the orphan sweep stops. Returns the
+   * session as the new attempt, or null when another replica moved it first.
+   */
+  async relaunch(s: SessionRecord, reason: string): Promise<SessionRecord | null> {
+    const generation = s.generation + 1
+    const ok = await this.transition(s, ['STARTING'], 'STARTING', { type: 'relaunching', reason, detail: { generation, previousGeneration: s.generation } }, {
+      generation,
+      launchRef: null,
+      host: null,
+      port: null,
+      launchedAt: DB_NOW,
+    }, false, Prisma.sql`sessions.launch_ref IS NULL`)
+    return ok ? this.find(s.id) : null
+  }
+
+  /**
    * Records that the launcher reports this launch attempt's compute running (a
    * `running` event and runningAt), once per attempt across replicas: the update only
    * matches while runningAt is unset or from an earlier attempt. Returns the time it set.
@@ -385,14 +421,14 @@ export class SessionService {
   }
 
   /**
-   * Live sessions of one launcher whose agent has an address (recorded as soon as the
+   * Sessions of one launcher that the control plane wants serving (CONFIRMED_STATUSES) whose agent has an address (recorded as soon as the
    * launcher reports one, before READY): what the agent confirmer walks. A lean query,
    * run every confirmer pass: no lease counts.
    */
   async reachable(launcher: string, limit = 10_000): Promise<ReachableSession[]> {
     const rows = await this.sql.rows<{ id: string; generation: number; status: SessionStatus; host: string; port: number }>(Prisma.sql`
       SELECT id, generation, status, host, port FROM sessions
-      WHERE status::text IN (${Prisma.join(LIVE_STATUSES)}) AND launcher = ${launcher} AND host IS NOT NULL AND port IS NOT NULL
+      WHERE status::text IN (${Prisma.join(CONFIRMED_STATUSES)}) AND launcher = ${launcher} AND host IS NOT NULL AND port IS NOT NULL
       ORDER BY created_at ASC LIMIT ${limit}`)
     return rows.map((r) => ({ id: r.id, generation: Number(r.generation), status: r.status, host: r.host, port: Number(r.port) }))
   }
@@ -409,11 +445,14 @@ export class SessionService {
         AND (host IS DISTINCT FROM ${host} OR port IS DISTINCT FROM ${port}::int)`
   }
 
-  /** Records the memory and CPU the session's agent reported (no notification: nothing waits on it). */
-  async recordUsage(s: Pick<SessionRecord, 'id' | 'generation'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
+  /**
+   * Records the memory and CPU the session's agent reported (no notification: nothing
+   * waits on it), fenced on (id, status, generation) as read before asking the agent.
+   */
+  async recordUsage(s: Pick<SessionRecord, 'id' | 'generation' | 'status'>, usage: { memoryBytes: number; cpuCores: number }): Promise<void> {
     await this.db.$executeRaw`
       UPDATE sessions SET memory_bytes = ${Math.round(usage.memoryBytes)}::bigint, cpu_cores = ${usage.cpuCores}::float8, usage_at = ${this.clock.sql}
-      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND ended_at IS NULL`
+      WHERE id = ${s.id}::uuid AND generation = ${s.generation} AND status = ${s.status}::"SessionStatus" AND ended_at IS NULL`
   }
 
   /**
@@ -460,12 +499,18 @@ export class SessionService {
   /**
    * Operator drain: no new leases attach; the reaper stops the session once its
    * leases end. Draining a session that is already draining or stopping is a no-op.
+   * Only a serving (READY) session drains: a PENDING or STARTING one is refused with
+   * 409 `session_not_serving` and left as it was, since a drain would strand it (never
+   * launched, or its launch never recorded); ?force=true stops it.
    */
   async drain(id: string, reason: string): Promise<SessionRecord> {
     for (;;) {
       const s = await this.get(id)
       if (s.status === 'DRAINING' || s.status === 'STOPPING' || s.status === 'STOPPED' || s.status === 'FAILED') return s
-      const ok = await this.transition(s, ATTACHABLE_STATUSES, 'DRAINING', { type: 'draining', reason }, {
+      if (s.status === 'PENDING' || s.status === 'STARTING') {
+        throw conflict('session_not_serving', `session ${s.id} is ${s.status}: only a serving session drains; stop it with ?force=true`, { sessionStatus: s.status })
+      }
+      const ok = await this.transition(s, ['READY'], 'DRAINING', { type: 'draining', reason }, {
         drainingAt: DB_NOW,
         stopReason: 'drain',
       })

@@ -37,8 +37,9 @@ interface AgentContact {
  * confirmed at most every confirmIntervalSeconds, from what the database says alone.
  * Its own loop, so neither a long reconcile pass (launch retries in a capacity outage)
  * nor a launcher that cannot describe its compute lets healthy sessions stop
- * themselves; and never from the proxy's hot path. A session whose row is no longer
- * live is not confirmed, so its agent stops itself even if every other safeguard failed.
+ * themselves; and never from the proxy's hot path. Only sessions the control plane
+ * wants serving (STARTING, READY, DRAINING) are confirmed: a STOPPING or ended one's
+ * agent stops itself when its switch runs out, even if every stop request was lost.
  *
  * The answer is the agent's status: its memory and CPU are recorded on the session,
  * and a restoring session is confirmed every pass so its progress is followed where

@@ -36,7 +36,7 @@ export function createWorkers(deps: {
 }) {
   const { db, clock, services, launcher, settings, logger } = deps
   const observer = deps.observer ?? services.metrics
-  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, clock, {
+  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, {
     startTimeoutSeconds: settings.startTimeoutSeconds,
     deadManSeconds: settings.deadManSeconds ?? 900,
   }, logger)

@@ -69,9 +69,9 @@ export class OrphanSweeper {
  * that generation (refs are compared as the launcher reports them: launch() and
  * listRunning() name a compute alike, a task ARN or a pid). A row of another launcher
  * kind has no ref of ours to compare with. launch_ref is read as the ref of the row's
- * current generation (sessions keep generation 1 today): whatever bumps the generation
- * must clear launch_ref with it, or the new generation's first compute would look like
- * a duplicate of the old one's before its own ref is recorded.
+ * current generation: whatever bumps the generation clears launch_ref with it
+ * (SessionService.relaunch), or the new generation's first compute would look like a
+ * duplicate of the old one's before its own ref is recorded.
  */
 export function orphanCause(
   row: { status: SessionStatus; generation: number; launcher: string; launchRef: string | null } | undefined,

@@ -1,11 +1,11 @@
 import type { Logger } from 'pino'
-import type { Clock } from '../services/clock.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
-import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute } from '../services/launchers/launcher.ts'
+import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute, type RunningCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
-import { DB_NOW, SessionService, type SessionRecord } from '../services/sessions.ts'
+import type { SessionStatus } from '../generated/prisma/enums.ts'
+import { DB_NOW, SessionService, type SessionCursor, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
   startTimeoutSeconds: number
@@ -19,6 +19,15 @@ const STEP_CONCURRENCY = 8
 /** Save-on-release attempts before the session fails, and the wait after the first failure (doubling). */
 const SAVE_ON_RELEASE_ATTEMPTS = 3
 const SAVE_RETRY_BASE_MS = 30_000
+
+/** Sessions read (and described) at a time. */
+const PAGE_SIZE = 500
+
+/**
+ * The order a pass walks live sessions in: stops (compute to end) and launches (callers
+ * waiting) before starts in progress, and those before steady serving sessions.
+ */
+const PASS_ORDER: SessionStatus[][] = [['STOPPING', 'PENDING'], ['STARTING'], ['READY', 'DRAINING']]
 
 /** A claimed launch whose claimant vanished before recording the ref is retried after this long. */
 const ORPHANED_CLAIM_MS = 15_000
@@ -37,13 +46,28 @@ export class Reconciler {
     private readonly chroma: ChromaClient,
     private readonly saveBack: SaveBackService,
     private readonly tokens: LeaseTokens,
-    private readonly clock: Clock,
     private readonly opts: ReconcilerOptions,
     private readonly logger?: Logger,
   ) {}
 
+  /**
+   * One pass over every live session, however many: page by page (keyset), the most
+   * urgent first (PASS_ORDER), so a session created last is still launched, failed
+   * or stopped in this pass.
+   */
   async reconcileOnce(): Promise<void> {
-    const live = await this.sessions.inStatus(['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING'])
+    for (const statuses of PASS_ORDER) {
+      let after: SessionCursor | undefined
+      for (;;) {
+        const page = await this.sessions.inStatus(statuses, PAGE_SIZE, after)
+        if (page.length > 0) await this.reconcilePage(page)
+        if (page.length < PAGE_SIZE) break
+        after = page[page.length - 1]
+      }
+    }
+  }
+
+  private async reconcilePage(live: SessionRecord[]): Promise<void> {
     const launched = live.filter((s) => s.launchRef !== null && s.launcher === this.launcher.kind)
     // A launcher that cannot answer (throttling beyond the SDK's retries) leaves its sessions
     // unobserved for this pass; launches and everything else still go ahead.
@@ -56,9 +80,12 @@ export class Reconciler {
     // A bounded number of steps at once: each may hold a database connection in a
     // transaction, and hundreds at once would starve the pool (and the API with it).
     const queue = live.filter((s) => s.launcher === this.launcher.kind)
+    // What runs, asked at most once per page and only if an unrecorded launch needs it.
+    let listed: Promise<RunningCompute[]> | undefined
+    const running = () => (listed ??= this.launcher.listRunning())
     const worker = async () => {
       for (let s = queue.shift(); s; s = queue.shift()) {
-        await this.step(s, s.launchRef ? observed.get(s.launchRef) : undefined).catch((err) =>
+        await this.step(s, s.launchRef ? observed.get(s.launchRef) : undefined, running).catch((err) =>
           this.logger?.error({ err, sessionId: s!.id, status: s!.status }, 'reconcile step failed; retrying next pass'),
         )
       }
@@ -66,13 +93,13 @@ export class Reconciler {
     await Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker))
   }
 
-  private async step(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+  private async step(s: SessionRecord, seen: ObservedCompute | undefined, running: () => Promise<RunningCompute[]>): Promise<void> {
     switch (s.status) {
       case 'PENDING':
         return this.launch(s)
       case 'STARTING':
-        if (!s.launchRef) return this.relaunchOrphanedClaim(s)
-        if (seen && seen.state !== 'stopped' && seen.progress) await this.sessions.setProgress(s, seen.progress)
+        if (!s.launchRef) return this.relaunchOrphanedClaim(s, running)
+        if (seen && seen.state !== 'stopped' && seen.progress) await this.sessions.setProgress(s, seen.progress, s.status)
         // Where the agent answers, for the agent confirmer (its dead man's switch runs from launch).
         if (seen && seen.state !== 'stopped' && seen.host !== undefined && seen.port !== undefined && (seen.host !== s.host || seen.port !== s.port)) {
           await this.sessions.recordEndpoint(s, seen.host, seen.port)
@@ -118,7 +145,7 @@ export class Reconciler {
       }
       return
     }
-    if (seen.progress) await this.sessions.setProgress(s, seen.progress)
+    if (seen.progress) await this.sessions.setProgress(s, seen.progress, s.status)
     if (s.saveOnRelease && s.leaseCount === 0 && s.savedSnapshot === null && !this.saveBack.isSaving(s)) await this.saveOnReleaseWhenDue(s)
   }
 
@@ -177,10 +204,33 @@ export class Reconciler {
     if (claimed) await this.launchAndRecord(s)
   }
 
-  private async relaunchOrphanedClaim(s: SessionRecord): Promise<void> {
+  /**
+   * A launch claimed ORPHANED_CLAIM_MS ago and still unrecorded: its claimant crashed, is
+   * paused, or was deferred. Compute of this attempt already running (the claimant died
+   * after RunTask or spawn) is adopted; otherwise a new attempt with the next generation
+   * is launched, which fences the old claimant off (generation fencing: its writes are
+   * refused, and whatever it still starts is superseded, for the orphan sweep to stop).
+   * The deadline for an unrecorded launch runs from the session's creation.
+   */
+  private async relaunchOrphanedClaim(s: SessionRecord, running: () => Promise<RunningCompute[]>): Promise<void> {
     if (s.observedAt.getTime() - (s.launchedAt?.getTime() ?? 0) < ORPHANED_CLAIM_MS) return
-    if (this.pastStartDeadline(s)) return this.fail(s, 'the launch was never recorded', 'launch_unrecorded')
-    await this.launchAndRecord(s)
+    if (s.observedAt.getTime() - s.createdAt.getTime() > this.opts.startTimeoutSeconds * 1000) {
+      return this.fail(s, 'the launch was never recorded', 'launch_unrecorded')
+    }
+    let found: RunningCompute | undefined
+    try {
+      found = (await running()).find((r) => r.sessionId === s.id && r.generation === s.generation)
+    } catch (err) {
+      // Unknown whether this attempt's compute runs: adopting or relaunching waits for an answer.
+      this.logger?.warn({ sessionId: s.id, err: (err as Error).message }, 'cannot list running compute; the unrecorded launch waits for a later pass')
+      return
+    }
+    if (found) {
+      if (await this.sessions.recordLaunch(s, found.ref)) this.logger?.info({ sessionId: s.id, ref: found.ref }, 'adopted the compute of an unrecorded launch')
+      return
+    }
+    const next = await this.sessions.relaunch(s, `the launch of generation ${s.generation} was not recorded within ${ORPHANED_CLAIM_MS / 1000} s`)
+    if (next) await this.launchAndRecord(next)
   }
 
   /** Everything a launch attempt needs, derived from the session alone: a retry from any replica sends the same. */
@@ -234,7 +284,7 @@ export class Reconciler {
           detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now), phases: startPhases(s, runningAt ?? now, now) },
         }, { host: seen.host, port: seen.port, readyAt: DB_NOW })
         if (ok) {
-          await this.sessions.setProgress(s, null)
+          await this.sessions.setProgress(s, null, 'READY')
           this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
         }
         return

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { appendFile, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { randomUUID } from 'node:crypto'
+import { appendFile, link, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
@@ -71,7 +72,7 @@ export class ProcessLauncher implements Launcher {
   async launch(spec: LaunchSpec): Promise<{ ref: string }> {
     const dir = this.launchDir(spec.sessionId, spec.generation)
     await mkdir(dir, { recursive: true })
-    if (!(await createExclusive(join(dir, 'claim'), `${process.pid}\n`))) {
+    if (!(await publishExclusive(join(dir, 'claim'), `${process.pid}\n`))) {
       return { ref: String(await this.waitForWinner(dir, spec.sessionId, spec.generation)) }
     }
     const port = await freeLoopbackPort(AGENT_HOST)
@@ -193,6 +194,8 @@ export class ProcessLauncher implements Launcher {
       STOP_TIMEOUT_SECONDS: String(Math.max(1, Math.floor(this.stopGraceMs / 1000))),
       ...this.options.env,
       SESSION_ID: spec.sessionId,
+      // The launch attempt this agent belongs to, as on Fargate (its argv and launch directory name it too).
+      SESSION_GENERATION: String(spec.generation),
       SNAPSHOT_URI: spec.snapshot,
       ...(spec.collection !== null ? { COLLECTION: spec.collection } : {}),
       CHROMA_DATA_DIR: join(dir, 'data'),
@@ -281,39 +284,61 @@ function signalGroup(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
-/** Records the first stop request (time and reason) and returns its time in ms. */
+/**
+ * Records the first stop request (time and reason) and returns its time in ms. The file
+ * appears whole or not at all (see publishExclusive); one whose content cannot be read
+ * anyway (written by an older launcher killed mid-write) counts as a request made now,
+ * and is replaced by one that says so, so that later calls escalate after the grace.
+ */
 async function recordStopRequest(dir: string, reason: string): Promise<number> {
   const path = join(dir, 'stop-requested')
   const now = Date.now()
-  if (await createExclusive(path, JSON.stringify({ at: new Date(now).toISOString(), reason }) + '\n')) {
+  const request = JSON.stringify({ at: new Date(now).toISOString(), reason }) + '\n'
+  if (await publishExclusive(path, request)) {
     await appendFile(join(dir, 'agent.log'), `${new Date(now).toISOString()} launcher: stop requested: ${reason}\n`)
     return now
   }
-  const { at } = JSON.parse(await readFile(path, 'utf8')) as { at: string }
-  return Date.parse(at)
+  const at = await readFile(path, 'utf8').then(requestedAt, () => null)
+  if (at !== null) return at
+  await writeAtomically(path, request)
+  return now
 }
 
-/** Creates `path` with `content` unless it exists; true when this call created it. */
-async function createExclusive(path: string, content: string): Promise<boolean> {
-  let file
+/** The time of a stop-requested file's content, or null when it is not readable as one. */
+function requestedAt(content: string): number | null {
   try {
-    file = await open(path, 'wx')
+    const at = Date.parse((JSON.parse(content) as { at?: unknown }).at as string)
+    return Number.isFinite(at) ? at : null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Creates `path` with `content` unless it exists, atomically: the content goes to a
+ * temporary file first, which is then hard-linked to `path` (link fails if it exists).
+ * A process killed at any point leaves either no file or the whole file, never an
+ * empty one. True when this call created it.
+ */
+async function publishExclusive(path: string, content: string): Promise<boolean> {
+  const temp = `${path}.${process.pid}.${randomUUID()}.tmp`
+  await writeFile(temp, content)
+  try {
+    await link(temp, path)
+    return true
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
     throw err
-  }
-  try {
-    await file.writeFile(content)
   } finally {
-    await file.close()
+    await rm(temp, { force: true })
   }
-  return true
 }
 
-/** Readers never see a partly written file. */
+/** Readers never see a partly written file (a temporary file of this call's own, then rename). */
 async function writeAtomically(path: string, content: string): Promise<void> {
-  await writeFile(`${path}.tmp`, content)
-  await rename(`${path}.tmp`, path)
+  const temp = `${path}.${process.pid}.${randomUUID()}.tmp`
+  await writeFile(temp, content)
+  await rename(temp, path)
 }
 
 async function readPid(dir: string): Promise<number | null> {
