@@ -1,4 +1,5 @@
 import type { ChromaLeaseClientOptions } from './client.ts'
+import { ChromaLeaseError } from './errors.ts'
 
 export interface RetryOptions {
   /** Retries after the first attempt (default 5). 0 turns retrying off. */
@@ -15,7 +16,8 @@ export interface RetryOptions {
  * Idempotency-Key (the acquire: every attempt sends the same key, so the server answers a
  * retry with the lease the first attempt made), and renewals (which set the same expiry
  * however often they arrive). Delays grow exponentially with full jitter and honour
- * Retry-After. An aborted signal stops at once, with its reason.
+ * Retry-After. An aborted signal stops at once, with its reason; no answer after the last
+ * attempt is a ChromaLeaseError `unreachable`.
  */
 export function retryingFetch(options: Pick<ChromaLeaseClientOptions, 'fetch' | 'retry'>): (request: Request) => Promise<Response> {
   const fetchImpl = options.fetch ?? globalThis.fetch
@@ -34,7 +36,8 @@ export function retryingFetch(options: Pick<ChromaLeaseClientOptions, 'fetch' | 
         await delay(retryAfter ?? backoff(attempt, base, max), max, request.signal)
       } catch (err) {
         if (request.signal.aborted) throw request.signal.reason
-        if (last || !isNetworkError(err)) throw err
+        if (!isNetworkError(err)) throw err
+        if (last) throw unreachable(request, err)
         await delay(backoff(attempt, base, max), max, request.signal)
       }
     }
@@ -50,6 +53,12 @@ function isRetryable(request: Request): boolean {
 /** fetch rejects with a TypeError when no answer came (refused, reset, closed mid-answer). */
 function isNetworkError(err: unknown): boolean {
   return err instanceof TypeError
+}
+
+function unreachable(request: Request, err: unknown): ChromaLeaseError {
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause
+  const why = cause?.code ?? cause?.message ?? (err as Error).message
+  return new ChromaLeaseError(null, 'unreachable', `cannot reach ${new URL(request.url).origin}: ${why}`, { cause: err })
 }
 
 const backoff = (attempt: number, base: number, max: number) => Math.random() * Math.min(max, base * 2 ** attempt)
