@@ -188,7 +188,7 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
     }
     case 'sessions list': {
       const status = (flags.status ?? []).flatMap((s) => s.split(',')).map((one) => one.trim().toUpperCase()) as SessionRow['status'][]
-      const { sessions } = await unwrap(api.GET('/v1/sessions', { params: { query: { limit: flags.limit ? Number(flags.limit) : 100, ...(status.length ? { status } : {}) } } }))
+      const { sessions } = await unwrap(api.GET('/v1/sessions', { params: { query: { ...(flags.limit ? { limit: Number(flags.limit) } : {}), ...(status.length ? { status } : {}) } } }))
       print({ sessions }, () => sessionsTable(sessions))
       return 0
     }
@@ -208,7 +208,7 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
       return 0
     }
     case 'leases list': {
-      const query = { limit: flags.limit ? Number(flags.limit) : 100, ...(flags.session ? { sessionId: await resolveId(client, 'session', flags.session) } : {}), ...(flags.active ? { active: true } : {}) }
+      const query = { ...(flags.limit ? { limit: Number(flags.limit) } : {}), ...(flags.session ? { sessionId: await resolveId(client, 'session', flags.session) } : {}), ...(flags.active ? { active: true } : {}) }
       const { leases } = await unwrap(api.GET('/v1/leases', { params: { query } }))
       print({ leases }, () => leasesTable(leases))
       return 0
@@ -219,7 +219,7 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
       return 0
     }
     case 'costs': {
-      const query = { limit: flags.limit ? Number(flags.limit) : 100, ...(flags.holder !== undefined ? { holder: flags.holder } : {}), ...(flags.since ? { since: flags.since } : {}) }
+      const query = { ...(flags.limit ? { limit: Number(flags.limit) } : {}), ...(flags.holder !== undefined ? { holder: flags.holder } : {}), ...(flags.since ? { since: flags.since } : {}) }
       const { workflows } = await unwrap(api.GET('/v1/costs', { params: { query } }))
       print({ workflows }, () => costsTable(workflows))
       return 0

@@ -137,11 +137,11 @@ export interface paths {
         /** List leases (a client sees its own) */
         get: {
             parameters: {
-                query: {
+                query?: {
                     sessionId?: string;
                     /** @description Only active leases */
                     active?: boolean;
-                    limit: number;
+                    limit?: number;
                 };
                 header?: never;
                 path?: never;
@@ -305,9 +305,9 @@ export interface paths {
         /** Read a lease and its session; waitSeconds long-polls until READY or FAILED */
         get: {
             parameters: {
-                query: {
+                query?: {
                     /** @description Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s) */
-                    waitSeconds: number;
+                    waitSeconds?: number;
                 };
                 header?: never;
                 path: {
@@ -502,10 +502,10 @@ export interface paths {
         /** List sessions with their live lease counts, newest first */
         get: {
             parameters: {
-                query: {
+                query?: {
                     /** @description Only sessions in these statuses */
                     status?: ("PENDING" | "STARTING" | "READY" | "DRAINING" | "STOPPING" | "STOPPED" | "FAILED")[];
-                    limit: number;
+                    limit?: number;
                     /** @description Only sessions created before this time (paging) */
                     before?: string;
                 };
@@ -634,9 +634,9 @@ export interface paths {
         /** Drain a session (no new leases; stops when its leases end), or force stop it now with ?force=true */
         delete: {
             parameters: {
-                query: {
+                query?: {
                     /** @description Stop now, ending every lease (recorded with the reason); otherwise drain */
-                    force: boolean;
+                    force?: boolean;
                     reason?: string;
                 };
                 header?: never;
@@ -709,9 +709,9 @@ export interface paths {
         /** The session's timeline, oldest first */
         get: {
             parameters: {
-                query: {
+                query?: {
                     after?: string;
-                    limit: number;
+                    limit?: number;
                 };
                 header?: never;
                 path: {
@@ -880,12 +880,12 @@ export interface paths {
         /** Cost per workflow: each session's cost split among its leases by the time each held it, summed per holder (a client sees its own leases, an operator all) */
         get: {
             parameters: {
-                query: {
+                query?: {
                     /** @description Only leases acquired at or after this time */
                     since?: string;
                     /** @description One workflow: the leases' holder, exactly */
                     holder?: string;
-                    limit: number;
+                    limit?: number;
                 };
                 header?: never;
                 path?: never;
@@ -1266,7 +1266,7 @@ export interface paths {
                         collection: string;
                         queryEmbeddings: number[][];
                         /** @default 10 */
-                        nResults: number;
+                        nResults?: number;
                         where?: {
                             [key: string]: unknown;
                         };
@@ -1280,12 +1280,12 @@ export interface paths {
                          *       "distances"
                          *     ]
                          */
-                        include: ("documents" | "metadatas" | "distances" | "embeddings")[];
+                        include?: ("documents" | "metadatas" | "distances" | "embeddings")[];
                         /**
                          * @description Trim results (farthest first) so the JSON answer fits; Step Functions fails executions whose state exceeds 256 KB
                          * @default 204800
                          */
-                        maxResultBytes: number;
+                        maxResultBytes?: number;
                     };
                 };
             };
