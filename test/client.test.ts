@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer as createHttpServer } from 'node:http'
-import { createConnection, createServer, type AddressInfo, type Server } from 'node:net'
+import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -274,4 +274,43 @@ t.test('a lease ended by the server is reported by the keep-alive', async (t) =>
   const reason = await Promise.race([lease.ended, sleep(30_000).then(() => null)])
   t.match(reason, { code: 'lease_ended', status: 410 }, 'the next renewal learns it ended, and ended says so')
   t.ok(lease.signal.aborted, 'its signal aborted')
+})
+
+t.test('an acquire whose signal is already aborted sends nothing', async (t) => {
+  const err = await client.acquire({ snapshot, holder: 'pre-aborted', signal: AbortSignal.abort(new Error('too late')) }).then(() => null, (e: unknown) => e)
+  t.match(err, { message: 'too late' })
+  t.equal(await cp.db.lease.count({ where: { holder: 'pre-aborted' } }), 0, 'no lease was made')
+})
+
+t.test('a release that cannot get through throws and can be tried again', async (t) => {
+  // A TCP forwarder that can be told to cut every connection, open or new.
+  const upstream = new URL(cp.url)
+  let cutting = false
+  const open = new Set<Socket>()
+  const forwarder: Server = createServer((socket) => {
+    if (cutting) return void socket.destroy()
+    open.add(socket)
+    socket.on('close', () => open.delete(socket))
+    const server = createConnection({ host: upstream.hostname, port: Number(upstream.port) })
+    socket.pipe(server).pipe(socket)
+    server.on('error', () => socket.destroy())
+    socket.on('error', () => server.destroy())
+  })
+  forwarder.listen(0, '127.0.0.1')
+  await once(forwarder, 'listening')
+  t.teardown(() => forwarder.close())
+  const cut = () => {
+    cutting = true
+    for (const socket of open) socket.destroy()
+  }
+  const viaForwarder = new ChromaLeaseClient({ url: `http://127.0.0.1:${(forwarder.address() as AddressInfo).port}`, apiKey: CLIENT_KEY, retry: { retries: 0 } })
+  const lease = await viaForwarder.acquire({ snapshot, collection: fixture.collection, holder: 'release-retried', waitSeconds: 120 })
+  cut()
+  const err = await rejection(t, lease.release())
+  t.match(err, { code: 'unreachable', status: null })
+  t.ok(lease.active, 'the lease has not ended: the server still holds it')
+  t.equal((await serverLease(lease.id)).status, 'active')
+  cutting = false
+  t.equal((await lease.release()).status, 'released', 'the second release gets through')
+  t.equal((await lease.ended).code, 'released')
 })

@@ -65,18 +65,22 @@ export class ChromaLeaseClient {
    */
   async acquire(options: AcquireOptions): Promise<Lease> {
     const { waitSeconds = 600, idempotencyKey = crypto.randomUUID(), keepAlive = true, signal, ...body } = options
+    signal?.throwIfAborted()
     const deadline = Date.now() + waitSeconds * 1000
     const pollSeconds = () => Math.max(0, Math.min(LONG_POLL_LIMIT_SECONDS, Math.ceil((deadline - Date.now()) / 1000)))
     let data: LeaseData
     try {
-      data = await unwrap(this.api.POST('/v1/leases', { body: { ...body, waitSeconds: pollSeconds() }, params: { header: { 'idempotency-key': idempotencyKey } }, signal }))
+      // No long-poll on the acquire itself: its lease would be kept alive by nobody until the
+      // answer came, and a session may take longer to start than the lease's TTL. The
+      // long-polls below run while the keep-alive renews.
+      data = await unwrap(this.api.POST('/v1/leases', { body: { ...body, waitSeconds: 0 }, params: { header: { 'idempotency-key': idempotencyKey } }, signal }))
     } catch (err) {
       // Cancelled while the request was out: the server may have made the lease. The same key
       // answers with it (or makes it now), so it can be released rather than left to expire.
       if (signal?.aborted) await this.releaseByKey(body, idempotencyKey)
       throw err
     }
-    // The keep-alive starts now, not at READY: a session may take longer to start than the TTL.
+    // The keep-alive starts now, not at READY.
     const lease = new Lease(this, data, data.token!, { keepAlive })
     try {
       while (STARTING.has(data.session.status) && data.status === 'active') {

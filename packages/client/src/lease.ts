@@ -45,6 +45,8 @@ export class Lease implements AsyncDisposable {
   /** The latest time (this host's clock) by which the server surely still holds the lease. */
   #safeUntil: number
   #releasing: Promise<LeaseData> | undefined
+  /** Set by release(): no renewal is scheduled any more, whether or not the release got through. */
+  #letGo = false
 
   constructor(client: ChromaLeaseClient, data: LeaseData, token: string, options: { keepAlive?: boolean } = {}) {
     this.#client = client
@@ -93,15 +95,22 @@ export class Lease implements AsyncDisposable {
     return this.#data
   }
 
-  /** Releases the lease and stops the keep-alive (idempotent; once released it asks the server no more). */
+  /**
+   * Releases the lease and stops the keep-alive (idempotent; once released it asks the
+   * server no more). When the release cannot get through, it throws and may be called
+   * again; the keep-alive stays stopped, so the lease expires after its TTL regardless.
+   */
   release(): Promise<LeaseData> {
     this.#releasing ??= (async () => {
+      this.#letGo = true
       this.#stopKeepAlive()
       try {
         this.#data = await this.#client.release(this.id)
-      } finally {
-        this.#end(new ChromaLeaseError(null, 'released', `lease ${this.id} was released`))
+      } catch (err) {
+        this.#releasing = undefined
+        throw err
       }
+      this.#end(new ChromaLeaseError(null, 'released', `lease ${this.id} was released`))
       return this.#data
     })()
     return this.#releasing
@@ -143,7 +152,7 @@ export class Lease implements AsyncDisposable {
   }
 
   #schedule(): void {
-    if (this.signal.aborted || this.#releasing) return
+    if (this.signal.aborted || this.#letGo) return
     const interval = (this.#data.ttlSeconds * 1000) / 3
     this.#timer = setTimeout(() => void this.#keepAlive(), interval)
     // A lease does not keep its process alive by itself: a process that exits leaves it to expire.
@@ -154,7 +163,7 @@ export class Lease implements AsyncDisposable {
     try {
       await this.renew()
     } catch (err) {
-      if (this.signal.aborted || this.#releasing) return
+      if (this.signal.aborted || this.#letGo) return
       if (Date.now() >= this.#safeUntil) {
         this.#end(new ChromaLeaseError(null, 'lease_lost', `lease ${this.id} could not be renewed before its TTL ran out: ${(err as Error).message}`, { cause: err }))
         return
