@@ -26,10 +26,14 @@ export function retryingFetch(options: Pick<ChromaLeaseClientOptions, 'fetch' | 
   const max = options.retry?.maxDelayMs ?? 4000
   return async (request) => {
     const retryable = isRetryable(request)
+    // A retried request's body is read once and sent again from memory (cheaper than
+    // Request.clone(), which tees the stream; the API's bodies are small JSON).
+    const body = retryable && request.body ? await request.arrayBuffer() : undefined
+    const attemptOf = () => (body === undefined ? request : new Request(request.url, { method: request.method, headers: request.headers, body, signal: request.signal }))
     for (let attempt = 0; ; attempt++) {
       const last = !retryable || attempt >= retries
       try {
-        const response = await fetchImpl(last ? request : request.clone())
+        const response = await fetchImpl(retryable ? attemptOf() : request)
         if (response.status !== 503 || last) return response
         const retryAfter = retryAfterMs(response.headers.get('retry-after'))
         await response.body?.cancel()
