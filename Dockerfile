@@ -10,6 +10,8 @@ WORKDIR /app
 COPY package.json package-lock.json prisma.config.ts tsconfig.json ./
 COPY scripts scripts
 COPY prisma prisma
+# the workspace package (@chroma-lease/client): npm ci links and builds it; the CLI bundle uses it
+COPY packages packages
 RUN npm ci --no-audit --no-fund \
  && npm prune --omit=dev --no-audit --no-fund
 COPY src src

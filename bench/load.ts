@@ -52,6 +52,14 @@ export async function timed(pool: Pool, latencies: Latencies, opts: Parameters<P
   return body
 }
 
+/** One timed call (an operation of @chroma-lease/client); its result, or its error. */
+export async function timedCall<T>(latencies: Latencies, call: () => Promise<T>): Promise<T> {
+  const t = performance.now()
+  const result = await call()
+  latencies.add(performance.now() - t)
+  return result
+}
+
 /** Samples a process's resident set size (VmRSS, MB) until stopped; returns the peak. */
 export function sampleRss(pid: number, everyMs = 200) {
   let peak = 0

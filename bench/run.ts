@@ -3,7 +3,8 @@
  * one machine (it is shared and noisy; absolute numbers drift, ratios less so).
  *
  * 1. Lease operations: acquire + release on a READY shared session at 64 concurrent
- *    clients, beside pgbench's simple-update TPS on the same Postgres.
+ *    clients (@chroma-lease/client, as services call it), beside pgbench's simple-update
+ *    TPS on the same Postgres.
  * 2. Queries through the proxy beside the same queries sent to the session directly.
  * 3. The control plane's RSS under that load.
  *
@@ -15,11 +16,12 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
+import { ChromaLeaseClient, type Lease } from '@chroma-lease/client'
 import { buildSnapshotFixture } from '../test/helpers/snapshot-fixture.ts'
 import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
 import { stopAll } from '../test/helpers/app.ts'
 import { startControlPlane } from './control-plane.ts'
-import { closedLoop, Latencies, sampleRss, timed } from './load.ts'
+import { closedLoop, Latencies, sampleRss, timed, timedCall } from './load.ts'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]
 const SECONDS = Number(arg('seconds') ?? 15)
@@ -38,20 +40,15 @@ const cp = await startControlPlane(join(dir, 'data'), {
   IDLE_TTL_SECONDS: '600',
   LEASE_TTL_SECONDS: '600',
 })
-const api = new Pool(cp.url, { connections: LEASE_CLIENTS, pipelining: 1 })
+// The lease operations go through the client (global fetch: a connection per concurrent
+// client); the Chroma queries through an undici pool, the same for direct and proxied.
+const client = new ChromaLeaseClient({ url: cp.url })
+const api = new Pool(cp.url, { connections: QUERY_CLIENTS, pipelining: 1 })
 const results: Record<string, unknown> = {}
 
 try {
-  // One long lease keeps the shared session READY throughout.
-  const holder = JSON.parse(
-    await timed(api, new Latencies(), {
-      method: 'POST',
-      path: '/v1/leases',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ snapshot: `file://${fixture.tarPath}`, collection: 'bench', waitSeconds: 50, holder: 'bench' }),
-    }, 201),
-  )
-  if (holder.session.status !== 'READY') throw new Error(`session is ${holder.session.status}: ${holder.session.error}`)
+  // One long lease keeps the shared session READY throughout (the client renews it).
+  const holder = await client.acquire({ snapshot: `file://${fixture.tarPath}`, collection: 'bench', waitSeconds: 120, holder: 'bench' })
 
   if (!ONLY || ONLY === 'leases') results.leases = await benchLeases()
   if (!ONLY || ONLY === 'proxy') results.proxy = await benchProxy(holder)
@@ -65,12 +62,12 @@ try {
 await report(results)
 
 async function benchLeases() {
-  const body = JSON.stringify({ snapshot: `file://${fixture.tarPath}`, collection: 'bench' })
+  const request = { snapshot: `file://${fixture.tarPath}`, collection: 'bench', keepAlive: false }
   const acquire = new Latencies()
   const release = new Latencies()
   const pair = async () => {
-    const lease = JSON.parse(await timed(api, acquire, { method: 'POST', path: '/v1/leases', headers: { 'content-type': 'application/json' }, body }, 201))
-    await timed(api, release, { method: 'DELETE', path: `/v1/leases/${lease.id}` }, 200)
+    const lease = await timedCall(acquire, () => client.acquire(request))
+    await timedCall(release, () => lease.release())
   }
   console.log(`leases: warm-up, then ${SECONDS}s at ${LEASE_CLIENTS} clients`)
   await closedLoop(LEASE_CLIENTS, 3, pair)
@@ -85,8 +82,8 @@ async function benchLeases() {
   const acquire1 = new Latencies()
   const release1 = new Latencies()
   await closedLoop(1, UNLOADED_SECONDS, async () => {
-    const lease = JSON.parse(await timed(api, acquire1, { method: 'POST', path: '/v1/leases', headers: { 'content-type': 'application/json' }, body }, 201))
-    await timed(api, release1, { method: 'DELETE', path: `/v1/leases/${lease.id}` }, 200)
+    const lease = await timedCall(acquire1, () => client.acquire(request))
+    await timedCall(release1, () => lease.release())
   })
   console.log('pgbench: simple-update (-N) on the same Postgres')
   const pgbenchTps = pgbench(cp.databaseUrl)
@@ -102,10 +99,10 @@ async function benchLeases() {
   }
 }
 
-async function benchProxy(holder: { token: string; sessionToken: string; session: { endpoint: { url: string } } }) {
-  const direct = new Pool(holder.session.endpoint.url, { connections: QUERY_CLIENTS })
+async function benchProxy(holder: Lease) {
+  const direct = new Pool(holder.session.endpoint!.url, { connections: QUERY_CLIENTS })
   // "Direct" is a lease holder going to session.endpoint: through the session agent's front, with the session token.
-  const asHolder = { 'x-chroma-token': holder.sessionToken }
+  const asHolder = { 'x-chroma-token': holder.sessionToken! }
   const collectionPath = '/api/v2/tenants/default_tenant/databases/default_database/collections'
   const collection = JSON.parse(await timed(direct, new Latencies(), { method: 'GET', path: `${collectionPath}/bench`, headers: asHolder }, 200))
   const queryPath = `${collectionPath}/${collection.id}/query`

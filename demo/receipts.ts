@@ -3,8 +3,9 @@
  *
  * Builds a small receipts snapshot (deterministic embeddings, no model downloads),
  * starts the real control plane on embedded defaults in a temporary directory, runs
- * concurrent workflow steps that each acquire a lease, query through the proxy with
- * the official chromadb client and through the JSON query route, and release; then
+ * concurrent workflow steps that each acquire a lease with @chroma-lease/client, query
+ * through the proxy with the official chromadb client (lease.chroma()) and through the
+ * JSON query route, and release; then
  * waits for the shared session to stop after its idle TTL and prints its timeline, and
  * ends with the original design's cost comparison (24/7 against on demand) computed from
  * the session records of this run.
@@ -13,7 +14,7 @@ import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { ChromaClient } from 'chromadb'
+import { ChromaLeaseClient, unwrap } from '@chroma-lease/client'
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
 import { createLogger, openRuntime } from '../src/runtime.ts'
@@ -46,50 +47,36 @@ const runtime = await openRuntime(config, logger)
 const app = await buildApp({ db: runtime.db, clock: runtime.clock, services: runtime.services, preflight: runtime.preflight, logger })
 const base = await app.listen({ host: '127.0.0.1', port: 0 })
 runtime.workers.start()
-const { port } = new URL(base)
 say(`control plane on ${base} (embedded Postgres, sessions as local processes)`)
-
-async function api(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
-  const res = await fetch(`${base}${path}`, {
-    method,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  })
-  const json = (await res.json()) as any
-  if (!res.ok) throw new Error(`${method} ${path} answered ${res.status}: ${json.detail ?? JSON.stringify(json)}`)
-  return json
-}
+// The demo's server has no API keys, so the operator routes below need none either.
+const client = new ChromaLeaseClient({ url: base })
 
 /** One workflow step: lease, query twice, release. */
 async function workflowStep(n: number) {
-  const lease = await api(
-    'POST',
-    '/v1/leases',
-    { snapshot: `file://${receipts.tarPath}`, collection: 'receipts', waitSeconds: 40, holder: `workflow-${n}` },
-    { 'idempotency-key': `demo-step-${n}` },
-  )
+  const lease = await client.acquire({ snapshot: `file://${receipts.tarPath}`, collection: 'receipts', waitSeconds: 40, holder: `workflow-${n}`, idempotencyKey: `demo-step-${n}` })
   say(`step ${n}: lease ${lease.id.slice(0, 8)} on session ${lease.session.id.slice(0, 8)} (${lease.session.status}, ${lease.session.leaseCount} lease(s))`)
 
   // The official client, pointed at the control plane with the lease token.
-  const chroma = new ChromaClient({ host: '127.0.0.1', port: Number(port), ssl: false, headers: { 'x-chroma-token': lease.token } })
+  const chroma = await lease.chroma()
   const collection = await chroma.getCollection({ name: 'receipts' })
   const target = n * 37
   const hits = await collection.query({ queryEmbeddings: [receipts.vector(target)], nResults: 2, include: ['documents', 'distances'] })
   say(`step ${n}: nearest to receipt ${target} via the proxy → "${hits.documents[0]![0]}"`)
 
   // The JSON route, as a Step Functions HTTP Task would call it.
-  const json = await api(
-    'POST',
-    `/v1/sessions/${lease.session.id}/query`,
-    { collection: 'receipts', queryEmbeddings: [receipts.vector(target + 1)], nResults: 1 },
-    { 'x-chroma-token': lease.token },
+  const json = await unwrap(
+    client.api.POST('/v1/sessions/{id}/query', {
+      params: { path: { id: lease.session.id } },
+      headers: { 'x-chroma-token': lease.token },
+      body: { collection: 'receipts', queryEmbeddings: [receipts.vector(target + 1)], nResults: 1 },
+    }),
   )
-  say(`step ${n}: nearest to receipt ${target + 1} via /query → ${json.ids[0][0]}`)
+  say(`step ${n}: nearest to receipt ${target + 1} via /query → ${json.ids[0]![0]}`)
 
   await sleep(300 + n * 200)
-  const released = await api('DELETE', `/v1/leases/${lease.id}`)
+  const released = await lease.release()
   say(`step ${n}: released; the session now has ${released.session.leaseCount} lease(s)`)
-  return lease.session.id as string
+  return lease.session.id
 }
 
 let exitCode = 0
@@ -99,15 +86,16 @@ try {
   const [sessionId] = new Set(sessionIds)
   say(`all ${STEPS} steps shared ${new Set(sessionIds).size} session; it is idle now and stops after ${IDLE_TTL_SECONDS}s`)
 
-  let session = await api('GET', `/v1/sessions/${sessionId}`)
+  const readSession = () => unwrap(client.api.GET('/v1/sessions/{id}', { params: { path: { id: sessionId! } } }))
+  let session = await readSession()
   while (session.status !== 'STOPPED' && session.status !== 'FAILED') {
     await sleep(500)
-    session = await api('GET', `/v1/sessions/${sessionId}`)
+    session = await readSession()
   }
   say(`session ${session.status} (${session.stopReason})`)
 
-  const { events } = await api('GET', `/v1/sessions/${sessionId}/events?limit=1000`)
-  const start = Date.parse(events[0].at)
+  const { events } = await unwrap(client.api.GET('/v1/sessions/{id}/events', { params: { path: { id: sessionId! }, query: { limit: 1000 } } }))
+  const start = Date.parse(events[0]!.at)
   console.log('\nsession timeline:')
   for (const e of events) {
     const reason = e.reason ? ` (${e.reason})` : ''

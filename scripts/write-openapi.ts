@@ -1,8 +1,10 @@
-// Writes openapi.yaml from the route schemas (`npm run openapi`). test/openapi.test.ts
-// fails when the committed file and the routes drift apart.
+// Writes openapi.yaml from the route schemas, and the client package's types from it
+// (`npm run openapi`). test/openapi.test.ts fails when the committed file and the routes
+// drift apart; test/client-package.test.ts when the types and the file do.
 import { writeFile } from 'node:fs/promises'
 import { buildApp } from '../src/app.ts'
 import { openapiYaml } from './openapi-yaml.ts'
+import { writeClientTypes } from './client-types.ts'
 import { noChanges } from '../src/database/change-feed.ts'
 import { openDatabase } from '../src/database/client.ts'
 import { systemClock } from '../src/services/clock.ts'
@@ -26,4 +28,6 @@ const app = await buildApp({ db, clock: systemClock, services, preflight })
 await app.ready()
 await writeFile(new URL('../openapi.yaml', import.meta.url), openapiYaml(app.swagger()))
 await app.close()
-console.log('wrote openapi.yaml')
+// The client package's types follow the spec (packages/client/src/openapi.ts).
+await writeClientTypes()
+console.log('wrote openapi.yaml and packages/client/src/openapi.ts')

@@ -1,12 +1,13 @@
 import { execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
 import t from 'tap'
 import { main, type Io } from '../src/cli/main.ts'
+import { shortenMiddle } from '../src/cli/table.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
 import { buildTestApp } from './helpers/app.ts'
 import { freshDatabaseUrl } from './helpers/database.ts'
@@ -46,6 +47,79 @@ t.test('the installed command runs, and says what is wrong without a key', async
   const denied = await run(process.execPath, ['bin/chroma-lease.js', 'keys', 'list', '--url', ctx.url], { env: { PATH: process.env.PATH } }).catch((e) => e)
   t.equal(denied.code, 1, 'exit 1 when the API refuses')
   t.match(denied.stderr, /401 .*set --api-key or CHROMA_LEASE_API_KEY/)
+})
+
+t.test('the command runs a bundle with plain Node, rebuilt when a source is newer', async (t) => {
+  const run = promisify(execFile)
+  const bin = await readFile('bin/chroma-lease.js', 'utf8')
+  t.notMatch(bin, /tsx/, 'bin/chroma-lease.js loads no TypeScript loader')
+  t.match(bin, /dist\/cli\.js/, 'it runs dist/cli.js')
+  await run(process.execPath, ['bin/chroma-lease.js', '--help'])
+  const inputs: string[] = JSON.parse(await readFile('dist/inputs.json', 'utf8'))
+  t.ok(inputs.includes('src/cli/main.ts') && inputs.includes('packages/client/src/client.ts'), 'the bundle holds the CLI and the client package')
+  const built = (await stat('dist/cli.js')).mtimeMs
+  const newest = Math.max(...(await Promise.all(inputs.map((i) => stat(i).then((s) => s.mtimeMs)))))
+  t.ok(built >= newest, 'after a run the bundle is at least as new as its sources')
+  // The bundle alone, as the image runs it: plain Node, no loader, no TypeScript.
+  const direct = await run(process.execPath, ['dist/cli.js', '--help'], { env: { PATH: process.env.PATH } })
+  t.match(direct.stdout, /Usage: chroma-lease <command>/)
+  const bundle = await readFile('dist/cli.js', 'utf8')
+  t.notMatch(bundle, /from ["'][^"']+\.ts["']/, 'it imports no .ts module')
+
+  await utimes('dist/cli.js', new Date(0), new Date(0))
+  await run(process.execPath, ['bin/chroma-lease.js', '--help'])
+  t.ok((await stat('dist/cli.js')).mtimeMs >= newest, 'a bundle older than its sources is rebuilt before it runs')
+})
+
+t.test('ids: a unique prefix names the one id, an ambiguous one lists the matches', async (t) => {
+  const lease = await acquire(OPERATOR, 'prefixes')
+  const session = await cli('sessions', 'show', lease.session.id.slice(0, 8), '--json')
+  t.equal(session.code, 0, session.err)
+  t.equal(JSON.parse(session.out).session.id, lease.session.id, 'sessions show takes a prefix')
+  const upper = await cli('sessions', 'show', lease.session.id.slice(0, 6).toUpperCase(), '--json')
+  t.equal(JSON.parse(upper.out).session.id, lease.session.id, 'in either case')
+  const released = await cli('leases', 'release', lease.id.slice(0, 10), '--json')
+  t.equal(released.code, 0, released.err)
+  t.match(JSON.parse(released.out), { id: lease.id, status: 'released' }, 'leases release takes a prefix')
+  const filtered = await cli('leases', 'list', '--session', lease.session.id.slice(0, 8), '--json')
+  t.same(JSON.parse(filtered.out).leases.map((l: { id: string }) => l.id), [lease.id], '--session takes a prefix')
+  const drained = await cli('sessions', 'drain', lease.session.id.slice(0, 8), '--json')
+  t.match(JSON.parse(drained.out), { id: lease.session.id, status: 'DRAINING' })
+
+  // Two keys made to share a prefix (ids are random, so the test sets them).
+  const a = JSON.parse((await cli('keys', 'create', '--name', 'prefix a', '--json')).out)
+  const b = JSON.parse((await cli('keys', 'create', '--name', 'prefix b', '--json')).out)
+  await ctx.db.$executeRaw`UPDATE api_keys SET id = 'abcd1111-0000-4000-8000-000000000000'::uuid WHERE id = ${a.id}::uuid`
+  await ctx.db.$executeRaw`UPDATE api_keys SET id = 'abcd2222-0000-4000-8000-000000000000'::uuid WHERE id = ${b.id}::uuid`
+  const ambiguous = await cli('keys', 'revoke', 'abcd')
+  t.equal(ambiguous.code, 2, 'an ambiguous prefix is bad usage')
+  t.match(ambiguous.err, /abcd is ambiguous: 2 keys start with it:\n  abcd1111-0000-4000-8000-000000000000  \(prefix a, client\)\n  abcd2222-0000-4000-8000-000000000000  \(prefix b, client\)\ngive more of the id/)
+  const unique = await cli('keys', 'revoke', 'abcd2', '--json')
+  t.equal(unique.code, 0, unique.err)
+  t.match(JSON.parse(unique.out), { id: 'abcd2222-0000-4000-8000-000000000000', revokedAt: String })
+  const none = await cli('sessions', 'show', 'ffff0000ffff')
+  t.equal(none.code, 1)
+  t.match(none.err, /^chroma-lease: no session id starts with ffff0000ffff\n$/)
+  const short = await cli('leases', 'release', 'abc')
+  t.equal(short.code, 2)
+  t.match(short.err, /give at least 4 characters of the lease id/)
+  const notHex = await cli('sessions', 'show', 'receipts')
+  t.equal(notHex.code, 2)
+  t.match(notHex.err, /"receipts" is not a session id or id prefix/)
+})
+
+t.test('snapshot URIs keep their scheme and end, cut in the middle', async (t) => {
+  t.equal(shortenMiddle('s3://bucket/receipts/2026-11-02.tar.gz', 60), 's3://bucket/receipts/2026-11-02.tar.gz', 'short ones whole')
+  const long = 's3://analytics-snapshots-prod/receipts/customers/eu-west/2026-11-02T10-00-00.tar.gz'
+  const cut = shortenMiddle(long, 40)
+  t.equal(cut.length, 40)
+  t.match(cut, /^s3:\/\/analytics-snaps.*….*-00-00\.tar\.gz$/)
+
+  const dir = `a-rather-long-snapshot-directory-name-${'x'.repeat(30)}/receipts-2026-11-02`
+  const lease = await acquire(OPERATOR, dir)
+  const table = await cli('sessions', 'list', '--status', 'PENDING')
+  const row = table.out.split('\n').find((l) => l.startsWith(lease.session.id))!
+  t.match(row, /\sfile:\/\/\/\S*…\S*receipts-2026-11-02\s/, 'the table shows file:// and the name, the middle cut')
 })
 
 t.test('keys: create (shown once), list (never the key), revoke', async (t) => {

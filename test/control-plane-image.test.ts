@@ -40,6 +40,15 @@ t.test('the control-plane image', async (t) => {
   t.ok(existsSync(join(app, 'src/generated/prisma/client.ts')), "npm ci's postinstall generated the Prisma client in the image")
   t.notOk(existsSync(join(app, 'node_modules/tap')), 'npm prune left no dev dependency')
   t.ok(existsSync(join(app, 'dist/server.js')), 'the bundle is in the image')
+  t.ok(existsSync(join(app, 'packages/client/dist/index.js')), "npm ci's postinstall built the client package")
+  const help = spawn(process.execPath, ['bin/chroma-lease.js', '--help'], { cwd: app, env: { PATH: process.env.PATH! }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let helpOut = ''
+  help.stdout.on('data', (c: Buffer) => (helpOut += c))
+  help.stderr.on('data', (c: Buffer) => (helpOut += c))
+  const [helpCode] = await once(help, 'exit')
+  t.equal(helpCode, 0, 'the command runs in the image', { output: helpOut })
+  t.match(helpOut, /^Usage: chroma-lease/, 'from its bundle (dist/cli.js, built with the server)')
+  t.notMatch(helpOut, /could not rebuild/, 'which is current: it needs no rebuild')
 
   const port = await freeLoopbackPort()
   const env: Record<string, string> = {

@@ -1,12 +1,12 @@
 import { parseArgs } from 'node:util'
-import type { WorkflowCost } from '../services/cost-report.ts'
-import type { SessionView } from '../services/sessions.ts'
-import { formatTable, age, shorten, compactJson } from './table.ts'
+import { ChromaLeaseClient, ChromaLeaseError, unwrap, type components, type paths } from '@chroma-lease/client'
+import { formatTable, age, shorten, shortenMiddle, compactJson } from './table.ts'
 
 /**
- * `chroma-lease`: the operators' command line (bin/chroma-lease.js runs it through tsx).
- * `serve` and `migrate` run the process and the migrations on this machine; the other
- * commands call the HTTP API of a running control plane with an API key.
+ * `chroma-lease`: the operators' command line (bin/chroma-lease.js runs its esbuild bundle,
+ * dist/cli.js). `serve` and `migrate` run the process and the migrations on this machine;
+ * the other commands call the HTTP API of a running control plane with an API key, through
+ * @chroma-lease/client. An id may be given as a unique prefix of at least 4 characters.
  */
 
 export const USAGE = `Usage: chroma-lease <command> [options]
@@ -36,6 +36,8 @@ Options:
   --api-key KEY      an API key, operator for keys and sessions (env CHROMA_LEASE_API_KEY)
   --json             print the API's JSON instead of tables
   -h, --help         this help
+
+An ID may be a unique prefix of the id (at least 4 characters), as git and docker take them.
 `
 
 const OPTIONS = {
@@ -100,17 +102,6 @@ const processIo: Io = {
 
 class UsageError extends Error {}
 
-/** An error answer from the API (RFC 9457 problem details), or no answer at all. */
-export class ApiError extends Error {
-  constructor(
-    readonly status: number | null,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message)
-  }
-}
-
 /**
  * Runs one command. Returns the exit code (0 ok, 1 the API refused or could not be
  * reached, 2 bad usage), or null for `serve`, which keeps running.
@@ -123,8 +114,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number |
       io.err(`chroma-lease: ${err.message}\nRun 'chroma-lease --help' for usage.\n`)
       return 2
     }
-    if (err instanceof ApiError) {
-      io.err(`chroma-lease: ${err.status === null ? '' : `${err.status} ${err.code}: `}${err.message}\n`)
+    if (err instanceof ChromaLeaseError) {
+      io.err(`chroma-lease: ${err.status === null ? '' : `${err.status} ${err.code}: `}${err.message}${err.status === 401 && !apiKeyGiven(argv, io) ? ' (set --api-key or CHROMA_LEASE_API_KEY)' : ''}\n`)
       return 1
     }
     io.err(`chroma-lease: ${(err as Error).message}\n`)
@@ -155,18 +146,26 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
   for (const flag of Object.keys(flags) as Array<keyof Flags>) {
     if (!COMMON.includes(flag) && !allowed.includes(flag)) throw new UsageError(`${command} does not take --${flag}`)
   }
-  const id = rest[0]
+  const given = rest[0]
   if (WITH_ID.has(command) ? rest.length !== 1 : rest.length !== 0) {
     throw new UsageError(WITH_ID.has(command) ? `${command} takes one id` : `${command} takes no arguments, got ${rest.join(' ')}`)
   }
-  const api = new Api(flags.url ?? io.env.CHROMA_LEASE_URL ?? 'http://127.0.0.1:8080', flags['api-key'] ?? io.env.CHROMA_LEASE_API_KEY)
+  const url = flags.url ?? io.env.CHROMA_LEASE_URL ?? 'http://127.0.0.1:8080'
+  if (!URL.canParse(url)) throw new UsageError(`--url ${JSON.stringify(url)} is not a URL`)
+  const client = new ChromaLeaseClient({
+    url,
+    apiKey: flags['api-key'] ?? io.env.CHROMA_LEASE_API_KEY,
+    retry: { retries: 2, baseDelayMs: 200 },
+    fetch: (request) => fetch(request, { signal: AbortSignal.timeout(60_000) }),
+  })
+  const { api } = client
   const print = (body: unknown, human: () => string) => io.out(flags.json ? JSON.stringify(body, null, 2) + '\n' : human())
 
   switch (command) {
     case 'keys create': {
       if (!flags.name) throw new UsageError('keys create needs --name')
       if (flags.role !== undefined && flags.role !== 'client' && flags.role !== 'operator') throw new UsageError('--role is client or operator')
-      const key = await api.call<CreatedKey>('POST', '/v1/keys', { name: flags.name, ...(flags.role ? { role: flags.role } : {}) })
+      const key = await unwrap(api.POST('/v1/keys', { body: { name: flags.name, ...(flags.role ? { role: flags.role } : {}) } }))
       print(key, () => keysTable([key]) + `\nkey: ${key.key}\nThis is the only time the key is shown; it is stored as a hash.\n`)
       if (key.enabledNow) {
         io.err(
@@ -177,58 +176,51 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
       return 0
     }
     case 'keys list': {
-      const { keys } = await api.call<{ keys: ApiKeyRow[] }>('GET', '/v1/keys')
+      const { keys } = await unwrap(api.GET('/v1/keys'))
       print({ keys }, () => keysTable(keys))
       return 0
     }
     case 'keys revoke': {
-      const key = await api.call<ApiKeyRow>('DELETE', `/v1/keys/${seg(id!)}`)
+      const id = await resolveId(client, 'key', given!)
+      const key = await unwrap(api.DELETE('/v1/keys/{id}', { params: { path: { id } } }))
       print(key, () => keysTable([key]))
       return 0
     }
     case 'sessions list': {
-      const query = new URLSearchParams()
-      for (const s of flags.status ?? []) for (const one of s.split(',')) query.append('status', one.trim().toUpperCase())
-      if (flags.limit) query.set('limit', flags.limit)
-      const { sessions } = await api.call<{ sessions: SessionRow[] }>('GET', `/v1/sessions${query.size ? `?${query}` : ''}`)
+      const status = (flags.status ?? []).flatMap((s) => s.split(',')).map((one) => one.trim().toUpperCase()) as SessionRow['status'][]
+      const { sessions } = await unwrap(api.GET('/v1/sessions', { params: { query: { ...(flags.limit ? { limit: Number(flags.limit) } : {}), ...(status.length ? { status } : {}) } } }))
       print({ sessions }, () => sessionsTable(sessions))
       return 0
     }
     case 'sessions show': {
-      const session = await api.call<SessionRow>('GET', `/v1/sessions/${seg(id!)}`)
-      const { events } = await api.call<{ events: EventRow[] }>('GET', `/v1/sessions/${seg(id!)}/events?limit=1000`)
+      const id = await resolveId(client, 'session', given!)
+      const session = await unwrap(api.GET('/v1/sessions/{id}', { params: { path: { id } } }))
+      const { events } = await unwrap(api.GET('/v1/sessions/{id}/events', { params: { path: { id }, query: { limit: 1000 } } }))
       print({ session, events }, () => sessionDetail(session) + '\nTimeline\n' + eventsTable(events))
       return 0
     }
     case 'sessions drain':
     case 'sessions stop': {
-      const query = new URLSearchParams()
-      if (command === 'sessions stop') query.set('force', 'true')
-      if (flags.reason) query.set('reason', flags.reason)
-      const session = await api.call<SessionRow>('DELETE', `/v1/sessions/${seg(id!)}${query.size ? `?${query}` : ''}`)
+      const id = await resolveId(client, 'session', given!)
+      const query = { force: command === 'sessions stop', ...(flags.reason ? { reason: flags.reason } : {}) }
+      const session = await unwrap(api.DELETE('/v1/sessions/{id}', { params: { path: { id }, query } }))
       print(session, () => sessionsTable([session]))
       return 0
     }
     case 'leases list': {
-      const query = new URLSearchParams()
-      if (flags.session) query.set('sessionId', flags.session)
-      if (flags.active) query.set('active', 'true')
-      if (flags.limit) query.set('limit', flags.limit)
-      const { leases } = await api.call<{ leases: LeaseRow[] }>('GET', `/v1/leases${query.size ? `?${query}` : ''}`)
+      const query = { ...(flags.limit ? { limit: Number(flags.limit) } : {}), ...(flags.session ? { sessionId: await resolveId(client, 'session', flags.session) } : {}), ...(flags.active ? { active: true } : {}) }
+      const { leases } = await unwrap(api.GET('/v1/leases', { params: { query } }))
       print({ leases }, () => leasesTable(leases))
       return 0
     }
     case 'leases release': {
-      const lease = await api.call<LeaseRow>('DELETE', `/v1/leases/${seg(id!)}`)
+      const lease = await client.release(await resolveId(client, 'lease', given!))
       print(lease, () => leasesTable([lease]))
       return 0
     }
     case 'costs': {
-      const query = new URLSearchParams()
-      if (flags.holder !== undefined) query.set('holder', flags.holder)
-      if (flags.since) query.set('since', flags.since)
-      if (flags.limit) query.set('limit', flags.limit)
-      const { workflows } = await api.call<{ workflows: WorkflowCostRow[] }>('GET', `/v1/costs${query.size ? `?${query}` : ''}`)
+      const query = { ...(flags.limit ? { limit: Number(flags.limit) } : {}), ...(flags.holder !== undefined ? { holder: flags.holder } : {}), ...(flags.since ? { since: flags.since } : {}) }
+      const { workflows } = await unwrap(api.GET('/v1/costs', { params: { query } }))
       print({ workflows }, () => costsTable(workflows))
       return 0
     }
@@ -243,8 +235,6 @@ function subcommands(group: string): string {
     .join(', ') || 'see --help'
 }
 
-const seg = (id: string) => encodeURIComponent(id)
-
 async function serve(): Promise<null> {
   await import('../server.ts')
   return null
@@ -255,94 +245,58 @@ async function migrate(): Promise<number> {
   return 0
 }
 
-/** The control plane's HTTP API, with the API key on every call. */
-export class Api {
-  private readonly base: string
+const FULL_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+const MIN_PREFIX = 4
+/** Sessions are paged through by creation time; this bounds a prefix lookup to 100 pages. */
+const MAX_SESSION_PAGES = 100
 
-  constructor(
-    url: string,
-    private readonly apiKey: string | undefined,
-    private readonly timeoutMs = 60_000,
-  ) {
-    let parsed: URL
-    try {
-      parsed = new URL(url)
-    } catch {
-      throw new UsageError(`--url ${JSON.stringify(url)} is not a URL`)
+/**
+ * The full id for `given`: itself when it is a whole id, else the one id of that kind
+ * starting with it (as git and docker take unique prefixes). None: exit 1; several: a
+ * usage error (exit 2) that lists them.
+ */
+async function resolveId(client: ChromaLeaseClient, kind: 'session' | 'lease' | 'key', given: string): Promise<string> {
+  if (FULL_ID.test(given)) return given
+  const prefix = given.toLowerCase()
+  if (!/^[0-9a-f-]+$/.test(prefix)) throw new UsageError(`${JSON.stringify(given)} is not a ${kind} id or id prefix (hex digits and dashes)`)
+  if (prefix.length < MIN_PREFIX) throw new UsageError(`give at least ${MIN_PREFIX} characters of the ${kind} id, got ${JSON.stringify(given)}`)
+  let matches: Array<{ id: string; what: string }>
+  let scope = ''
+  if (kind === 'key') {
+    const { keys } = await unwrap(client.api.GET('/v1/keys'))
+    matches = keys.filter((k) => k.id.startsWith(prefix)).map((k) => ({ id: k.id, what: `${k.name}, ${k.role}${k.revokedAt ? ', revoked' : ''}` }))
+  } else if (kind === 'lease') {
+    // The lease list has no paging: the newest 1000 are what a prefix can name.
+    const { leases } = await unwrap(client.api.GET('/v1/leases', { params: { query: { limit: 1000 } } }))
+    matches = leases.filter((l) => l.id.startsWith(prefix)).map((l) => ({ id: l.id, what: `${l.status}, holder ${l.holder ?? '-'}` }))
+    if (leases.length === 1000) scope = ' among the newest 1000 leases (give the whole id for an older one)'
+  } else {
+    matches = []
+    let before: string | undefined
+    for (let page = 0; page < MAX_SESSION_PAGES; page++) {
+      const { sessions } = await unwrap(client.api.GET('/v1/sessions', { params: { query: { limit: 1000, ...(before ? { before } : {}) } } }))
+      matches.push(...sessions.filter((s) => s.id.startsWith(prefix)).map((s) => ({ id: s.id, what: `${s.status}, ${s.snapshot}` })))
+      if (sessions.length < 1000) break
+      before = sessions.at(-1)!.createdAt
     }
-    this.base = parsed.toString().replace(/\/+$/, '')
   }
-
-  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    let res: Response
-    try {
-      res = await fetch(`${this.base}${path}`, {
-        method,
-        headers: {
-          accept: 'application/json',
-          ...(this.apiKey ? { 'x-api-key': this.apiKey } : {}),
-          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-        },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.timeoutMs),
-      })
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause
-      throw new ApiError(null, 'unreachable', `cannot reach ${this.base}: ${cause?.code ?? cause?.message ?? (err as Error).message}`)
-    }
-    const text = await res.text()
-    let json: unknown
-    try {
-      json = text ? JSON.parse(text) : null
-    } catch {
-      json = null
-    }
-    if (!res.ok) {
-      const problem = (json ?? {}) as { code?: string; detail?: string; title?: string }
-      const hint = res.status === 401 && !this.apiKey ? ' (set --api-key or CHROMA_LEASE_API_KEY)' : ''
-      throw new ApiError(res.status, problem.code ?? 'http_error', `${problem.detail ?? problem.title ?? (text.slice(0, 200) || res.statusText)}${hint}`)
-    }
-    return json as T
-  }
+  if (matches.length === 1) return matches[0]!.id
+  if (matches.length === 0) throw new ChromaLeaseError(null, `${kind === 'key' ? 'api_key' : kind}_not_found`, `no ${kind} id starts with ${given}${scope}`)
+  throw new UsageError(`${given} is ambiguous: ${matches.length} ${kind}s start with it:\n${matches.map((m) => `  ${m.id}  (${m.what})`).join('\n')}\ngive more of the id`)
 }
 
-interface ApiKeyRow {
-  id: string
-  name: string
-  role: string
-  fingerprint: string
-  createdAt: string
-  revokedAt: string | null
-}
-interface CreatedKey extends ApiKeyRow {
-  key: string
-  enabledNow: boolean
-}
-/** A session as the API's JSON shows it. */
-type SessionRow = SessionView
-interface EventRow {
-  id: string
-  at: string
-  type: string
-  status: string | null
-  reason: string | null
-  leaseId: string | null
-  detail: unknown
-}
-interface LeaseRow {
-  id: string
-  status: string
-  holder: string | null
-  expiresAt: string
-  createdAt: string
-  endedAt: string | null
-  session: SessionRow
+/** True when the command line or the environment gives an API key (for the hint on a 401). */
+function apiKeyGiven(argv: string[], io: Io): boolean {
+  return Boolean(io.env.CHROMA_LEASE_API_KEY) || argv.some((a) => a === '--api-key' || a.startsWith('--api-key='))
 }
 
-/** A workflow's cost as the API's JSON shows it. */
-type WorkflowCostRow = WorkflowCost
+type ApiKeyRow = components['schemas']['ApiKey']
+type SessionRow = components['schemas']['Session']
+type EventRow = components['schemas']['SessionEvent']
+type LeaseRow = components['schemas']['Lease']
+type WorkflowCostRow = paths['/v1/costs']['get']['responses'][200]['content']['application/json']['workflows'][number]
 
-function keysTable(keys: ApiKeyRow[]): string {
+function keysTable(keys: Array<Omit<ApiKeyRow, 'revokedAt'> & { revokedAt?: string | null }>): string {
   return formatTable(
     ['ID', 'NAME', 'ROLE', 'FINGERPRINT', 'CREATED', 'REVOKED'],
     keys.map((k) => [k.id, shorten(k.name, 40), k.role, k.fingerprint, age(k.createdAt), k.revokedAt ? age(k.revokedAt) : '-']),
@@ -357,7 +311,7 @@ function sessionsTable(sessions: SessionRow[]): string {
       s.status,
       s.mode,
       String(s.leaseCount),
-      shorten(s.snapshot, 48, 'start'),
+      shortenMiddle(s.snapshot, 60),
       s.collection ?? '-',
       age(s.createdAt),
       s.error ? shorten(s.error, 60) : s.endpoint ? s.endpoint.url : (s.stopReason ?? '-'),

@@ -17,6 +17,16 @@ export function shorten(text: string, max: number, drop: 'start' | 'end' = 'end'
   return drop === 'start' ? `…${text.slice(text.length - max + 1)}` : `${text.slice(0, max - 1)}…`
 }
 
+/**
+ * `text` cut to `max` characters in its middle: a URI keeps its scheme and bucket or root
+ * on the left and its file name on the right (s3://bucket/rec…/2026-11-02.tar.gz).
+ */
+export function shortenMiddle(text: string, max: number): string {
+  if (text.length <= max) return text
+  const right = Math.floor((max - 1) / 2)
+  return `${text.slice(0, max - 1 - right)}…${text.slice(text.length - right)}`
+}
+
 /** How long ago an ISO time was, in its largest unit: 42s, 5m, 3h, 2d. */
 export function age(iso: string, now = Date.now()): string {
   const seconds = Math.max(0, Math.floor((now - Date.parse(iso)) / 1000))
