@@ -197,7 +197,7 @@ export interface paths {
                     "application/json": {
                         /** @description s3://bucket/key-or-prefix, or file:///abs/path (a tar archive or a directory) under SNAPSHOT_ROOT */
                         snapshot: string;
-                        /** @description READY waits for this collection to exist */
+                        /** @description A collection the caller will use: checked once the session serves (404 collection_not_found, lease ended, when the snapshot does not hold it); an exclusive session waits for it to exist. A shared session serves every collection of its snapshot */
                         collection?: string;
                         /** @description shared (default): reuse the pool session; exclusive: a private one */
                         mode?: "shared" | "exclusive";
@@ -631,7 +631,10 @@ export interface paths {
         };
         put?: never;
         post?: never;
-        /** Drain a session (no new leases; stops when its leases end), or force stop it now with ?force=true */
+        /**
+         * Drain a session (no new leases; stops when its leases end), or force stop it now with ?force=true
+         * @description Drain applies to a serving (READY) session; draining a PENDING or STARTING one answers 409 `session_not_serving` with its `sessionStatus` and changes nothing: force stop it instead. Draining a session that is already draining or stopping answers it as it is.
+         */
         delete: {
             parameters: {
                 query?: {
@@ -685,6 +688,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                409: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2173,7 +2185,10 @@ export interface components {
             token?: string;
             /** @description The token session.endpoint requires (x-chroma-token or Authorization: Bearer) from callers that go to the session directly; shown to the lease's own holder only (operators reading others' leases see null), and null unless the lease is active and the session serving */
             sessionToken: string | null;
-            status: "active" | "released" | "expired";
+            /** @description active; released (its holder let it go); expired (its TTL ran out); ended (its session ended it: see endReason) */
+            status: "active" | "released" | "expired" | "ended";
+            /** @description Why it ended, null while active: released, expired, collection_not_found (the acquire named a collection its snapshot does not hold), session_failed (its session failed), force_stopped (an operator force-stopped its session), max_lifetime (its session reached MAX_SESSION_SECONDS), session_ended (its session ended otherwise) */
+            endReason: "released" | "expired" | "collection_not_found" | "session_failed" | "force_stopped" | "max_lifetime" | "session_ended" | null;
             holder: string | null;
             ttlSeconds: number;
             /** Format: date-time */
