@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { ChromaClient } from 'chromadb'
 import { request } from 'undici'
+import { Prisma } from '../src/generated/prisma/client.ts'
 import { ManualClock } from '../src/services/clock.ts'
 import { buildTestApp, reconcileUntilSettled } from './helpers/app.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
@@ -13,7 +14,7 @@ import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 const root = await mkdtemp(join(tmpdir(), 'proxy-'))
 const fixture = await buildSnapshotFixture(root, { count: 60, dim: 8 })
-const clock = new ManualClock()
+const clock = new ManualClock(Date.now()) // the real time: the keep-alive statement reads Postgres's now()
 const ctx = await buildTestApp(t, { snapshotRoot: root, clock, listen: true, leaseTtlSeconds: 90 })
 const { port } = new URL(ctx.url)
 
@@ -109,6 +110,7 @@ t.test('proxied bodies are limited, and released leases stop working at once', a
 t.test('proxied use keeps the lease alive with at most one write per third of its TTL', async (t) => {
   const d = await readyLease()
   const expiry = async () => Date.parse((await ctx.app.inject({ method: 'GET', url: `/v1/leases/${d.id}` })).json().expiresAt)
+  const dbNow = async () => (await ctx.sql.rows<{ now: Date }>(Prisma.sql`SELECT now() AS now`))[0]!.now.getTime()
   const first = await expiry()
   const hit = async () => {
     const res = await request(`${ctx.url}/api/v2/heartbeat`, { headers: { 'x-chroma-token': d.token } })
@@ -118,13 +120,19 @@ t.test('proxied use keeps the lease alive with at most one write per third of it
   t.equal(await hit(), 200)
   clock.advance(20)
   t.equal(await hit(), 200)
+  await ctx.services.router.flush()
   t.equal(await expiry(), first, 'no renewal within the first third of the TTL')
   clock.advance(20)
+  const before = await dbNow()
   t.equal(await hit(), 200)
-  await new Promise((r) => setTimeout(r, 100))
-  t.equal(await expiry(), clock.now().getTime() + 90_000, 'renewed once a third of the TTL had passed')
-  clock.advance(80)
-  t.equal(await hit(), 200, 'still alive past its original expiry')
+  await ctx.services.router.flush()
+  const after = await dbNow()
+  const renewed = await expiry()
+  t.ok(renewed > first, 'renewed once a third of the TTL had passed')
+  t.ok(renewed >= before + 90_000 && renewed <= after + 90_000, "to the database's now() plus the TTL")
+  clock.advance((renewed - clock.now().getTime()) / 1000 - 1)
+  t.equal(await hit(), 200, 'alive until the expiry the write returned')
+  await ctx.services.router.flush()
   clock.advance(91)
   t.equal(await hit(), 401, 'an unused lease expires')
 })
