@@ -31,6 +31,8 @@ export interface AppDeps {
   publicUrl?: string
   bodyLimitBytes?: number
   proxyBodyLimitBytes?: number
+  /** How long the proxy waits for a session's answer (headers, then each part of the body); default 120 s. */
+  proxyTimeoutSeconds?: number
   /** The process's pino logger; none: the app logs nothing (tests). */
   logger?: FastifyBaseLogger
   /** True once shutdown began: /readyz turns 503 so load balancers drain this replica. */
@@ -133,6 +135,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(keyRoutes, { services: deps.services })
   await app.register(preflightRoutes, { preflight: deps.preflight })
   await app.register(queryRoutes, { services: deps.services })
-  await app.register(proxyRoutes, { services: deps.services, bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024 })
+  await app.register(proxyRoutes, {
+    services: deps.services,
+    bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024,
+    timeoutMs: (deps.proxyTimeoutSeconds ?? 120) * 1000,
+  })
   return app
 }
