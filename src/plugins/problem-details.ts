@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import { isDatabaseUnavailable } from '../database/client.ts'
 import { ProblemError } from '../services/errors.ts'
 import { discardRequestBody } from './request-body.ts'
 
@@ -13,6 +14,9 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_ASYNC_CONSTRAINT: 'bad_request',
   FST_ERR_BAD_URL: 'bad_url',
 }
+
+/** What a 503 database_unavailable asks clients to wait: a Postgres restart or failover takes seconds. */
+export const DATABASE_RETRY_AFTER_SECONDS = 5
 
 export function sendProblem(reply: FastifyReply, status: number, code: string, title: string, detail: string, extra: Record<string, unknown> = {}) {
   return reply
@@ -28,6 +32,12 @@ export function sendProblem(reply: FastifyReply, status: number, code: string, t
  */
 export default fp(async function problemDetails(app: FastifyInstance) {
   app.setErrorHandler(async (err: FastifyError, request, reply) => {
+    if (isDatabaseUnavailable(err)) {
+      // An outage, not a bug: the client retries, and the pools reconnect by themselves.
+      request.log.warn({ err }, 'database unavailable')
+      reply.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS))
+      return sendProblem(reply, 503, 'database_unavailable', 'Service Unavailable', 'the database cannot be reached right now; retry after the Retry-After seconds')
+    }
     const p = toProblem(err)
     if (p.status === 500) request.log.error({ err }, 'unhandled error')
     // A body too large was not read: read and drop the rest first, so that a client

@@ -1,4 +1,4 @@
-import type { SqlPool } from '../database/client.ts'
+import { isDatabaseUnavailable, type SqlPool } from '../database/client.ts'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { Change, ChangeFeed } from '../database/change-feed.ts'
 import type { SessionStatus } from '../generated/prisma/enums.ts'
@@ -22,11 +22,15 @@ export interface LeaseRoute {
   cachedAt: number
   checkedAt: number
   renewing?: Promise<void>
+  /** After a failed keep-alive write (Date.now()). */
+  retryRenewAt?: number
 }
 
 // A safety net under the change feed: even a missed notification is noticed this soon.
 const MAX_ROUTE_AGE_MS = 10_000
 const MAX_ENTRIES = 50_000
+// How soon a read or a keep-alive write that found the database away is tried again.
+const RETRY_MS = 1_000
 // A load that a change for its lease or session overtook is read again, this many times at most.
 const MAX_LOAD_ATTEMPTS = 3
 
@@ -81,7 +85,16 @@ export class LeaseRouter {
     // refused: another replica may have renewed the lease (renewals send no notification).
     const expiredUnconfirmed = route !== undefined && !route.ended && route.expiresAt <= now && route.checkedAt < route.expiresAt
     if (!route || Date.now() - route.cachedAt > MAX_ROUTE_AGE_MS || expiredUnconfirmed) {
-      route = await this.load(hash)
+      const cached = route
+      try {
+        route = await this.load(hash)
+      } catch (err) {
+        // The data path outlives a database outage: a route authorised before it keeps
+        // serving on what the cache knows (its expiry included), re-read once a second.
+        if (!cached || expiredUnconfirmed || !isDatabaseUnavailable(err)) throw err
+        cached.cachedAt = Date.now() - MAX_ROUTE_AGE_MS + RETRY_MS
+        route = cached
+      }
       now = this.clock.now().getTime()
     }
     if (route.ended || route.expiresAt <= now) throw unauthorized('lease_ended', `lease ${route.leaseId} has ended or expired`)
@@ -154,7 +167,7 @@ export class LeaseRouter {
    */
   private keepAlive(route: LeaseRoute, now: number) {
     const renewDue = route.expiresAt - (route.ttlSeconds * 1000 * 2) / 3
-    if (now < renewDue || route.renewing) return
+    if (now < renewDue || route.renewing || Date.now() < (route.retryRenewAt ?? 0)) return
     route.renewing = this.sql
       .rows<{ expires_at: Date; ttl_seconds: number }>(Prisma.sql`
         UPDATE leases SET expires_at = GREATEST(expires_at, now() + make_interval(secs => ttl_seconds))
@@ -169,7 +182,9 @@ export class LeaseRouter {
         route.ttlSeconds = row.ttl_seconds
         route.checkedAt = this.clock.now().getTime()
       })
-      .catch(() => {}) // the next request tries again
+      .catch(() => {
+        route.retryRenewAt = Date.now() + RETRY_MS // a request after that tries again
+      })
       .finally(() => {
         route.renewing = undefined
       })
