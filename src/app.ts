@@ -14,7 +14,7 @@ import proxyRoutes from './routes/proxy.ts'
 import queryRoutes from './routes/query.ts'
 import sessionRoutes from './routes/sessions.ts'
 import costRoutes from './routes/costs.ts'
-import { Problem } from './schemas/common.ts'
+import { Problem, problems } from './schemas/common.ts'
 import { ApiKey } from './schemas/key.ts'
 import { Lease } from './schemas/lease.ts'
 import { Session, SessionEvent } from './schemas/session.ts'
@@ -114,6 +114,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
+  // Any route may meet a database outage: each documents its 503 database_unavailable
+  // (liveness reads no database).
+  app.addHook('onRoute', (route) => {
+    const response = route.schema?.response as Record<string, unknown> | undefined
+    if (response && !(503 in response) && route.url !== '/healthz') route.schema!.response = { ...response, ...problems(503) }
+  })
   await app.register(problemDetails)
   await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
   // A connection busy when shutdown began is not idle when Fastify closes idle ones, and
