@@ -20,6 +20,9 @@ import { buildSnapshotFixture, chromaAnswers, chromaClient, countChroma, queryCh
 
 // The session agent as the launchers run it: a real process restoring real snapshots
 // (files, archives, S3 through s3rver and the real SDK) and running the real Chroma.
+// Some twenty real agents, one after another: more than the suite's 180 s per file on a
+// loaded 2-core machine (178 s seen in a full run).
+t.setTimeout(360_000)
 
 const AGENT_MAIN = fileURLToPath(new URL('../container/agent/main.ts', import.meta.url))
 const root = await mkdtemp(join(tmpdir(), 'agent-test-'))
