@@ -15,7 +15,7 @@ import proxyRoutes from './routes/proxy.ts'
 import queryRoutes from './routes/query.ts'
 import sessionRoutes from './routes/sessions.ts'
 import costRoutes from './routes/costs.ts'
-import { Problem } from './schemas/common.ts'
+import { Problem, problems } from './schemas/common.ts'
 import { ApiKey } from './schemas/key.ts'
 import { Lease } from './schemas/lease.ts'
 import { Session, SessionEvent } from './schemas/session.ts'
@@ -32,6 +32,8 @@ export interface AppDeps {
   publicUrl?: string
   bodyLimitBytes?: number
   proxyBodyLimitBytes?: number
+  /** How long the proxy waits for a session's answer (headers, then each part of the body); default 120 s. */
+  proxyTimeoutSeconds?: number
   /** The process's pino logger; none: the app logs nothing (tests). */
   logger?: FastifyBaseLogger
   /** True once shutdown began: /readyz turns 503 so load balancers drain this replica. */
@@ -114,6 +116,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
+  // Any route may meet a database outage: each documents its 503 database_unavailable
+  // (liveness reads no database).
+  app.addHook('onRoute', (route) => {
+    const response = route.schema?.response as Record<string, unknown> | undefined
+    if (response && !(503 in response) && route.url !== '/healthz') route.schema!.response = { ...response, ...problems(503) }
+  })
   await app.register(problemDetails)
   await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
   // A connection busy when shutdown began is not idle when Fastify closes idle ones, and
@@ -135,6 +143,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(keyRoutes, { services: deps.services })
   await app.register(preflightRoutes, { preflight: deps.preflight })
   await app.register(queryRoutes, { services: deps.services })
-  await app.register(proxyRoutes, { services: deps.services, bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024 })
+  await app.register(proxyRoutes, {
+    services: deps.services,
+    bodyLimit: deps.proxyBodyLimitBytes ?? 32 * 1024 * 1024,
+    timeoutMs: (deps.proxyTimeoutSeconds ?? 120) * 1000,
+  })
   return app
 }

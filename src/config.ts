@@ -39,6 +39,7 @@ const EnvSchema = Type.Object({
   SAVE_TIMEOUT_SECONDS: Type.Integer({ default: 900, minimum: 10 }),
   BODY_LIMIT_BYTES: Type.Integer({ default: 1048576, minimum: 1024 }),
   PROXY_BODY_LIMIT_BYTES: Type.Integer({ default: 33554432, minimum: 1024 }),
+  PROXY_TIMEOUT_SECONDS: Type.Number({ default: 120, exclusiveMinimum: 0, maximum: 3600 }),
   ECS_CLUSTER: Type.Optional(Type.String({ minLength: 1 })),
   ECS_TASK_DEFINITION: Type.Optional(Type.String({ minLength: 1 })),
   ECS_SUBNETS: Type.Optional(Type.String({ minLength: 1 })),
@@ -91,6 +92,8 @@ export interface Config {
   saveTimeoutSeconds: number
   bodyLimitBytes: number
   proxyBodyLimitBytes: number
+  /** How long the proxy waits for a session's answer to start, and between its parts. */
+  proxyTimeoutSeconds: number
   ecs: {
     cluster: string | undefined
     taskDefinition: string | undefined
@@ -186,6 +189,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     saveTimeoutSeconds: e.SAVE_TIMEOUT_SECONDS,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     proxyBodyLimitBytes: e.PROXY_BODY_LIMIT_BYTES,
+    proxyTimeoutSeconds: e.PROXY_TIMEOUT_SECONDS,
     ecs: {
       cluster: e.ECS_CLUSTER,
       taskDefinition: e.ECS_TASK_DEFINITION,

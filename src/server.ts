@@ -30,6 +30,7 @@ async function main() {
     publicUrl: config.publicUrl,
     bodyLimitBytes: config.bodyLimitBytes,
     proxyBodyLimitBytes: config.proxyBodyLimitBytes,
+    proxyTimeoutSeconds: config.proxyTimeoutSeconds,
     logger,
     isShuttingDown: () => shuttingDown,
   })

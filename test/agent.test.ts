@@ -20,6 +20,9 @@ import { buildSnapshotFixture, chromaAnswers, chromaClient, countChroma, queryCh
 
 // The session agent as the launchers run it: a real process restoring real snapshots
 // (files, archives, S3 through s3rver and the real SDK) and running the real Chroma.
+// Some twenty real agents, one after another: more than the suite's 180 s per file on a
+// loaded 2-core machine (178 s seen in a full run).
+t.setTimeout(360_000)
 
 const AGENT_MAIN = fileURLToPath(new URL('../container/agent/main.ts', import.meta.url))
 const root = await mkdtemp(join(tmpdir(), 'agent-test-'))
@@ -270,8 +273,10 @@ t.test('restore progress counts the snapshot bytes and reaches 100%', async (t) 
   t.ok(seen.every(([bytes], i) => i === 0 || bytes >= seen[i - 1]![0]), 'never goes back')
 
   const statusPath = join(root, 'progress-status.json')
-  const status = new StatusFile(statusPath, (err) => t.error(err))
+  let nowMs = 1_000_000 // the throttle's time, moved by the test: no real-time margin to miss
+  const status = new StatusFile(statusPath, (err) => t.error(err), () => nowMs)
   await status.progress(50, 200)
+  nowMs += 249
   await status.progress(100, 200)
   t.match(
     JSON.parse(await readFile(statusPath, 'utf8')),
@@ -279,7 +284,7 @@ t.test('restore progress counts the snapshot bytes and reaches 100%', async (t) 
     'a second progress report within 250 ms is not written',
   )
   t.notOk(existsSync(`${statusPath}.${process.pid}.tmp`), 'written through a temporary file, renamed into place')
-  await sleep(300)
+  nowMs += 1
   await status.progress(150, 200)
   t.match(JSON.parse(await readFile(statusPath, 'utf8')), { bytes: 150, percent: 75 }, 'a later one is')
 })
@@ -352,10 +357,12 @@ t.test("the dead man's switch", async (t) => {
   })
 
   t.test('does not fire while the control plane confirms', async (t) => {
-    const run = await startAgent(t, `file://${fixture.tarPath}`, { DEAD_MAN_SECONDS: '2' })
+    // A switch of 4 s confirmed about every 0.5 s: 3.5 s of margin for a loaded machine.
+    const run = await startAgent(t, `file://${fixture.tarPath}`, { DEAD_MAN_SECONDS: '4' })
     await run.waitForPhase(['ready'])
-    // Confirm for three times the switch's delay; each confirmation restarts it.
-    for (let i = 0; i < 12; i++) {
+    // Confirm for twice the switch's delay; each confirmation restarts it.
+    let i = 0
+    for (const until = Date.now() + 8_000; Date.now() < until; i++) {
       const confirmed = await call(run, 'POST', '/_agent/confirm')
       t.equal(confirmed.body?.phase, 'ready', `confirmation ${i + 1} answers the status`)
       await sleep(500)

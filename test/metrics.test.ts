@@ -110,7 +110,10 @@ t.test('query latency by kind, session status and outcome; queries in flight', a
   t.equal((await ctx.inject({ url: '/api/v2/heartbeat', headers: token(pending.token) })).statusCode, 409)
   t.equal((await query(pending.session.id, pending.token)).statusCode, 409)
   t.equal((await ctx.inject({ method: 'DELETE', url: `/v1/sessions/${lease.session.id}` })).json().status, 'DRAINING')
-  await new Promise((r) => setTimeout(r, 500)) // the change feed tells the proxy's route cache
+  // The change feed tells the proxy's route cache: wait for it to see the session DRAINING.
+  for (const deadline = Date.now() + 15_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+    if ((await ctx.services.router.resolve(lease.token, lease.session.id)).sessionStatus === 'DRAINING') break
+  }
   t.equal((await query(lease.session.id, lease.token)).statusCode, 200, 'a draining session still serves its leases')
 
   const m = await ctx.metrics()

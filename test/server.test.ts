@@ -80,7 +80,10 @@ t.test('npm start on embedded defaults, graceful SIGTERM, restart adopts the ses
 
   // An acquire still waiting for its session when SIGTERM arrives is answered, not cut off.
   const inFlight = call('POST', '/v1/leases', { snapshot: `file://${fixture.tarGzPath}`, mode: 'exclusive', waitSeconds: 40 })
-  await new Promise((r) => setTimeout(r, 300))
+  // SIGTERM once the acquire is in: its session's row exists and its answer is being held.
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+    if ((await call('GET', '/v1/sessions')).body.sessions.length === 2) break
+  }
   first.child.kill('SIGTERM')
   const answered = await inFlight
   t.equal(answered.status, 201, 'the in-flight request finished')

@@ -58,6 +58,8 @@ export class StatusFile {
   constructor(
     private readonly path: string | undefined,
     private readonly onError: (err: Error) => void,
+    /** Milliseconds for the progress throttle; tests pass their own. */
+    private readonly now: () => number = Date.now,
   ) {}
 
   write(update: StatusUpdate, sticky: StickyUpdate = {}): Promise<void> {
@@ -78,7 +80,7 @@ export class StatusFile {
    * arrives with every chunk read, far more often than anyone looks.
    */
   progress(bytes: number, totalBytes: number | undefined, phase: 'restoring' | 'saving' = 'restoring'): Promise<void> {
-    const now = Date.now()
+    const now = this.now()
     if (now - this.lastProgressAt < PROGRESS_INTERVAL_MS) return this.chain
     this.lastProgressAt = now
     const percent = totalBytes ? Math.min(100, Math.floor((bytes / totalBytes) * 100)) : undefined

@@ -44,3 +44,44 @@ export function openDatabase(url: string, poolSize = 20): { db: Database; sql: S
 export function createDatabase(url: string, poolSize = 20): Database {
   return openDatabase(url, poolSize).db
 }
+
+/** Postgres SQLSTATEs and socket errors that mean "the database cannot be reached now", not "this statement is wrong". */
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  '57P01', // admin_shutdown: the server is stopping
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now: starting up or shutting down
+  '08000',
+  '08001',
+  '08003',
+  '08004',
+  '08006', // connection exceptions
+  '53300', // too_many_connections
+  'P1001', // Prisma: can't reach database server
+  'P1002', // Prisma: reached but timed out
+  'P1008', // Prisma: operations timed out
+  'P1017', // Prisma: server closed the connection
+  'P2024', // Prisma: timed out fetching a connection from the pool
+])
+const UNAVAILABLE_KINDS = new Set(['DatabaseNotReachable', 'ConnectionClosed', 'SocketTimeout', 'TooManyConnections'])
+const UNAVAILABLE_MESSAGES = /Connection terminated|connection timeout|Client has encountered a connection error|Can't reach database server|Server has closed the connection/i
+
+/**
+ * True when an error (or one it wraps) says the database is out of reach, for now: a
+ * request answers 503 and its client retries (an acquire with its Idempotency-Key,
+ * since a connection lost during a commit leaves the outcome unknown).
+ */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  for (let e = err as Record<string, unknown> | undefined, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
+    if (typeof e.code === 'string' && UNAVAILABLE_CODES.has(e.code)) return true
+    if (typeof e.kind === 'string' && UNAVAILABLE_KINDS.has(e.kind)) return true
+    if (typeof e.message === 'string' && UNAVAILABLE_MESSAGES.test(e.message)) return true
+    e = (e.cause ?? (e as { originalError?: unknown }).originalError) as Record<string, unknown> | undefined
+  }
+  return false
+}

@@ -1,6 +1,8 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import { isDatabaseUnavailable } from '../database/client.ts'
 import { ProblemError } from '../services/errors.ts'
+import { discardRequestBody } from './request-body.ts'
 
 /** Fastify's own client errors, by code, with the stable code we publish for each. */
 const FASTIFY_CODES: Record<string, string> = {
@@ -12,6 +14,9 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_ASYNC_CONSTRAINT: 'bad_request',
   FST_ERR_BAD_URL: 'bad_url',
 }
+
+/** What a 503 database_unavailable asks clients to wait: a Postgres restart or failover takes seconds. */
+export const DATABASE_RETRY_AFTER_SECONDS = 5
 
 export function sendProblem(reply: FastifyReply, status: number, code: string, title: string, detail: string, extra: Record<string, unknown> = {}) {
   return reply
@@ -26,25 +31,36 @@ export function sendProblem(reply: FastifyReply, status: number, code: string, t
  * 500 that says nothing about internals (the log has the stack, with the request id).
  */
 export default fp(async function problemDetails(app: FastifyInstance) {
-  app.setErrorHandler((err: FastifyError, request, reply) => {
-    if (err instanceof ProblemError) {
-      return sendProblem(reply, err.status, err.code, err.title, err.message, err.extra)
+  app.setErrorHandler(async (err: FastifyError, request, reply) => {
+    if (isDatabaseUnavailable(err)) {
+      // An outage, not a bug: the client retries, and the pools reconnect by themselves.
+      request.log.warn({ err }, 'database unavailable')
+      reply.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS))
+      return sendProblem(reply, 503, 'database_unavailable', 'Service Unavailable', 'the database cannot be reached right now; retry after the Retry-After seconds')
     }
-    if (err.validation) {
-      return sendProblem(reply, 400, 'validation_failed', 'Bad Request', `${err.validationContext ?? 'request'} ${err.message.replace(/^(body|querystring|params|headers)\s*/, '')}`)
-    }
-    const status = err.statusCode ?? 500
-    if (status >= 400 && status < 500) {
-      const code = (err.code && FASTIFY_CODES[err.code]) ?? 'bad_request'
-      return sendProblem(reply, status, code, httpTitle(status), err.message)
-    }
-    request.log.error({ err }, 'unhandled error')
-    return sendProblem(reply, 500, 'internal_error', 'Internal Server Error', 'the control plane failed to handle this request; see its log for the request id')
+    const p = toProblem(err)
+    if (p.status === 500) request.log.error({ err }, 'unhandled error')
+    // A body too large was not read: read and drop the rest first, so that a client
+    // still sending it gets this answer instead of a broken pipe.
+    if (p.status === 413 && !(await discardRequestBody(request.raw))) reply.header('connection', 'close')
+    return sendProblem(reply, p.status, p.code, p.title, p.detail, p.extra)
   })
   app.setNotFoundHandler((request, reply) =>
     sendProblem(reply, 404, 'route_not_found', 'Not Found', `no route ${request.method} ${request.url.split('?')[0]}`),
   )
 })
+
+function toProblem(err: FastifyError): { status: number; code: string; title: string; detail: string; extra?: Record<string, unknown> } {
+  if (err instanceof ProblemError) return { status: err.status, code: err.code, title: err.title, detail: err.message, extra: err.extra }
+  if (err.validation) {
+    return { status: 400, code: 'validation_failed', title: 'Bad Request', detail: `${err.validationContext ?? 'request'} ${err.message.replace(/^(body|querystring|params|headers)\s*/, '')}` }
+  }
+  const status = err.statusCode ?? 500
+  if (status >= 400 && status < 500) {
+    return { status, code: (err.code && FASTIFY_CODES[err.code]) ?? 'bad_request', title: httpTitle(status), detail: err.message }
+  }
+  return { status: 500, code: 'internal_error', title: 'Internal Server Error', detail: 'the control plane failed to handle this request; see its log for the request id' }
+}
 
 function httpTitle(status: number): string {
   return (

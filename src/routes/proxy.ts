@@ -6,10 +6,28 @@ import { badRequest, ProblemError } from '../services/errors.ts'
 import type { Services } from '../services/index.ts'
 import { leaseTokenFrom } from '../services/lease-routes.ts'
 import { sendProblem } from '../plugins/problem-details.ts'
+import { BodyLimit } from '../plugins/request-body.ts'
 import { instrumentQueries, noteSessionStatus } from './query-metrics.ts'
 
 /** Credentials meant for the control plane; a session never sees them (it gets its own token instead). */
 const STRIPPED_HEADERS = ['x-chroma-token', 'authorization', 'x-api-key', 'cookie']
+/**
+ * Hop-by-hop headers (RFC 9110 7.6.1) describe one connection, not the message: each
+ * side's are its own. `expect` and `upgrade` are answered (or ignored) by this server,
+ * and undici refuses to send them.
+ */
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect']
+
+/** The headers without the hop-by-hop ones, those named in their own Connection header included. */
+export function endToEnd<T extends Record<string, unknown>>(headers: T): T {
+  const named = String(headers.connection ?? '')
+    .split(',')
+    .map((h) => h.trim().toLowerCase())
+    .filter(Boolean)
+  const out = { ...headers }
+  for (const h of [...HOP_BY_HOP, ...named]) delete out[h]
+  return out
+}
 const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] as const
 
 /**
@@ -39,32 +57,50 @@ export function upstreamPath(rawUrl: string, prefixLength: number): string {
  * `/api/v2/*` serves official Chroma clients pointed at the control plane (they
  * ignore URL paths); `/v1/sessions/{id}/chroma/*` serves plain HTTP callers.
  */
-export default async function proxyRoutes(app: FastifyInstance, { services, bodyLimit }: { services: Services; bodyLimit: number }) {
-  // Bodies pass through as streams: no parsing, no re-encoding, no buffering.
+export default async function proxyRoutes(
+  app: FastifyInstance,
+  { services, bodyLimit, timeoutMs }: { services: Services; bodyLimit: number; timeoutMs: number },
+) {
+  const tooLarge = () => new ProblemError(413, 'payload_too_large', 'Content Too Large', `proxied bodies are limited to ${bodyLimit} bytes`)
+  // Bodies pass through as streams: no parsing, no re-encoding, no buffering; counted
+  // as they pass, since a chunked body declares no length.
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', (_request, payload, done) => done(null, payload))
+  app.addContentTypeParser('*', (request, payload, done) => {
+    if (Number(request.headers['content-length'] ?? 0) > bodyLimit) return done(tooLarge(), undefined)
+    const counted = new BodyLimit(bodyLimit)
+    payload.pipe(counted)
+    done(null, counted)
+  })
   instrumentQueries(app, services.metrics, 'proxy')
   await app.register(replyFrom, {
-    undici: { connections: 128, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: 120_000, bodyTimeout: 120_000 },
+    // A session that does not start answering within the timeout, or stalls that long
+    // in the middle of an answer, is cut off (504 before the answer began, a broken
+    // response after).
+    undici: { connections: 128, pipelining: 1, keepAliveTimeout: 30_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs },
     disableRequestLogging: true,
   })
 
   const forward = async (request: FastifyRequest, reply: FastifyReply, sessionId: string | undefined, prefixLength: number) => {
-    const length = Number(request.headers['content-length'] ?? 0)
-    if (length > bodyLimit) throw new ProblemError(413, 'payload_too_large', 'Content Too Large', `proxied bodies are limited to ${bodyLimit} bytes`)
     const path = upstreamPath(request.url, prefixLength)
     const route = await services.router.resolve(leaseTokenFrom(request.headers), sessionId)
     noteSessionStatus(request, route.sessionStatus)
     return reply.from(`${route.base}${path}`, {
       rewriteRequestHeaders: (_req, headers) => {
-        const out = { ...headers }
+        const out = endToEnd(headers)
         for (const h of STRIPPED_HEADERS) delete out[h]
         out['x-chroma-token'] = route.sessionToken
         return out
       },
+      rewriteHeaders: (headers) => endToEnd(headers),
       onError: (r, { error }) => {
+        const res = r as unknown as FastifyReply
+        // The problem handler reads and drops the rest of the body before answering.
+        if (request.body instanceof BodyLimit && request.body.exceeded) return res.send(tooLarge())
         request.log.warn({ err: error, sessionId: route.sessionId }, 'proxied request failed')
-        sendProblem(r as unknown as FastifyReply, 502, 'session_unreachable', 'Bad Gateway', `session ${route.sessionId} did not answer: ${error.message}`)
+        if ((error as { statusCode?: number }).statusCode === 504) {
+          return sendProblem(res, 504, 'session_timeout', 'Gateway Timeout', `session ${route.sessionId} did not answer within ${timeoutMs / 1000} s`)
+        }
+        sendProblem(res, 502, 'session_unreachable', 'Bad Gateway', `session ${route.sessionId} did not answer: ${error.message}`)
       },
     })
   }
@@ -72,7 +108,7 @@ export default async function proxyRoutes(app: FastifyInstance, { services, body
   const common = () => ({
     tags: ['proxy'],
     security: [{ chromaToken: [] }, { bearer: [] }] as Array<Record<string, string[]>>,
-    response: problems(400, 401, 403, 409, 413, 502),
+    response: problems(400, 401, 403, 409, 413, 502, 504),
   })
   app.route({
     method: [...METHODS],

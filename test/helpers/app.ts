@@ -59,6 +59,10 @@ export interface TestAppOptions {
   confirmIntervalSeconds?: number
   /** Extra environment for session agents (e.g. STOP_TIMEOUT_SECONDS). */
   agentEnv?: Record<string, string>
+  /** The API's and the proxy's body limits, and how long the proxy waits for a session (buildApp's defaults). */
+  bodyLimitBytes?: number
+  proxyBodyLimitBytes?: number
+  proxyTimeoutSeconds?: number
 }
 
 let topTeardownRegistered = false
@@ -120,7 +124,15 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
       confirmIntervalSeconds: opts.confirmIntervalSeconds,
     },
   })
-  const app = await buildApp({ db, clock, services, preflight: new PreflightService(launcher) })
+  const app = await buildApp({
+    db,
+    clock,
+    services,
+    preflight: new PreflightService(launcher),
+    bodyLimitBytes: opts.bodyLimitBytes,
+    proxyBodyLimitBytes: opts.proxyBodyLimitBytes,
+    proxyTimeoutSeconds: opts.proxyTimeoutSeconds,
+  })
   let url = ''
   if (opts.listen) url = await app.listen({ host: '127.0.0.1', port: 0 })
   t.teardown(async () => {

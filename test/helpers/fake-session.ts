@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { ComputeSize, LaunchSpec, LaunchTarget, Launcher, ObservedCompute, RunningCompute } from '../../src/services/launchers/launcher.ts'
 
@@ -67,6 +67,8 @@ export class FakeChroma {
   readonly confirms: string[] = []
   private confirmsInFlight = 0
   maxConfirmsInFlight = 0
+  /** Extra routes by path, tried first: what a test's session does on those paths. */
+  readonly routes = new Map<string, (req: IncomingMessage, res: ServerResponse) => void>()
   private server!: Server
   port = 0
 
@@ -77,6 +79,8 @@ export class FakeChroma {
         res.end(JSON.stringify(body))
       }
       const url = req.url ?? ''
+      const route = this.routes.get(url.split('?')[0]!)
+      if (route) return route(req, res)
       if (url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
       if (url === '/api/v2/healthcheck') return send(this.healthy ? 200 : 503, { healthy: this.healthy })
       if (url === '/api/v2/boom') return send(500, { error: 'boom' })
