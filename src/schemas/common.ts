@@ -21,7 +21,14 @@ export function problems(...statuses: number[]) {
   )
 }
 
-export const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
+/**
+ * An id: a UUID in its canonical 8-4-4-4-12 hex form only. The `uuid` format alone also
+ * admits `urn:uuid:…`, which Postgres refuses (a 500 on every `/{id}` route); the
+ * pattern keeps such input a 400 at the schema, before it reaches SQL.
+ */
+export const Uuid = Type.String({ format: 'uuid', pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' })
+
+export const IdParams = Type.Object({ id: Uuid })
 
 export const WaitSeconds = Type.Integer({
   minimum: 0,

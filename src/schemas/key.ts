@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { Uuid } from './common.ts'
 
 export const ApiKeyRole = Type.Union([Type.Literal('client'), Type.Literal('operator')], {
   description: 'client: leases; operator: everything (sessions, keys)',
@@ -6,7 +7,7 @@ export const ApiKeyRole = Type.Union([Type.Literal('client'), Type.Literal('oper
 
 export const ApiKey = Type.Object(
   {
-    id: Type.String({ format: 'uuid' }),
+    id: Uuid,
     name: Type.String(),
     role: ApiKeyRole,
     fingerprint: Type.String({ description: 'The first 8 hex digits of the sha256 of the key, to tell keys apart' }),
@@ -27,7 +28,7 @@ export const CreateKeyBody = Type.Object(
 )
 
 export const CreatedKey = Type.Object({
-  id: Type.String({ format: 'uuid' }),
+  id: Uuid,
   name: Type.String(),
   role: ApiKeyRole,
   fingerprint: Type.String(),

@@ -1,5 +1,5 @@
 import { Type } from 'typebox'
-import { WaitSeconds } from './common.ts'
+import { WaitSeconds, Uuid } from './common.ts'
 
 export const AcquireBody = Type.Object(
   {
@@ -25,7 +25,7 @@ export const IdempotencyHeaders = Type.Object({
 
 export const Lease = Type.Object(
   {
-    id: Type.String({ format: 'uuid' }),
+    id: Uuid,
     token: Type.Optional(Type.String({ description: 'Bearer token for the proxy and query routes; returned on creation and its idempotent replays only' })),
     sessionToken: Type.Union([Type.String(), Type.Null()], {
       description: "The token session.endpoint requires (x-chroma-token or Authorization: Bearer) from callers that go to the session directly; shown to the lease's own holder only (operators reading others' leases see null), and null unless the lease is active and the session serving",
@@ -44,7 +44,7 @@ export const Lease = Type.Object(
 export const LeaseList = Type.Object({ leases: Type.Array(Type.Ref('Lease')) })
 
 export const LeaseListQuery = Type.Object({
-  sessionId: Type.Optional(Type.String({ format: 'uuid' })),
+  sessionId: Type.Optional(Uuid),
   active: Type.Optional(Type.Boolean({ description: 'Only active leases' })),
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
 })

@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { Uuid } from './common.ts'
 
 export const SessionStatus = Type.Union(
   ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING', 'STOPPED', 'FAILED'].map((s) => Type.Literal(s)),
@@ -6,7 +7,7 @@ export const SessionStatus = Type.Union(
 
 export const Session = Type.Object(
   {
-    id: Type.String({ format: 'uuid' }),
+    id: Uuid,
     mode: Type.Union([Type.Literal('shared'), Type.Literal('exclusive')]),
     status: SessionStatus,
     snapshot: Type.String(),
