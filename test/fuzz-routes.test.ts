@@ -19,7 +19,7 @@ import { ScriptedLauncher } from './helpers/fake-session.ts'
  * Seeded and bounded: FUZZ_SEED and FUZZ_RUNS override the defaults to explore further.
  */
 const SEED = Number(process.env.FUZZ_SEED ?? 20261205)
-const RUNS = Number(process.env.FUZZ_RUNS ?? 400)
+const RUNS = Number(process.env.FUZZ_RUNS ?? 500)
 const OPERATOR = 'fuzz-operator-key-0123456789'
 const CLIENT = 'fuzz-client-key-0123456789'
 
@@ -52,6 +52,17 @@ t.test('every route answers generated and mutated requests with no 5xx and no ch
   // operator key) would leave the rest of the run answering 401.
   const knownIds = [shared.id, shared.session.id, exclusive.id, exclusive.session.id, released.id, released.session.id, ...keys.filter((k) => k.role === 'client').map((k) => k.id)]
   const tokens = [shared.token, exclusive.token, released.token]
+
+  // The defects this test found, pinned: each was a 500 from Postgres.
+  const status = async (req: { method: 'GET' | 'POST'; url: string; payload?: Record<string, unknown>; headers?: Record<string, string> }) =>
+    (await app.inject({ ...req, headers: { 'x-api-key': OPERATOR, ...req.headers } })).statusCode
+  t.equal(await status({ method: 'GET', url: `/v1/leases/urn:uuid:${shared.id}` }), 400, 'an id as urn:uuid:… is a 400')
+  t.equal(await status({ method: 'GET', url: `/v1/leases?sessionId=urn:uuid:${shared.session.id}` }), 400, 'so is a sessionId filter')
+  t.equal(await status({ method: 'POST', url: '/v1/leases', payload: { snapshot, holder: 'a\u0000b' } }), 400, 'a NUL in text is a 400')
+  t.equal(await status({ method: 'POST', url: '/v1/leases', payload: { snapshot, collection: '\ud800' } }), 400, 'so is a lone surrogate')
+  t.equal(await status({ method: 'GET', url: '/v1/costs?holder=%00' }), 400, 'in a query string too')
+  t.equal(await status({ method: 'POST', url: '/v1/leases', payload: { snapshot, holder: 'wf-\u{1F680}-é' } }), 201, 'any other Unicode text is fine')
+  t.equal(await status({ method: 'GET', url: `/v1/leases/${shared.id.toUpperCase()}` }), 200, 'an upper-case id is canonical too')
 
   /** Ids as clients write them, most of them not the canonical 8-4-4-4-12 form. */
   const oddIds = fc.oneof(
@@ -103,10 +114,20 @@ t.test('every route answers generated and mutated requests with no 5xx and no ch
       case 'string':
         if (schema.format === 'uuid') return oddIds
         if (schema.format === 'date-time') return fc.date({ min: new Date('1970-01-01T00:00:00Z'), max: new Date('2100-01-01T00:00:00Z'), noInvalidDate: true }).map((d) => d.toISOString())
-        if (schema.pattern) return fc.stringMatching(new RegExp(schema.pattern))
-        return fc.string({ minLength: schema.minLength ?? 0, maxLength: Math.min(schema.maxLength ?? 40, 40) })
+        // Free text (no pattern, or the no-NUL text pattern): what a client types, and now
+        // and then what Postgres text cannot hold (NUL) or JSON cannot carry (a lone surrogate).
+        if (schema.pattern && !schema.pattern.includes('\\u0000')) return fc.stringMatching(new RegExp(schema.pattern))
+        return fc.oneof(
+          { weight: 4, arbitrary: fc.string({ minLength: schema.minLength ?? 0, maxLength: Math.min(schema.maxLength ?? 40, 40) }) },
+          { weight: 1, arbitrary: fc.constantFrom('a\u0000b', '\u0000', '\ud800', 'x\udfff', '\udc00\ud800') },
+        )
       case 'integer':
-        return fc.integer({ min: schema.minimum ?? -1_000_000, max: Math.min(schema.maximum ?? 1_000_000, 1_000_000) })
+      {
+        // Mostly small values (server limits such as MAX_LEASE_TTL_SECONDS are not in the schema), sometimes any.
+        const min = schema.minimum ?? -1_000_000
+        const max = Math.min(schema.maximum ?? 1_000_000, 1_000_000)
+        return fc.oneof({ weight: 3, arbitrary: fc.integer({ min, max: Math.min(max, Math.max(min, 0) + 600) }) }, { weight: 1, arbitrary: fc.integer({ min, max }) })
+      }
       case 'number':
         return fc.double({ min: schema.minimum ?? -1e6, max: schema.maximum ?? 1e6, noNaN: true })
       case 'boolean':

@@ -30,6 +30,15 @@ export const Uuid = Type.String({ format: 'uuid', pattern: '^[0-9a-fA-F]{8}-[0-9
 
 export const IdParams = Type.Object({ id: Uuid })
 
+/**
+ * Free text that is stored or compared in Postgres: no NUL (Postgres text cannot hold
+ * it) and no lone surrogate (neither JSON nor UTF-8 can carry one). Either was a 500;
+ * the pattern (Unicode mode: a surrogate pair is one code point) makes it a 400.
+ */
+export function Text(options: { minLength?: number; maxLength?: number; description?: string } = {}) {
+  return Type.String({ ...options, pattern: '^[^\\u0000\\uD800-\\uDFFF]*$' })
+}
+
 export const WaitSeconds = Type.Integer({
   minimum: 0,
   maximum: 50,

@@ -1,5 +1,5 @@
 import { Type } from 'typebox'
-import { Uuid } from './common.ts'
+import { Text, Uuid } from './common.ts'
 
 export const ApiKeyRole = Type.Union([Type.Literal('client'), Type.Literal('operator')], {
   description: 'client: leases; operator: everything (sessions, keys)',
@@ -21,7 +21,7 @@ export const ApiKeyList = Type.Object({ keys: Type.Array(Type.Ref('ApiKey')) })
 
 export const CreateKeyBody = Type.Object(
   {
-    name: Type.String({ minLength: 1, maxLength: 200, description: 'What the key is for, e.g. "step-functions prod"' }),
+    name: Text({ minLength: 1, maxLength: 200, description: 'What the key is for, e.g. "step-functions prod"' }),
     role: Type.Optional(ApiKeyRole),
   },
   { additionalProperties: false },

@@ -1,26 +1,26 @@
 import { Type } from 'typebox'
-import { WaitSeconds, Uuid } from './common.ts'
+import { Text, WaitSeconds, Uuid } from './common.ts'
 
 export const AcquireBody = Type.Object(
   {
-    snapshot: Type.String({
+    snapshot: Text({
       minLength: 1,
       maxLength: 2048,
       description: 's3://bucket/key-or-prefix, or file:///abs/path (a tar archive or a directory) under SNAPSHOT_ROOT',
     }),
-    collection: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'READY waits for this collection to exist' })),
+    collection: Type.Optional(Text({ minLength: 1, maxLength: 512, description: 'READY waits for this collection to exist' })),
     mode: Type.Optional(Type.Union([Type.Literal('shared'), Type.Literal('exclusive')], { description: 'shared (default): reuse the pool session; exclusive: a private one' })),
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 5, description: 'Lease TTL; renew or use the proxy to keep it alive' })),
     idleTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Session idle TTL, set by the acquire that creates the session' })),
     waitSeconds: Type.Optional(WaitSeconds),
-    holder: Type.Optional(Type.String({ maxLength: 2048, description: 'Free text, e.g. a Step Functions execution ARN' })),
+    holder: Type.Optional(Text({ maxLength: 2048, description: 'Free text, e.g. a Step Functions execution ARN' })),
     saveOnRelease: Type.Optional(Type.Boolean({ description: 'Exclusive s3:// sessions only: when the lease ends, save the data back as a new snapshot version (session.savedSnapshot), then stop' })),
   },
   { additionalProperties: false },
 )
 
 export const IdempotencyHeaders = Type.Object({
-  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Retries with the same key return the same lease' })),
+  'idempotency-key': Type.Optional(Text({ minLength: 1, maxLength: 255, description: 'Retries with the same key return the same lease' })),
 })
 
 export const Lease = Type.Object(
