@@ -7,7 +7,7 @@ import { optionalDefaults } from './openapi-defaults.ts'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from './database/client.ts'
 import authPlugin from './plugins/auth.ts'
-import problemDetails from './plugins/problem-details.ts'
+import problemDetails, { frameworkProblem } from './plugins/problem-details.ts'
 import healthRoutes from './routes/health.ts'
 import keyRoutes from './routes/keys.ts'
 import leaseRoutes from './routes/leases.ts'
@@ -75,6 +75,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     bodyLimit: deps.bodyLimitBytes ?? 1024 * 1024,
     requestIdHeader: 'x-request-id',
     genReqId: () => crypto.randomUUID(),
+    frameworkErrors: frameworkProblem,
   }).withTypeProvider<TypeBoxTypeProvider>()
   // Query strings, params and headers arrive as text and are coerced to their schema's
   // types; JSON bodies are not, so `{"ttlSeconds": "60"}` is an error, not a guess.

@@ -37,6 +37,7 @@ const EnvSchema = Type.Object({
   SESSION_DEAD_MAN_SECONDS: Type.Integer({ default: 900, minimum: 30 }),
   AGENT_CONFIRM_INTERVAL_SECONDS: Type.Integer({ default: 60, minimum: 1 }),
   SAVE_TIMEOUT_SECONDS: Type.Integer({ default: 900, minimum: 10 }),
+  RETENTION_DAYS: Type.Integer({ default: 30, minimum: 1 }),
   BODY_LIMIT_BYTES: Type.Integer({ default: 1048576, minimum: 1024 }),
   PROXY_BODY_LIMIT_BYTES: Type.Integer({ default: 33554432, minimum: 1024 }),
   PROXY_TIMEOUT_SECONDS: Type.Number({ default: 120, exclusiveMinimum: 0, maximum: 3600 }),
@@ -90,6 +91,8 @@ export interface Config {
   sessionDeadManSeconds: number
   agentConfirmIntervalSeconds: number
   saveTimeoutSeconds: number
+  /** Ended sessions' leases and events older than this are purged; their costs stay as daily rollups. */
+  retentionDays: number
   bodyLimitBytes: number
   proxyBodyLimitBytes: number
   /** How long the proxy waits for a session's answer to start, and between its parts. */
@@ -187,6 +190,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     sessionDeadManSeconds: e.SESSION_DEAD_MAN_SECONDS,
     agentConfirmIntervalSeconds: e.AGENT_CONFIRM_INTERVAL_SECONDS,
     saveTimeoutSeconds: e.SAVE_TIMEOUT_SECONDS,
+    retentionDays: e.RETENTION_DAYS,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     proxyBodyLimitBytes: e.PROXY_BODY_LIMIT_BYTES,
     proxyTimeoutSeconds: e.PROXY_TIMEOUT_SECONDS,

@@ -123,6 +123,7 @@ export async function openRuntime(config: Config, logger: Logger) {
       sweepIntervalSeconds: config.sweepIntervalSeconds,
       deadManSeconds: config.sessionDeadManSeconds,
       confirmIntervalSeconds: config.agentConfirmIntervalSeconds,
+      retentionDays: config.retentionDays,
     },
   })
   const clockSync = setInterval(() => clock.sync().catch((err) => logger.warn({ err }, 'clock sync failed')), 30_000).unref()

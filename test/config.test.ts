@@ -9,6 +9,8 @@ t.test('defaults run everything locally on loopback', async (t) => {
   t.equal(c.port, 8080)
   t.same(c.apiKeys, [])
   t.match(c.snapshotRoot, /\/\.data\/snapshots$/)
+  t.equal(c.retentionDays, 30, 'ended sessions\' leases and events are kept 30 days')
+  t.equal(loadConfig({ RETENTION_DAYS: '7' }).retentionDays, 7)
 })
 
 t.test('API keys switch the bind address to all interfaces unless HOST says otherwise', async (t) => {
@@ -33,6 +35,8 @@ t.test('bad settings fail at start with a clear error', async (t) => {
     [{ SWEEP_INTERVAL_SECONDS: '0' }, /SWEEP_INTERVAL_SECONDS/],
     [{ AGENT_CONFIRM_INTERVAL_SECONDS: '400' }, /AGENT_CONFIRM_INTERVAL_SECONDS must be at most a third of SESSION_DEAD_MAN_SECONDS/],
     [{ RECONCILE_INTERVAL_SECONDS: '90' }, /RECONCILE_INTERVAL_SECONDS must not exceed AGENT_CONFIRM_INTERVAL_SECONDS/],
+    [{ RETENTION_DAYS: '0' }, /RETENTION_DAYS/],
+    [{ RETENTION_DAYS: 'a month' }, /RETENTION_DAYS/],
   ]
   for (const [env, message] of cases) {
     t.throws(() => loadConfig(env), { name: 'ConfigError', message }, JSON.stringify(env))

@@ -75,8 +75,17 @@ t.test('every model is a table with exactly its columns, types and nullability',
       const column = dbColumns.find((c) => c.column_name === (f.dbName ?? f.name))
       if (!column) continue
       const line = lines.get(f.name)!
-      const expectedType = f.kind === 'enum' ? 'USER-DEFINED' : line.includes('@db.Uuid') ? 'uuid' : PG_TYPES[f.type]
-      t.equal(column.data_type, expectedType, `${table}.${column.column_name} type`)
+      const list = new RegExp(`^${f.name}\\s+\\w+\\[\\]`).test(line)
+      const elementType = f.kind === 'enum' ? 'USER-DEFINED' : line.includes('@db.Uuid') ? 'uuid' : line.includes('@db.Date') ? 'date' : PG_TYPES[f.type]
+      if (list) {
+        // A scalar list is an array column, nullable as Prisma migrate makes it.
+        t.equal(column.data_type, 'ARRAY', `${table}.${column.column_name} type`)
+        const udt: Record<string, string> = { uuid: 'uuid', text: 'text', integer: 'int4', bigint: 'int8', date: 'date', 'double precision': 'float8', boolean: 'bool' }
+        t.equal(column.udt_name, `_${udt[elementType ?? ""]}`, `${table}.${column.column_name} element type`)
+        t.equal(column.is_nullable, 'YES', `${table}.${column.column_name} nullability`)
+        continue
+      }
+      t.equal(column.data_type, elementType, `${table}.${column.column_name} type`)
       if (f.kind === 'enum') t.equal(column.udt_name, f.type, `${table}.${column.column_name} enum type`)
       const optional = new RegExp(`^${f.name}\\s+\\w+\\?`).test(line)
       t.equal(column.is_nullable, optional ? 'YES' : 'NO', `${table}.${column.column_name} nullability`)

@@ -13,6 +13,7 @@ const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'invalid_content_length',
   FST_ERR_ASYNC_CONSTRAINT: 'bad_request',
   FST_ERR_BAD_URL: 'bad_url',
+  FST_ERR_MAX_PARAM_LENGTH: 'uri_too_long',
 }
 
 /** What a 503 database_unavailable asks clients to wait: a Postgres restart or failover takes seconds. */
@@ -23,6 +24,15 @@ export function sendProblem(reply: FastifyReply, status: number, code: string, t
     .code(status)
     .type('application/problem+json')
     .send({ type: `https://chroma-lease.dev/problems/${code}`, title, status, detail, code, ...extra })
+}
+
+/**
+ * Errors the router raises before any route or error handler runs (a malformed or
+ * too long URL): Fastify's `frameworkErrors` option, so they leave as problems too.
+ */
+export function frameworkProblem(err: FastifyError, _request: unknown, reply: FastifyReply) {
+  const status = err.statusCode ?? 400
+  return sendProblem(reply, status, (err.code && FASTIFY_CODES[err.code]) ?? 'bad_request', httpTitle(status), err.message)
 }
 
 /**
@@ -64,7 +74,7 @@ function toProblem(err: FastifyError): { status: number; code: string; title: st
 
 function httpTitle(status: number): string {
   return (
-    { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable', 413: 'Content Too Large', 415: 'Unsupported Media Type', 429: 'Too Many Requests' }[status] ??
+    { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 406: 'Not Acceptable', 413: 'Content Too Large', 414: 'URI Too Long', 415: 'Unsupported Media Type', 429: 'Too Many Requests' }[status] ??
     'Client Error'
   )
 }

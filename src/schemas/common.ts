@@ -21,7 +21,23 @@ export function problems(...statuses: number[]) {
   )
 }
 
-export const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
+/**
+ * An id: a UUID in its canonical 8-4-4-4-12 hex form only. The `uuid` format alone also
+ * admits `urn:uuid:…`, which Postgres refuses (a 500 on every `/{id}` route); the
+ * pattern keeps such input a 400 at the schema, before it reaches SQL.
+ */
+export const Uuid = Type.String({ format: 'uuid', pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' })
+
+export const IdParams = Type.Object({ id: Uuid })
+
+/**
+ * Free text that is stored or compared in Postgres: no NUL (Postgres text cannot hold
+ * it) and no lone surrogate (neither JSON nor UTF-8 can carry one). Either was a 500;
+ * the pattern (Unicode mode: a surrogate pair is one code point) makes it a 400.
+ */
+export function Text(options: { minLength?: number; maxLength?: number; description?: string } = {}) {
+  return Type.String({ ...options, pattern: '^[^\\u0000\\uD800-\\uDFFF]*$' })
+}
 
 export const WaitSeconds = Type.Integer({
   minimum: 0,

@@ -1,8 +1,9 @@
 import { Type } from 'typebox'
+import { Text } from './common.ts'
 
 export const CostQuery = Type.Object({
   since: Type.Optional(Type.String({ format: 'date-time', description: 'Only leases acquired at or after this time' })),
-  holder: Type.Optional(Type.String({ maxLength: 2048, description: "One workflow: the leases' holder, exactly" })),
+  holder: Type.Optional(Text({ maxLength: 2048, description: "One workflow: the leases' holder, exactly" })),
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
 })
 

@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { Text, Uuid } from './common.ts'
 
 export const ApiKeyRole = Type.Union([Type.Literal('client'), Type.Literal('operator')], {
   description: 'client: leases; operator: everything (sessions, keys)',
@@ -6,7 +7,7 @@ export const ApiKeyRole = Type.Union([Type.Literal('client'), Type.Literal('oper
 
 export const ApiKey = Type.Object(
   {
-    id: Type.String({ format: 'uuid' }),
+    id: Uuid,
     name: Type.String(),
     role: ApiKeyRole,
     fingerprint: Type.String({ description: 'The first 8 hex digits of the sha256 of the key, to tell keys apart' }),
@@ -20,14 +21,14 @@ export const ApiKeyList = Type.Object({ keys: Type.Array(Type.Ref('ApiKey')) })
 
 export const CreateKeyBody = Type.Object(
   {
-    name: Type.String({ minLength: 1, maxLength: 200, description: 'What the key is for, e.g. "step-functions prod"' }),
+    name: Text({ minLength: 1, maxLength: 200, description: 'What the key is for, e.g. "step-functions prod"' }),
     role: Type.Optional(ApiKeyRole),
   },
   { additionalProperties: false },
 )
 
 export const CreatedKey = Type.Object({
-  id: Type.String({ format: 'uuid' }),
+  id: Uuid,
   name: Type.String(),
   role: ApiKeyRole,
   fingerprint: Type.String(),

@@ -1,31 +1,31 @@
 import { Type } from 'typebox'
-import { WaitSeconds } from './common.ts'
+import { Text, WaitSeconds, Uuid } from './common.ts'
 
 export const AcquireBody = Type.Object(
   {
-    snapshot: Type.String({
+    snapshot: Text({
       minLength: 1,
       maxLength: 2048,
       description: 's3://bucket/key-or-prefix, or file:///abs/path (a tar archive or a directory) under SNAPSHOT_ROOT',
     }),
-    collection: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'A collection the caller will use: checked once the session serves (404 collection_not_found, lease ended, when the snapshot does not hold it); an exclusive session waits for it to exist. A shared session serves every collection of its snapshot' })),
+    collection: Type.Optional(Text({ minLength: 1, maxLength: 512, description: 'A collection the caller will use: checked once the session serves (404 collection_not_found, lease ended, when the snapshot does not hold it); an exclusive session waits for it to exist. A shared session serves every collection of its snapshot' })),
     mode: Type.Optional(Type.Union([Type.Literal('shared'), Type.Literal('exclusive')], { description: 'shared (default): reuse the pool session; exclusive: a private one' })),
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 5, description: 'Lease TTL; renew or use the proxy to keep it alive' })),
     idleTtlSeconds: Type.Optional(Type.Integer({ minimum: 0, description: 'Session idle TTL, set by the acquire that creates the session' })),
     waitSeconds: Type.Optional(WaitSeconds),
-    holder: Type.Optional(Type.String({ maxLength: 2048, description: 'Free text, e.g. a Step Functions execution ARN' })),
+    holder: Type.Optional(Text({ maxLength: 2048, description: 'Free text, e.g. a Step Functions execution ARN' })),
     saveOnRelease: Type.Optional(Type.Boolean({ description: 'Exclusive s3:// sessions only: when the lease ends, save the data back as a new snapshot version (session.savedSnapshot), then stop' })),
   },
   { additionalProperties: false },
 )
 
 export const IdempotencyHeaders = Type.Object({
-  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Retries with the same key return the same lease' })),
+  'idempotency-key': Type.Optional(Text({ minLength: 1, maxLength: 255, description: 'Retries with the same key return the same lease' })),
 })
 
 export const Lease = Type.Object(
   {
-    id: Type.String({ format: 'uuid' }),
+    id: Uuid,
     token: Type.Optional(Type.String({ description: 'Bearer token for the proxy and query routes; returned on creation and its idempotent replays only' })),
     sessionToken: Type.Union([Type.String(), Type.Null()], {
       description: "The token session.endpoint requires (x-chroma-token or Authorization: Bearer) from callers that go to the session directly; shown to the lease's own holder only (operators reading others' leases see null), and null unless the lease is active and the session serving",
@@ -62,7 +62,7 @@ export const Lease = Type.Object(
 export const LeaseList = Type.Object({ leases: Type.Array(Type.Ref('Lease')) })
 
 export const LeaseListQuery = Type.Object({
-  sessionId: Type.Optional(Type.String({ format: 'uuid' })),
+  sessionId: Type.Optional(Uuid),
   active: Type.Optional(Type.Boolean({ description: 'Only active leases' })),
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
 })

@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { Text, Uuid } from './common.ts'
 
 export const SessionStatus = Type.Union(
   ['PENDING', 'STARTING', 'READY', 'DRAINING', 'STOPPING', 'STOPPED', 'FAILED'].map((s) => Type.Literal(s)),
@@ -6,7 +7,7 @@ export const SessionStatus = Type.Union(
 
 export const Session = Type.Object(
   {
-    id: Type.String({ format: 'uuid' }),
+    id: Uuid,
     mode: Type.Union([Type.Literal('shared'), Type.Literal('exclusive')]),
     status: SessionStatus,
     snapshot: Type.String(),
@@ -91,5 +92,5 @@ export const SessionEventsQuery = Type.Object({
 
 export const StopQuery = Type.Object({
   force: Type.Boolean({ default: false, description: 'Stop now, ending every lease (recorded with the reason); otherwise drain' }),
-  reason: Type.Optional(Type.String({ maxLength: 500 })),
+  reason: Type.Optional(Text({ maxLength: 500 })),
 })

@@ -42,23 +42,29 @@ export class CostReport {
       ],
       ' AND ',
     )
+    // Purged leases (RETENTION_DAYS) answer from their rollups: the same filters, with
+    // `since` at the granularity of the UTC day the rollup keeps.
+    const wantedRollups = Prisma.join(
+      [
+        viewer.role === 'operator' ? Prisma.sql`TRUE` : Prisma.sql`principal = ${viewer.id}`,
+        filter.since ? Prisma.sql`day >= (${filter.since}::timestamptz AT TIME ZONE 'UTC')::date` : Prisma.sql`TRUE`,
+        filter.holder !== undefined ? Prisma.sql`holder = ${filter.holder}` : Prisma.sql`TRUE`,
+      ],
+      ' AND ',
+    )
     const rows = await this.sql.rows<{ holder: string | null; leases: number; sessions: number; usd: number | null; unpriced: number; first: Date; last: Date }>(Prisma.sql`
       WITH wanted AS (SELECT id FROM leases WHERE ${wanted}),
-      held AS (
-        SELECT l.id, l.session_id, l.holder, l.created_at,
-               greatest(0, extract(epoch FROM least(coalesce(l.ended_at, l.expires_at), l.expires_at, ${now}) - l.created_at))::float8 AS seconds
-        FROM leases l WHERE l.session_id IN (SELECT session_id FROM leases WHERE id IN (SELECT id FROM wanted))),
-      shares AS (
-        SELECT h.*, ${sessionCostSql(this.prices, now)} * CASE
-                 WHEN sum(h.seconds) OVER w > 0 THEN h.seconds / sum(h.seconds) OVER w
-                 ELSE 1.0 / count(*) OVER w END AS usd
-        FROM held h JOIN sessions s ON s.id = h.session_id
-        WINDOW w AS (PARTITION BY h.session_id))
-      SELECT holder, count(*)::int AS leases, count(DISTINCT session_id)::int AS sessions,
-             sum(usd)::float8 AS usd, count(*) FILTER (WHERE usd IS NULL)::int AS unpriced,
-             min(created_at) AS first, max(created_at) AS last
-      FROM shares WHERE id IN (SELECT id FROM wanted)
-      GROUP BY holder ORDER BY sum(usd) DESC NULLS LAST, max(created_at) DESC
+      shares AS (${leaseShares(Prisma.sql`(SELECT * FROM leases WHERE session_id IN (SELECT session_id FROM leases WHERE id IN (SELECT id FROM wanted)))`, this.prices, now)}),
+      parts AS (
+        SELECT holder, 1 AS leases, ARRAY[session_id] AS session_ids, usd, (usd IS NULL)::int AS unpriced, created_at AS first, created_at AS last
+        FROM shares WHERE id IN (SELECT id FROM wanted)
+        UNION ALL
+        SELECT holder, leases, session_ids, usd, unpriced, first_lease_at, last_lease_at FROM cost_rollups WHERE ${wantedRollups}),
+      sessions_per_holder AS (SELECT holder, count(DISTINCT sid)::int AS n FROM parts, unnest(session_ids) AS sid GROUP BY holder)
+      SELECT p.holder, sum(p.leases)::int AS leases, max(h.n)::int AS sessions,
+             sum(p.usd)::float8 AS usd, sum(p.unpriced)::int AS unpriced, min(p.first) AS first, max(p.last) AS last
+      FROM parts p JOIN sessions_per_holder h ON h.holder IS NOT DISTINCT FROM p.holder
+      GROUP BY p.holder ORDER BY sum(p.usd) DESC NULLS LAST, max(p.last) DESC
       LIMIT ${filter.limit}`)
     return rows.map((r) => ({
       holder: r.holder,
@@ -70,4 +76,24 @@ export class CostReport {
       lastLeaseAt: r.last.toISOString(),
     }))
   }
+}
+
+/**
+ * Each lease's share of its session's cost, as rows (id, session_id, holder, principal,
+ * created_at, seconds, usd) over `leases` (a relation of lease rows holding every lease
+ * of each session it covers): split in proportion to how long each lease held the
+ * session, evenly when none held it for any time. usd is NULL for an unpriced session.
+ * The report computes it over live leases, the retention purge over the leases it
+ * deletes (their rollups), so both agree.
+ */
+export function leaseShares(leases: Prisma.Sql, prices: FargatePrices, now: Prisma.Sql): Prisma.Sql {
+  return Prisma.sql`
+    SELECT h.*, ${sessionCostSql(prices, now)} * CASE
+             WHEN sum(h.seconds) OVER w > 0 THEN h.seconds / sum(h.seconds) OVER w
+             ELSE 1.0 / count(*) OVER w END AS usd
+    FROM (SELECT l.id, l.session_id, l.holder, l.principal, l.created_at,
+                 greatest(0, extract(epoch FROM least(coalesce(l.ended_at, l.expires_at), l.expires_at, ${now}) - l.created_at))::float8 AS seconds
+          FROM ${leases} l) h
+    JOIN sessions s ON s.id = h.session_id
+    WINDOW w AS (PARTITION BY h.session_id)`
 }

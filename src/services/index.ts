@@ -11,6 +11,7 @@ import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
 import { Metrics } from './metrics.ts'
 import { QueryService } from './query.ts'
+import { RetentionService } from './retention.ts'
 import { SaveBackService } from './save-back.ts'
 import { SessionAgentClient } from './session-agent.ts'
 import { SessionService } from './sessions.ts'
@@ -53,5 +54,6 @@ export function createServices(deps: ServiceDeps) {
   const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   const costs = new CostReport(deps.sql, deps.clock, prices)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs }
+  const retention = new RetentionService(deps.sql, prices)
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention }
 }

@@ -9,6 +9,7 @@ import { WorkerLoop } from './loop.ts'
 import { OrphanSweeper } from './orphan-sweeper.ts'
 import { Reaper } from './reaper.ts'
 import { Reconciler } from './reconciler.ts'
+import { Retention } from './retention.ts'
 
 export interface WorkerSettings {
   startTimeoutSeconds: number
@@ -19,7 +20,12 @@ export interface WorkerSettings {
   /** The agents' dead man's switch (default 900 s) and how often the agent confirmer confirms each (default 60 s). */
   deadManSeconds?: number
   confirmIntervalSeconds?: number
+  /** RETENTION_DAYS (default 30). */
+  retentionDays?: number
 }
+
+/** How often the retention worker looks for ended sessions past RETENTION_DAYS. */
+export const RETENTION_INTERVAL_SECONDS = 600
 
 export type Workers = ReturnType<typeof createWorkers>
 
@@ -45,18 +51,21 @@ export function createWorkers(deps: {
   }, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
+  const retention = new Retention(clock, services.retention, { retentionDays: settings.retentionDays ?? 30 }, logger)
   const loops = [
     new WorkerLoop('reconciler', settings.reconcileIntervalSeconds * 1000, () => reconciler.reconcileOnce(), logger),
     // As often as the reconciler (restoring sessions are followed every pass); the rest only when due.
     new WorkerLoop('agent-confirmer', settings.reconcileIntervalSeconds * 1000, () => confirmer.confirmSessions(), logger),
     new WorkerLoop('reaper', settings.sweepIntervalSeconds * 1000, () => reaper.reapOnce(), logger),
     new WorkerLoop('orphan-sweeper', settings.sweepIntervalSeconds * 1000, () => sweeper.sweepOnce(), logger),
+    new WorkerLoop('retention', RETENTION_INTERVAL_SECONDS * 1000, () => retention.purgeOnce(), logger),
   ]
   return {
     reconciler,
     confirmer,
     reaper,
     sweeper,
+    retention,
     start: () => loops.forEach((l) => l.start()),
     stop: () => Promise.all(loops.map((l) => l.stop())),
   }
