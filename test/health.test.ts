@@ -11,7 +11,7 @@ t.test('liveness, readiness and metrics', async (t) => {
   t.same((await ctx.app.inject('/healthz')).json(), { status: 'ok' })
   t.same((await ctx.app.inject('/readyz')).json(), { status: 'ready' })
   for (let i = 0; i < 3; i++) {
-    await ctx.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot: `file://${root}/snap`, collection: `c${i % 2}` } })
+    await ctx.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot: `file://${root}/snap`, mode: i === 2 ? 'exclusive' : 'shared' } })
   }
   const metrics = await ctx.app.inject('/metrics')
   t.equal(metrics.statusCode, 200)
