@@ -12,8 +12,8 @@ import { FakeChroma, ScriptedLauncher } from './helpers/fake-session.ts'
 
 // The proxy's route cache against the database it caches: an expiry only moves forward,
 // a renew on another replica is seen, and a change that lands while a route loads counts.
-// The manual clock starts at the real time, so the process's view and Postgres's now()
-// (which the keep-alive statement reads) agree to within the test's own run time.
+// The keep-alive statement reads the clock's SQL, here the manual clock's instant; it
+// starts at the real time so that rows written with Postgres's own now() agree with it.
 
 const root = await mkdtemp(join(tmpdir(), 'lease-routes-'))
 await mkdir(join(root, 'receipts'))

@@ -14,7 +14,7 @@ import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 const root = await mkdtemp(join(tmpdir(), 'proxy-'))
 const fixture = await buildSnapshotFixture(root, { count: 60, dim: 8 })
-const clock = new ManualClock(Date.now()) // the real time: the keep-alive statement reads Postgres's now()
+const clock = new ManualClock(Date.now()) // starts at the real time; the keep-alive statement reads this clock's instant
 const PROXY_LIMIT = 1024 * 1024 // under what Chroma itself accepts, so that the limit met is the proxy's
 const ctx = await buildTestApp(t, { snapshotRoot: root, clock, listen: true, leaseTtlSeconds: 90, proxyBodyLimitBytes: PROXY_LIMIT })
 const { port } = new URL(ctx.url)

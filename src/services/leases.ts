@@ -13,7 +13,6 @@ import {
   ATTACHABLE_STATUSES,
   EVENT_COLUMNS,
   eventFromRow,
-  eventOf,
   liveLeaseCount,
   SessionService,
   STARTING_STATUSES,

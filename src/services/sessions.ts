@@ -567,11 +567,6 @@ export class SessionService {
   }
 }
 
-/** A session_events row as the Prisma client returns it, without its other columns. */
-export function eventOf(row: RecordedEvent): RecordedEvent {
-  return { id: row.id, sessionId: row.sessionId, at: row.at, type: row.type, status: row.status, reason: row.reason, leaseId: row.leaseId, detail: row.detail ?? null }
-}
-
 /** A session_events row from raw SQL (`RETURNING ${EVENT_COLUMNS}`). */
 export function eventFromRow(r: Record<string, unknown>): RecordedEvent {
   return {
