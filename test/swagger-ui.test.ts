@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type Page } from 'playwright-core'
 import t from 'tap'
-import { buildTestApp } from './helpers/app.ts'
+import { buildTestApp, reconcileUntilSettled } from './helpers/app.ts'
+import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 // Swagger UI as the operators' console, in a real headless Chromium (Debian's package;
 // .ci/run installs it and sets REQUIRE_BROWSER=1, so CI never skips this test).
@@ -19,15 +20,17 @@ if (!existsSync(CHROMIUM)) {
 const OPERATOR = 'operator-key-0123456789'
 const root = await mkdtemp(join(tmpdir(), 'chroma-lease-ui-'))
 t.teardown(() => rm(root, { recursive: true, force: true }))
-await mkdir(join(root, 'receipts'))
+const fixture = await buildSnapshotFixture(root, { count: 10, dim: 4 })
 const ctx = await buildTestApp(t, { snapshotRoot: root, listen: true, apiKeys: [{ role: 'operator', key: OPERATOR }] })
 const lease = await ctx.app.inject({
   method: 'POST',
   url: '/v1/leases',
   headers: { 'x-api-key': OPERATOR },
-  payload: { snapshot: `file://${root}/receipts`, holder: 'ui-test' },
+  payload: { snapshot: `file://${fixture.dir}`, holder: 'ui-test' },
 })
 const sessionId: string = lease.json().session.id
+// Drain is for serving sessions (a PENDING one answers 409), so let a real Chroma start first.
+if ((await reconcileUntilSettled(ctx, sessionId)).status !== 'READY') throw new Error('the session did not become READY')
 
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] })
 t.teardown(() => browser.close())
