@@ -26,5 +26,7 @@ export const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
 export const WaitSeconds = Type.Integer({
   minimum: 0,
   maximum: 50,
-  description: 'Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s)',
+  description:
+    'Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s). ' +
+    'A session that ends FAILED answers a problem and ends the lease: 404 collection_not_found, 422 invalid_snapshot, or 502 session_failed (with leaseId, sessionId, sessionError)',
 })

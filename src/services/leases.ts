@@ -8,6 +8,7 @@ import { LeaseTokens, sha256, type Principal } from './auth.ts'
 import type { Clock } from './clock.ts'
 import { badRequest, conflict, gone, notFound, unprocessable } from './errors.ts'
 import { noObserver, type AcquireOutcome, type Observer } from './metrics.ts'
+import { sessionFailedProblem } from './session-failure.ts'
 import {
   ATTACHABLE_STATUSES,
   EVENT_COLUMNS,
@@ -197,6 +198,7 @@ export class LeaseService {
     const waitSeconds = input.waitSeconds ?? 0
     // A READY session attached to needs no second read; a starting one may be waited for.
     const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
+    this.refuseFailed(lease.id, session)
     const row: LeaseRow = { ...lease, sessionId, createdAt: now, expiresAt: expiry(now, ttlSeconds), endedAt: null, endReason: null }
     return { lease: { ...this.view(principal, row, session, baseUrl), token }, created: true, outcome }
   }
@@ -284,12 +286,25 @@ export class LeaseService {
       throw unprocessable('idempotency_key_reused', 'this Idempotency-Key was used for an acquire with other parameters')
     }
     const session = await this.settle(row.sessionId, waitSeconds ?? 0)
+    this.refuseFailed(row.id, session)
     return { ...this.view(principal, row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
   }
 
   async get(principal: Principal, id: string, waitSeconds: number, baseUrl: string): Promise<LeaseView> {
     const row = await this.find(principal, id)
-    return this.view(principal, row, await this.settle(row.sessionId, waitSeconds), baseUrl)
+    const session = await this.settle(row.sessionId, waitSeconds)
+    // A long-poll waits for a usable session: FAILED is its answer as a problem. A plain read shows the lease.
+    if (waitSeconds > 0) this.refuseFailed(row.id, session)
+    return this.view(principal, row, session, baseUrl)
+  }
+
+  /**
+   * An acquire (or its replay, or a lease's long-poll) whose session is FAILED answers a
+   * problem instead of a lease that can never be used. The lease is already ended: the
+   * transition to FAILED ends every lease of the session in its own transaction.
+   */
+  private refuseFailed(leaseId: string, session: SessionRecord): void {
+    if (session.status === 'FAILED') throw sessionFailedProblem(session, leaseId)
   }
 
   /** Extends an active lease. Ended or expired leases stay ended (410): renew never resurrects. */
