@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { PROBLEM_CODES } from '../services/problem-codes.ts'
 
 export const Problem = Type.Object(
   {
@@ -6,7 +7,7 @@ export const Problem = Type.Object(
     title: Type.String(),
     status: Type.Integer(),
     detail: Type.String(),
-    code: Type.String({ description: 'Stable machine-readable error code' }),
+    code: Type.String({ description: 'Stable machine-readable error code (README.md, "Errors", says what each means)', enum: Object.keys(PROBLEM_CODES) }),
     instance: Type.Optional(Type.String()),
   },
   { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details (application/problem+json)' },
