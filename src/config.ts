@@ -1,6 +1,7 @@
 import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
 import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './services/cost.ts'
 import { parseCapacityProviders } from './services/launchers/capacity-providers.ts'
+import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
 import { Type, type Static } from 'typebox'
@@ -129,6 +130,21 @@ export function parseApiKeys(spec: string): ApiKeySeed[] {
       if (key.length < 16) throw new ConfigError(`API_KEYS: a ${role} key is shorter than 16 characters`)
       return { role, key }
     })
+}
+
+/**
+ * Reads `.env` from the working directory into process.env, if the file exists, as
+ * `npm start`, `serve` and `migrate` do before loadConfig: a copy of .env.example works
+ * as is. A variable set in the real environment wins over the file.
+ */
+export function loadEnvFile(path = '.env'): boolean {
+  if (!existsSync(path)) return false
+  try {
+    process.loadEnvFile(path)
+  } catch (err) {
+    throw new ConfigError(`cannot read ${resolve(path)}: ${(err as Error).message}`)
+  }
+  return true
 }
 
 const list = (s: string | undefined) => (s ?? '').split(',').map((x) => x.trim()).filter(Boolean)
