@@ -15,7 +15,7 @@ function oneOf<T extends string>(values: readonly T[], fallback: T) {
  * Every setting the service reads, validated once at start. Names and defaults are
  * documented in README.md and .env.example; keep the three in step.
  */
-const EnvSchema = Type.Object({
+export const EnvSchema = Type.Object({
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   DATA_DIR: Type.String({ default: '.data' }),
   HOST: Type.Optional(Type.String({ minLength: 1 })),
@@ -154,7 +154,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   try {
     e = envSchema<Env>({ schema: EnvSchema, data: env, dotenv: false })
   } catch (err) {
-    throw new ConfigError(`invalid configuration: ${(err as Error).message.replaceAll('env/', '')}`)
+    throw new ConfigError(`invalid configuration: ${describeErrors(err as Error & { errors?: SchemaError[] }, env)}`)
   }
   const apiKeys = parseApiKeys(e.API_KEYS)
   if (e.IDLE_TTL_SECONDS > e.MAX_IDLE_TTL_SECONDS) throw new ConfigError('IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS')
@@ -223,6 +223,26 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       minimumSeconds: DEFAULT_FARGATE_PRICES.minimumSeconds,
     },
   }
+}
+
+interface SchemaError {
+  instancePath: string
+  keyword: string
+  message?: string
+  params: { allowedValues?: unknown[] }
+}
+
+/** Each invalid setting with what it allows and what it got (values that may hold secrets are not echoed). */
+function describeErrors(err: Error & { errors?: SchemaError[] }, env: Record<string, string | undefined>): string {
+  if (!err.errors?.length) return err.message.replaceAll('env/', '')
+  return err.errors
+    .map((e) => {
+      const name = e.instancePath.replace(/^\//, '')
+      const got = /URL|KEY/.test(name) ? '' : ` (got ${JSON.stringify(env[name])})`
+      if (e.keyword === 'enum') return `${name} must be one of ${e.params.allowedValues!.join(', ')}${got}`
+      return `${name} ${e.message}${got}`
+    })
+    .join('; ')
 }
 
 function capacityProviders(value: string): CapacityProviderStrategyItem[] {
