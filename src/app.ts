@@ -7,6 +7,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from './database/client.ts'
 import authPlugin from './plugins/auth.ts'
 import problemDetails from './plugins/problem-details.ts'
+import jsonBody from './plugins/json-body.ts'
 import healthRoutes from './routes/health.ts'
 import keyRoutes from './routes/keys.ts'
 import leaseRoutes from './routes/leases.ts'
@@ -113,6 +114,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
 
   await app.register(problemDetails)
+  await app.register(jsonBody)
   await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
   // A connection busy when shutdown began is not idle when Fastify closes idle ones, and
   // keep-alive would hold the close open for its timeout: ask the client to close it.

@@ -31,12 +31,16 @@ export default fp(async function problemDetails(app: FastifyInstance) {
       return sendProblem(reply, err.status, err.code, err.title, err.message, err.extra)
     }
     if (err.validation) {
-      return sendProblem(reply, 400, 'validation_failed', 'Bad Request', `${err.validationContext ?? 'request'} ${err.message.replace(/^(body|querystring|params|headers)\s*/, '')}`)
+      return sendProblem(reply, 400, 'validation_failed', 'Bad Request', validationDetail(err, request.body))
     }
     const status = err.statusCode ?? 500
     if (status >= 400 && status < 500) {
       const code = (err.code && FASTIFY_CODES[err.code]) ?? 'bad_request'
-      return sendProblem(reply, status, code, httpTitle(status), err.message)
+      const detail =
+        code === 'unsupported_media_type'
+          ? `the API takes JSON bodies: send content-type: application/json (got ${request.headers['content-type'] ? JSON.stringify(request.headers['content-type']) : 'none'})`
+          : err.message
+      return sendProblem(reply, status, code, httpTitle(status), detail)
     }
     request.log.error({ err }, 'unhandled error')
     return sendProblem(reply, 500, 'internal_error', 'Internal Server Error', 'the control plane failed to handle this request; see its log for the request id')
@@ -45,6 +49,17 @@ export default fp(async function problemDetails(app: FastifyInstance) {
     sendProblem(reply, 404, 'route_not_found', 'Not Found', `no route ${request.method} ${request.url.split('?')[0]}`),
   )
 })
+
+/** What is wrong with the request, naming the field: an unknown one by its name, a missing body by what to send. */
+function validationDetail(err: FastifyError, body: unknown): string {
+  const context = err.validationContext ?? 'request'
+  const first = err.validation?.[0] as { keyword?: string; instancePath?: string; params?: { additionalProperty?: string } } | undefined
+  if (context === 'body' && body === undefined) return 'the request has no body: send a JSON object with content-type: application/json'
+  if (first?.keyword === 'additionalProperties' && first.params?.additionalProperty !== undefined) {
+    return `${context}${first.instancePath ?? ''} has an unknown field ${JSON.stringify(first.params.additionalProperty)}; check its spelling against the API (/docs)`
+  }
+  return `${context} ${err.message.replace(/^(body|querystring|params|headers)\s*/, '')}`
+}
 
 function httpTitle(status: number): string {
   return (

@@ -36,7 +36,7 @@ export const PROBLEM_CODES = {
   payload_too_large: { status: [413], meaning: 'the body exceeds BODY_LIMIT_BYTES (API) or PROXY_BODY_LIMIT_BYTES (proxy)' },
   unsupported_media_type: { status: [415], meaning: 'a body that is not content-type: application/json' },
   invalid_snapshot: { status: [422], meaning: 'not a snapshot URI, not a directory or archive, not a Chroma persist directory, or it does not match its manifest' },
-  snapshot_not_found: { status: [422], meaning: 'nothing at the snapshot URI (file:// under SNAPSHOT_ROOT, or s3://)' },
+  snapshot_not_found: { status: [422], meaning: 'nothing at the snapshot URI, or a file:// path outside SNAPSHOT_ROOT (the detail names its value)' },
   snapshot_forbidden: { status: [422], meaning: 'the control plane may not read the s3:// snapshot' },
   idempotency_key_reused: { status: [422], meaning: 'the Idempotency-Key was used for an acquire with other parameters' },
   internal_error: { status: [500], meaning: 'a fault of the control plane; its log has the request id' },
