@@ -8,6 +8,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Database } from './database/client.ts'
 import authPlugin from './plugins/auth.ts'
 import problemDetails, { frameworkProblem } from './plugins/problem-details.ts'
+import jsonBody from './plugins/json-body.ts'
 import healthRoutes from './routes/health.ts'
 import keyRoutes from './routes/keys.ts'
 import leaseRoutes from './routes/leases.ts'
@@ -124,6 +125,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (response && !(503 in response) && route.url !== '/healthz') route.schema!.response = { ...response, ...problems(503) }
   })
   await app.register(problemDetails)
+  await app.register(jsonBody)
   await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
   // A connection busy when shutdown began is not idle when Fastify closes idle ones, and
   // keep-alive would hold the close open for its timeout: ask the client to close it.

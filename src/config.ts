@@ -1,6 +1,7 @@
 import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
 import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './services/cost.ts'
 import { parseCapacityProviders } from './services/launchers/capacity-providers.ts'
+import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
 import { Type, type Static } from 'typebox'
@@ -14,7 +15,7 @@ function oneOf<T extends string>(values: readonly T[], fallback: T) {
  * Every setting the service reads, validated once at start. Names and defaults are
  * documented in README.md and .env.example; keep the three in step.
  */
-const EnvSchema = Type.Object({
+export const EnvSchema = Type.Object({
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   DATA_DIR: Type.String({ default: '.data' }),
   HOST: Type.Optional(Type.String({ minLength: 1 })),
@@ -137,6 +138,21 @@ export function parseApiKeys(spec: string): ApiKeySeed[] {
     })
 }
 
+/**
+ * Reads `.env` from the working directory into process.env, if the file exists, as
+ * `npm start`, `serve` and `migrate` do before loadConfig: a copy of .env.example works
+ * as is. A variable set in the real environment wins over the file.
+ */
+export function loadEnvFile(path = '.env'): boolean {
+  if (!existsSync(path)) return false
+  try {
+    process.loadEnvFile(path)
+  } catch (err) {
+    throw new ConfigError(`cannot read ${resolve(path)}: ${(err as Error).message}`)
+  }
+  return true
+}
+
 const list = (s: string | undefined) => (s ?? '').split(',').map((x) => x.trim()).filter(Boolean)
 
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
@@ -144,7 +160,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   try {
     e = envSchema<Env>({ schema: EnvSchema, data: env, dotenv: false })
   } catch (err) {
-    throw new ConfigError(`invalid configuration: ${(err as Error).message.replaceAll('env/', '')}`)
+    throw new ConfigError(`invalid configuration: ${describeErrors(err as Error & { errors?: SchemaError[] }, env)}`)
   }
   const apiKeys = parseApiKeys(e.API_KEYS)
   if (e.IDLE_TTL_SECONDS > e.MAX_IDLE_TTL_SECONDS) throw new ConfigError('IDLE_TTL_SECONDS exceeds MAX_IDLE_TTL_SECONDS')
@@ -215,6 +231,26 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       minimumSeconds: DEFAULT_FARGATE_PRICES.minimumSeconds,
     },
   }
+}
+
+interface SchemaError {
+  instancePath: string
+  keyword: string
+  message?: string
+  params: { allowedValues?: unknown[] }
+}
+
+/** Each invalid setting with what it allows and what it got (values that may hold secrets are not echoed). */
+function describeErrors(err: Error & { errors?: SchemaError[] }, env: Record<string, string | undefined>): string {
+  if (!err.errors?.length) return err.message.replaceAll('env/', '')
+  return err.errors
+    .map((e) => {
+      const name = e.instancePath.replace(/^\//, '')
+      const got = /URL|KEY/.test(name) ? '' : ` (got ${JSON.stringify(env[name])})`
+      if (e.keyword === 'enum') return `${name} must be one of ${e.params.allowedValues!.join(', ')}${got}`
+      return `${name} ${e.message}${got}`
+    })
+    .join('; ')
 }
 
 function capacityProviders(value: string): CapacityProviderStrategyItem[] {

@@ -1,6 +1,6 @@
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
-import { ConfigError, loadConfig } from './config.ts'
+import { ConfigError, loadConfig, loadEnvFile } from './config.ts'
 import { createLogger, openRuntime } from './runtime.ts'
 
 /**
@@ -11,6 +11,7 @@ import { createLogger, openRuntime } from './runtime.ts'
 async function main() {
   let config
   try {
+    loadEnvFile()
     config = loadConfig()
   } catch (err) {
     if (err instanceof ConfigError) {

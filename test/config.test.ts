@@ -1,5 +1,6 @@
+import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { loadConfig } from '../src/config.ts'
+import { EnvSchema, loadConfig } from '../src/config.ts'
 
 t.test('defaults run everything locally on loopback', async (t) => {
   const c = loadConfig({})
@@ -40,5 +41,31 @@ t.test('bad settings fail at start with a clear error', async (t) => {
   ]
   for (const [env, message] of cases) {
     t.throws(() => loadConfig(env), { name: 'ConfigError', message }, JSON.stringify(env))
+  }
+})
+
+t.test('an out-of-range setting names its bounds or allowed values, and what it got', async (t) => {
+  t.throws(() => loadConfig({ LAUNCHER: 'ecs' }), { message: /LAUNCHER must be one of process, fargate \(got "ecs"\)/ })
+  t.throws(() => loadConfig({ LOG_LEVEL: 'verbose' }), { message: /LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent/ })
+  t.throws(() => loadConfig({ LEASE_TTL_SECONDS: '2' }), { message: /LEASE_TTL_SECONDS must be >= 5 \(got "2"\)/ })
+  t.throws(() => loadConfig({ DATABASE_URL: '' }), { message: /^(?!.*got).*DATABASE_URL/ }, 'a value that may hold a secret is not echoed')
+})
+
+t.test("README's configuration table names every setting and states its bounds", async (t) => {
+  const readme = readFileSync('README.md', 'utf8')
+  const table = readme.slice(readme.indexOf('| variable | default | meaning |'))
+  const rows = table.slice(0, table.indexOf('\n\n')).split('\n')
+  const properties = (EnvSchema as unknown as { properties: Record<string, Record<string, unknown>> }).properties
+  for (const [name, schema] of Object.entries(properties)) {
+    const row = rows.find((r) => r.split('|')[1]?.includes(`\`${name}\``))
+    if (!t.ok(row, `${name} has a row`)) continue
+    const says = (text: string, what: string) => t.ok(row!.includes(text), `${name}: the README states ${what} (${text})`)
+    const { minimum, maximum, exclusiveMinimum, maxLength } = schema as { minimum?: number; maximum?: number; exclusiveMinimum?: number; maxLength?: number }
+    if (minimum !== undefined && maximum !== undefined) says(`${minimum}–${maximum}`, 'its range')
+    else if (minimum !== undefined) says(`≥ ${minimum}`, 'its minimum')
+    if (exclusiveMinimum !== undefined) says(`> ${exclusiveMinimum}`, 'its exclusive minimum')
+    if (maxLength !== undefined) says(`at most ${maxLength} characters`, 'its length')
+    for (const value of (schema.enum as string[] | undefined) ?? []) says(`\`${value}\``, 'an allowed value')
+    if (schema.type === 'boolean') says('`true`', 'that it is a boolean')
   }
 })

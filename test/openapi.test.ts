@@ -31,7 +31,7 @@ t.test('the spec covers the DESIGN.md contract', async (t) => {
   ]
   for (const [method, path] of expected) t.ok(spec.paths[path]?.[method], `${method.toUpperCase()} ${path}`)
   const created = spec.paths['/v1/leases']!.post!.responses
-  t.same(Object.keys(created).sort(), ['200', '201', '400', '401', '403', '409', '422', '502', '503'])
+  t.same(Object.keys(created).sort(), ['200', '201', '400', '401', '403', '404', '409', '422', '502', '503'])
   t.ok((created['422'] as { content: Record<string, unknown> }).content['application/problem+json'], 'errors are problem+json')
 })
 

@@ -211,7 +211,7 @@ t.test('a failing query fails the execution and still releases the lease', async
   t.equal(lease.body.status, 'released')
 })
 
-t.test('a session that fails to start ends the execution with the reason, lease released', async (t) => {
+t.test('a session that fails to start fails the acquire with a problem, through the Catch; the lease is ended', async (t) => {
   const run = await execute('lease-query', {
     lease: { snapshot: `file://${broken}`, collection: fixture.collection, ttlSeconds: 120 },
     queries: {
@@ -220,13 +220,32 @@ t.test('a session that fails to start ends the execution with the reason, lease 
     },
   })
   t.equal(run.status, 'FAILED')
-  t.equal(run.error, 'ChromaLease.SessionFailed')
-  const lease = await api('GET', `/v1/leases/${leaseIdOf(run)}`)
+  t.equal(run.error, 'States.Http.StatusCode.502', "the acquire's problem is the execution's error")
+  const acquires = calls(run, 'Acquire')
+  t.ok(acquires.length >= 1)
+  const problems = acquires.map((a) => a.responseBody as Record<string, any>)
+  t.same(new Set(acquires.map((a) => a.status)), new Set([502]), 'every try (the retries replay the Idempotency-Key) answered 502')
+  t.equal(new Set(problems.map((p) => p.leaseId)).size, 1, 'one lease, one session, whatever the retries')
+  t.equal(problems[0]!.code, 'session_failed')
+  const lease = await api('GET', `/v1/leases/${problems[0]!.leaseId}`)
   t.equal(lease.body.session.status, 'FAILED')
-  t.ok(lease.body.session.error, 'the control plane gave a reason')
-  t.equal(run.cause, lease.body.session.error, "the execution's cause is the control plane's reason")
   t.match(lease.body, { status: 'ended', endReason: 'session_failed' }, 'ended by its session, not released by the workflow')
-  t.equal(calls(run, 'QueryPrimary').length + calls(run, 'QuerySecondary').length, 0, 'no query was tried')
+  t.equal(problems[0]!.sessionError, lease.body.session.error, "the problem carries the session's reason")
+  t.match(run.cause, lease.body.session.error, "the execution's cause includes it")
+  t.equal(calls(run, 'Poll').length + calls(run, 'QueryPrimary').length + calls(run, 'QuerySecondary').length, 0, 'no poll, no query')
+  t.equal(calls(run, 'ReleaseAfterFailure').length, 0, 'nothing to give back')
+})
+
+t.test('a collection the snapshot does not hold: 404 from the acquire, not retried', async (t) => {
+  const run = await execute('lease-map-query', {
+    lease: { snapshot: `file://${fixture.dir}`, collection: 'invoices', ttlSeconds: 120 },
+    queries: [{ queryEmbeddings: [fixture.vector(1)] }],
+  })
+  t.equal(run.status, 'FAILED')
+  t.equal(run.error, 'States.Http.StatusCode.404')
+  t.equal(calls(run, 'Acquire').length, 1, 'a 4xx is not retried')
+  t.equal((calls(run, 'Acquire')[0]!.responseBody as Record<string, any>).code, 'collection_not_found')
+  t.match(run.cause, /invoices.*is not in snapshot/, "the cause (the HTTP result, JSON) holds the problem")
 })
 
 t.test('two executions at once share one session; each releases its own lease', async (t) => {

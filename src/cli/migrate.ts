@@ -1,8 +1,9 @@
-import { loadConfig } from '../config.ts'
+import { loadConfig, loadEnvFile } from '../config.ts'
 import { startEmbeddedPostgres } from '../database/embedded-postgres.ts'
 import { migrate } from '../database/migrator.ts'
 
 /** `npm run migrate`: applies prisma/migrations to DATABASE_URL (or the embedded database). */
+loadEnvFile()
 const config = loadConfig()
 const embedded = config.databaseUrl ? null : await startEmbeddedPostgres(config.dataDir)
 try {

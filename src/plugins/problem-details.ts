@@ -1,11 +1,11 @@
 import fp from 'fastify-plugin'
-import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isDatabaseUnavailable } from '../database/client.ts'
 import { ProblemError } from '../services/errors.ts'
 import { discardRequestBody } from './request-body.ts'
 
 /** Fastify's own client errors, by code, with the stable code we publish for each. */
-const FASTIFY_CODES: Record<string, string> = {
+export const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_INVALID_JSON_BODY: 'invalid_json',
   FST_ERR_CTP_EMPTY_JSON_BODY: 'invalid_json',
   FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
@@ -48,7 +48,7 @@ export default fp(async function problemDetails(app: FastifyInstance) {
       reply.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS))
       return sendProblem(reply, 503, 'database_unavailable', 'Service Unavailable', 'the database cannot be reached right now; retry after the Retry-After seconds')
     }
-    const p = toProblem(err)
+    const p = toProblem(err, request)
     if (p.status === 500) request.log.error({ err }, 'unhandled error')
     // A body too large was not read: read and drop the rest first, so that a client
     // still sending it gets this answer instead of a broken pipe.
@@ -60,16 +60,30 @@ export default fp(async function problemDetails(app: FastifyInstance) {
   )
 })
 
-function toProblem(err: FastifyError): { status: number; code: string; title: string; detail: string; extra?: Record<string, unknown> } {
+function toProblem(err: FastifyError, request: FastifyRequest): { status: number; code: string; title: string; detail: string; extra?: Record<string, unknown> } {
   if (err instanceof ProblemError) return { status: err.status, code: err.code, title: err.title, detail: err.message, extra: err.extra }
-  if (err.validation) {
-    return { status: 400, code: 'validation_failed', title: 'Bad Request', detail: `${err.validationContext ?? 'request'} ${err.message.replace(/^(body|querystring|params|headers)\s*/, '')}` }
-  }
+  if (err.validation) return { status: 400, code: 'validation_failed', title: 'Bad Request', detail: validationDetail(err, request.body) }
   const status = err.statusCode ?? 500
   if (status >= 400 && status < 500) {
-    return { status, code: (err.code && FASTIFY_CODES[err.code]) ?? 'bad_request', title: httpTitle(status), detail: err.message }
+    const code = (err.code && FASTIFY_CODES[err.code]) ?? 'bad_request'
+    const detail =
+      code === 'unsupported_media_type'
+        ? `the API takes JSON bodies: send content-type: application/json (got ${request.headers['content-type'] ? JSON.stringify(request.headers['content-type']) : 'none'})`
+        : err.message
+    return { status, code, title: httpTitle(status), detail }
   }
   return { status: 500, code: 'internal_error', title: 'Internal Server Error', detail: 'the control plane failed to handle this request; see its log for the request id' }
+}
+
+/** What is wrong with the request, naming the field: an unknown one by its name, a missing body by what to send. */
+function validationDetail(err: FastifyError, body: unknown): string {
+  const context = err.validationContext ?? 'request'
+  const first = err.validation?.[0] as { keyword?: string; instancePath?: string; params?: { additionalProperty?: string } } | undefined
+  if (context === 'body' && body === undefined) return 'the request has no body: send a JSON object with content-type: application/json'
+  if (first?.keyword === 'additionalProperties' && first.params?.additionalProperty !== undefined) {
+    return `${context}${first.instancePath ?? ''} has an unknown field ${JSON.stringify(first.params.additionalProperty)}; check its spelling against the API (/docs)`
+  }
+  return `${context} ${err.message.replace(/^(body|querystring|params|headers)\s*/, '')}`
 }
 
 function httpTitle(status: number): string {

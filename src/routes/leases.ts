@@ -16,7 +16,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
       summary: 'Acquire a lease: reuse the running session for the snapshot, or start one',
       body: AcquireBody,
       headers: IdempotencyHeaders,
-      response: { 200: Lease, 201: Lease, ...problems(400, 401, 403, 409, 422, 502) },
+      response: { 200: Lease, 201: Lease, ...problems(400, 401, 403, 404, 409, 422, 502) },
     },
   }, async (request, reply) => {
     const { lease, created } = await leases.acquire(request.principal, request.body, request.headers['idempotency-key'], baseUrlOf(request, publicUrl))
@@ -33,7 +33,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
       summary: 'Read a lease and its session; waitSeconds long-polls until READY or FAILED',
       params: IdParams,
       querystring: GetLeaseQuery,
-      response: { 200: Lease, ...problems(400, 401, 404) },
+      response: { 200: Lease, ...problems(400, 401, 404, 422, 502) },
     },
   }, async (request) => leases.get(request.principal, request.params.id, request.query.waitSeconds, baseUrlOf(request, publicUrl)))
 

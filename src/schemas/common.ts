@@ -1,4 +1,5 @@
 import { Type } from 'typebox'
+import { PROBLEM_CODES } from '../services/problem-codes.ts'
 
 export const Problem = Type.Object(
   {
@@ -6,7 +7,7 @@ export const Problem = Type.Object(
     title: Type.String(),
     status: Type.Integer(),
     detail: Type.String(),
-    code: Type.String({ description: 'Stable machine-readable error code' }),
+    code: Type.String({ description: 'Stable machine-readable error code (README.md, "Errors", says what each means)', enum: Object.keys(PROBLEM_CODES) }),
     instance: Type.Optional(Type.String()),
   },
   { $id: 'Problem', additionalProperties: true, description: 'RFC 9457 problem details (application/problem+json)' },
@@ -42,5 +43,7 @@ export function Text(options: { minLength?: number; maxLength?: number; descript
 export const WaitSeconds = Type.Integer({
   minimum: 0,
   maximum: 50,
-  description: 'Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s)',
+  description:
+    'Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s). ' +
+    'A session that ends FAILED answers a problem and ends the lease: 404 collection_not_found, 422 invalid_snapshot, or 502 session_failed (with leaseId, sessionId, sessionError)',
 })

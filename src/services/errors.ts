@@ -18,7 +18,7 @@ export class ProblemError extends Error {
 export const badRequest = (code: string, detail: string) => new ProblemError(400, code, 'Bad Request', detail)
 export const unauthorized = (code: string, detail: string) => new ProblemError(401, code, 'Unauthorized', detail)
 export const forbidden = (code: string, detail: string) => new ProblemError(403, code, 'Forbidden', detail)
-export const notFound = (code: string, detail: string) => new ProblemError(404, code, 'Not Found', detail)
+export const notFound = (code: string, detail: string, extra?: Record<string, unknown>) => new ProblemError(404, code, 'Not Found', detail, extra)
 export const conflict = (code: string, detail: string, extra?: Record<string, unknown>) =>
   new ProblemError(409, code, 'Conflict', detail, extra)
 export const gone = (code: string, detail: string) => new ProblemError(410, code, 'Gone', detail)

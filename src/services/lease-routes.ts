@@ -97,7 +97,9 @@ export class LeaseRouter {
       }
       now = this.clock.now().getTime()
     }
-    if (route.ended || route.expiresAt <= now) throw unauthorized('lease_ended', `lease ${route.leaseId} has ended or expired`)
+    if (route.ended || route.expiresAt <= now) {
+      throw unauthorized('lease_ended', `lease ${route.leaseId} has ${route.ended ? 'ended' : 'expired'}: acquire a new lease (POST /v1/leases) and use its token`)
+    }
     if (sessionId !== undefined && route.sessionId !== sessionId) {
       throw forbidden('wrong_session', 'this lease token does not open that session')
     }

@@ -9,6 +9,7 @@ import { ChromaError, type ChromaClient } from './chroma.ts'
 import type { Clock } from './clock.ts'
 import { badRequest, conflict, gone, notFound, unprocessable } from './errors.ts'
 import { noObserver, type AcquireOutcome, type Observer } from './metrics.ts'
+import { sessionFailedProblem } from './session-failure.ts'
 import {
   ATTACHABLE_STATUSES,
   EVENT_COLUMNS,
@@ -218,6 +219,7 @@ export class LeaseService {
     const waitSeconds = input.waitSeconds ?? 0
     // A READY session attached to needs no second read; a starting one may be waited for.
     const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
+    this.refuseFailed(lease.id, session)
     if (input.collection !== undefined) await this.checkCollection(session, input.collection, lease.id)
     const row: LeaseRow = { ...lease, sessionId, ...times!, endedAt: null, endReason: null, lapsed: false }
     return { lease: { ...this.view(principal, row, session, baseUrl), token }, created: true, outcome }
@@ -317,14 +319,27 @@ export class LeaseService {
       throw unprocessable('idempotency_key_reused', 'this Idempotency-Key was used for an acquire with other parameters')
     }
     // The same request (the hash says so) gets the same answer: a lease ended for its collection stays a 404.
-    if (row.endReason === 'collection_not_found') throw collectionNotFound(collection ?? '', row.id)
+    if (row.endReason === 'collection_not_found') throw collectionNotFound(collection ?? '', row.id, undefined, row.sessionId)
     const session = await this.settle(row.sessionId, waitSeconds ?? 0)
+    this.refuseFailed(row.id, session)
     return { ...this.view(principal, row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
   }
 
   async get(principal: Principal, id: string, waitSeconds: number, baseUrl: string): Promise<LeaseView> {
     const row = await this.find(principal, id)
-    return this.view(principal, row, await this.settle(row.sessionId, waitSeconds), baseUrl)
+    const session = await this.settle(row.sessionId, waitSeconds)
+    // A long-poll waits for a usable session: FAILED is its answer as a problem. A plain read shows the lease.
+    if (waitSeconds > 0) this.refuseFailed(row.id, session)
+    return this.view(principal, row, session, baseUrl)
+  }
+
+  /**
+   * An acquire (or its replay, or a lease's long-poll) whose session is FAILED answers a
+   * problem instead of a lease that can never be used. The lease is already ended: the
+   * transition to FAILED ends every lease of the session in its own transaction.
+   */
+  private refuseFailed(leaseId: string, session: SessionRecord): void {
+    if (session.status === 'FAILED') throw sessionFailedProblem(session, leaseId)
   }
 
   /**
@@ -435,10 +450,17 @@ export class LeaseService {
       await this.deps.chroma.collectionId(`http://${session.host}:${session.port}`, collection, this.deps.tokens.sessionToken(session.id, session.generation))
     } catch (err) {
       if (!(err instanceof ChromaError && err.status === 404)) return // unreachable or slow: the first query will tell
-      await this.deps.sql.execute(Prisma.sql`
-        UPDATE leases SET ended_at = LEAST(${this.deps.clock.sql}, expires_at), end_reason = 'collection_not_found'
-        WHERE id = ${leaseId}::uuid AND ended_at IS NULL`)
-      throw collectionNotFound(collection, leaseId, session.snapshot)
+      // Ended with its event on the session's timeline, in one statement.
+      const now = this.deps.clock.sql
+      const events = await this.deps.sql.rows<Record<string, unknown>>(Prisma.sql`
+        WITH ended AS (
+          UPDATE leases SET ended_at = LEAST(${now}, expires_at), end_reason = 'collection_not_found'
+          WHERE id = ${leaseId}::uuid AND ended_at IS NULL RETURNING id, session_id)
+        INSERT INTO session_events (session_id, at, type, reason, lease_id)
+        SELECT session_id, ${now}, 'lease_ended', 'collection_not_found', id FROM ended
+        RETURNING ${EVENT_COLUMNS}`)
+      this.deps.sessions.announce(events.map(eventFromRow))
+      throw collectionNotFound(collection, leaseId, session.snapshot, session.id)
     }
     if (this.foundCollections.size >= 10_000) this.foundCollections.clear()
     this.foundCollections.add(key)
@@ -498,10 +520,11 @@ type NewLease = Pick<LeaseRow, 'id' | 'principal' | 'holder' | 'idempotencyKey' 
 
 type LeaseTimes = Pick<LeaseRow, 'createdAt' | 'expiresAt'>
 
-const collectionNotFound = (collection: string, leaseId: string, snapshot?: string) =>
+const collectionNotFound = (collection: string, leaseId: string, snapshot?: string, sessionId?: string) =>
   notFound(
     'collection_not_found',
     `collection ${JSON.stringify(collection)} is not in snapshot${snapshot ? ` ${snapshot}` : ''}; lease ${leaseId} was ended. Acquire without "collection", or name one the snapshot holds`,
+    { leaseId, ...(sessionId ? { sessionId } : {}) },
   )
 
 /** A session a lease may still be renewed on: not on its way out. */

@@ -223,7 +223,7 @@ export interface paths {
                         ttlSeconds?: number;
                         /** @description Session idle TTL, set by the acquire that creates the session */
                         idleTtlSeconds?: number;
-                        /** @description Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s) */
+                        /** @description Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s). A session that ends FAILED answers a problem and ends the lease: 404 collection_not_found, 422 invalid_snapshot, or 502 session_failed (with leaseId, sessionId, sessionError) */
                         waitSeconds?: number;
                         /** @description Free text, e.g. a Step Functions execution ARN */
                         holder?: string;
@@ -271,6 +271,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                404: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -333,7 +342,7 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
-                    /** @description Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s) */
+                    /** @description Hold the response until the session is READY or FAILED, up to this long (Step Functions HTTP Tasks cannot wait longer than 60 s). A session that ends FAILED answers a problem and ends the lease: 404 collection_not_found, 422 invalid_snapshot, or 502 session_failed (with leaseId, sessionId, sessionError) */
                     waitSeconds?: number;
                 };
                 header?: never;
@@ -373,6 +382,24 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                502: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2435,8 +2462,11 @@ export interface components {
             title: string;
             status: number;
             detail: string;
-            /** @description Stable machine-readable error code */
-            code: string;
+            /**
+             * @description Stable machine-readable error code (README.md, "Errors", says what each means)
+             * @enum {string}
+             */
+            code: "validation_failed" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "database_unavailable" | "session_timeout";
             instance?: string;
         } & {
             [key: string]: unknown;

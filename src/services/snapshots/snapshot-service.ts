@@ -1,5 +1,5 @@
 import { realpath, stat } from 'node:fs/promises'
-import { isAbsolute, relative, sep } from 'node:path'
+import { isAbsolute, relative, resolve, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { ProblemError, unprocessable } from '../errors.ts'
@@ -119,11 +119,16 @@ export class SnapshotService {
     if (root === null) {
       throw unprocessable('snapshot_not_found', 'file:// snapshots are disabled: SNAPSHOT_ROOT does not exist on this server')
     }
+    const setting = `SNAPSHOT_ROOT (${this.opts.snapshotRoot})`
+    // Outside the root as written: a fact of the path alone, so saying it reveals nothing about the filesystem.
+    if (!isInside(resolve(this.opts.snapshotRoot), resolve(path)) && !isInside(root, resolve(path))) {
+      throw unprocessable('snapshot_not_found', `${path} lies outside ${setting}: file:// snapshots must be under it; move the snapshot there or set SNAPSHOT_ROOT`)
+    }
     const real = await realpath(path).catch(() => null)
     // Symlinks are resolved before the containment check, so none can lead outside the root.
     if (real === null || !isInside(root, real)) {
-      // One answer for "missing" and "outside the root": probing the filesystem learns nothing.
-      throw unprocessable('snapshot_not_found', `no snapshot at ${path} under the snapshot root`)
+      // One answer for "missing" and "a symlink out of the root": probing the filesystem learns nothing.
+      throw unprocessable('snapshot_not_found', `no snapshot at ${path} under ${setting}`)
     }
     const info = await stat(real)
     if (!info.isDirectory() && !(info.isFile() && archiveFormat(real))) {
