@@ -398,7 +398,17 @@ t.test("DescribeTasks throttled beyond the SDK's retries: no session fails, laun
   t.equal(launched.launchRef, [...fake.tasks.keys()][1], 'a launch goes ahead while DescribeTasks is throttled')
 
   fake.throttle(0, 'DescribeTasks')
-  const settled = await reconcileUntilSettled(ctx, cold.session.id)
+  // The confirmer goes on meanwhile (as its worker loop does): the serving agent's 5 s switch runs in real time.
+  const deadline = Date.now() + 60_000
+  let settled = await ctx.services.sessions.get(cold.session.id)
+  for (let last = Date.now(); (settled.status === 'PENDING' || settled.status === 'STARTING') && Date.now() < deadline; ) {
+    await ctx.workers.reconciler.reconcileOnce()
+    await ctx.workers.confirmer.confirmSessions()
+    await new Promise((r) => setTimeout(r, 150))
+    clock.advance((Date.now() - last) / 1000)
+    last = Date.now()
+    settled = await ctx.services.sessions.get(cold.session.id)
+  }
   t.equal(settled.status, 'READY', `once ECS answers again, it is READY (${settled.error})`)
   t.equal((await ctx.services.sessions.get(serving.session.id)).status, 'READY')
 })
