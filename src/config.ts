@@ -55,6 +55,9 @@ export const EnvSchema = Type.Object({
   ECS_STARTED_BY: Type.String({ default: 'chroma-lease', minLength: 1, maxLength: 36, pattern: '^[A-Za-z0-9_-]+$' }),
   ECS_LAUNCH_RATE: Type.Number({ default: 20, exclusiveMinimum: 0 }),
   ECS_LAUNCH_BURST: Type.Integer({ default: 20, minimum: 1 }),
+  SESSION_SECRET_PREFIX: Type.String({ default: 'chroma-lease/sessions', minLength: 1, maxLength: 400, pattern: '^[A-Za-z0-9/_+=.@-]+[^/]$' }),
+  SESSION_TASK_ROLE_ID: Type.Optional(Type.String({ pattern: '^AROA[A-Z0-9]{10,}$' })),
+  SECRETS_MANAGER_ENDPOINT: Type.Optional(Type.String({ minLength: 1 })),
   FARGATE_VCPU_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.x86.vcpuHour, minimum: 0 }),
   FARGATE_GB_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.x86.gbHour, minimum: 0 }),
   FARGATE_ARM_VCPU_HOUR_USD: Type.Number({ default: DEFAULT_FARGATE_PRICES.arm.vcpuHour, minimum: 0 }),
@@ -112,6 +115,11 @@ export interface Config {
     startedBy: string
     launchRate: number
     launchBurst: number
+    /** Each session's secret is `<secretPrefix>/<sessionId>/g<generation>` in Secrets Manager. */
+    secretPrefix: string
+    /** The session task role's unique id (AROA…): names the one task that may read a session's secret. */
+    taskRoleId: string | undefined
+    secretsManagerEndpoint: string | undefined
   }
   /** Fargate prices for session costs (the session resource and /metrics). */
   prices: FargatePrices
@@ -174,7 +182,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     throw new ConfigError('RECONCILE_INTERVAL_SECONDS must not exceed AGENT_CONFIRM_INTERVAL_SECONDS (the agent confirmer runs on its period)')
   }
   if (e.LAUNCHER === 'fargate') {
-    const missing = (['ECS_CLUSTER', 'ECS_TASK_DEFINITION', 'ECS_SUBNETS'] as const).filter((k) => !e[k])
+    const missing = (['ECS_CLUSTER', 'ECS_TASK_DEFINITION', 'ECS_SUBNETS', 'SESSION_TASK_ROLE_ID'] as const).filter((k) => !e[k])
     if (missing.length) throw new ConfigError(`LAUNCHER=fargate needs ${missing.join(', ')}`)
   }
   // With no API key configured, anyone who can reach the port could lease compute:
@@ -224,6 +232,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       startedBy: e.ECS_STARTED_BY,
       launchRate: e.ECS_LAUNCH_RATE,
       launchBurst: e.ECS_LAUNCH_BURST,
+      secretPrefix: e.SESSION_SECRET_PREFIX,
+      taskRoleId: e.SESSION_TASK_ROLE_ID,
+      secretsManagerEndpoint: e.SECRETS_MANAGER_ENDPOINT,
     },
     prices: {
       x86: { vcpuHour: e.FARGATE_VCPU_HOUR_USD, gbHour: e.FARGATE_GB_HOUR_USD },

@@ -30,13 +30,17 @@ export function createS3(config: Config): S3Client {
 export async function createLauncher(config: Config, logger: Logger, clock: Clock, sql: SqlPool): Promise<Launcher> {
   if (config.launcher === 'fargate') {
     // Loaded only when used: the ECS and EC2 SDKs cost the process launcher's users ~25 MB of RSS.
-    const [{ ECSClient }, { EC2Client }, { FargateLauncher }] = await Promise.all([
+    const [{ ECSClient }, { EC2Client }, { SecretsManagerClient }, { FargateLauncher }, { SessionSecretStore }] = await Promise.all([
       import('@aws-sdk/client-ecs'),
       import('@aws-sdk/client-ec2'),
+      import('@aws-sdk/client-secrets-manager'),
       import('./services/launchers/fargate-launcher.ts'),
+      import('./services/launchers/session-secrets.ts'),
     ])
     const { ecs } = config
+    const secretsManager = new SecretsManagerClient({ region: config.awsRegion, ...(ecs.secretsManagerEndpoint ? { endpoint: ecs.secretsManagerEndpoint } : {}) })
     return new FargateLauncher({
+      secrets: new SessionSecretStore(secretsManager, { prefix: ecs.secretPrefix, taskRoleId: ecs.taskRoleId! }),
       ecs: new ECSClient({ region: config.awsRegion, ...(ecs.endpoint ? { endpoint: ecs.endpoint } : {}) }),
       ec2: new EC2Client({ region: config.awsRegion, ...(ecs.ec2Endpoint ? { endpoint: ecs.ec2Endpoint } : {}) }),
       settings: {

@@ -35,7 +35,7 @@ t.test('a bad strategy is refused with what is wrong, before any launch', async 
   for (const [value, message] of bad) t.throws(() => parseCapacityProviders(value), message, JSON.stringify(value))
 
   t.throws(
-    () => loadConfig({ LAUNCHER: 'fargate', ECS_CLUSTER: 'c', ECS_TASK_DEFINITION: 'td', ECS_SUBNETS: 'subnet-a', ECS_CAPACITY_PROVIDER: 'FARGATE_SPOT:lots' }),
+    () => loadConfig({ LAUNCHER: 'fargate', ECS_CLUSTER: 'c', ECS_TASK_DEFINITION: 'td', ECS_SUBNETS: 'subnet-a', SESSION_TASK_ROLE_ID: 'AROAEXAMPLEROLEID01', ECS_CAPACITY_PROVIDER: 'FARGATE_SPOT:lots' }),
     /ECS_CAPACITY_PROVIDER: bad capacity provider "FARGATE_SPOT:lots": weight must be an integer/,
     'the configuration names the variable',
   )

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -32,6 +32,7 @@ t.test('the session image', async (t) => {
   const image = imageConfig(stages)
   t.equal(image.user, 'node', 'runs as a non-root user')
   t.same(stages.map((s) => s.name), ['build', 'binding', 'stage-2'], 'build, binding, runtime')
+  for (const stage of stages) t.match(stage.from, /^node:24-bookworm-slim@sha256:[0-9a-f]{64}$/, `${stage.name}: Node 24, pinned by digest`)
   const runs = runLines(stages)
   const skipped = cannotRunHere(runs)
   for (const { run } of skipped.filter((s) => s.run.startsWith('apt-get '))) {
@@ -56,14 +57,17 @@ t.test('the session image', async (t) => {
 
   const fixture = await buildSnapshotFixture(join(root, 'fixture'), { count: 30, dim: 8 })
   const port = await freeLoopbackPort()
+  const secrets = { sessionToken: 'cls_image-test-session-token', controlToken: 'clc_image-test-control-token', leaseKey: 'image-test-lease-key-0123456789' }
+  const secretFile = join(root, 'session-secret.json')
+  await writeFile(secretFile, JSON.stringify(secrets), { mode: 0o600 })
   const env: Record<string, string> = {
     ...Object.fromEntries(Object.entries(image.env).map(([k, v]) => [k, build.inImage(v)])),
     // The image's fixed ports, moved to free ones: this machine runs other sessions.
     CHROMA_PORT: String(port),
     CHROMA_INTERNAL_PORT: String(await freeLoopbackPort()),
     SESSION_ID: 'image-test',
-    SESSION_TOKEN: 'cls_image-test-session-token',
-    CONTROL_TOKEN: 'clc_image-test-control-token',
+    // What the process launcher does; on Fargate the agent reads the same document from Secrets Manager.
+    SESSION_SECRET_FILE: secretFile,
     SNAPSHOT_URI: `file://${fixture.tarGzPath}`,
     HOME: root,
   }
@@ -85,8 +89,8 @@ t.test('the session image', async (t) => {
   const deadline = Date.now() + 60_000
   while ((await healthcheck()) !== 0 && Date.now() < deadline && agent.exitCode === null) await sleep(200)
   t.equal(await healthcheck(), 0, 'HEALTHCHECK passes once the session serves', { output })
-  t.equal(await countChroma({ host: '127.0.0.1', port, token: env.SESSION_TOKEN }, fixture.collection), 30, 'the agent built and installed by the image serves the snapshot')
-  t.equal(await healthcheck({ SESSION_TOKEN: 'cls_wrong-token-wrong-token' }), 1, 'a wrong token fails the HEALTHCHECK')
+  t.equal(await countChroma({ host: '127.0.0.1', port, token: secrets.sessionToken }, fixture.collection), 30, 'the agent built and installed by the image serves the snapshot')
+  t.notOk(await stat(secretFile).catch(() => null), 'the agent deleted the secret file once read')
 
   process.kill(agent.pid!, 'SIGTERM')
   t.equal(await exited, 0, 'stops cleanly on SIGTERM')

@@ -38,7 +38,9 @@ t.test('acquire, READY, query, release, and the idle stop', async (t) => {
   t.equal(view.session.endpoint.host, '127.0.0.1')
   t.equal(view.session.compute, null, 'a local process has no Fargate size, so no cost')
   t.notOk(await chromaAnswers(view.session.endpoint), 'the endpoint refuses a request without the session token')
-  t.ok(await chromaAnswers({ ...view.session.endpoint, token: view.sessionToken }), 'the endpoint is a live Chroma for the lease holder')
+  // The agent confirmer (it runs from STARTING on) tells the agent the control plane's time, on which lease tokens expire.
+  await ctx.workers.confirmer.confirmSessions()
+  t.ok(await chromaAnswers({ ...view.session.endpoint, token: view.sessionToken }), 'the endpoint is a live Chroma for the lease holder, with its lease token')
 
   const q = await ctx.inject({
     method: 'POST',

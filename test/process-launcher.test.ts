@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { signLeaseToken } from '../container/agent/lease-token.ts'
 import t, { type Test } from 'tap'
 import type { LaunchTarget, ObservedCompute } from '../src/services/launchers/launcher.ts'
 import { ProcessLauncher, type ProcessLauncherOptions } from '../src/services/launchers/process-launcher.ts'
@@ -20,6 +21,8 @@ const snapshot = `file://${fixture.tarGzPath}`
 /** The agent requires it on every request to the session. */
 const authToken = 'cls_test-session-token'
 const controlToken = 'clc_test-control-token'
+/** Signs the session's direct-access lease tokens (base64url). */
+const leaseKey = 'process-launcher-test-lease-key'
 
 let sessions = 0
 /** A launcher on its own rootDir, and a fresh session id; every agent started there is killed at teardown. */
@@ -52,7 +55,7 @@ const waitForReady = async (launcher: ProcessLauncher, target: LaunchTarget) =>
 
 t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken, controlToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken, controlToken, leaseKey })
   t.match(ref, /^\d+$/, 'the ref is the agent pid')
 
   const first = (await launcher.describe([target(ref)])).get(ref)
@@ -62,6 +65,14 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
   t.equal(ready.host, '127.0.0.1')
   const session = { ...ready, token: authToken }
+  // The secrets went over in a 0600 file the agent deleted once read: not in argv, not in the environment.
+  const shown = (await Promise.all(['cmdline', 'environ'].map((f) => readFile(`/proc/${ref}/${f}`, 'utf8')))).join('\n')
+  for (const secret of [authToken, controlToken, leaseKey]) t.notOk(shown.includes(secret), 'no secret in the agent\'s argv or environment')
+  t.match(shown, /SESSION_SECRET_FILE=/)
+  t.notOk(existsSync(join(rootDir, `${sessionId}-g1`, 'secret.json')), 'the agent deleted its secret file')
+  const leaseToken = signLeaseToken(Buffer.from(leaseKey, 'base64url'), randomUUID(), Date.now() + 60_000)
+  t.ok(await chromaAnswers({ ...ready, token: leaseToken }), "a lease's token signed with the session's lease key opens it")
+  t.notOk(await chromaAnswers({ ...ready, token: signLeaseToken(Buffer.from('another-sessions-lease-key', 'base64url'), randomUUID(), Date.now() + 60_000) }), "another session's lease token does not")
   t.notOk(await chromaAnswers(ready), 'the session refuses a request without its token')
   t.ok(await chromaAnswers(session), 'Chroma heartbeat answers with the token')
   const [hit] = await queryChroma(session, fixture.collection, fixture.vector(3))
@@ -81,7 +92,7 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
 t.test('concurrent launches of one attempt start one agent; a restarted control plane sees it', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
   const replica = new ProcessLauncher({ rootDir, snapshotRoot })
-  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken, controlToken }
+  const spec = { sessionId, generation: 1, snapshot, collection: null, authToken, controlToken, leaseKey }
   const refs = await Promise.all([launcher.launch(spec), replica.launch(spec), launcher.launch(spec)])
   t.same(new Set(refs.map((r) => r.ref)).size, 1, 'every caller gets the same ref')
   t.equal(agentPids(sessionId).length, 1, 'one agent process')
@@ -103,7 +114,7 @@ t.test('concurrent launches of one attempt start one agent; a restarted control 
 
 t.test('a killed agent is reported stopped, and its Chroma stops too', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken, leaseKey })
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
 
@@ -121,14 +132,14 @@ t.test('a failed restore is reported with its reason', async (t) => {
   const { launcher, sessionId, target } = setup(t)
   const corrupt = join(snapshotRoot, 'corrupt.tar')
   await writeFile(corrupt, 'not a tar archive'.repeat(64))
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken, controlToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `file://${corrupt}`, collection: null, authToken, controlToken, leaseKey })
   const stopped = await waitFor(launcher, target(ref), (o) => o.state === 'stopped')
   t.match(stopped, { state: 'stopped', reason: `snapshot file://${corrupt} is not a valid tar archive: ` })
 })
 
 t.test('stop escalates to SIGKILL after the grace period', async (t) => {
   const { launcher, sessionId, target } = setup(t, { stopGraceMs: 300 })
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: null, authToken, controlToken, leaseKey })
   await waitForReady(launcher, target(ref))
   // A stopped process cannot act on SIGTERM, but SIGKILL takes it regardless.
   process.kill(-Number(ref), 'SIGSTOP')
@@ -203,7 +214,7 @@ t.test('an agent stopping on a signal the launcher did not send is observed as s
   const stall = await startStallingS3(s3.endpoint, (method, path) => method !== 'GET' && path.includes('/versions/'))
   t.teardown(() => stall.close())
   const { launcher, sessionId, target } = setup(t, { s3Endpoint: stall.endpoint, env: { ...s3.env, STOP_TIMEOUT_SECONDS: '3' } })
-  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `s3://${s3.bucket}/receipts/v1.tar.gz`, collection: null, authToken, controlToken, saveOnStop: true })
+  const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot: `s3://${s3.bucket}/receipts/v1.tar.gz`, collection: null, authToken, controlToken, leaseKey, saveOnStop: true })
   const ready = await waitForReady(launcher, target(ref))
   if (ready.state !== 'running') return t.fail(`not running: ${JSON.stringify(ready)}`)
   t.ok(await chromaAnswers({ ...ready, token: authToken }), 'used, so there is something to save')

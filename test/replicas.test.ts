@@ -111,7 +111,7 @@ t.test('a crash between claiming a launch and recording it neither leaks nor lau
   const s = await ctx.services.sessions.get(lease.session.id)
   // What a replica that died after its claim and launch, before recording the ref, leaves behind:
   await ctx.services.sessions.transition(s, ['PENDING'], 'STARTING', { type: 'launching' }, { launchedAt: clock.now() })
-  await ctx.launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: null, authToken: ctx.services.tokens.sessionToken(s.id, s.generation), controlToken: ctx.services.tokens.controlToken(s.id, s.generation) })
+  await ctx.launcher.launch({ sessionId: s.id, generation: s.generation, snapshot: s.snapshot, collection: null, authToken: ctx.services.tokens.sessionToken(s.id, s.generation), controlToken: ctx.services.tokens.controlToken(s.id, s.generation), leaseKey: ctx.services.tokens.leaseKey(s.id, s.generation) })
   await ctx.workers.reconciler.reconcileOnce()
   t.equal((await ctx.services.sessions.get(s.id)).launchRef, null, 'another replica waits before taking over the claim')
   clock.advance(16)

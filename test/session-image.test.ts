@@ -54,33 +54,62 @@ async function reconcileUntil(ctx: TestApp, sessionId: string, status: string, t
 
 const eventsOf = async (ctx: TestApp, sessionId: string) => ctx.db.sessionEvent.findMany({ where: { sessionId }, orderBy: { id: 'asc' } })
 
-t.test('the session token: proxy and direct holders use it, nothing gets in without it', async (t) => {
+t.test('direct access: a token per lease, checked by the agent, ending with the lease; the proxy keeps its own credential', async (t) => {
   const ctx = await buildTestApp(t, { snapshotRoot, s3, listen: true })
   const lease = await acquire(ctx, { snapshot: archive, collection: fixture.collection })
   t.equal(lease.sessionToken, null, 'no session token before the session serves')
   await reconcileUntilSettled(ctx, lease.session.id)
+  // The confirmer runs from the moment the agent answers (STARTING); its calls carry the
+  // control plane's time, on which the agent judges lease expiries.
+  t.equal(await ctx.workers.confirmer.confirmSessions(), 1, 'the agent answers its confirmation')
+  const other = await acquire(ctx, { snapshot: archive, collection: fixture.collection })
+  t.equal(other.session.id, lease.session.id, 'a second lease shares the session')
   const view = await getLease(ctx, lease.id)
-  t.match(view.sessionToken, /^cls_/, 'the lease holder gets the session token with the endpoint')
+  const otherToken = (await getLease(ctx, other.id)).sessionToken!
+  t.match(view.sessionToken, /^cld_/, 'the lease holder gets a direct-access token with the endpoint')
+  t.not(view.sessionToken, otherToken, 'each lease its own')
   const endpoint = view.session.endpoint!
+  const direct = (token: string) => request(`${endpoint.url}/api/v2/heartbeat`, { headers: { 'x-chroma-token': token } }).then(async (res) => ({ status: res.statusCode, code: ((await res.body.json()) as { code?: string }).code }))
   for (const [name, headers] of [['no token', {}], ['the lease token', { 'x-chroma-token': lease.token }]] as const) {
     const res = await request(`${endpoint.url}/api/v2/heartbeat`, { headers })
     t.equal(res.statusCode, 401, `the session itself refuses ${name}`)
     t.equal(((await res.body.json()) as { code: string }).code, 'session_token_required')
   }
-  const direct = await chromaClient(endpoint.url, view.sessionToken!).getCollection({ name: fixture.collection })
-  t.equal(await direct.count(), fixture.count, 'a direct holder with the session token reads the session')
+  const collection = await chromaClient(endpoint.url, view.sessionToken!).getCollection({ name: fixture.collection })
+  t.equal(await collection.count(), fixture.count, 'a direct holder with its lease token reads the session')
+  const forged = view.sessionToken!.replace(/\.[^.]+$/, '.' + 'A'.repeat(43))
+  t.same(await direct(forged), { status: 401, code: 'invalid_token' }, 'a token not signed with the session key is refused')
   const proxied = await request(`${ctx.url}/v1/sessions/${lease.session.id}/chroma/api/v2/heartbeat`, { headers: { 'x-chroma-token': lease.token } })
-  t.equal(proxied.statusCode, 200, 'the proxy passes the session token upstream')
+  t.equal(proxied.statusCode, 200, 'the proxy uses its own credential upstream')
   await proxied.body.dump()
 
-  // The agent confirmer's confirmation brings back the session's own memory and CPU.
-  t.equal(await ctx.workers.confirmer.confirmSessions(), 1, 'the agent answers its confirmation')
-  const usage = (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${lease.session.id}` })).json().usage as { memoryBytes: number; cpuCores: number } | null
-  t.ok(usage && usage.memoryBytes > 50e6 && usage.memoryBytes < 2e9, `the session reports its memory (agent and Chroma): ${usage?.memoryBytes}`)
-  t.ok(usage && usage.cpuCores >= 0, `and its CPU: ${usage?.cpuCores} cores`)
+  // A renewal moves the expiry: the lease view shows the new token.
+  ;(ctx.clock as ManualClock).advance(5)
+  const renewed = await ctx.app.inject({ method: 'POST', url: `/v1/leases/${lease.id}/renew`, payload: {} })
+  t.equal(renewed.statusCode, 200, renewed.body)
+  const renewedToken = (await getLease(ctx, lease.id)).sessionToken!
+  t.not(renewedToken, view.sessionToken, 'a renewed lease has a token for its new expiry')
+  t.equal((await direct(renewedToken)).status, 200, 'which the agent accepts')
 
+  // Expired: a token whose expiry has passed on the control plane's clock is refused by the
+  // agent alone (a minute ago: the agent's clock follows the control plane's to within seconds).
+  const s = await ctx.services.sessions.get(lease.session.id)
+  const expired = ctx.services.tokens.directToken(s.id, s.generation, other.id, new Date(ctx.clock.now().getTime() - 60_000))
+  t.same(await direct(expired), { status: 401, code: 'lease_expired' }, 'an expired token is refused')
+
+  // Released: the agent is told within a pass of the lease revoker; the other lease goes on.
   await ctx.app.inject({ method: 'DELETE', url: `/v1/leases/${lease.id}` })
   t.equal((await getLease(ctx, lease.id)).sessionToken, null, 'a released lease shows no session token')
+  const releasedAt = Date.now()
+  let answer = await direct(renewedToken)
+  while (answer.status === 200 && Date.now() - releasedAt < 10_000) {
+    await ctx.workers.revoker.revokeOnce()
+    answer = await direct(renewedToken)
+  }
+  t.same(answer, { status: 401, code: 'lease_ended' }, `the released lease's token is refused (after ${Date.now() - releasedAt} ms)`)
+  t.same(await direct(view.sessionToken!), { status: 401, code: 'lease_ended' }, 'and so is its token from before the renewal')
+  t.equal((await direct(otherToken)).status, 200, "the other lease's token still opens the session")
+  t.equal(await ctx.workers.revoker.revokeOnce(), 0, 'revoked once: nothing sent again')
 })
 
 t.test("the dead man's switch, fed by the agent confirmer", async (t) => {
@@ -200,7 +229,7 @@ t.test("the session token goes to the lease's own holder only, not to operators 
   launcher.states.set(lease.session.id, chroma.running())
   await reconcileUntil(ctx, lease.session.id, 'READY')
   const as = async (key: string, url: string) => (await ctx.app.inject({ method: 'GET', url, headers: { 'x-api-key': key } })).json()
-  t.match((await as(client, `/v1/leases/${lease.id}`)).sessionToken, /^cls_/, 'the holder reads it')
+  t.match((await as(client, `/v1/leases/${lease.id}`)).sessionToken, /^cld_/, 'the holder reads it')
   t.equal((await as(operator, `/v1/leases/${lease.id}`)).sessionToken, null, 'an operator reading the lease does not')
   t.same((await as(operator, '/v1/leases')).leases.map((l: Lease) => l.sessionToken), [null], 'nor listing leases')
 })

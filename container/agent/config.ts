@@ -15,10 +15,8 @@ export interface AgentConfig {
   port: number
   /** Chroma's own loopback port behind the front (0: any free one). */
   chromaInternalPort: number
-  /** The secret every request must carry (x-chroma-token or Authorization: Bearer). */
-  sessionToken: string
-  /** What the control plane's calls to /_agent/confirm and /_agent/save carry; lease holders never get it. */
-  controlToken: string
+  /** Where the session's tokens come from (secrets.ts loads them): never argv, and from the environment only when run by hand. */
+  secretSource: SecretSource
   /** The dead man's switch: stop when the control plane has not confirmed for this long. */
   deadManSeconds: number
   /** Save the directory back as a new snapshot version before a SIGTERM stop. */
@@ -29,6 +27,17 @@ export interface AgentConfig {
   snapshotRoot: string | undefined
   s3: S3Settings
 }
+
+/**
+ * The launchers hand the session's secrets over as a 0600 file the agent reads and
+ * deletes (SESSION_SECRET_FILE, the process launcher) or as the name of a Secrets Manager
+ * secret its task role may read (SESSION_SECRET_ID, Fargate). SESSION_TOKEN and
+ * CONTROL_TOKEN in the environment are for running the agent by hand.
+ */
+export type SecretSource =
+  | { kind: 'file'; path: string }
+  | { kind: 'secrets-manager'; secretId: string; endpoint: string | undefined; region: string; waitSeconds: number }
+  | { kind: 'environment'; sessionToken: string; controlToken: string; leaseKey: string | undefined }
 
 export class AgentConfigError extends Error {}
 
@@ -43,7 +52,7 @@ export function readAgentConfig(argv: string[], env: Record<string, string | und
   if (values.session && env.SESSION_ID && values.session !== env.SESSION_ID) {
     throw new AgentConfigError(`--session ${values.session} and SESSION_ID=${env.SESSION_ID} disagree`)
   }
-  if (env.CONTROL_TOKEN && env.CONTROL_TOKEN === env.SESSION_TOKEN) throw new AgentConfigError('CONTROL_TOKEN must differ from SESSION_TOKEN')
+  const region = env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1'
   return {
     sessionId,
     generation: values.generation === undefined ? undefined : integer('--generation', values.generation, 0),
@@ -53,15 +62,33 @@ export function readAgentConfig(argv: string[], env: Record<string, string | und
     host: env.CHROMA_HOST || '127.0.0.1',
     port: integer('CHROMA_PORT', required(env, 'CHROMA_PORT'), 1, 65535),
     chromaInternalPort: env.CHROMA_INTERNAL_PORT ? integer('CHROMA_INTERNAL_PORT', env.CHROMA_INTERNAL_PORT, 1, 65535) : 0,
-    sessionToken: token('SESSION_TOKEN', required(env, 'SESSION_TOKEN')),
-    controlToken: token('CONTROL_TOKEN', required(env, 'CONTROL_TOKEN')),
+    secretSource: secretSource(env, region),
     deadManSeconds: env.DEAD_MAN_SECONDS ? integer('DEAD_MAN_SECONDS', env.DEAD_MAN_SECONDS, 1) : 900,
     saveOnStop: flag('SAVE_ON_STOP', env.SAVE_ON_STOP),
     stopTimeoutSeconds: env.STOP_TIMEOUT_SECONDS ? integer('STOP_TIMEOUT_SECONDS', env.STOP_TIMEOUT_SECONDS, 1) : 110,
     statusFile: env.STATUS_FILE ? resolve(env.STATUS_FILE) : undefined,
     snapshotRoot: env.SNAPSHOT_ROOT || undefined,
-    s3: { endpoint: env.S3_ENDPOINT || undefined, region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1' },
+    s3: { endpoint: env.S3_ENDPOINT || undefined, region },
   }
+}
+
+function secretSource(env: Record<string, string | undefined>, region: string): SecretSource {
+  const given = ['SESSION_SECRET_FILE', 'SESSION_SECRET_ID', 'SESSION_TOKEN'].filter((name) => env[name])
+  if (given.length > 1) throw new AgentConfigError(`set one of SESSION_SECRET_FILE, SESSION_SECRET_ID and SESSION_TOKEN, not ${given.join(' and ')}`)
+  if (env.SESSION_SECRET_FILE) return { kind: 'file', path: resolve(env.SESSION_SECRET_FILE) }
+  if (env.SESSION_SECRET_ID) {
+    return {
+      kind: 'secrets-manager',
+      secretId: env.SESSION_SECRET_ID,
+      endpoint: env.SECRETS_MANAGER_ENDPOINT || undefined,
+      region,
+      waitSeconds: env.SESSION_SECRET_WAIT_SECONDS ? integer('SESSION_SECRET_WAIT_SECONDS', env.SESSION_SECRET_WAIT_SECONDS, 1) : 120,
+    }
+  }
+  if (!env.SESSION_TOKEN) throw new AgentConfigError('the session secrets are missing: set SESSION_SECRET_FILE or SESSION_SECRET_ID (or SESSION_TOKEN and CONTROL_TOKEN when running by hand)')
+  const tokens = { sessionToken: token('SESSION_TOKEN', env.SESSION_TOKEN), controlToken: token('CONTROL_TOKEN', required(env, 'CONTROL_TOKEN')) }
+  if (tokens.controlToken === tokens.sessionToken) throw new AgentConfigError('CONTROL_TOKEN must differ from SESSION_TOKEN')
+  return { kind: 'environment', ...tokens, leaseKey: env.LEASE_KEY || undefined }
 }
 
 function required(env: Record<string, string | undefined>, name: string): string {

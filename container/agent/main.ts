@@ -11,10 +11,18 @@
  *
  * Environment (the contract with the launchers; README "The session agent"):
  *   SESSION_ID       the session id; optional when --session is given, must agree with it
- *   SESSION_TOKEN    required (16+ characters). Every request to the session must carry it
- *                    as x-chroma-token or Authorization: Bearer; others get 401.
- *   CONTROL_TOKEN    required (16+ characters, not SESSION_TOKEN). What POST /_agent/confirm and
- *                    POST /_agent/save require: only the control plane holds it.
+ *   SESSION_SECRET_FILE  a JSON file {sessionToken, controlToken, leaseKey} (0600, written by
+ *                    the process launcher), read and deleted at start; or
+ *   SESSION_SECRET_ID    the Secrets Manager secret holding that document (Fargate), read with
+ *                    the task role, which may read it only once the control plane has tagged
+ *                    it for this task (waited for up to SESSION_SECRET_WAIT_SECONDS, default
+ *                    120; SECRETS_MANAGER_ENDPOINT overrides the endpoint); or, by hand only,
+ *   SESSION_TOKEN, CONTROL_TOKEN (16+ characters, different) and optionally LEASE_KEY.
+ *                    The session token is the control plane's own credential (its proxy);
+ *                    the control token is what POST /_agent/confirm, /_agent/save and
+ *                    /_agent/revoke require; lease holders going to the session directly
+ *                    carry their lease's token (lease-token.ts), refused once the lease
+ *                    expired or was revoked. Every other request gets 401.
  *   SNAPSHOT_URI     required. file:///abs/dir, file:///abs/snap.tar|.tar.gz|.tgz|.tar.zst,
  *                    s3://bucket/key.tar|.tar.gz|.tgz|.tar.zst (an archive object), or
  *                    s3://bucket/prefix: the version its `latest` pointer names when it has
@@ -44,9 +52,11 @@
  *   AWS_REGION       default us-east-1. AWS credentials come from the SDK's default chain
  *                    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, task role).
  *
- * Its own endpoints, on the session's port: GET /_agent/status (either token),
- * POST /_agent/confirm (the dead man's switch; answers the status) and POST /_agent/save
- * (CONTROL_TOKEN only).
+ * Its own endpoints, on the session's port: GET /_agent/status (any valid token),
+ * GET /_agent/health (no token: only whether the agent is healthy, for the image's
+ * HEALTHCHECK), POST /_agent/confirm (the dead man's switch; answers the status),
+ * POST /_agent/save and POST /_agent/revoke ({leases: [{id, expiresAt}]}: those leases'
+ * tokens are refused from now on) (the control token only).
  *
  * Exit status: 0 after a requested stop (signal or dead man's switch), 1 when the
  * session failed (the reason is in STATUS_FILE and the log), 2 for invalid settings.
@@ -58,6 +68,7 @@ import { freeLoopbackPort } from '../../src/free-port.ts'
 import { parseSnapshotUri } from '../../src/services/snapshots/uri.ts'
 import { ChromaServer, describeExit } from './chroma-process.ts'
 import { AgentConfigError, readAgentConfig, type AgentConfig } from './config.ts'
+import { loadSessionSecrets, type SessionSecrets } from './secrets.ts'
 import { DeadMansSwitch } from './dead-man.ts'
 import { AgentFront, AgentHttpError } from './front.ts'
 import { restoreSnapshot, RestoreError } from './restore.ts'
@@ -90,7 +101,10 @@ class SessionAgent {
   /** Set once the data directory is known to be ours (it was empty), so deleting it is safe. */
   private ownsDataDir = false
 
-  constructor(private readonly config: AgentConfig) {
+  constructor(
+    private readonly config: AgentConfig,
+    secrets: SessionSecrets,
+  ) {
     this.restored = config.snapshot
     this.status = new StatusFile(config.statusFile, (err) => log(`cannot write STATUS_FILE: ${err.message}`))
     this.deadMan = new DeadMansSwitch(config.deadManSeconds * 1000, (silentMs) =>
@@ -99,8 +113,9 @@ class SessionAgent {
     this.front = new AgentFront({
       host: config.host,
       port: config.port,
-      token: config.sessionToken,
-      controlToken: config.controlToken,
+      token: secrets.sessionToken,
+      controlToken: secrets.controlToken,
+      leaseKey: secrets.leaseKey,
       log,
       endpoints: {
         status: () => this.statusWithUsage(),
@@ -109,8 +124,20 @@ class SessionAgent {
           return this.statusWithUsage()
         },
         save: () => this.saveOnRequest(),
+        health: () => this.healthy(),
       },
     })
+  }
+
+  /** The image's HEALTHCHECK: Chroma's heartbeat while serving; a restore, start, save or stop in progress is healthy too. */
+  private async healthy(): Promise<boolean> {
+    const { phase } = this.status.current()
+    if (phase !== 'ready') return ['restoring', 'starting', 'saving', 'stopping'].includes(phase)
+    const chroma = this.chroma
+    if (!chroma || chroma.hasExited) return false
+    const res = await fetch(`${chroma.url}/api/v2/heartbeat`, { signal: AbortSignal.timeout(2_000) }).catch(() => null)
+    await res?.body?.cancel()
+    return res?.ok ?? false
   }
 
   private statusWithUsage(): AgentStatus {
@@ -326,7 +353,16 @@ async function main(): Promise<number> {
     await new StatusFile(process.env.STATUS_FILE, () => {}).write({ phase: 'failed', error: `invalid agent settings: ${err.message}` })
     return 2
   }
-  return new SessionAgent(config).run()
+  let secrets: SessionSecrets
+  try {
+    secrets = await loadSessionSecrets(config.secretSource, log)
+  } catch (err) {
+    if (!(err instanceof AgentConfigError)) throw err
+    log(`no session secrets: ${err.message}`)
+    await new StatusFile(config.statusFile, () => {}).write({ phase: 'failed', error: `no session secrets: ${err.message}` })
+    return 2
+  }
+  return new SessionAgent(config, secrets).run()
 }
 
 // Exit explicitly: idle keep-alive sockets (S3, fetch) must not hold the process open.

@@ -29,7 +29,7 @@ const bucket = 'arn:aws:s3:::iam-snapshots-bucket'
 const tasksInCluster = `arn:aws:ecs:eu-west-1:${ACCOUNT}:task/iam/*`
 
 t.test('no policy grants a wildcard action or an unconditioned wildcard resource', async (t) => {
-  const allowedStarResource = new Set(['ecr:GetAuthorizationToken', 'ecs:ListTasks', 'ecs:DescribeTaskDefinition', 'ec2:DescribeSubnets', 'ec2:DescribeSecurityGroups', 'ec2:DescribeNetworkInterfaces'])
+  const allowedStarResource = new Set(['ecr:GetAuthorizationToken', 'ecs:ListTasks', 'secretsmanager:ListSecrets', 'ecs:DescribeTaskDefinition', 'ec2:DescribeSubnets', 'ec2:DescribeSecurityGroups', 'ec2:DescribeNetworkInterfaces'])
   for (const prefix of ['iam', 'public']) {
     const policies = resourcesOf(prefix, ROLE_POLICY)
     t.equal(policies.length, 5, 'five roles, each with one inline policy')
@@ -94,7 +94,7 @@ t.test('S3 only on the snapshot bucket', async (t) => {
     t.notMatch(JSON.stringify(policy(prefix, 'control-plane-task')), /s3:PutObject|s3:DeleteObject/, 'the control plane only reads snapshots')
     t.notMatch(JSON.stringify(policy(prefix, 'session-task')), /s3:DeleteObject/, 'sessions add versions, never delete')
     const sessionActions = policy(prefix, 'session-task').Statement.flatMap((s) => list(s.Action))
-    t.ok(sessionActions.every((a) => a.startsWith('s3:')), 'a session has S3 and nothing else')
+    t.ok(sessionActions.every((a) => a.startsWith('s3:') || a === 'secretsmanager:GetSecretValue'), 'a session has S3 and reads its secret, nothing else')
   }
 })
 
@@ -157,6 +157,76 @@ t.test('trust policies: each role is assumable by its one service, from this acc
       { Effect: 'Allow', Principal: { Service: expected[r.name] }, Action: 'sts:AssumeRole', Condition: { StringEquals: { 'aws:SourceAccount': ACCOUNT } } },
     ], r.name)
   }
+})
+
+/**
+ * Whether a policy allows `action` on `resource` in a request with these condition keys:
+ * IAM's evaluation for the statement shapes these policies use (Allow only; Resource
+ * wildcards; ArnEquals, StringEquals, ForAllValues:StringEquals; policy variables).
+ */
+function allows(doc: PolicyDocument, action: string, resource: string, context: Record<string, string | string[]>): boolean {
+  const glob = (pattern: string, value: string) => new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(value)
+  const variable = (v: string) => v.replace(/\$\{([^}]+)\}/g, (_, key: string) => String(context[key] ?? '\u0000unset'))
+  return doc.Statement.some((s) => {
+    if (s.Effect !== 'Allow' || !list(s.Action).includes(action) || !list(s.Resource).some((r) => glob(r, resource))) return false
+    return Object.entries(s.Condition ?? {}).every(([operator, keys]) =>
+      Object.entries(keys).every(([key, expected]) => {
+        const given = context[key]
+        if (given === undefined) return false
+        if (operator === 'ForAllValues:StringEquals') return list(given).every((g) => list(expected).includes(g))
+        if (operator === 'ArnEquals' || operator === 'StringEquals') return list(expected).some((e) => variable(e) === given)
+        throw new Error(`the evaluator does not know ${operator}`)
+      }),
+    )
+  })
+}
+
+t.test('the control plane cannot stop, describe or tag its own tasks: only session tasks, in a cluster of their own', async (t) => {
+  const doc = policy('iam', 'control-plane-task')
+  const service = one('iam', 'aws:ecs/service:Service', 'control-plane')
+  const controlCluster = one('iam', 'aws:ecs/cluster:Cluster', 'control-plane-cluster').state.arn as string
+  t.equal(service.inputs.cluster, controlCluster, 'the control plane runs in its own cluster')
+  t.not(controlCluster, cluster, 'not the sessions\' cluster')
+  const controlName = controlCluster.split('/').pop()
+  const ownTask = { resource: `arn:aws:ecs:eu-west-1:${ACCOUNT}:task/${controlName}/0123456789abcdef0123456789abcdef`, context: { 'ecs:cluster': controlCluster } }
+  const sessionTask = { resource: `arn:aws:ecs:eu-west-1:${ACCOUNT}:task/iam/fedcba9876543210fedcba9876543210`, context: { 'ecs:cluster': cluster } }
+  for (const action of ['ecs:StopTask', 'ecs:DescribeTasks']) {
+    t.notOk(allows(doc, action, ownTask.resource, ownTask.context), `${action} is denied on the control plane's own tasks`)
+    t.ok(allows(doc, action, sessionTask.resource, sessionTask.context), `${action} is allowed on session tasks`)
+  }
+  t.notOk(allows(doc, 'ecs:TagResource', ownTask.resource, { ...ownTask.context, 'ecs:CreateAction': 'RunTask' }), 'TagResource neither')
+  t.notOk(allows(doc, 'ecs:ListTasks', '*', ownTask.context), 'nor list them')
+  t.notOk(allows(doc, 'ecs:RunTask', `arn:aws:ecs:eu-west-1:${ACCOUNT}:task-definition/iam-control-plane:1`, sessionTask.context), 'nor run more of itself')
+})
+
+t.test('session secrets: the control plane writes, tags and deletes them but never reads one; a session task reads only the one tagged for it', async (t) => {
+  const secrets = `arn:aws:secretsmanager:eu-west-1:${ACCOUNT}:secret:iam/sessions/*`
+  const secretArn = `arn:aws:secretsmanager:eu-west-1:${ACCOUNT}:secret:iam/sessions/6ee81e62-0000-4000-8000-000000000001/g1-AbCdEf`
+  const cp = policy('iam', 'control-plane-task')
+  for (const action of ['secretsmanager:CreateSecret', 'secretsmanager:PutSecretValue', 'secretsmanager:DeleteSecret', 'secretsmanager:DescribeSecret']) {
+    t.ok(allows(cp, action, secretArn, {}), `the control plane may ${action}`)
+  }
+  t.ok(allows(cp, 'secretsmanager:TagResource', secretArn, { 'aws:TagKeys': ['chroma-lease:reader'] }), 'and tag it with its reader')
+  t.notOk(allows(cp, 'secretsmanager:TagResource', secretArn, { 'aws:TagKeys': ['owner'] }), 'with its own tag keys only')
+  t.notOk(allows(cp, 'secretsmanager:GetSecretValue', secretArn, {}), 'the control plane cannot read a session secret')
+  t.notOk(allows(cp, 'secretsmanager:CreateSecret', `arn:aws:secretsmanager:eu-west-1:${ACCOUNT}:secret:iam/database-url-AbCdEf`, {}), 'nor write other secrets')
+  t.same(statement(cp, 'WriteSessionSecrets').Resource, secrets)
+
+  const session = policy('iam', 'session-task')
+  const roleId = one('iam', 'aws:iam/role:Role', 'session-task').state.uniqueId as string
+  const taskA = { 'aws:userid': `${roleId}:0123456789abcdef0123456789abcdef` }
+  const taskB = { 'aws:userid': `${roleId}:fedcba9876543210fedcba9876543210` }
+  const taggedForA = { 'secretsmanager:ResourceTag/chroma-lease:reader': taskA['aws:userid'] }
+  t.ok(allows(session, 'secretsmanager:GetSecretValue', secretArn, { ...taskA, ...taggedForA }), 'the task the secret is granted to reads it')
+  t.notOk(allows(session, 'secretsmanager:GetSecretValue', secretArn, { ...taskB, ...taggedForA }), 'another session task cannot')
+  t.notOk(allows(session, 'secretsmanager:GetSecretValue', secretArn, taskA), 'nor the task before the grant (no reader tag)')
+  t.notOk(allows(session, 'secretsmanager:GetSecretValue', `arn:aws:secretsmanager:eu-west-1:${ACCOUNT}:secret:iam/database-url-AbCdEf`, { ...taskA, 'secretsmanager:ResourceTag/chroma-lease:reader': taskA['aws:userid'] }), 'nor any secret outside the session path')
+
+  // The control plane is told the role id and the path it writes under.
+  const td = one('iam', 'aws:ecs/taskDefinition:TaskDefinition', 'control-plane')
+  const env = Object.fromEntries((JSON.parse(td.inputs.containerDefinitions)[0].environment as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]))
+  t.equal(env.SESSION_TASK_ROLE_ID, roleId)
+  t.equal(env.SESSION_SECRET_PREFIX, 'iam/sessions')
 })
 
 export type { PolicyStatement }

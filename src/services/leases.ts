@@ -505,7 +505,8 @@ export class LeaseService {
       id: row.id,
       status,
       endReason: status === 'active' ? null : endReasonOf(row),
-      sessionToken: own && status === 'active' && serving ? this.deps.tokens.sessionToken(session.id, session.generation) : null,
+      // Per lease and until its expiry: a renewal shows a new one, a release revokes it at the agent.
+      sessionToken: own && status === 'active' && serving ? this.deps.tokens.directToken(session.id, session.generation, row.id, row.expiresAt) : null,
       holder: row.holder,
       ttlSeconds: row.ttlSeconds,
       createdAt: row.createdAt.toISOString(),

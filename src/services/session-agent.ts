@@ -1,6 +1,7 @@
 import { request } from 'undici'
 import type { AgentStatus } from '../../container/agent/status.ts'
 import type { SaveResult } from '../../container/agent/save.ts'
+import { CONTROL_PLANE_TIME_HEADER } from '../../container/agent/front.ts'
 
 export type { AgentStatus, SaveResult }
 
@@ -22,9 +23,18 @@ export class SessionAgentError extends Error {
 export class SessionAgentClient {
   constructor(private readonly timeoutMs = 5_000) {}
 
-  /** Resets the session's dead man's switch; answers the agent's status (restore progress included). */
-  confirm(base: string, token: string): Promise<AgentStatus> {
-    return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs) as Promise<AgentStatus>
+  /**
+   * Resets the session's dead man's switch; answers the agent's status (restore progress
+   * included). `now`: the control plane's time, on which the agent judges lease expiries.
+   */
+  confirm(base: string, token: string, now?: Date): Promise<AgentStatus> {
+    return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs, undefined, now) as Promise<AgentStatus>
+  }
+
+  /** Tells the agent to refuse these leases' direct-access tokens (they ended before expiring). */
+  revoke(base: string, token: string, leases: Array<{ id: string; expiresAt: Date }>, now?: Date): Promise<{ revoked: number }> {
+    const body = JSON.stringify({ leases: leases.map((l) => ({ id: l.id, expiresAt: l.expiresAt.toISOString() })) })
+    return this.call('POST', `${base}/_agent/revoke`, token, this.timeoutMs, body, now) as Promise<{ revoked: number }>
   }
 
   status(base: string, token: string): Promise<AgentStatus> {
@@ -36,18 +46,21 @@ export class SessionAgentClient {
     return this.call('POST', `${base}/_agent/save`, token, timeoutMs) as Promise<SaveResult>
   }
 
-  private async call(method: 'GET' | 'POST', url: string, token: string, timeoutMs: number): Promise<unknown> {
-    const res = await request(url, { method, headers: { 'x-chroma-token': token }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+  private async call(method: 'GET' | 'POST', url: string, token: string, timeoutMs: number, body?: string, now?: Date): Promise<unknown> {
+    const headers: Record<string, string> = { 'x-chroma-token': token }
+    if (body !== undefined) headers['content-type'] = 'application/json'
+    if (now) headers[CONTROL_PLANE_TIME_HEADER] = String(now.getTime())
+    const res = await request(url, { method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
     const text = await res.body.text()
-    let body = null as { detail?: string; code?: string } | null
+    let answer = null as { detail?: string; code?: string } | null
     try {
-      body = text ? (JSON.parse(text) as typeof body) : null
+      answer = text ? (JSON.parse(text) as typeof answer) : null
     } catch {
       // a non-JSON answer is not the agent's
     }
     if (res.statusCode !== 200) {
-      throw new SessionAgentError(res.statusCode, body?.code ?? 'agent_error', `the session agent answered ${res.statusCode}${body?.detail ? `: ${body.detail}` : ''}`)
+      throw new SessionAgentError(res.statusCode, answer?.code ?? 'agent_error', `the session agent answered ${res.statusCode}${answer?.detail ? `: ${answer.detail}` : ''}`)
     }
-    return body
+    return answer
   }
 }

@@ -89,7 +89,8 @@ export class AgentConfirmer {
     const key = attemptKey(s)
     let status
     try {
-      status = await this.agents.confirm(`http://${s.host}:${s.port}`, this.tokens.controlToken(s.id, s.generation))
+      // With the control plane's time: the agent judges lease tokens' expiry on it.
+      status = await this.agents.confirm(`http://${s.host}:${s.port}`, this.tokens.controlToken(s.id, s.generation), this.clock.now())
     } catch (err) {
       // Not confirmed: tried again after RETRY_AFTER_FAILURE_SECONDS while the switch counts down.
       const contact = this.contacts.get(key)

@@ -5,6 +5,7 @@ import type { Launcher } from '../services/launchers/launcher.ts'
 import type { Database } from '../database/client.ts'
 import type { Observer } from '../services/metrics.ts'
 import { AgentConfirmer } from './agent-confirmer.ts'
+import { LeaseRevoker } from './lease-revoker.ts'
 import { WorkerLoop } from './loop.ts'
 import { OrphanSweeper } from './orphan-sweeper.ts'
 import { Reaper } from './reaper.ts'
@@ -49,6 +50,7 @@ export function createWorkers(deps: {
   const confirmer = new AgentConfirmer(services.sessions, services.agents, services.tokens, launcher.kind, clock, {
     confirmIntervalSeconds: settings.confirmIntervalSeconds ?? 60,
   }, logger)
+  const revoker = new LeaseRevoker(services.sessions, services.endedLeases, services.agents, services.tokens, launcher.kind, clock, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
   const retention = new Retention(clock, services.retention, { retentionDays: settings.retentionDays ?? 30 }, logger)
@@ -56,6 +58,8 @@ export function createWorkers(deps: {
     new WorkerLoop('reconciler', settings.reconcileIntervalSeconds * 1000, () => reconciler.reconcileOnce(), logger),
     // As often as the reconciler (restoring sessions are followed every pass); the rest only when due.
     new WorkerLoop('agent-confirmer', settings.reconcileIntervalSeconds * 1000, () => confirmer.confirmSessions(), logger),
+    // Released leases' direct-access tokens are refused within a pass or two.
+    new WorkerLoop('lease-revoker', settings.reconcileIntervalSeconds * 1000, () => revoker.revokeOnce(), logger),
     new WorkerLoop('reaper', settings.sweepIntervalSeconds * 1000, () => reaper.reapOnce(), logger),
     new WorkerLoop('orphan-sweeper', settings.sweepIntervalSeconds * 1000, () => sweeper.sweepOnce(), logger),
     new WorkerLoop('retention', RETENTION_INTERVAL_SECONDS * 1000, () => retention.purgeOnce(), logger),
@@ -63,6 +67,7 @@ export function createWorkers(deps: {
   return {
     reconciler,
     confirmer,
+    revoker,
     reaper,
     sweeper,
     retention,

@@ -29,6 +29,7 @@ export class OrphanSweeper {
   private counted = new Set<string>()
 
   async sweepOnce(): Promise<string[]> {
+    await this.sweepSecrets()
     const running = await this.launcher.listRunning()
     const stillRunning = new Set(running.map((r) => `${r.sessionId}:${r.generation}:${r.ref}`))
     this.counted = new Set([...this.counted].filter((k) => stillRunning.has(k)))
@@ -60,6 +61,26 @@ export class OrphanSweeper {
       stopped.push(compute.ref)
     }
     return stopped
+  }
+
+  /**
+   * Per-launch secrets (Fargate's session secrets) whose launch attempt is no longer live:
+   * no row, a later generation, or an ended session. A stop deletes its task's secret; this
+   * catches what a stop did not reach (a launch that failed before any task, a crash).
+   * Rows are written before launches, so a launch in flight always has a live row.
+   */
+  private async sweepSecrets(): Promise<void> {
+    if (!this.launcher.listSecrets || !this.launcher.deleteSecret) return
+    const secrets = await this.launcher.listSecrets()
+    if (secrets.length === 0) return
+    const rows = await this.db.session.findMany({ where: { id: { in: [...new Set(secrets.map((s) => s.sessionId))] } }, select: { id: true, status: true, generation: true } })
+    const byId = new Map(rows.map((r) => [r.id, r]))
+    for (const secret of secrets) {
+      const row = byId.get(secret.sessionId)
+      if (row && row.generation === secret.generation && LIVE_STATUSES.includes(row.status)) continue
+      this.logger?.info({ sessionId: secret.sessionId, generation: secret.generation }, 'deleting a leftover session secret')
+      await this.launcher.deleteSecret(secret.sessionId, secret.generation)
+    }
   }
 }
 

@@ -242,6 +242,7 @@ export class Reconciler {
       collection: s.collection,
       authToken: this.tokens.sessionToken(s.id, s.generation),
       controlToken: this.tokens.controlToken(s.id, s.generation),
+      leaseKey: this.tokens.leaseKey(s.id, s.generation),
       deadManSeconds: this.opts.deadManSeconds,
       saveOnStop: s.saveOnRelease,
     }

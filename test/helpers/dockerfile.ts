@@ -16,6 +16,8 @@ export interface Instruction {
 
 export interface Stage {
   name: string
+  /** The base image, as written after FROM (without AS). */
+  from: string
   instructions: Instruction[]
 }
 
@@ -50,7 +52,7 @@ export function parseDockerfile(text: string): Stage[] {
     const args = line.slice(space + 1).trim()
     if (op === 'FROM') {
       const alias = /\sAS\s+(\S+)$/i.exec(args)?.[1]
-      stages.push({ name: alias ?? `stage-${stages.length}`, instructions: [] })
+      stages.push({ name: alias ?? `stage-${stages.length}`, from: args.replace(/\s+AS\s+\S+$/i, ''), instructions: [] })
       continue
     }
     stages.at(-1)!.instructions.push({ op, args })

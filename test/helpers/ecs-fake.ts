@@ -8,6 +8,9 @@ import { ECSClient } from '@aws-sdk/client-ecs'
 import { EC2Client } from '@aws-sdk/client-ec2'
 import { freeLoopbackPort } from '../../src/free-port.ts'
 import { projectPath } from '../../src/paths.ts'
+import { SessionSecretStore } from '../../src/services/launchers/session-secrets.ts'
+import type { SessionSecretDocument } from '../../container/agent/lease-token.ts'
+import { SecretsManagerFake } from './secrets-manager-fake.ts'
 
 /**
  * A protocol-level fake of ECS (awsJson1_1) and the few EC2 calls we make (query
@@ -16,13 +19,46 @@ import { projectPath } from '../../src/paths.ts'
  * session agent as a local process on its own loopback address (127.0.0.N, one shared
  * port), so a RUNNING task means a real Chroma answers there.
  *
- * Faults are scripted: throttling, capacity failures, per-task behaviours (stops
+ * Faults are scripted: throttling (ECS's ThrottlingException, EC2's RequestLimitExceeded),
+ * capacity failures (as RunTask `failures` or as a thrown error), per-task behaviours (stops
  * during start, never gets an address, turns UNHEALTHY), and Spot interruptions.
- * A stopping task stays DEACTIVATING until its container exits, as in ECS: SIGTERM
- * (at the first DescribeTasks after the stop), SIGKILL after the stop timeout.
+ *
+ * Where the launcher relies on ECS's behaviour, the fake behaves as ECS does:
+ * - a clientToken is remembered per cluster for 24 hours; replayed with other parameters
+ *   it answers ConflictException naming the task it started (`resourceIds`);
+ * - a capacity provider strategy places a RunTask's tasks base first, then by weight, so
+ *   `FARGATE_SPOT:3,FARGATE:1:1` puts every single-task RunTask on FARGATE;
+ * - lastStatus moves PROVISIONING, PENDING, ACTIVATING, RUNNING and, after a stop,
+ *   RUNNING with desiredStatus STOPPED for a while, DEACTIVATING, STOPPING (SIGTERM to the
+ *   container, SIGKILL after the stop timeout), DEPROVISIONING, STOPPED;
+ * - the task's healthStatus is its essential container's; DescribeTasks shows `overrides`;
+ *   more than 100 tasks in one DescribeTasks is an InvalidParameterException; the default
+ *   CPU architecture is X86_64.
+ *
+ * Timing: by default (`stepwise`) a task moves on by DescribeTasks calls (tests drive time
+ * by describing); `instant` and `realistic` move by the fake's clock (`advanceTime()`
+ * moves it on), with each status lasting what ECS shows (`realistic`, scaled by
+ * `timeScale`) or nothing (`instant`).
+ *
+ * Session secrets live in its Secrets Manager fake (`secrets`), which lets each task read
+ * only the secret granted to it.
  */
 /** `neverListed`: DescribeTasks answers MISSING for it (ECS's eventual consistency, forever). */
 export type TaskBehaviour = 'normal' | 'stopDuringStart' | 'noAddress' | 'unhealthy' | 'neverListed'
+
+/** How long each status lasts in the timed profiles (ms, before `timeScale`): provisioning and an image pull as ECS shows them. */
+export const REALISTIC_STATUS_MS = {
+  PROVISIONING: 15_000,
+  PENDING: 25_000,
+  ACTIVATING: 5_000,
+  /** After StopTask, before ECS moves on from RUNNING. */
+  STOP_REQUESTED: 5_000,
+  DEACTIVATING: 5_000,
+  /** Without a container process (stub agents): how long the container takes to stop. */
+  STOPPING: 2_000,
+  DEPROVISIONING: 10_000,
+} as const
+export type StatusTimes = Record<keyof typeof REALISTIC_STATUS_MS, number>
 
 interface FakeTask {
   arn: string
@@ -41,6 +77,15 @@ interface FakeTask {
   eniId: string
   lastStatus: string
   desiredStatus: string
+  /** The fake's clock at RunTask and at the stop request (timed profiles). */
+  startedAt: number
+  stopRequestedAt?: number
+  /** It was RUNNING when told to stop (so it stays RUNNING a while before moving on). */
+  stoppedWhileRunning?: boolean
+  /** When its container exited (timed profiles: DEPROVISIONING counts from it). */
+  exitedAt?: number
+  /** Stepwise: DescribeTasks calls left while a stopped task still shows RUNNING. */
+  stopLagLeft?: number
   stopCode?: string
   stoppedReason?: string
   exitCode?: number
@@ -49,6 +94,8 @@ interface FakeTask {
   /** Its agent has had SIGTERM. */
   signalled?: boolean
   agent?: ChildProcess
+  /** With `stubAgents`: the session secret its stand-in agent read. */
+  secretRead?: SessionSecretDocument
   /** With `stubAgents`: the server answering for it at its address. */
   stub?: Server
   dataDir?: string
@@ -81,10 +128,16 @@ export interface EcsFakeOptions {
    * STOPPING, then STOPPED), as ECS takes a while to deprovision. Default 0: STOPPED at once.
    */
   stopDescribes?: number
-  /** The task definitions' runtimePlatform.cpuArchitecture (default ARM64). */
+  /** The task definitions' runtimePlatform.cpuArchitecture (default X86_64, as deployed). */
   cpuArchitecture?: 'X86_64' | 'ARM64'
   /** false: tasks lack the `ecs.cpu-architecture` attribute ECS reports, so only their task definition says. */
   architectureAttribute?: boolean
+  /** How statuses move on (see the class comment). Default `stepwise`. */
+  timing?: 'stepwise' | 'instant' | 'realistic'
+  /** `realistic` durations are multiplied by this (e.g. 0.01 for a test, 1 for a benchmark). Default 1. */
+  timeScale?: number
+  /** Stepwise: how many DescribeTasks calls a stopped task still shows RUNNING with desiredStatus STOPPED. Default 1. */
+  stopLagDescribes?: number
 }
 
 /** The n-th loopback address (127.0.0.2, …, 127.0.1.1, …): Linux routes all of 127/8 to lo. */
@@ -102,7 +155,14 @@ export class EcsFake {
   port = 0
   chromaPort = 0
   private server!: Server
-  private readonly tokens = new Map<string, { params: string; arn: string | null; failure?: string }>()
+  /** clientTokens by cluster and token, with when they were first used (the fake's clock). */
+  private readonly tokens = new Map<string, { params: string; arn: string | null; failure?: string; at: number }>()
+  /** Tasks placed per provider by weight so far, per strategy: weights hold across single-task RunTasks. */
+  private readonly placedByWeight = new Map<string, Map<string, number>>()
+  private timeOffsetMs = 0
+  private ec2Throttled = 0
+  private capacityFailuresThrown = false
+  secrets!: SecretsManagerFake
   private readonly behaviours: TaskBehaviour[] = []
   /** Requests left to answer ThrottlingException, for every action (key '*') or one. */
   private readonly throttled = new Map<string, number>()
@@ -121,6 +181,7 @@ export class EcsFake {
   static async start(opts: EcsFakeOptions = {}): Promise<EcsFake> {
     const fake = new EcsFake(opts)
     fake.chromaPort = await freeLoopbackPort()
+    fake.secrets = await SecretsManagerFake.start()
     fake.server = createServer((req, res) => {
       void fake.handle(req).then(
         ({ status, body, type }) => {
@@ -147,10 +208,28 @@ export class EcsFake {
     return `http://127.0.0.1:${this.port}`
   }
 
-  /** Real SDK clients pointed at the fake. */
-  clients(): { ecs: ECSClient; ec2: EC2Client } {
+  /** Real SDK clients pointed at the fake, and the session secret store on its Secrets Manager fake. */
+  clients(): { ecs: ECSClient; ec2: EC2Client; secrets: SessionSecretStore } {
     const common = { endpoint: this.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } }
-    return { ecs: new ECSClient({ ...common, maxAttempts: 3 }), ec2: new EC2Client(common) }
+    return {
+      ecs: new ECSClient({ ...common, maxAttempts: 3 }),
+      ec2: new EC2Client(common),
+      secrets: new SessionSecretStore(this.secrets.client(), { prefix: 'chroma-lease/sessions', taskRoleId: this.secrets.taskRoleId }),
+    }
+  }
+
+  /** The fake's clock: real time plus what advanceTime() added (client tokens expire on it; timed profiles move on it). */
+  now(): number {
+    return Date.now() + this.timeOffsetMs
+  }
+
+  advanceTime(ms: number) {
+    this.timeOffsetMs += ms
+  }
+
+  /** The next `n` EC2 requests answer RequestLimitExceeded (EC2's throttling). */
+  throttleEc2(n: number) {
+    this.ec2Throttled = n
   }
 
   /** The next tasks RunTask starts behave like this, in order. */
@@ -173,9 +252,10 @@ export class EcsFake {
     this.unlisted.set(arn, n)
   }
 
-  /** The next `n` RunTask calls start nothing and report a capacity failure. */
-  capacityFailures(n: number) {
+  /** The next `n` RunTask calls start nothing and report a capacity failure: in `failures` (default), or thrown as an error, as ECS does both. */
+  capacityFailures(n: number, how: 'failures' | 'thrown' = 'failures') {
     this.capacityFailuresRemaining = n
+    this.capacityFailuresThrown = how === 'thrown'
   }
 
   /**
@@ -210,6 +290,7 @@ export class EcsFake {
     for (const task of this.tasks.values()) this.kill(task, 'SIGKILL')
     await Promise.all([...this.tasks.values()].map((t) => t.stub && new Promise((resolve) => t.stub!.close(resolve))))
     await new Promise((resolve) => this.server.close(resolve))
+    await this.secrets.close()
     await Promise.all([...this.tasks.values()].map((t) => (t.dataDir ? rm(t.dataDir, { recursive: true, force: true }) : undefined)))
   }
 
@@ -234,6 +315,7 @@ export class EcsFake {
       case 'RunTask':
         return this.runTask(input, json, error)
       case 'DescribeTasks':
+        if ((input.tasks ?? []).length > 100) return error('InvalidParameterException', 'Tasks cannot be longer than 100.')
         return json(200, this.describeTasks(input))
       case 'StopTask': {
         const task = this.tasks.get(input.task)
@@ -255,7 +337,7 @@ export class EcsFake {
             requiresCompatibilities: ['FARGATE'],
             cpu: '1024',
             memory: '2048',
-            runtimePlatform: { cpuArchitecture: this.opts.cpuArchitecture ?? 'ARM64', operatingSystemFamily: 'LINUX' },
+            runtimePlatform: { cpuArchitecture: this.opts.cpuArchitecture ?? 'X86_64', operatingSystemFamily: 'LINUX' },
             containerDefinitions: [{ name: td.containerName, portMappings: [{ containerPort: td.containerPort === 'chroma' ? this.chromaPort : td.containerPort }] }],
           },
         })
@@ -289,15 +371,19 @@ export class EcsFake {
     if (input.launchType && input.capacityProviderStrategy) return error('InvalidParameterException', 'Specifying both a launch type and capacity provider strategy is not supported.')
     const { clientToken, ...params } = input
     const paramsHash = createHash('sha256').update(JSON.stringify(params)).digest('hex')
-    const seen = clientToken ? this.tokens.get(clientToken) : undefined
+    // Tokens are per cluster and forgotten after 24 hours (ECS: "up to 24 hours").
+    const tokenKey = `${this.cluster}|${clientToken}`
+    const remembered = clientToken ? this.tokens.get(tokenKey) : undefined
+    const seen = remembered && this.now() - remembered.at < 24 * 3600_000 ? remembered : undefined
     if (seen) {
-      if (seen.params !== paramsHash) return error('ConflictException', 'The clientToken was used with different parameters.')
+      if (seen.params !== paramsHash) return json(400, { __type: 'ConflictException', message: 'The specified client token has already been used in another request.', resourceIds: seen.arn ? [seen.arn] : [] })
       return json(200, seen.arn ? { tasks: [this.view(this.tasks.get(seen.arn)!, false)], failures: [] } : { tasks: [], failures: [{ reason: seen.failure }] })
     }
     if (this.capacityFailuresRemaining > 0) {
       this.capacityFailuresRemaining--
       const failure = 'Capacity is unavailable at this time. Please try again later or in a different availability zone'
-      if (clientToken) this.tokens.set(clientToken, { params: paramsHash, arn: null, failure })
+      if (this.capacityFailuresThrown) return json(500, { __type: 'ServerException', message: `Fargate ${failure}` })
+      if (clientToken) this.tokens.set(tokenKey, { params: paramsHash, arn: null, failure, at: this.now() })
       return json(200, { tasks: [], failures: [{ reason: failure }] })
     }
     const id = randomUUID().replaceAll('-', '')
@@ -308,7 +394,7 @@ export class EcsFake {
       cluster: this.cluster,
       startedBy: input.startedBy,
       taskDefinition: input.taskDefinition,
-      capacityProvider: input.capacityProviderStrategy?.[0]?.capacityProvider ?? 'FARGATE',
+      capacityProvider: this.place(input.capacityProviderStrategy),
       tags: input.tags ?? [],
       env: Object.fromEntries((container?.environment ?? []).map((e: { name: string; value: string }) => [e.name, e.value])),
       behaviour: this.behaviours.shift() ?? 'normal',
@@ -317,16 +403,35 @@ export class EcsFake {
       eniId: `eni-${id.slice(0, 17)}`,
       lastStatus: 'PROVISIONING',
       desiredStatus: 'RUNNING',
+      startedAt: this.now(),
     }
     this.tasks.set(task.arn, task)
-    if (clientToken) this.tokens.set(clientToken, { params: paramsHash, arn: task.arn })
+    if (clientToken) this.tokens.set(tokenKey, { params: paramsHash, arn: task.arn, at: this.now() })
     if (this.opts.runAgents && task.behaviour !== 'stopDuringStart') void this.startAgent(task)
     if (this.opts.stubAgents && task.behaviour !== 'stopDuringStart') this.startStubAgent(task)
     return json(200, { tasks: [this.view(task, false)], failures: [] })
   }
 
+  /**
+   * Where one task of a RunTask goes: a provider's base is filled first (per RunTask call,
+   * as ECS does for standalone tasks), then the weights share the rest; this fake
+   * launches one task per call, so a base on any provider takes every task.
+   */
+  private place(strategy: Array<{ capacityProvider: string; weight?: number; base?: number }> | undefined): string {
+    if (!strategy?.length) return 'FARGATE'
+    const based = strategy.find((p) => (p.base ?? 0) > 0)
+    if (based) return based.capacityProvider
+    const key = JSON.stringify(strategy)
+    const placed = this.placedByWeight.get(key) ?? new Map<string, number>()
+    this.placedByWeight.set(key, placed)
+    const weighted = strategy.filter((p) => (p.weight ?? 0) > 0)
+    // The provider furthest below its share so far.
+    const next = weighted.reduce((best, p) => ((placed.get(p.capacityProvider) ?? 0) / p.weight! < (placed.get(best.capacityProvider) ?? 0) / best.weight! ? p : best))
+    placed.set(next.capacityProvider, (placed.get(next.capacityProvider) ?? 0) + 1)
+    return next.capacityProvider
+  }
+
   private describeTasks(input: { tasks: string[]; include?: string[] }) {
-    if (input.tasks.length > 100) throw new Error('DescribeTasks takes at most 100 tasks')
     const tasks = []
     const failures = []
     for (const arn of input.tasks) {
@@ -341,9 +446,10 @@ export class EcsFake {
     return { tasks, failures }
   }
 
-  /** PROVISIONING on the first look, then RUNNING (or what the behaviour says); a stop moves on one step per look. */
+  /** Stepwise: PROVISIONING on the first look, then RUNNING (or what the behaviour says); a stop moves on one step per look. */
   private advance(task: FakeTask) {
     task.describes++
+    if (this.opts.timing === 'instant' || this.opts.timing === 'realistic') return this.advanceTimed(task)
     if (task.desiredStatus === 'STOPPED' && task.lastStatus !== 'STOPPED') return this.advanceStop(task)
     if (task.lastStatus !== 'PROVISIONING' || task.describes < 2) return
     if (task.behaviour === 'stopDuringStart') {
@@ -353,8 +459,56 @@ export class EcsFake {
     task.lastStatus = 'RUNNING'
   }
 
+  /** Status durations of the timed profiles (ms, scaled). */
+  private statusTimes(): StatusTimes {
+    const scale = this.opts.timing === 'realistic' ? (this.opts.timeScale ?? 1) : 0
+    return Object.fromEntries(Object.entries(REALISTIC_STATUS_MS).map(([k, v]) => [k, v * scale])) as StatusTimes
+  }
+
+  /** Timed profiles: where the task is now, from when it started, was told to stop, and its container exited. */
+  private advanceTimed(task: FakeTask): void {
+    if (task.lastStatus === 'STOPPED') return
+    const d = this.statusTimes()
+    const now = this.now()
+    if (task.desiredStatus !== 'STOPPED') {
+      let elapsed = now - task.startedAt
+      for (const status of ['PROVISIONING', 'PENDING', 'ACTIVATING'] as const) {
+        if (elapsed < d[status]) return void (task.lastStatus = status)
+        elapsed -= d[status]
+      }
+      if (task.behaviour === 'stopDuringStart') {
+        this.stopTask(task, 'TaskFailedToStart', 'CannotPullContainerError: pull image manifest has been retried 5 time(s): not found')
+        return this.advanceTimed(task)
+      }
+      task.lastStatus = 'RUNNING'
+      return
+    }
+    const wasRunning = task.stoppedWhileRunning ?? false
+    let elapsed = now - task.stopRequestedAt!
+    if (wasRunning && elapsed < d.STOP_REQUESTED) return // still RUNNING, desiredStatus STOPPED
+    elapsed -= wasRunning ? d.STOP_REQUESTED : 0
+    if (task.exitedAt === undefined) {
+      if (elapsed < d.DEACTIVATING) return void (task.lastStatus = 'DEACTIVATING')
+      task.lastStatus = 'STOPPING'
+      if (task.agent) {
+        if (!task.signalled) {
+          task.signalled = true
+          this.kill(task, 'SIGTERM')
+          setTimeout(() => this.kill(task, 'SIGKILL'), this.opts.stopTimeoutMs ?? 30_000).unref()
+        }
+        return // STOPPING until the container exits (its exit handler records exitedAt)
+      }
+      if (elapsed - d.DEACTIVATING < d.STOPPING) return
+      task.exitedAt = task.stopRequestedAt! + (wasRunning ? d.STOP_REQUESTED : 0) + d.DEACTIVATING + d.STOPPING
+      task.stub?.close()
+    }
+    task.lastStatus = now - task.exitedAt < d.DEPROVISIONING ? 'DEPROVISIONING' : 'STOPPED'
+  }
+
   private view(task: FakeTask, withTags: boolean) {
     const running = task.lastStatus === 'RUNNING'
+    // The essential container's health, which ECS reports as the task's too.
+    const containerHealth = running && task.behaviour === 'unhealthy' ? 'UNHEALTHY' : running ? 'HEALTHY' : 'UNKNOWN'
     const details = [{ name: 'networkInterfaceId', value: task.eniId }]
     if (task.behaviour !== 'noAddress') details.push({ name: 'privateIPv4Address', value: task.ip })
     return {
@@ -367,13 +521,15 @@ export class EcsFake {
       memory: '2048',
       capacityProviderName: task.capacityProvider,
       launchType: 'FARGATE',
-      ...(this.opts.architectureAttribute === false ? {} : { attributes: [{ name: 'ecs.cpu-architecture', value: (this.opts.cpuArchitecture ?? 'ARM64').toLowerCase() }] }),
+      ...(this.opts.architectureAttribute === false ? {} : { attributes: [{ name: 'ecs.cpu-architecture', value: (this.opts.cpuArchitecture ?? 'X86_64').toLowerCase() }] }),
       startedBy: task.startedBy,
-      healthStatus: running && task.behaviour === 'unhealthy' ? 'UNHEALTHY' : running ? 'HEALTHY' : 'UNKNOWN',
+      healthStatus: containerHealth,
+      // What RunTask was given, as ECS returns it to anyone allowed to DescribeTasks.
+      overrides: task.runTaskInput.overrides ?? { containerOverrides: [] },
       stopCode: task.stopCode,
       stoppedReason: task.stoppedReason,
       attachments: task.lastStatus === 'PROVISIONING' ? [] : [{ type: 'ElasticNetworkInterface', status: 'ATTACHED', details }],
-      containers: [{ name: 'chroma-session', lastStatus: task.lastStatus, exitCode: task.exitCode, healthStatus: running && task.behaviour === 'unhealthy' ? 'UNHEALTHY' : 'UNKNOWN' }],
+      containers: [{ name: 'chroma-session', lastStatus: task.lastStatus, exitCode: task.exitCode, healthStatus: containerHealth }],
       ...(withTags ? { tags: task.tags } : {}),
     }
   }
@@ -383,6 +539,24 @@ export class EcsFake {
     task.desiredStatus = 'STOPPED'
     task.stopCode = stopCode
     task.stoppedReason = reason
+    task.stopRequestedAt = this.now()
+    task.stoppedWhileRunning = task.lastStatus === 'RUNNING'
+    if (this.opts.timing === 'instant' || this.opts.timing === 'realistic') {
+      if (exitCode !== undefined) task.exitCode = exitCode
+      if (task.lastStatus !== 'RUNNING' && !task.agent) task.exitedAt = this.now() // never started a container
+      return
+    }
+    // ECS shows a stopped task RUNNING (desiredStatus STOPPED) for a while before it moves on.
+    if (task.lastStatus === 'RUNNING' && stopCode !== 'EssentialContainerExited' && (this.opts.stopLagDescribes ?? 1) > 0) {
+      task.stopLagLeft = this.opts.stopLagDescribes ?? 1
+      if (exitCode !== undefined) task.exitCode = exitCode
+      return
+    }
+    this.leaveRunning(task, exitCode)
+  }
+
+  /** Stepwise: from RUNNING (or never running) towards STOPPED. */
+  private leaveRunning(task: FakeTask, exitCode?: number) {
     if (task.agent && task.agent.exitCode === null && task.agent.signalCode === null) {
       // The container gets SIGTERM when ECS moves on from DEACTIVATING: here, at the next look.
       task.lastStatus = 'DEACTIVATING'
@@ -396,6 +570,11 @@ export class EcsFake {
 
   /** A stopping task's next step: SIGTERM to its agent (the task is STOPPED once it has exited), or one step nearer STOPPED. */
   private advanceStop(task: FakeTask) {
+    if (task.stopLagLeft !== undefined) {
+      if (task.stopLagLeft > 0) return void task.stopLagLeft-- // still RUNNING at this look
+      task.stopLagLeft = undefined
+      return this.leaveRunning(task, task.exitCode)
+    }
     if (task.agent) {
       if (task.signalled) return
       task.signalled = true
@@ -426,20 +605,27 @@ export class EcsFake {
       stdio: 'ignore',
       env: {
         PATH: process.env.PATH,
+        AWS_ACCESS_KEY_ID: 'task',
+        AWS_SECRET_ACCESS_KEY: 'task',
         ...task.env,
         CHROMA_HOST: task.ip,
         CHROMA_PORT: String(this.chromaPort),
         CHROMA_DATA_DIR: join(task.dataDir, 'data'),
         ...(this.opts.snapshotRoot ? { SNAPSHOT_ROOT: this.opts.snapshotRoot } : {}),
         ...this.opts.agentEnv,
+        // The task role's identity (ECS gives a real task its credentials the same way, out of band).
+        ...this.secrets.taskCredentialEnv(task.arn.split('/').pop()!),
+        SESSION_SECRET_WAIT_SECONDS: '30',
       },
     })
     task.agent = child
     child.on('exit', (code, signal) => {
       // A container killed by a signal reports 128 + its number, as Docker does.
       task.exitCode = code ?? (signal === 'SIGKILL' ? 137 : 143)
+      task.exitedAt = this.now()
       if (task.desiredStatus !== 'STOPPED') this.stopTask(task, 'EssentialContainerExited', 'Essential container in task exited')
-      task.lastStatus = 'STOPPED'
+      // Timed profiles deprovision for a while; stepwise goes to STOPPED at once.
+      if (this.opts.timing !== 'instant' && this.opts.timing !== 'realistic') task.lastStatus = 'STOPPED'
     })
   }
 
@@ -449,9 +635,12 @@ export class EcsFake {
         res.writeHead(status, { 'content-type': 'application/json' })
         res.end(JSON.stringify(body))
       }
+      // The tokens an agent reads from its session secret at start.
+      const secret = this.secrets.valueOf(task.env.SESSION_SECRET_ID ?? '')
+      task.secretRead ??= secret ? (JSON.parse(secret) as SessionSecretDocument) : undefined
       const token = req.headers['x-chroma-token']
-      const control = token === task.env.CONTROL_TOKEN
-      if (!control && token !== task.env.SESSION_TOKEN) return send(401, { code: 'session_token_required' })
+      const control = token === task.secretRead?.controlToken
+      if (!control && (!task.secretRead || token !== task.secretRead.sessionToken)) return send(401, { code: 'session_token_required' })
       const status = { phase: 'ready', pid: 0, at: new Date().toISOString() }
       if (req.url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
       if (req.url === '/api/v2/healthcheck') return send(200, { is_executor_ready: true })
@@ -466,6 +655,10 @@ export class EcsFake {
   private ec2(params: URLSearchParams) {
     const action = params.get('Action') ?? ''
     this.calls.set(action, this.count(action) + 1)
+    if (this.ec2Throttled > 0) {
+      this.ec2Throttled--
+      return { status: 503, type: 'text/xml', body: `<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fake</RequestID></Response>` }
+    }
     const xml = (body: string) => ({ status: 200, type: 'text/xml', body: `<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">${body}</${action}Response>` })
     const notFound = (code: string, message: string) => ({
       status: 400,

@@ -42,7 +42,7 @@ function computed(type: string, name: string, inputs: Record<string, any>): Reco
   const n = inputs.name ?? name
   switch (type) {
     case 'aws:iam/role:Role':
-      return { arn: `arn:aws:iam::${ACCOUNT}:role/${n}`, name: n }
+      return { arn: `arn:aws:iam::${ACCOUNT}:role/${n}`, name: n, uniqueId: `AROA${Buffer.from(n).toString('hex').toUpperCase().slice(0, 17)}` }
     case 'aws:ecs/cluster:Cluster':
       return { arn: `arn:aws:ecs:${REGION}:${ACCOUNT}:cluster/${n}`, name: n }
     case 'aws:ecs/taskDefinition:TaskDefinition':

@@ -8,6 +8,7 @@ import {
   RunTaskCommand,
   StopTaskCommand,
   type CapacityProviderStrategyItem,
+  type ConflictException,
   type ECSClient,
   type RunTaskCommandInput,
   type RunTaskCommandOutput,
@@ -18,6 +19,7 @@ import type { Logger } from 'pino'
 import { systemClock, type Clock } from '../clock.ts'
 import { LaunchDeferred, type ComputeSize, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
 import { TokenBucket, type RateLimiter } from './token-bucket.ts'
+import type { SessionSecretStore } from './session-secrets.ts'
 
 export interface FargateSettings {
   cluster: string
@@ -40,6 +42,8 @@ export interface FargateSettings {
 export interface FargateLauncherDeps {
   ecs: ECSClient
   ec2: EC2Client
+  /** Where each launch attempt's tokens go (Secrets Manager): the task gets the secret's name only. */
+  secrets: SessionSecretStore
   settings: FargateSettings
   logger?: Logger
   /** Waits between RunTask retries after capacity failures (real time: ECS's capacity comes back in real time); tests pass one that records. */
@@ -70,6 +74,8 @@ const GONE_STATUSES = new Set(['STOPPED', 'DELETED'])
 const STOP_REASON_PREFIX = 'chroma-lease: '
 /** Throttling that outlasts the SDK's own retries defers the launch to a later pass instead of failing it. */
 const THROTTLED = new Set(['ThrottlingException', 'TooManyRequestsException', 'RequestLimitExceeded'])
+/** A RunTask error that is a lack of capacity rather than a fault (ECS: "Capacity is unavailable at this time…"). */
+const CAPACITY_FAILURE = /capacity is unavailable|insufficient capacity/i
 /** The task attribute in which ECS reports a Fargate task's CPU architecture (x86_64, arm64). */
 const ARCHITECTURE_ATTRIBUTE = 'ecs.cpu-architecture'
 
@@ -99,13 +105,41 @@ export class FargateLauncher implements Launcher {
   }
 
   async launch(spec: LaunchSpec): Promise<{ ref: string }> {
+    const secretId = await this.aws('writing the session secret', () => this.deps.secrets.write(spec))
+    const { ref } = await this.runTasks(spec, secretId)
+    // The task may read its secret once it is named the reader; a replay (a later pass,
+    // the same clientTokens) gets the same task back and grants it again.
+    await this.aws('granting the session secret to its task', () => this.deps.secrets.grant(secretId, ref))
+    return { ref }
+  }
+
+  /** An AWS call whose failure defers the launch to a later pass rather than failing the session (a replay repeats it). */
+  private async aws<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (err) {
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+      if (THROTTLED.has((err as Error).name) || status === undefined || status >= 500) {
+        throw new LaunchDeferred(`${what}: ${(err as Error).name}: ${(err as Error).message}; launching on a later pass`)
+      }
+      throw err
+    }
+  }
+
+  private async runTasks(spec: LaunchSpec, secretId: string): Promise<{ ref: string }> {
     const { settings } = this.deps
     let lastFailure = ''
     for (let attempt = 0; attempt < CAPACITY_ATTEMPTS; attempt++) {
       if (attempt > 0) await this.wait(runTaskRetryDelayMs(attempt, this.random()))
-      const input = this.runTaskInput(spec, attempt)
+      const input = this.runTaskInput(spec, attempt, secretId)
       let reply = await this.runTask(input)
-      if (reply === 'conflict') {
+      if (typeof reply === 'object' && 'conflict' in reply) {
+        // ECS names the task the token already started (resourceIds): that is this launch's,
+        // whatever the configuration is now. Adopted before any lookup by tags.
+        if (reply.resourceIds[0]) {
+          this.deps.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, taskArn: reply.resourceIds[0], attempt }, 'RunTask token already used; adopted the task ECS named')
+          return { ref: reply.resourceIds[0] }
+        }
         // The token was first used with other parameters: the configuration changed (a
         // deploy) between a launch whose answer was lost and this replay. That first call
         // may have started a task; if it did, it is this launch's.
@@ -122,7 +156,8 @@ export class FargateLauncher implements Launcher {
           return { ref: started }
         }
         reply = await this.runTask({ ...input, clientToken: FargateLauncher.clientToken(spec.sessionId, spec.generation, attempt, configurationFingerprint(input)) })
-        if (reply === 'conflict') throw new Error(`ECS RunTask answered ConflictException for the token of this configuration too (session ${spec.sessionId}, generation ${spec.generation})`)
+        if (typeof reply === 'object' && 'conflict' in reply && reply.resourceIds[0]) return { ref: reply.resourceIds[0] }
+        if ('conflict' in reply) throw new Error(`ECS RunTask answered ConflictException for the token of this configuration too (session ${spec.sessionId}, generation ${spec.generation})`)
       }
       const task = reply.tasks?.[0]
       if (task?.taskArn) {
@@ -135,8 +170,12 @@ export class FargateLauncher implements Launcher {
     throw new Error(`ECS could not start the task after ${CAPACITY_ATTEMPTS} attempts: ${lastFailure} (cluster ${settings.cluster})`)
   }
 
-  /** One RunTask under the rate limit: its reply, 'conflict' (the token was used with other parameters), or LaunchDeferred when there is no usable answer. */
-  private async runTask(input: RunTaskCommandInput): Promise<RunTaskCommandOutput | 'conflict'> {
+  /**
+   * One RunTask under the rate limit: its reply; `conflict` when the token was used before
+   * with other parameters, with the task it started when ECS names it (resourceIds); or
+   * LaunchDeferred when there is no usable answer.
+   */
+  private async runTask(input: RunTaskCommandInput): Promise<RunTaskCommandOutput | { conflict: true; resourceIds: string[] }> {
     // The shared bucket lives in Postgres: while it cannot be reached, launches wait rather than fail.
     await this.bucket.take().catch((err: Error) => {
       throw new LaunchDeferred(`the RunTask rate limit cannot be read (${err.message}); launching on a later pass`)
@@ -146,7 +185,9 @@ export class FargateLauncher implements Launcher {
     } catch (err) {
       const name = (err as Error).name
       if (THROTTLED.has(name)) throw new LaunchDeferred(`ECS is throttling RunTask: ${(err as Error).message}`)
-      if (name === 'ConflictException') return 'conflict'
+      if (name === 'ConflictException') return { conflict: true, resourceIds: (err as ConflictException).resourceIds ?? [] }
+      // ECS reports a lack of capacity in `failures` or as a thrown error: either way it is retried like one.
+      if (CAPACITY_FAILURE.test((err as Error).message)) return { tasks: [], failures: [{ reason: (err as Error).message }], $metadata: {} }
       // No reply (the connection broke) or a server error, after the SDK's own retries:
       // the task may have started. A later pass replays the same clientTokens, which
       // returns that task if there is one, rather than failing the session and leaving
@@ -187,15 +228,16 @@ export class FargateLauncher implements Launcher {
     return `cl-${sessionId}-g${generation}-a${attempt}${configuration ? `-${configuration}` : ''}`
   }
 
-  private runTaskInput(spec: LaunchSpec, attempt: number): RunTaskCommandInput {
+  private runTaskInput(spec: LaunchSpec, attempt: number, secretId: string): RunTaskCommandInput {
     const s = this.deps.settings
-    // The agent's settings (container/agent/config.ts); the image sets its port and data directory.
+    // The agent's settings (container/agent/config.ts); the image sets its port and data
+    // directory. No secret: the tokens are in the session secret, which the task reads
+    // with its role (DescribeTasks shows these overrides to anyone allowed to call it).
     const environment = [
       { name: 'SESSION_ID', value: spec.sessionId },
       { name: 'SESSION_GENERATION', value: String(spec.generation) },
       { name: 'SNAPSHOT_URI', value: spec.snapshot },
-      { name: 'SESSION_TOKEN', value: spec.authToken },
-      { name: 'CONTROL_TOKEN', value: spec.controlToken },
+      { name: 'SESSION_SECRET_ID', value: secretId },
       ...(spec.collection !== null ? [{ name: 'COLLECTION', value: spec.collection }] : []),
       ...(spec.deadManSeconds !== undefined ? [{ name: 'DEAD_MAN_SECONDS', value: String(spec.deadManSeconds) }] : []),
       ...(spec.saveOnStop ? [{ name: 'SAVE_ON_STOP', value: '1' }] : []),
@@ -409,9 +451,19 @@ export class FargateLauncher implements Launcher {
       await this.deps.ecs.send(new StopTaskCommand({ cluster: this.deps.settings.cluster, task: target.ref, reason: `${STOP_REASON_PREFIX}${reason}`.slice(0, 255) }))
     } catch (err) {
       // Stopping a task ECS no longer knows is done already.
-      if ((err as Error).name === 'InvalidParameterException' && /not found|does not exist/i.test((err as Error).message)) return
-      throw err
+      if (!((err as Error).name === 'InvalidParameterException' && /not found|does not exist/i.test((err as Error).message))) throw err
     }
+    // Its agent read the secret at start; a duplicate's stop leaves alone a secret granted to another task.
+    await this.deps.secrets.deleteUnlessGrantedElsewhere(target.sessionId, target.generation, target.ref)
+  }
+
+  /** Session secrets that exist, for the orphan sweeper (it deletes those of sessions no longer live). */
+  listSecrets(): Promise<Array<{ sessionId: string; generation: number }>> {
+    return this.deps.secrets.list()
+  }
+
+  deleteSecret(sessionId: string, generation: number): Promise<void> {
+    return this.deps.secrets.delete(sessionId, generation)
   }
 
   /** This control plane's tasks (ListTasks by startedBy), with the session and generation from their tags. */

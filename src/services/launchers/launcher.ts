@@ -29,8 +29,14 @@ export interface LaunchSpec {
    * LeaseTokens.sessionToken, so it is never stored and every replica knows it.
    */
   authToken: string
-  /** What the agent requires on its control endpoints (confirm, save): LeaseTokens.controlToken, never given to lease holders. */
+  /** What the agent requires on its control endpoints (confirm, save, revoke): LeaseTokens.controlToken, never given to lease holders. */
   controlToken: string
+  /**
+   * base64url of the key that signs the session's direct-access lease tokens (LeaseTokens.leaseKey).
+   * These three are secrets: launchers hand them over out of band (a 0600 file, a
+   * per-session Secrets Manager secret), never in argv, the environment or RunTask's input.
+   */
+  leaseKey: string
   /** The agent's dead man's switch (DEAD_MAN_SECONDS): it stops itself when not confirmed for this long. Default 900. */
   deadManSeconds?: number
   /** Save the directory back before a SIGTERM stop (SAVE_ON_STOP): sessions acquired with saveOnRelease. */
@@ -118,6 +124,10 @@ export interface Launcher {
   stop(target: LaunchTarget, reason: string): Promise<void>
   /** Everything this control plane launched that still runs, for the orphan sweeper. */
   listRunning(): Promise<RunningCompute[]>
+  /** Per-launch secrets kept outside the compute (Fargate: Secrets Manager), for the orphan sweeper; none: the launcher keeps none. */
+  listSecrets?(): Promise<Array<{ sessionId: string; generation: number }>>
+  /** Deletes one launch attempt's secret; done when it is gone already. */
+  deleteSecret?(sessionId: string, generation: number): Promise<void>
   /** Checks that what launching needs exists (cluster, task definition, network), naming every problem. */
   preflight(): Promise<PreflightCheck[]>
   close?(): Promise<void>

@@ -8,6 +8,7 @@ import type { Logger } from 'pino'
 import { freeLoopbackPort } from '../../free-port.ts'
 import { projectPath } from '../../paths.ts'
 import type { AgentStatus } from '../../../container/agent/status.ts'
+import type { SessionSecretDocument } from '../../../container/agent/lease-token.ts'
 import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, PreflightCheck, RunningCompute } from './launcher.ts'
 
 /**
@@ -22,6 +23,7 @@ import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, PreflightChec
  *     port             the loopback port Chroma listens on
  *     pid              the agent's pid = the launch ref (written right after the spawn)
  *     status.json      the agent's STATUS_FILE
+ *     secret.json      the session's secrets (0600), until the agent has read and deleted it
  *     agent.log        the agent's stdout and stderr, Chroma's output included
  *     data/            the restored snapshot (the agent deletes it when it exits)
  *     stop-requested   when stop() was first called, and why
@@ -56,6 +58,8 @@ const TSX_LOADER = import.meta.resolve('tsx')
 const AGENT_HOST = '127.0.0.1'
 /** Variables of the control plane's own environment that agents inherit; nothing else (no DATABASE_URL, no API keys). */
 const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ']
+/** The session's secrets for the agent (SESSION_SECRET_FILE): read once and deleted by it. */
+const SECRET_FILE = 'secret.json'
 /** How long a launch() that lost the claim waits for the winner's pid file before looking for the agent itself. */
 const CLAIM_WAIT_MS = 10_000
 
@@ -79,12 +83,14 @@ export class ProcessLauncher implements Launcher {
     let pid: number | undefined
     try {
       await writeFile(join(dir, 'port'), `${port}\n`)
+      await writeSecretFile(join(dir, SECRET_FILE), spec)
       pid = await this.spawnAgent(spec, dir, port)
       await writeAtomically(join(dir, 'pid'), `${pid}\n`)
     } catch (err) {
       // Undo, so that a retry of this launch attempt starts afresh and nothing runs unrecorded.
       if (pid !== undefined) signalGroup(pid, 'SIGKILL')
       await rm(join(dir, 'claim'), { force: true })
+      await rm(join(dir, SECRET_FILE), { force: true })
       throw err
     }
     this.options.logger?.info({ sessionId: spec.sessionId, generation: spec.generation, pid, port, dir }, 'session agent launched')
@@ -201,8 +207,9 @@ export class ProcessLauncher implements Launcher {
       CHROMA_DATA_DIR: join(dir, 'data'),
       CHROMA_HOST: AGENT_HOST,
       CHROMA_PORT: String(port),
-      SESSION_TOKEN: spec.authToken,
-      CONTROL_TOKEN: spec.controlToken,
+      // The secrets themselves are in the file, which the agent deletes once read: neither
+      // argv nor the environment (/proc/<pid>/environ, ps e) shows them.
+      SESSION_SECRET_FILE: join(dir, SECRET_FILE),
       ...(spec.deadManSeconds !== undefined ? { DEAD_MAN_SECONDS: String(spec.deadManSeconds) } : {}),
       ...(spec.saveOnStop ? { SAVE_ON_STOP: '1' } : {}),
       STATUS_FILE: join(dir, 'status.json'),
@@ -302,6 +309,18 @@ async function recordStopRequest(dir: string, reason: string): Promise<number> {
   if (at !== null) return at
   await writeAtomically(path, request)
   return now
+}
+
+/** The agent's secrets document, readable by this user only (created 0600, never widened). */
+async function writeSecretFile(path: string, spec: LaunchSpec): Promise<void> {
+  await rm(path, { force: true })
+  const document: SessionSecretDocument = { sessionToken: spec.authToken, controlToken: spec.controlToken, leaseKey: spec.leaseKey }
+  const file = await open(path, 'wx', 0o600)
+  try {
+    await file.writeFile(JSON.stringify(document))
+  } finally {
+    await file.close()
+  }
 }
 
 /** The time of a stop-requested file's content, or null when it is not readable as one. */
