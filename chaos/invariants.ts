@@ -171,7 +171,7 @@ export function allowed5xx(rec: Recorder, e: { at: number; replica: string; stat
     if ((f.kind === 'replica_kill' || f.kind === 'replica_stop') && f.replica === e.replica && e.at >= f.start && e.at <= end + GRACE.replicaMs) return `${f.kind} of ${f.replica}`
     if ((f.kind === 'pg_restart' || f.kind === 'pg_cut') && e.status === 503 && e.code === 'database_unavailable' && e.at >= f.start && e.at <= end + GRACE.postgresMs) return f.kind
   }
-  if (e.sessionId && /\/v1\/sessions\/:id\/(query|chroma)/.test(e.path) && (e.status === 502 || e.status === 504)) {
+  if (e.sessionId && /^\/v1\/sessions\/:id\/(query|chroma)|^\/api\/v2\//.test(e.path) && (e.status === 502 || e.status === 504)) {
     const f = rec.faults.find((f) => f.sessionId === e.sessionId && e.at >= f.start && e.at <= (f.end ?? Infinity) + GRACE.sessionMs)
     if (f) return `${f.kind} of its session`
   }

@@ -104,6 +104,6 @@ export class Recorder {
   /** The faults that overlap [at - before, at + after], for a report's "which fault was near". */
   near(at: number, beforeMs = 10_000, afterMs = 2_000): string {
     const hits = this.faults.filter((f) => f.start <= at + afterMs && (f.end ?? Infinity) >= at - beforeMs)
-    return hits.length ? hits.map((f) => `#${f.id} ${f.kind} ${f.target.slice(0, 13)} @${this.rel(f.start)}`).join('; ') : 'none'
+    return hits.length ? hits.map((f) => `#${f.id} ${f.kind} ${f.target} @${this.rel(f.start)}`).join('; ') : 'none'
   }
 }

@@ -29,6 +29,7 @@ export interface Answer {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const CHROMA_DB = '/api/v2/tenants/default_tenant/databases/default_database'
 
 /**
  * One HTTP call to one replica. Network errors and timeouts throw (the caller retries on
@@ -39,7 +40,7 @@ export async function call(
   replica: Replica,
   method: string,
   path: string,
-  options: { body?: unknown; headers?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal } = {},
+  options: { body?: unknown; headers?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal; sessionId?: string } = {},
 ): Promise<Answer> {
   const signal = options.signal ?? AbortSignal.timeout(options.timeoutMs ?? 4_000)
   const res = await fetch(`${replica.url}${path}`, {
@@ -56,14 +57,14 @@ export async function call(
     body = { raw: text.slice(0, 200) }
   }
   if (res.status >= 500) {
-    const sessionId = /\/v1\/sessions\/([0-9a-f-]{36})/.exec(path)?.[1]
-    rec.serverErrors.push({ at: Date.now(), replica: replica.name, method, path: path.replace(/[0-9a-f-]{36}/g, ':id'), status: res.status, code: body?.code ?? null, sessionId, detail: String(body?.detail ?? '').slice(0, 160) })
+    const sessionId = options.sessionId ?? /\/v1\/sessions\/([0-9a-f-]{36})/.exec(path)?.[1]
+    rec.serverErrors.push({ at: Date.now(), replica: replica.name, method, path: path.replace(/[0-9a-f-]{36}/g, ':id').replace(/^\/api\/v2\/.*/, '/api/v2/*'), status: res.status, code: body?.code ?? null, sessionId, detail: String(body?.detail ?? '').slice(0, 160) })
   }
   return { status: res.status, body, replica }
 }
 
 /** Tries replicas in random order until one answers (any status) or the deadline passes. */
-async function callAny(ctx: WorkloadContext, rng: Rng, method: string, path: string, deadline: number, options: { body?: unknown; headers?: Record<string, string>; timeoutMs?: number; retryStatus?: (s: number) => boolean } = {}): Promise<Answer | null> {
+async function callAny(ctx: WorkloadContext, rng: Rng, method: string, path: string, deadline: number, options: { body?: unknown; headers?: Record<string, string>; timeoutMs?: number; sessionId?: string; retryStatus?: (s: number) => boolean } = {}): Promise<Answer | null> {
   let first = true
   while (Date.now() < deadline) {
     if (!first) await sleep(150 + rng.int(250))
@@ -217,6 +218,7 @@ async function hold(ctx: WorkloadContext, rng: Rng, lease: import('./record.ts')
   const { rec } = ctx
   const until = Date.now() + 1_000 + rng.int(7_000)
   let lastRenew = Date.now()
+  let collectionId: string | null = null
   const refused = (what: string) => {
     // Judged later: a refusal before the acknowledged expiry is a lost lease unless its session had a fault.
     if (Date.now() < lease.ackExpiresAt - 500) rec.suspects.push({ at: Date.now(), leaseId: lease.id, sessionId: lease.sessionId, what })
@@ -235,11 +237,33 @@ async function hold(ctx: WorkloadContext, rng: Rng, lease: import('./record.ts')
       }
     }
     const i = rng.int(snap.count)
-    const answer = await callAny(ctx, rng, 'POST', `/v1/sessions/${lease.sessionId}/query`, Date.now() + 6_000, {
-      body: { collection: snap.collection, queryEmbeddings: [snap.vector(i)], nResults: 1, include: ['distances'] },
-      headers: { 'x-chroma-token': lease.token },
-      timeoutMs: 6_000,
-    })
+    const headers = { 'x-chroma-token': lease.token }
+    let answer: Answer | null
+    if (rng.chance(0.5)) {
+      // Chroma's own HTTP API through the proxy (/api/v2/*, as official clients call it).
+      if (!collectionId) {
+        const found = await callAny(ctx, rng, 'GET', `${CHROMA_DB}/collections/${snap.collection}`, Date.now() + 6_000, { headers, timeoutMs: 6_000, sessionId: lease.sessionId })
+        if (found?.status === 200) collectionId = found.body.id
+        else if (found && found.status < 500) {
+          refused(`proxy ${found.status} ${found.body?.code ?? found.body?.error ?? ''}`)
+          return
+        }
+        if (!collectionId) continue
+      }
+      answer = await callAny(ctx, rng, 'POST', `${CHROMA_DB}/collections/${collectionId}/query`, Date.now() + 6_000, {
+        body: { query_embeddings: [snap.vector(i)], n_results: 1, include: ['distances'] },
+        headers,
+        timeoutMs: 6_000,
+        sessionId: lease.sessionId,
+      })
+      rec.count('proxied_query')
+    } else {
+      answer = await callAny(ctx, rng, 'POST', `/v1/sessions/${lease.sessionId}/query`, Date.now() + 6_000, {
+        body: { collection: snap.collection, queryEmbeddings: [snap.vector(i)], nResults: 1, include: ['distances'] },
+        headers,
+        timeoutMs: 6_000,
+      })
+    }
     rec.count('query')
     if (answer?.status === 200) {
       const id = answer.body.ids?.[0]?.[0]
