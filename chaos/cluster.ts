@@ -82,6 +82,9 @@ export class Replica {
   /** Set while the runner has it stopped or killed on purpose. */
   down = false
   starts = 0
+  /** Exits the runner did not cause (a crash of the control plane), outside its own start-up. */
+  readonly crashes: Array<{ at: number; code: number | null; signal: string | null }> = []
+  private expectingExit = true
   readonly url: string
   readonly name: string
 
@@ -101,7 +104,10 @@ export class Replica {
       this.spawn()
       const child = this.child!
       while (Date.now() < deadline && child.exitCode === null && child.signalCode === null) {
-        if (await this.ready()) return
+        if (await this.ready()) {
+          this.expectingExit = false
+          return
+        }
         await sleep(200)
       }
       if (child.exitCode === null && child.signalCode === null) break
@@ -124,6 +130,9 @@ export class Replica {
     })
     closeSync(log) // the child has its own copy
     this.child.on('error', () => {})
+    this.child.on('exit', (code, signal) => {
+      if (!this.expectingExit) this.crashes.push({ at: Date.now(), code, signal })
+    })
   }
 
   async ready(): Promise<boolean> {
@@ -136,7 +145,13 @@ export class Replica {
     }
   }
 
+  /** True when the process has exited. */
+  get exited(): boolean {
+    return !this.child || this.child.exitCode !== null || this.child.signalCode !== null
+  }
+
   async kill(): Promise<void> {
+    this.expectingExit = true
     const child = this.child
     if (!child || child.exitCode !== null || child.signalCode !== null) return
     const exited = once(child, 'exit')
@@ -150,6 +165,7 @@ export class Replica {
 
   /** A graceful stop (SIGTERM), as at the end of a run. */
   async stop(): Promise<void> {
+    this.expectingExit = true
     const child = this.child
     if (!child || child.exitCode !== null || child.signalCode !== null) return
     const exited = once(child, 'exit')

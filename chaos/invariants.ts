@@ -14,6 +14,7 @@ export const INVARIANTS = {
   unresolved_acquire: 'an acquire that became neither READY nor FAILED (with a problem) within its wait plus the margin',
   unexpected_5xx: "a 5xx outside its allowed window (see CHAOS.md, Allowed 5xx)",
   idempotency_broken: 'two answers to one Idempotency-Key naming different leases',
+  replica_crashed: 'a replica that exited without being killed or stopped (outside its own start-up)',
 } as const
 export type InvariantName = keyof typeof INVARIANTS
 
@@ -61,7 +62,7 @@ export async function samplePools(rec: Recorder, db: pg.Pool): Promise<void> {
 }
 
 /** Judges the recorded run against Postgres's rows, after quiescence. */
-export async function judge(rec: Recorder, db: pg.Pool, leftovers: string[]): Promise<Verdict> {
+export async function judge(rec: Recorder, db: pg.Pool, leftovers: string[], crashes: string[] = []): Promise<Verdict> {
   const v = newVerdict()
   const faulted = faultedSessions(rec)
   const at = (t: number) => rec.rel(t)
@@ -156,6 +157,7 @@ export async function judge(rec: Recorder, db: pg.Pool, leftovers: string[]): Pr
   }
 
   for (const i of rec.idempotencyBroken) flag(v, 'idempotency_broken', `key ${i.key} at ${at(i.at)}: ${i.detail}`)
+  for (const c of crashes) flag(v, 'replica_crashed', c)
   return v
 }
 

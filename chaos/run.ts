@@ -134,6 +134,20 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
         await sleep(1_000)
       }
     })()
+    // A replica that exits by itself is a crash: counted, and restarted so that the run goes on.
+    const watchdog = (async () => {
+      while (!work.stopping) {
+        for (const r of replicas) {
+          if (!r.down && r.exited) {
+            r.down = true
+            log(`${r.name} exited by itself; restarting it`)
+            await r.start().catch((err) => notes.push(`${r.name} did not restart: ${(err as Error).message}`))
+            r.down = false
+          }
+        }
+        await sleep(500)
+      }
+    })()
     const progress = setInterval(() => log(`${rec.rel(Date.now())}: ${rec.faults.length} faults, ${rec.acquires.length} acquires, ${rec.ops.get('query') ?? 0} queries`), 15_000)
     await sleep(options.durationSeconds * 1000)
     clearInterval(progress)
@@ -142,7 +156,7 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
     log('quiescing')
     faults.stopping = true
     work.stopping = true
-    await Promise.all([faulting, sampler, ...workers])
+    await Promise.all([faulting, sampler, watchdog, ...workers])
     for (const r of replicas) {
       r.signal('SIGCONT')
       if (!(await r.ready())) await r.start()
@@ -166,7 +180,8 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
     notes.push(`quiesced in ${((Date.now() - quiescedAt) / 1000).toFixed(1)} s (all leases ended, compute ${leftovers.length ? 'not ' : ''}gone)`)
     for (const s of rec.suspects) if (s.leaseId === '-') notes.push(`${rec.rel(s.at)}: ${s.what}`)
 
-    const verdict = await judge(rec, db, leftovers)
+    const crashes = replicas.flatMap((r) => r.crashes.map((c) => `${r.name} exited by itself at ${rec.rel(c.at)} (code ${c.code}, signal ${c.signal}; log ${r.logPath}); near: ${rec.near(c.at)}`))
+    const verdict = await judge(rec, db, leftovers, crashes)
     const times = rec.acquires.filter((a) => a.outcome === 'ready' && a.resolvedAt).map((a) => a.resolvedAt! - a.start).sort((a, b) => a - b)
     const pct = (p: number) => (times.length ? times[Math.min(times.length - 1, Math.floor((p / 100) * times.length))]! : 0)
     const faultCounts: Record<string, number> = {}

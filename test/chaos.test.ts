@@ -66,7 +66,7 @@ t.test('the checker counts each kind of violation, and excuses only what a fault
     { at: t0 + 11_500, replica: 'replica-2', method: 'POST', path: '/v1/sessions/:id/query', status: 502, code: 'session_unreachable', sessionId: s1 }, // no fault on s1
   )
 
-  const verdict = await judge(rec, db, ['agent process 1 in x-g1'])
+  const verdict = await judge(rec, db, ['agent process 1 in x-g1'], ['replica-1 exited by itself'])
   t.same(verdict.counts, {
     lost_lease: 1,
     stopped_under_live_lease: 1,
@@ -76,6 +76,7 @@ t.test('the checker counts each kind of violation, and excuses only what a fault
     unresolved_acquire: 1,
     unexpected_5xx: 3,
     idempotency_broken: 1,
+    replica_crashed: 1,
   }, JSON.stringify(verdict.examples, null, 1))
   t.equal(Object.values(verdict.excused).reduce((a, b) => a + b, 0), 4, `excused: ${JSON.stringify(verdict.excused)}`)
 })
