@@ -80,6 +80,11 @@ export async function judge(rec: Recorder, db: pg.Pool, leftovers: string[], cra
       flag(v, 'lost_lease', `lease ${lease.id} acknowledged at ${at(lease.ackAt)} has no row`)
       continue
     }
+    // A lease's expiry only ever moves forward (DESIGN.md): an earlier one than acknowledged loses the lease.
+    if (row.expires_at.getTime() < lease.ackExpiresAt) {
+      flag(v, 'lost_lease', `lease ${lease.id} (session ${row.session_id}) expires at ${at(row.expires_at.getTime())}, earlier than the ${at(lease.ackExpiresAt)} a replica acknowledged; near: ${rec.near(row.expires_at.getTime())}`)
+      continue
+    }
     if (!row.ended_at || !row.end_reason) continue
     const endedAt = row.ended_at.getTime()
     const expiry = Math.max(lease.ackExpiresAt, row.expires_at.getTime())

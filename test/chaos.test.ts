@@ -46,6 +46,10 @@ t.test('the checker counts each kind of violation, and excuses only what a fault
   await lease(l2, s2, at(0), at(20), at(12), 'session_failed')
   ack(l2, s2, at(20))
   Object.assign(rec.fault('agent_kill', s2, { sessionId: s2 }), { start: t0 + 11_000, end: t0 + 11_000 })
+  // A lease whose expiry moved earlier than a replica acknowledged is lost, ended or not.
+  const l4 = crypto.randomUUID()
+  await lease(l4, s2, at(0), at(8), null, null)
+  ack(l4, s2, at(9))
   // A lease that expired on time is fine.
   const l3 = crypto.randomUUID()
   await lease(l3, s1, at(0), at(5), at(5), 'expired')
@@ -68,7 +72,7 @@ t.test('the checker counts each kind of violation, and excuses only what a fault
 
   const verdict = await judge(rec, db, ['agent process 1 in x-g1'], ['replica-1 exited by itself'])
   t.same(verdict.counts, {
-    lost_lease: 1,
+    lost_lease: 2,
     stopped_under_live_lease: 1,
     duplicate_shared_session: 1,
     leaked_compute: 1,
