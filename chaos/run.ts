@@ -69,6 +69,15 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
   await mkdir(snapshotRoot, { recursive: true })
   const cleanup: Array<() => Promise<unknown>> = []
   const notes: string[] = []
+  // Interrupted (Ctrl-C, a test runner's timeout): leave nothing running behind.
+  const interrupted = (signal: NodeJS.Signals) => {
+    void (async () => {
+      for (const fn of cleanup.reverse()) await fn().catch(() => {})
+      await killUnder(sessionsDir)
+      process.kill(process.pid, signal)
+    })()
+  }
+  process.once('SIGINT', interrupted).once('SIGTERM', interrupted)
   try {
     log(`seed ${options.seed}, ${options.durationSeconds} s, ${options.replicas} replicas, ${options.workers} workers, in ${dir}`)
     const snapshots: SnapshotTarget[] = []
@@ -200,6 +209,7 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
       wallSeconds: Math.round((Date.now() - wallStart) / 1000),
     }
   } finally {
+    process.off('SIGINT', interrupted).off('SIGTERM', interrupted)
     for (const fn of cleanup.reverse()) await fn().catch(() => {})
     // Kill any agent a failure left behind (the run owns everything under its directory).
     await killUnder(sessionsDir)
