@@ -232,7 +232,7 @@ async function hold(ctx: WorkloadContext, rng: Rng, lease: import('./record.ts')
         lease.ackExpiresAt = Math.max(lease.ackExpiresAt, Date.parse(answer.body.expiresAt))
         lastRenew = sentAt
       } else if (answer && answer.status < 500) {
-        refused(`renew ${answer.status} ${answer.body?.code}`)
+        refused(`renew ${answer.status} ${answer.body?.code} from ${answer.replica.name}`)
         return
       }
     }
@@ -245,7 +245,7 @@ async function hold(ctx: WorkloadContext, rng: Rng, lease: import('./record.ts')
         const found = await callAny(ctx, rng, 'GET', `${CHROMA_DB}/collections/${snap.collection}`, Date.now() + 6_000, { headers, timeoutMs: 6_000, sessionId: lease.sessionId })
         if (found?.status === 200) collectionId = found.body.id
         else if (found && found.status < 500) {
-          refused(`proxy ${found.status} ${found.body?.code ?? found.body?.error ?? ''}`)
+          refused(`proxy ${found.status} ${found.body?.code ?? found.body?.error ?? ''} from ${found.replica.name}`)
           return
         }
         if (!collectionId) continue
@@ -272,7 +272,7 @@ async function hold(ctx: WorkloadContext, rng: Rng, lease: import('./record.ts')
         rec.wrongAnswers.push({ at: Date.now(), leaseId: lease.id, sessionId: lease.sessionId, detail: `asked vector(${i}) of snapshot ${lease.snapshot}, got ${id} at distance ${distance}` })
       } else rec.count('query_checked')
     } else if (answer && (answer.status === 401 || answer.status === 403 || answer.status === 404 || answer.status === 410)) {
-      refused(`query ${answer.status} ${answer.body?.code}`)
+      refused(`query ${answer.status} ${answer.body?.code} from ${answer.replica.name}`)
       return
     }
     await sleep(100 + rng.int(500))
