@@ -1,8 +1,11 @@
+import { once } from 'node:events'
 import { mkdir, mkdtemp } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { InjectOptions } from 'fastify'
 import t from 'tap'
+import { createDatabase, isDatabaseUnavailable } from '../src/database/client.ts'
 import { ManualClock } from '../src/services/clock.ts'
 import { buildTestApp } from './helpers/app.ts'
 import { startDedicatedPostgres } from './helpers/dedicated-postgres.ts'
@@ -76,4 +79,29 @@ t.test('with Postgres stopped: 503 database_unavailable everywhere, cached proxy
   t.equal((await inject(`/v1/leases/${lease.id}`)).statusCode, 200)
   t.equal((await inject('/v1/sessions')).statusCode, 200)
   t.equal((await proxied()).statusCode, 200)
+})
+
+t.test('a Postgres that is starting up (SQLSTATE 57P03, wrapped by Prisma as P2039) is unavailable, not an internal error', async (t) => {
+  // What a real Postgres answers every new connection during crash recovery, e.g. after
+  // an immediate restart: a FATAL ErrorResponse with 57P03, then it closes. Found by the
+  // chaos suite as 500 internal_error on release and acquire through a Postgres restart.
+  const field = (type: string, value: string) => Buffer.concat([Buffer.from(type), Buffer.from(value), Buffer.from([0])])
+  const fields = Buffer.concat([field('S', 'FATAL'), field('V', 'FATAL'), field('C', '57P03'), field('M', 'the database system is starting up'), Buffer.from([0])])
+  const header = Buffer.alloc(5)
+  header.write('E', 0)
+  header.writeInt32BE(fields.length + 4, 1)
+  const recovering = createServer((socket) => {
+    socket.once('data', () => socket.end(Buffer.concat([header, fields])))
+    socket.on('error', () => {})
+  })
+  recovering.listen(0, '127.0.0.1')
+  await once(recovering, 'listening')
+  t.teardown(() => recovering.close())
+  const { port } = recovering.address() as AddressInfo
+  const db = createDatabase(`postgresql://u:p@127.0.0.1:${port}/x`)
+  t.teardown(() => db.$disconnect())
+  const err = await db.apiKey.count().then(() => null, (e: unknown) => e)
+  t.ok(err, 'the query fails')
+  t.match(err, { code: 'P2039' }, "Prisma's own code names no outage; its driver adapter's cause holds the SQLSTATE")
+  t.ok(isDatabaseUnavailable(err), 'recognised as the database being unavailable (503 database_unavailable)')
 })

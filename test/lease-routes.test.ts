@@ -118,3 +118,17 @@ t.test('a change notification that arrives while a route loads is not lost', asy
   )
   t.equal(second, 'lease_ended', 'and no stale route was cached')
 })
+
+t.test("a replica whose estimate of the database's clock runs ahead does not refuse a live lease", async (t) => {
+  // A DatabaseClock's estimate is only as good as its last sync: a replica paused or
+  // starved in the middle of one comes back seconds off. The chaos suite saw such a
+  // replica answer 401 lease_ended to a lease with most of a second left. Postgres, not
+  // the estimate, judges an expiry the route cache sees.
+  const ahead = { now: () => new Date(clock.now().getTime() + 10_000), get sql() { return clock.sql } }
+  const c = await buildTestApp(t, { snapshotRoot: root, clock: ahead, launcher, databaseUrl: a.databaseUrl })
+  const lease = await readyLease(a, 6)
+  t.equal((await heartbeat(c, lease.token)).statusCode, 200, 'the first use, read from the database')
+  t.equal((await heartbeat(c, lease.token)).statusCode, 200, 'a second use soon after')
+  clock.advance(7)
+  t.equal((await heartbeat(c, lease.token)).statusCode, 401, 'refused once Postgres says it expired')
+})

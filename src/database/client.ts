@@ -80,8 +80,11 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   for (let e = err as Record<string, unknown> | undefined, depth = 0; e && typeof e === 'object' && depth < 5; depth++) {
     if (typeof e.code === 'string' && UNAVAILABLE_CODES.has(e.code)) return true
     if (typeof e.kind === 'string' && UNAVAILABLE_KINDS.has(e.kind)) return true
+    if (typeof e.originalCode === 'string' && UNAVAILABLE_CODES.has(e.originalCode)) return true
     if (typeof e.message === 'string' && UNAVAILABLE_MESSAGES.test(e.message)) return true
-    e = (e.cause ?? (e as { originalError?: unknown }).originalError) as Record<string, unknown> | undefined
+    // Prisma's known request errors (e.g. P2039) keep the driver's error under meta.driverAdapterError.
+    const adapterError = (e.meta as { driverAdapterError?: unknown } | undefined)?.driverAdapterError
+    e = (e.cause ?? (e as { originalError?: unknown }).originalError ?? adapterError) as Record<string, unknown> | undefined
   }
   return false
 }

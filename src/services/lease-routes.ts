@@ -21,6 +21,12 @@ export interface LeaseRoute {
   /** When it was read (Date.now(), for its age) and the clock's time then (for its expiry). */
   cachedAt: number
   checkedAt: number
+  /**
+   * How far this process's estimate of the database's clock was ahead of Postgres's own
+   * at the read: the estimate can be off by seconds (a replica paused mid-sync), so
+   * expiries are judged on the estimate corrected by it.
+   */
+  skewMs: number
   renewing?: Promise<void>
   /** After a failed keep-alive write (Date.now()). */
   retryRenewAt?: number
@@ -80,7 +86,7 @@ export class LeaseRouter {
     if (!token) throw unauthorized('lease_token_required', 'send the lease token as x-chroma-token or Authorization: Bearer')
     const hash = LeaseTokens.hash(token)
     let route = this.routes.get(hash)
-    let now = this.clock.now().getTime()
+    let now = route ? this.clock.now().getTime() - route.skewMs : 0
     // An expiry seen only in the cache is checked against the database before it is
     // refused: another replica may have renewed the lease (renewals send no notification).
     const expiredUnconfirmed = route !== undefined && !route.ended && route.expiresAt <= now && route.checkedAt < route.expiresAt
@@ -95,7 +101,7 @@ export class LeaseRouter {
         cached.cachedAt = Date.now() - MAX_ROUTE_AGE_MS + RETRY_MS
         route = cached
       }
-      now = this.clock.now().getTime()
+      now = this.clock.now().getTime() - route.skewMs
     }
     if (route.ended || route.expiresAt <= now) {
       throw unauthorized('lease_ended', `lease ${route.leaseId} has ${route.ended ? 'ended' : 'expired'}: acquire a new lease (POST /v1/leases) and use its token`)
@@ -135,8 +141,8 @@ export class LeaseRouter {
 
   private async read(hash: string): Promise<LeaseRoute> {
     const rows = await this.sql.rows<
-      { id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; status: SessionStatus; host: string | null; port: number | null; generation: number }
-    >(Prisma.sql`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, s.status, s.host, s.port, s.generation
+      { id: string; session_id: string; ttl_seconds: number; expires_at: Date; ended_at: Date | null; db_now: Date; status: SessionStatus; host: string | null; port: number | null; generation: number }
+    >(Prisma.sql`SELECT l.id, l.session_id, l.ttl_seconds, l.expires_at, l.ended_at, ${this.clock.sql} AS db_now, s.status, s.host, s.port, s.generation
       FROM leases l JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = ${hash}`)
     const r = rows[0]
     if (!r) throw unauthorized('invalid_lease_token', 'unknown lease token')
@@ -150,7 +156,8 @@ export class LeaseRouter {
       base: r.host && r.port ? `http://${r.host}:${r.port}` : null,
       sessionToken: this.tokens.sessionToken(r.session_id, Number(r.generation)),
       cachedAt: Date.now(),
-      checkedAt: this.clock.now().getTime(),
+      checkedAt: r.db_now.getTime(),
+      skewMs: this.clock.now().getTime() - r.db_now.getTime(),
     }
   }
 
@@ -182,7 +189,7 @@ export class LeaseRouter {
         }
         route.expiresAt = row.expires_at.getTime()
         route.ttlSeconds = row.ttl_seconds
-        route.checkedAt = this.clock.now().getTime()
+        route.checkedAt = this.clock.now().getTime() - route.skewMs
       })
       .catch(() => {
         route.retryRenewAt = Date.now() + RETRY_MS // a request after that tries again
