@@ -115,6 +115,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     services,
     launcher,
     logger,
+    sql,
     settings: {
       startTimeoutSeconds: config.startTimeoutSeconds,
       maxSessionSeconds: config.maxSessionSeconds,
