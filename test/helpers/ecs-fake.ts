@@ -229,6 +229,8 @@ export class EcsFake {
       return error('ThrottlingException', 'Rate exceeded')
     }
     const input = JSON.parse(raw || '{}')
+    // Told apart for the scale bench: the orphan sweep's DescribeTasks asks for tags, the reconciler's does not.
+    if (action === 'DescribeTasks' && input.include?.includes('TAGS')) this.calls.set('DescribeTasks+TAGS', this.count('DescribeTasks+TAGS') + 1)
     if (input.cluster && input.cluster !== this.cluster) return error('ClusterNotFoundException', 'Cluster not found.')
     switch (action) {
       case 'RunTask':
