@@ -90,9 +90,10 @@ export function sampleRss(pid: number, everyMs = 200) {
  * therefore shows in the latency of every request that should have gone out during it
  * (no coordinated omission). Bounded in time (`seconds`) and in requests in flight
  * (`maxInFlight`: past it, due requests wait, and their wait counts).
+ * `request` gets its index and intended time (performance.now() scale), to time parts of itself alike.
  * Answers how many were due, completed and failed, and the rate achieved.
  */
-export async function openLoop(ratePerSecond: number, seconds: number, request: (i: number) => Promise<void>, latencies: Latencies, maxInFlight = 1000) {
+export async function openLoop(ratePerSecond: number, seconds: number, request: (i: number, intendedAt: number) => Promise<void>, latencies: Latencies, maxInFlight = 1000) {
   const total = Math.floor(ratePerSecond * seconds)
   const started = performance.now()
   let sent = 0
@@ -108,7 +109,7 @@ export async function openLoop(ratePerSecond: number, seconds: number, request: 
       const i = sent++
       inFlight++
       settled.push(
-        request(i).then(
+        request(i, intended).then(
           () => {
             completed++
             latencies.add(performance.now() - intended)
