@@ -80,6 +80,8 @@ interface Row {
   postgresCpuSeconds: number
   replicaCpuPercent: number[]
   replicaRssPeakMb: number[]
+  /** V8's heap used / reserved at the end of the window, per replica (what of the RSS is JavaScript objects, live or garbage). */
+  replicaHeapMb: Array<{ used: number; total: number }>
   acquire: { p50: number; p99: number; count: number; failed: number }
 }
 
@@ -208,6 +210,10 @@ async function measure(size: number): Promise<Row> {
     postgresCpuSeconds: pgAfter - pgBefore,
     replicaCpuPercent: cpuAfter.map((c, i) => ((c - cpuBefore[i]!) / windowSeconds) * 100),
     replicaRssPeakMb: memory.map((m) => m.peakMb),
+    replicaHeapMb: after.map((text) => ({
+      used: (sample(text, 'chroma_lease_nodejs_heap_size_used_bytes') ?? NaN) / 2 ** 20,
+      total: (sample(text, 'chroma_lease_nodejs_heap_size_total_bytes') ?? NaN) / 2 ** 20,
+    })),
     acquire: { ...acquire.summary(), failed: run.failed },
   }
 }
@@ -220,11 +226,11 @@ async function report() {
   const lines = [
     `${provenance()} ${REPLICAS} replicas (the \`npm start\` bundle, LAUNCHER=fargate, RECONCILE_INTERVAL_SECONDS=${RECONCILE_INTERVAL_SECONDS}, SWEEP_INTERVAL_SECONDS=${SWEEP_INTERVAL_SECONDS}) on one embedded Postgres, the ECS fake and its ${SIZES.at(-1)} stub agents in the benchmark's own process: all on the same 2 cores. ${WINDOW_SECONDS}s window per size; acquires at ${ACQUIRE_RATE}/s on a READY shared session during it.`,
     '',
-    '| live sessions | reconcile passes (fleet; skipped by replicas) | DescribeTasks per pass | mean pass / passes over 2 s | sweeps: ListTasks + DescribeTasks per sweep | other ECS calls | Postgres CPU | replica CPU (each) | replica RSS peak (each) | acquire p50 / p99 |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| live sessions | reconcile passes (fleet; skipped by replicas) | DescribeTasks per pass | mean pass / passes over 2 s | sweeps: ListTasks + DescribeTasks per sweep | other ECS calls | Postgres CPU | replica CPU (each) | replica RSS peak (each) | V8 heap used / reserved at the end (each) | acquire p50 / p99 |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map((r) => {
       const other = Object.entries(r.calls).filter(([k]) => !['DescribeTasks', 'DescribeTasks+TAGS', 'ListTasks'].includes(k)).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'
-      return `| ${r.sessions + 1} | ${r.reconcilePasses} in ${f(r.windowSeconds, 0)} s (${r.reconcileSkipped}) | ${f(per(describe(r), r.reconcilePasses), 1)} | ${f(r.reconcileMeanSeconds * 1000, 0)} ms / ${r.reconcileOver2s} | ${r.sweeps}: ${f(per(r.calls.ListTasks ?? 0, r.sweeps), 0)} + ${f(per(r.calls['DescribeTasks+TAGS'] ?? 0, r.sweeps), 0)} | ${other} | ${f((r.postgresCpuSeconds / r.windowSeconds) * 100, 0)} % of a core | ${r.replicaCpuPercent.map((c) => f(c, 0)).join(' / ')} % | ${r.replicaRssPeakMb.map((m) => f(m, 0)).join(' / ')} MB | ${f(r.acquire.p50, 1)} / ${f(r.acquire.p99, 1)} ms${r.acquire.failed ? ` (${r.acquire.failed} failed)` : ''} |`
+      return `| ${r.sessions + 1} | ${r.reconcilePasses} in ${f(r.windowSeconds, 0)} s (${r.reconcileSkipped}) | ${f(per(describe(r), r.reconcilePasses), 1)} | ${f(r.reconcileMeanSeconds * 1000, 0)} ms / ${r.reconcileOver2s} | ${r.sweeps}: ${f(per(r.calls.ListTasks ?? 0, r.sweeps), 0)} + ${f(per(r.calls['DescribeTasks+TAGS'] ?? 0, r.sweeps), 0)} | ${other} | ${f((r.postgresCpuSeconds / r.windowSeconds) * 100, 0)} % of a core | ${r.replicaCpuPercent.map((c) => f(c, 0)).join(' / ')} % | ${r.replicaRssPeakMb.map((m) => f(m, 0)).join(' / ')} MB | ${r.replicaHeapMb.map((h) => `${f(h.used, 0)}/${f(h.total, 0)}`).join(', ')} MB | ${f(r.acquire.p50, 1)} / ${f(r.acquire.p99, 1)} ms${r.acquire.failed ? ` (${r.acquire.failed} failed)` : ''} |`
     }),
     '',
   ]
