@@ -11,8 +11,9 @@
  * replica's CPU and RSS, and acquire latency (an open loop of acquires on a READY shared
  * session, latency from each request's intended send time) while the passes run.
  *
- * Options: --sizes=500,2000,5000 --seconds=30 (the window at each size: two orphan sweeps).
- * Writes the `scale` section of BENCHMARKS.md.
+ * Options: --sizes=500,2000,5000 --seconds=30 (the window at each size: two orphan sweeps),
+ * --replica-node-options='…' (NODE_OPTIONS for the replicas, e.g. a heap limit), --no-write
+ * (print only). Writes the `scale` section of BENCHMARKS.md.
  */
 import { chmod, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -29,6 +30,8 @@ const SIZES = (arg('sizes') ?? '500,2000,5000').split(',').map(Number)
 const WINDOW_SECONDS = Number(arg('seconds') ?? 30)
 /** Acquires per second on the shared session during each window (each released right after). */
 const ACQUIRE_RATE = 20
+const REPLICA_NODE_OPTIONS = process.argv.find((a) => a.startsWith('--replica-node-options='))?.slice('--replica-node-options='.length)
+const WRITE = !process.argv.includes('--no-write')
 const REPLICAS = 3
 const RECONCILE_INTERVAL_SECONDS = 1 // the default
 const SWEEP_INTERVAL_SECONDS = 15 // the default
@@ -62,6 +65,7 @@ const env = {
   IDLE_TTL_SECONDS: '3600',
   RECONCILE_INTERVAL_SECONDS: String(RECONCILE_INTERVAL_SECONDS),
   SWEEP_INTERVAL_SECONDS: String(SWEEP_INTERVAL_SECONDS),
+  ...(REPLICA_NODE_OPTIONS ? { NODE_OPTIONS: REPLICA_NODE_OPTIONS } : {}),
 }
 const replicas: RunningControlPlane[] = []
 const pools: Pool[] = []
@@ -224,7 +228,7 @@ async function report() {
   const per = (n: number, d: number) => (d > 0 ? n / d : NaN)
   const describe = (r: Row) => (r.calls.DescribeTasks ?? 0) - (r.calls['DescribeTasks+TAGS'] ?? 0)
   const lines = [
-    `${provenance()} ${REPLICAS} replicas (the \`npm start\` bundle, LAUNCHER=fargate, RECONCILE_INTERVAL_SECONDS=${RECONCILE_INTERVAL_SECONDS}, SWEEP_INTERVAL_SECONDS=${SWEEP_INTERVAL_SECONDS}) on one embedded Postgres, the ECS fake and its ${SIZES.at(-1)} stub agents in the benchmark's own process: all on the same 2 cores. ${WINDOW_SECONDS}s window per size; acquires at ${ACQUIRE_RATE}/s on a READY shared session during it.`,
+    `${provenance()} ${REPLICAS} replicas (the \`npm start\` bundle, LAUNCHER=fargate, RECONCILE_INTERVAL_SECONDS=${RECONCILE_INTERVAL_SECONDS}, SWEEP_INTERVAL_SECONDS=${SWEEP_INTERVAL_SECONDS}${REPLICA_NODE_OPTIONS ? `, NODE_OPTIONS=${REPLICA_NODE_OPTIONS}` : ''}) on one embedded Postgres, the ECS fake and its ${SIZES.at(-1)} stub agents in the benchmark's own process: all on the same 2 cores. ${WINDOW_SECONDS}s window per size; acquires at ${ACQUIRE_RATE}/s on a READY shared session during it.`,
     '',
     '| live sessions | reconcile passes (fleet; skipped by replicas) | DescribeTasks per pass | mean pass / passes over 2 s | sweeps: ListTasks + DescribeTasks per sweep | other ECS calls | Postgres CPU | replica CPU (each) | replica RSS peak (each) | V8 heap used / reserved at the end (each) | acquire p50 / p99 |',
     '|---|---|---|---|---|---|---|---|---|---|---|',
@@ -249,5 +253,5 @@ async function report() {
   }
   const text = lines.join('\n')
   console.log(`\n${text}`)
-  await writeSection('scale', text)
+  if (WRITE) await writeSection('scale', text)
 }
