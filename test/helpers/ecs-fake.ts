@@ -98,6 +98,8 @@ export class EcsFake {
   readonly calls = new Map<string, number>()
   readonly tasks = new Map<string, FakeTask>()
   readonly runTaskTimes: number[] = []
+  /** DescribeTasks calls that asked for tags (the orphan sweep's; the reconciler's do not), among calls.get('DescribeTasks'). */
+  taggedDescribes = 0
   readonly cluster: string
   port = 0
   chromaPort = 0
@@ -204,6 +206,7 @@ export class EcsFake {
 
   resetCounts() {
     this.calls.clear()
+    this.taggedDescribes = 0
   }
 
   async close() {
@@ -229,8 +232,7 @@ export class EcsFake {
       return error('ThrottlingException', 'Rate exceeded')
     }
     const input = JSON.parse(raw || '{}')
-    // Told apart for the scale bench: the orphan sweep's DescribeTasks asks for tags, the reconciler's does not.
-    if (action === 'DescribeTasks' && input.include?.includes('TAGS')) this.calls.set('DescribeTasks+TAGS', this.count('DescribeTasks+TAGS') + 1)
+    if (action === 'DescribeTasks' && input.include?.includes('TAGS')) this.taggedDescribes++
     if (input.cluster && input.cluster !== this.cluster) return error('ClusterNotFoundException', 'Cluster not found.')
     switch (action) {
       case 'RunTask':
