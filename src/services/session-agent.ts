@@ -22,13 +22,18 @@ export class SessionAgentError extends Error {
 export class SessionAgentClient {
   constructor(private readonly timeoutMs = 5_000) {}
 
-  /** Resets the session's dead man's switch; answers the agent's status (restore progress included). */
+  /**
+   * Resets the session's dead man's switch; answers the agent's status (restore progress included).
+   * Once a minute per session, of thousands: the connection closes after the answer, so no
+   * kept-alive connection (and undici pool, ~30 KB each) is left behind per session; a
+   * replica confirming thousands of new sessions at once held them all (BENCHMARKS.md, At scale).
+   */
   confirm(base: string, token: string): Promise<AgentStatus> {
-    return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs) as Promise<AgentStatus>
+    return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs, true) as Promise<AgentStatus>
   }
 
   status(base: string, token: string): Promise<AgentStatus> {
-    return this.call('GET', `${base}/_agent/status`, token, this.timeoutMs) as Promise<AgentStatus>
+    return this.call('GET', `${base}/_agent/status`, token, this.timeoutMs, true) as Promise<AgentStatus>
   }
 
   /** Quiesces Chroma, uploads the directory as a new snapshot version, and answers where it went. Takes as long as the upload. */
@@ -36,8 +41,8 @@ export class SessionAgentClient {
     return this.call('POST', `${base}/_agent/save`, token, timeoutMs) as Promise<SaveResult>
   }
 
-  private async call(method: 'GET' | 'POST', url: string, token: string, timeoutMs: number): Promise<unknown> {
-    const res = await request(url, { method, headers: { 'x-chroma-token': token }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+  private async call(method: 'GET' | 'POST', url: string, token: string, timeoutMs: number, closeAfter = false): Promise<unknown> {
+    const res = await request(url, { method, reset: closeAfter, headers: { 'x-chroma-token': token }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
     const text = await res.body.text()
     let body = null as { detail?: string; code?: string } | null
     try {
