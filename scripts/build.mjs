@@ -48,3 +48,6 @@ const isEntry = (file) => /\/(server|cli)\.js(\.map)?$/.test(file.path)
 await Promise.all(result.outputFiles.filter((f) => !isEntry(f)).map((file) => replace(file.path, file.contents)))
 await Promise.all(result.outputFiles.filter(isEntry).map((file) => replace(file.path, file.contents)))
 await replace('dist/inputs.json', JSON.stringify(Object.keys(result.metafile.inputs).sort(), null, 1) + '\n')
+
+// The session agent's bundle (dist/agent), which local sessions run as the session image does.
+await import('./build-agent.mjs')

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path'
-import { S3Client } from '@aws-sdk/client-s3'
+import type { S3Client } from '@aws-sdk/client-s3'
 import pino, { type Logger } from 'pino'
 import { REDACTED_PATHS } from './app.ts'
 import type { Config } from './config.ts'
@@ -12,6 +12,7 @@ import { loadLeaseTokenSecret } from './services/auth.ts'
 import { DatabaseClock, type Clock } from './services/clock.ts'
 import { createServices } from './services/index.ts'
 import { PreflightService } from './services/preflight.ts'
+import type { S3Sender } from './services/snapshots/snapshot-service.ts'
 import type { Launcher } from './services/launchers/launcher.ts'
 import { ProcessLauncher } from './services/launchers/process-launcher.ts'
 import { createWorkers } from './workers/index.ts'
@@ -20,11 +21,14 @@ export function createLogger(level: string): Logger {
   return pino({ level, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } })
 }
 
-export function createS3(config: Config): S3Client {
-  return new S3Client({
-    region: config.awsRegion,
-    ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}),
-  })
+/** S3 for s3:// snapshots, its SDK loaded on first use (see SnapshotService): file://-only deployments never load it. */
+export function createS3(config: Config): S3Sender {
+  let client: Promise<S3Client> | undefined
+  const connect = () =>
+    (client ??= import('@aws-sdk/client-s3').then(
+      ({ S3Client }) => new S3Client({ region: config.awsRegion, ...(config.s3Endpoint ? { endpoint: config.s3Endpoint, forcePathStyle: true } : {}) }),
+    ))
+  return { send: ((command: Parameters<S3Client['send']>[0]) => connect().then((s3) => s3.send(command))) as S3Client['send'] }
 }
 
 export async function createLauncher(config: Config, logger: Logger, clock: Clock, sql: SqlPool): Promise<Launcher> {
@@ -119,6 +123,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     services,
     launcher,
     logger,
+    sql,
     settings: {
       startTimeoutSeconds: config.startTimeoutSeconds,
       maxSessionSeconds: config.maxSessionSeconds,

@@ -8,6 +8,7 @@ import { signLeaseToken } from '../container/agent/lease-token.ts'
 import t, { type Test } from 'tap'
 import type { LaunchTarget, ObservedCompute } from '../src/services/launchers/launcher.ts'
 import { ProcessLauncher, type ProcessLauncherOptions } from '../src/services/launchers/process-launcher.ts'
+import { AGENT_BUNDLE } from '../src/services/launchers/agent-bundle.ts'
 import { buildSnapshotFixture, chromaAnswers, queryChroma } from './helpers/snapshot-fixture.ts'
 
 // The process launcher with real agents and real Chroma servers: what a control
@@ -57,6 +58,9 @@ t.test('launch, describe, serve the snapshot, stop', async (t) => {
   const { launcher, sessionId, target, rootDir } = setup(t)
   const { ref } = await launcher.launch({ sessionId, generation: 1, snapshot, collection: fixture.collection, authToken, controlToken, leaseKey })
   t.match(ref, /^\d+$/, 'the ref is the agent pid')
+  const argv = readCmdline(Number(ref))
+  t.equal(argv[1], AGENT_BUNDLE, 'the agent runs the bundle the session image runs (dist/agent/agent.mjs) on plain Node')
+  t.notOk(argv.some((a) => a.includes('tsx')), 'with no TypeScript loader')
 
   const first = (await launcher.describe([target(ref)])).get(ref)
   t.ok(first?.state === 'starting' || first?.state === 'running', `observed right after launch: ${JSON.stringify(first)}`)
@@ -168,8 +172,11 @@ t.test('a pid file naming an unrelated live process is not an agent', async (t) 
 
 /** Pids of live agents for a session, found by command line like the launcher does. */
 function agentPids(sessionId: string): number[] {
-  return pidsWhoseCmdline((args) => args.includes('--session') && args.includes(sessionId) && args.some((a) => a.endsWith('container/agent/main.ts')))
+  return pidsWhoseCmdline((args) => args.includes('--session') && args.includes(sessionId) && args.some(isAgentProgram))
 }
+
+/** The agent's bundle, or its source (as launchers before the bundle ran it). */
+const isAgentProgram = (arg: string) => arg.endsWith('dist/agent/agent.mjs') || arg.endsWith('container/agent/main.ts')
 
 function pidsWhoseCmdline(match: (args: string[]) => boolean): number[] {
   return readdirSync('/proc')
@@ -191,7 +198,7 @@ function readCmdline(pid: number): string[] {
  * under `rootDir`, found without the code under test (and without pid files).
  */
 function killAgents(rootDir: string): void {
-  for (const pid of pidsWhoseCmdline((args) => args.some((a) => a.endsWith('container/agent/main.ts')))) {
+  for (const pid of pidsWhoseCmdline((args) => args.some(isAgentProgram))) {
     const cwd = readlinkOrNull(`/proc/${pid}/cwd`)
     if (cwd?.startsWith(`${rootDir}/`)) process.kill(-pid, 'SIGKILL')
   }

@@ -37,6 +37,9 @@ export interface QueryResult {
   embeddings?: (number[] | null)[][] | null
 }
 
+/** `reset`: the connection closes after the answer (see readiness). */
+const ONCE = true
+
 export class ChromaClient {
   constructor(private readonly timeoutMs = 5_000) {}
 
@@ -46,12 +49,14 @@ export class ChromaClient {
    */
   async readiness(base: string, collection: string | null, token: string): Promise<Readiness> {
     try {
-      const heartbeat = await this.call('GET', `${base}/api/v2/heartbeat`, token)
+      // Asked once a pass per starting session, of thousands of sessions: no kept-alive
+      // connection (and undici pool, ~30 KB each) is left behind per session (BENCHMARKS.md, At scale).
+      const heartbeat = await this.call('GET', `${base}/api/v2/heartbeat`, token, undefined, ONCE)
       if (heartbeat.status !== 200) return { ready: false, reason: `heartbeat answered ${heartbeat.status}` }
-      const health = await this.call('GET', `${base}/api/v2/healthcheck`, token)
+      const health = await this.call('GET', `${base}/api/v2/healthcheck`, token, undefined, ONCE)
       if (health.status !== 200) return { ready: false, reason: `healthcheck answered ${health.status}` }
       if (collection !== null) {
-        const c = await this.call('GET', `${base}${TENANT_DB}/collections/${encodeURIComponent(collection)}`, token)
+        const c = await this.call('GET', `${base}${TENANT_DB}/collections/${encodeURIComponent(collection)}`, token, undefined, ONCE)
         if (c.status === 404) return { ready: false, reason: `collection ${JSON.stringify(collection)} is not in the snapshot` }
         if (c.status !== 200) return { ready: false, reason: `collection lookup answered ${c.status}` }
       }
@@ -80,9 +85,10 @@ export class ChromaClient {
     return res.body as QueryResult
   }
 
-  private async call(method: 'GET' | 'POST', url: string, token: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  private async call(method: 'GET' | 'POST', url: string, token: string, body?: unknown, once = false): Promise<{ status: number; body: unknown }> {
     const res = await request(url, {
       method,
+      reset: once,
       headers: { 'x-chroma-token': token, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
       headersTimeout: this.timeoutMs,

@@ -1,4 +1,3 @@
-import type { S3Client } from '@aws-sdk/client-s3'
 import type { Logger } from 'pino'
 import type { Database, SqlPool } from '../database/client.ts'
 import type { ChangeFeed } from '../database/change-feed.ts'
@@ -16,7 +15,7 @@ import { RetentionService } from './retention.ts'
 import { SaveBackService } from './save-back.ts'
 import { SessionAgentClient } from './session-agent.ts'
 import { SessionService } from './sessions.ts'
-import { SnapshotService } from './snapshots/snapshot-service.ts'
+import { SnapshotService, type S3Sender } from './snapshots/snapshot-service.ts'
 
 export interface ServiceDeps {
   db: Database
@@ -27,7 +26,7 @@ export interface ServiceDeps {
   tokenSecret: Buffer
   limits: LeaseLimits
   snapshotRoot: string
-  s3?: S3Client
+  s3?: S3Sender
   /** Where services and workers report what they do; none: a Metrics of their own. */
   metrics?: Metrics
   /** How long a save-back may take before the control plane gives up on it (default 900 s). */

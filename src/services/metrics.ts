@@ -64,6 +64,8 @@ export interface Observer {
   sessionEvent(event: RecordedEvent): void
   acquire(a: { mode: SessionMode; outcome: AcquireOutcome; waited: boolean; seconds: number }): void
   orphanStopped(cause: OrphanCause): void
+  /** A worker's scheduled pass: how long it ran, or that another replica had claimed it (skipped). */
+  workerPass?(worker: string, outcome: { seconds: number } | 'skipped'): void
 }
 
 export const noObserver: Observer = { sessionEvent() {}, acquire() {}, orphanStopped() {} }
@@ -122,6 +124,19 @@ export class Metrics implements Observer {
     name: 'chroma_lease_orphans_stopped_total',
     help: 'Compute stopped by the orphan sweeper, by cause (no_session, superseded, session_ended)',
     labelNames: ['cause'] as const,
+    registers: [this.registry],
+  })
+  readonly workerPassDuration = new Histogram({
+    name: 'chroma_lease_worker_pass_seconds',
+    help: 'Duration of the worker passes this replica ran, by worker (reconciler, orphan-sweeper, ...)',
+    labelNames: ['worker'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+    registers: [this.registry],
+  })
+  readonly workerPassesSkipped = new Counter({
+    name: 'chroma_lease_worker_passes_skipped_total',
+    help: 'Scheduled worker passes this replica skipped because another replica had claimed them (one pass per interval for the fleet)',
+    labelNames: ['worker'] as const,
     registers: [this.registry],
   })
   readonly sessionEvents = new Counter({
@@ -247,6 +262,11 @@ export class Metrics implements Observer {
 
   acquire(a: { mode: SessionMode; outcome: AcquireOutcome; waited: boolean; seconds: number }): void {
     this.acquireDuration.observe({ mode: a.mode, outcome: a.outcome, waited: String(a.waited) }, a.seconds)
+  }
+
+  workerPass(worker: string, outcome: { seconds: number } | 'skipped'): void {
+    if (outcome === 'skipped') this.workerPassesSkipped.inc({ worker })
+    else this.workerPassDuration.observe({ worker }, outcome.seconds)
   }
 
   orphanStopped(cause: OrphanCause): void {

@@ -26,9 +26,12 @@ export class SessionAgentClient {
   /**
    * Resets the session's dead man's switch; answers the agent's status (restore progress
    * included). `now`: the control plane's time, on which the agent judges lease expiries.
+   * Once a minute per session, of thousands: the connection closes after the answer, so no
+   * kept-alive connection (and undici pool, ~30 KB each) is left behind per session; a
+   * replica confirming thousands of new sessions at once held them all (BENCHMARKS.md, At scale).
    */
   confirm(base: string, token: string, now?: Date): Promise<AgentStatus> {
-    return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs, undefined, now) as Promise<AgentStatus>
+    return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs, undefined, now, true) as Promise<AgentStatus>
   }
 
   /** Tells the agent to refuse these leases' direct-access tokens (they ended before expiring). */
@@ -38,7 +41,7 @@ export class SessionAgentClient {
   }
 
   status(base: string, token: string): Promise<AgentStatus> {
-    return this.call('GET', `${base}/_agent/status`, token, this.timeoutMs) as Promise<AgentStatus>
+    return this.call('GET', `${base}/_agent/status`, token, this.timeoutMs, undefined, undefined, true) as Promise<AgentStatus>
   }
 
   /** Quiesces Chroma, uploads the directory as a new snapshot version, and answers where it went. Takes as long as the upload. */
@@ -46,11 +49,11 @@ export class SessionAgentClient {
     return this.call('POST', `${base}/_agent/save`, token, timeoutMs) as Promise<SaveResult>
   }
 
-  private async call(method: 'GET' | 'POST', url: string, token: string, timeoutMs: number, body?: string, now?: Date): Promise<unknown> {
+  private async call(method: 'GET' | 'POST', url: string, token: string, timeoutMs: number, body?: string, now?: Date, closeAfter = false): Promise<unknown> {
     const headers: Record<string, string> = { 'x-chroma-token': token }
     if (body !== undefined) headers['content-type'] = 'application/json'
     if (now) headers[CONTROL_PLANE_TIME_HEADER] = String(now.getTime())
-    const res = await request(url, { method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+    const res = await request(url, { method, reset: closeAfter, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
     const text = await res.body.text()
     let answer = null as { detail?: string; code?: string } | null
     try {

@@ -2,7 +2,8 @@ import type { Logger } from 'pino'
 import type { Clock } from '../services/clock.ts'
 import type { Services } from '../services/index.ts'
 import type { Launcher } from '../services/launchers/launcher.ts'
-import type { Database } from '../database/client.ts'
+import type { Database, SqlPool } from '../database/client.ts'
+import { WorkerPassClaim } from '../database/worker-pass-claim.ts'
 import type { Observer } from '../services/metrics.ts'
 import { AgentConfirmer } from './agent-confirmer.ts'
 import { LeaseRevoker } from './lease-revoker.ts'
@@ -40,8 +41,14 @@ export function createWorkers(deps: {
   logger?: Logger
   /** Where the workers report what they do; default: the services' metrics. */
   observer?: Observer
+  /**
+   * With it, the reconciler and the orphan sweep run one pass per interval for the whole
+   * fleet (claimed in worker_passes), since each pass describes every task in the launcher's
+   * backend; without it (a lone process in a test), every tick runs its pass.
+   */
+  sql?: SqlPool
 }) {
-  const { db, clock, services, launcher, settings, logger } = deps
+  const { db, clock, services, launcher, settings, logger, sql } = deps
   const observer = deps.observer ?? services.metrics
   const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, {
     startTimeoutSeconds: settings.startTimeoutSeconds,
@@ -54,15 +61,22 @@ export function createWorkers(deps: {
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
   const retention = new Retention(clock, services.retention, { retentionDays: settings.retentionDays ?? 30 }, logger)
+  const loop = (name: string, seconds: number, pass: () => Promise<unknown>, fleetWide = false) =>
+    new WorkerLoop(name, seconds * 1000, pass, logger, {
+      // Per launcher kind: replicas with another launcher reconcile other sessions.
+      claim: fleetWide && sql ? new WorkerPassClaim(sql, `${name}:${launcher.kind}`, seconds) : undefined,
+      onPass: (outcome) => observer.workerPass?.(name, outcome),
+    })
   const loops = [
-    new WorkerLoop('reconciler', settings.reconcileIntervalSeconds * 1000, () => reconciler.reconcileOnce(), logger),
+    loop('reconciler', settings.reconcileIntervalSeconds, () => reconciler.reconcileOnce(), true),
     // As often as the reconciler (restoring sessions are followed every pass); the rest only when due.
-    new WorkerLoop('agent-confirmer', settings.reconcileIntervalSeconds * 1000, () => confirmer.confirmSessions(), logger),
+    // Per replica: what it remembers of each agent decides which are due.
+    loop('agent-confirmer', settings.reconcileIntervalSeconds, () => confirmer.confirmSessions()),
     // Released leases' direct-access tokens are refused within a pass or two.
-    new WorkerLoop('lease-revoker', settings.reconcileIntervalSeconds * 1000, () => revoker.revokeOnce(), logger),
-    new WorkerLoop('reaper', settings.sweepIntervalSeconds * 1000, () => reaper.reapOnce(), logger),
-    new WorkerLoop('orphan-sweeper', settings.sweepIntervalSeconds * 1000, () => sweeper.sweepOnce(), logger),
-    new WorkerLoop('retention', RETENTION_INTERVAL_SECONDS * 1000, () => retention.purgeOnce(), logger),
+    loop('lease-revoker', settings.reconcileIntervalSeconds, () => revoker.revokeOnce()),
+    loop('reaper', settings.sweepIntervalSeconds, () => reaper.reapOnce()),
+    loop('orphan-sweeper', settings.sweepIntervalSeconds, () => sweeper.sweepOnce(), true),
+    loop('retention', RETENTION_INTERVAL_SECONDS, () => retention.purgeOnce()),
   ]
   return {
     reconciler,
@@ -71,6 +85,8 @@ export function createWorkers(deps: {
     reaper,
     sweeper,
     retention,
+    /** One scheduled pass of a loop by name, as its timer runs it (claimed first where fleet-wide); whether it ran. */
+    tick: (name: string) => loops.find((l) => l.name === name)!.tick(),
     start: () => loops.forEach((l) => l.start()),
     stop: () => Promise.all(loops.map((l) => l.stop())),
   }

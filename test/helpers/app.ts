@@ -63,6 +63,9 @@ export interface TestAppOptions {
   bodyLimitBytes?: number
   proxyBodyLimitBytes?: number
   proxyTimeoutSeconds?: number
+  /** The worker loops' intervals (defaults 0.2 and 1 s), for tests of their scheduled passes. */
+  reconcileIntervalSeconds?: number
+  sweepIntervalSeconds?: number
 }
 
 let topTeardownRegistered = false
@@ -114,12 +117,13 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     clock,
     services,
     launcher,
+    sql,
     settings: {
       startTimeoutSeconds: opts.startTimeoutSeconds ?? 120,
       maxSessionSeconds: opts.maxSessionSeconds ?? 43200,
       drainGraceSeconds: opts.leaseTtlSeconds ?? 300,
-      reconcileIntervalSeconds: 0.2,
-      sweepIntervalSeconds: 1,
+      reconcileIntervalSeconds: opts.reconcileIntervalSeconds ?? 0.2,
+      sweepIntervalSeconds: opts.sweepIntervalSeconds ?? 1,
       deadManSeconds: opts.deadManSeconds,
       confirmIntervalSeconds: opts.confirmIntervalSeconds,
     },

@@ -151,6 +151,8 @@ export class EcsFake {
   readonly calls = new Map<string, number>()
   readonly tasks = new Map<string, FakeTask>()
   readonly runTaskTimes: number[] = []
+  /** DescribeTasks calls that asked for tags (the orphan sweep's; the reconciler's do not), among calls.get('DescribeTasks'). */
+  taggedDescribes = 0
   readonly cluster: string
   port = 0
   chromaPort = 0
@@ -284,6 +286,7 @@ export class EcsFake {
 
   resetCounts() {
     this.calls.clear()
+    this.taggedDescribes = 0
   }
 
   async close() {
@@ -310,6 +313,7 @@ export class EcsFake {
       return error('ThrottlingException', 'Rate exceeded')
     }
     const input = JSON.parse(raw || '{}')
+    if (action === 'DescribeTasks' && input.include?.includes('TAGS')) this.taggedDescribes++
     if (input.cluster && input.cluster !== this.cluster) return error('ClusterNotFoundException', 'Cluster not found.')
     switch (action) {
       case 'RunTask':

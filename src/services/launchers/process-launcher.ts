@@ -7,13 +7,15 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import { freeLoopbackPort } from '../../free-port.ts'
 import { projectPath } from '../../paths.ts'
+import { AGENT_BUNDLE, agentBundle } from './agent-bundle.ts'
 import type { AgentStatus } from '../../../container/agent/status.ts'
 import type { SessionSecretDocument } from '../../../container/agent/lease-token.ts'
 import type { LaunchSpec, LaunchTarget, Launcher, ObservedCompute, PreflightCheck, RunningCompute } from './launcher.ts'
 
 /**
- * Runs each session's agent (container/agent/main.ts, the same program as in the
- * Fargate image) as a local process, for development and tests.
+ * Runs each session's agent as a local process, for development and tests: the same
+ * program as in the Fargate image, its esbuild bundle of container/agent/main.ts on
+ * plain Node (dist/agent/agent.mjs, built on demand: see agent-bundle.ts).
  *
  * Everything it knows lives on disk, one directory per launch attempt, so that a
  * restarted control plane (or a second one on the same machine) sees the same state:
@@ -52,8 +54,8 @@ export interface ProcessLauncherOptions {
   logger?: Logger
 }
 
+/** The agent's source, which older launchers ran under the tsx loader (their agents are still recognised). */
 const AGENT_MAIN = projectPath('container', 'agent', 'main.ts')
-const TSX_LOADER = import.meta.resolve('tsx')
 /** Agents on this machine only ever listen on loopback. */
 const AGENT_HOST = '127.0.0.1'
 /** Variables of the control plane's own environment that agents inherit; nothing else (no DATABASE_URL, no API keys). */
@@ -98,8 +100,13 @@ export class ProcessLauncher implements Launcher {
   }
 
   async preflight(): Promise<PreflightCheck[]> {
-    const agent = await stat(AGENT_MAIN).then(() => true, () => false)
-    return [{ name: 'session agent', ok: agent, detail: agent ? `sessions run as local processes of ${AGENT_MAIN}` : `${AGENT_MAIN} is missing` }]
+    // Builds the bundle now if it is missing or stale, so the first launch does not wait for it.
+    try {
+      const bundle = await agentBundle()
+      return [{ name: 'session agent', ok: true, detail: `sessions run as local processes of ${bundle} (the session image's bundle of ${AGENT_MAIN})` }]
+    } catch (err) {
+      return [{ name: 'session agent', ok: false, detail: (err as Error).message }]
+    }
   }
 
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
@@ -172,8 +179,9 @@ export class ProcessLauncher implements Launcher {
   private async spawnAgent(spec: LaunchSpec, dir: string, port: number): Promise<number> {
     const log = await open(join(dir, 'agent.log'), 'a')
     try {
+      // The image's program (its esbuild bundle, on plain Node): no TypeScript loader to start or to hold in memory.
       // The session and generation in argv are what /proc/<pid>/cmdline is checked against.
-      const args = ['--import', TSX_LOADER, AGENT_MAIN, '--session', spec.sessionId, '--generation', String(spec.generation)]
+      const args = [await agentBundle(), '--session', spec.sessionId, '--generation', String(spec.generation)]
       const child = spawn(process.execPath, args, {
         cwd: dir,
         // Its own process group, and no tie to our lifetime: sessions outlive a control plane restart.
@@ -272,7 +280,8 @@ function agentIdentity(args: string[]): { sessionId: string; generation: number 
   }
   const sessionId = valueOf('--session')
   const generation = valueOf('--generation')
-  if (!args.some((a) => a.endsWith('/container/agent/main.ts')) || !sessionId || !generation || !/^\d+$/.test(generation)) {
+  const program = args.some((a) => a === AGENT_BUNDLE || a.endsWith('/container/agent/main.ts'))
+  if (!program || !sessionId || !generation || !/^\d+$/.test(generation)) {
     return null
   }
   return { sessionId, generation: Number(generation) }

@@ -1,9 +1,18 @@
 import { realpath, stat } from 'node:fs/promises'
 import { isAbsolute, relative, resolve, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
+import type { S3Client } from '@aws-sdk/client-s3'
 import { ProblemError, unprocessable } from '../errors.ts'
 import { archiveFormat, LATEST_NAME, parseSnapshotUri, snapshotSeries, SnapshotUriError, type LatestPointer } from './uri.ts'
+
+/** What the snapshot service needs of S3: a real S3Client, or createS3's, which loads the SDK on first use. */
+export type S3Sender = Pick<S3Client, 'send'>
+
+/**
+ * The S3 SDK's commands, loaded with the first s3:// snapshot: a control plane that serves
+ * only file:// snapshots never loads the SDK (about 10 MB of its idle RSS; BENCHMARKS.md).
+ */
+const s3Commands = () => import('@aws-sdk/client-s3')
 
 /**
  * Decides on acquire whether a snapshot can be served, so that a typo is a 422 at
@@ -16,7 +25,7 @@ import { archiveFormat, LATEST_NAME, parseSnapshotUri, snapshotSeries, SnapshotU
  */
 export class SnapshotService {
   constructor(
-    private readonly opts: { snapshotRoot: string; s3?: S3Client },
+    private readonly opts: { snapshotRoot: string; s3?: S3Sender },
   ) {}
 
   async canonical(uri: string): Promise<string> {
@@ -80,7 +89,8 @@ export class SnapshotService {
   }
 
   /** An object's text, or null when there is no such object. */
-  private async objectText(s3: S3Client, bucket: string, key: string): Promise<string | null> {
+  private async objectText(s3: S3Sender, bucket: string, key: string): Promise<string | null> {
+    const { GetObjectCommand } = await s3Commands()
     try {
       const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }))
       return (await object.Body?.transformToString('utf8')) ?? ''
@@ -91,7 +101,8 @@ export class SnapshotService {
     }
   }
 
-  private async newestVersion(s3: S3Client, bucket: string, prefix: string): Promise<string> {
+  private async newestVersion(s3: S3Sender, bucket: string, prefix: string): Promise<string> {
+    const { ListObjectsV2Command } = await s3Commands()
     let newest: string | null = null
     let token: string | undefined
     try {
@@ -141,6 +152,7 @@ export class SnapshotService {
     const s3 = this.opts.s3
     const uri = `s3://${bucket}/${key}`
     if (!s3) return
+    const { HeadObjectCommand } = await s3Commands()
     try {
       // An archive is one object; an unpacked persist directory always has chroma.sqlite3
       // at its root (the agent requires it), so one HEAD answers either way.
