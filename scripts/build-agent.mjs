@@ -16,7 +16,15 @@ import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
 const repo = fileURLToPath(new URL('..', import.meta.url))
-const out = resolve(process.argv[2] ?? join(repo, 'dist', 'agent'))
+// OUT_DIR only when run as a script: imported (scripts/build.mjs, itself run by the CLI's
+// rebuild), process.argv is the caller's, and `chroma-lease --help` once built into ./--help.
+const direct = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)
+const arg = direct ? process.argv[2] : undefined
+if (arg?.startsWith('-')) {
+  console.error('usage: node scripts/build-agent.mjs [OUT_DIR]   (default dist/agent)')
+  process.exit(arg === '--help' || arg === '-h' ? 0 : 2)
+}
+const out = resolve(arg ?? join(repo, 'dist', 'agent'))
 const BINDING = 'chromadb-js-bindings-linux-x64-gnu'
 
 await mkdir(out, { recursive: true })

@@ -25,20 +25,7 @@ async function start(opts: EcsFakeOptions = {}) {
   return fake
 }
 
-const settingsOf = (fake: EcsFake, over: Partial<FargateSettings> = {}): FargateSettings => ({
-  cluster: fake.cluster,
-  taskDefinition: 'chroma-session:3',
-  containerName: 'chroma-session',
-  subnets: ['subnet-a'],
-  securityGroups: ['sg-sessions'],
-  assignPublicIp: false,
-  capacityProviders: parseCapacityProviders('FARGATE'),
-  chromaPort: fake.chromaPort,
-  startedBy: 'chroma-lease-test',
-  launchRate: 1000,
-  launchBurst: 1000,
-  ...over,
-})
+const settingsOf = (fake: EcsFake, over: Partial<FargateSettings> = {}): FargateSettings => fake.launcherSettings(over)
 
 const runTask = (fake: EcsFake, input: Partial<RunTaskCommandInput> = {}) =>
   fake.clients().ecs.send(new RunTaskCommand({ cluster: fake.cluster, taskDefinition: 'chroma-session:3', count: 1, ...input }))

@@ -19,19 +19,11 @@ async function setup(t: Test, opts: { settings: { assignPublicIp: boolean } }) {
   const clock = new ManualClock()
   const launcher = new FargateLauncher({
     ...fake.clients(),
-    settings: {
-      cluster: fake.cluster,
-      taskDefinition: 'chroma-session:3',
-      containerName: 'chroma-session',
+    settings: fake.launcherSettings({
       subnets: ['subnet-a', 'subnet-b'],
-      securityGroups: ['sg-sessions'],
       capacityProviders: parseCapacityProviders('FARGATE_SPOT:3,FARGATE:1'),
-      chromaPort: fake.chromaPort,
-      startedBy: 'chroma-lease-test',
-      launchRate: 1000,
-      launchBurst: 1000,
       ...opts.settings,
-    },
+    }),
     wait: async () => {},
     clock,
   })

@@ -2,7 +2,6 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { parseCapacityProviders } from '../src/services/launchers/capacity-providers.ts'
 import { FargateLauncher } from '../src/services/launchers/fargate-launcher.ts'
 import { buildTestApp, type TestApp } from './helpers/app.ts'
 import { EcsFake } from './helpers/ecs-fake.ts'
@@ -27,19 +26,7 @@ async function fleet(t: Test) {
   const replica = async (databaseUrl?: string): Promise<TestApp> => {
     const launcher = new FargateLauncher({
       ...fake.clients(),
-      settings: {
-        cluster: fake.cluster,
-        taskDefinition: 'chroma-session:3',
-        containerName: 'chroma-session',
-        subnets: ['subnet-a'],
-        securityGroups: ['sg-sessions'],
-        assignPublicIp: false,
-        capacityProviders: parseCapacityProviders('FARGATE'),
-        chromaPort: fake.chromaPort,
-        startedBy: 'chroma-lease-test',
-        launchRate: 1000,
-        launchBurst: 1000,
-      },
+      settings: fake.launcherSettings(),
     })
     return buildTestApp(t, { databaseUrl, snapshotRoot: root, launcher, reconcileIntervalSeconds: INTERVAL, sweepIntervalSeconds: INTERVAL })
   }

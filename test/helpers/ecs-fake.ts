@@ -9,6 +9,8 @@ import { EC2Client } from '@aws-sdk/client-ec2'
 import { freeLoopbackPort } from '../../src/free-port.ts'
 import { projectPath } from '../../src/paths.ts'
 import { SessionSecretStore } from '../../src/services/launchers/session-secrets.ts'
+import { parseCapacityProviders } from '../../src/services/launchers/capacity-providers.ts'
+import type { FargateSettings } from '../../src/services/launchers/fargate-launcher.ts'
 import type { SessionSecretDocument } from '../../container/agent/lease-token.ts'
 import { SecretsManagerFake } from './secrets-manager-fake.ts'
 
@@ -211,6 +213,24 @@ export class EcsFake {
   }
 
   /** Real SDK clients pointed at the fake, and the session secret store on its Secrets Manager fake. */
+  /** FargateLauncher settings for this fake's cluster, as the tests deploy it (no launch throttling). */
+  launcherSettings(over: Partial<FargateSettings> = {}): FargateSettings {
+    return {
+      cluster: this.cluster,
+      taskDefinition: 'chroma-session:3',
+      containerName: 'chroma-session',
+      subnets: ['subnet-a'],
+      securityGroups: ['sg-sessions'],
+      assignPublicIp: false,
+      capacityProviders: parseCapacityProviders('FARGATE'),
+      chromaPort: this.chromaPort,
+      startedBy: 'chroma-lease-test',
+      launchRate: 1000,
+      launchBurst: 1000,
+      ...over,
+    }
+  }
+
   clients(): { ecs: ECSClient; ec2: EC2Client; secrets: SessionSecretStore } {
     const common = { endpoint: this.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } }
     return {
