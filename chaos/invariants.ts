@@ -9,7 +9,7 @@ export const INVARIANTS = {
   lost_lease: 'an acknowledged lease that ended (or was refused) before its acknowledged expiry without a release',
   stopped_under_live_lease: "a session stopped or failed under a live lease with no fault on that session's own processes",
   duplicate_shared_session: 'two live shared sessions for one pool key (the snapshot) at once',
-  leaked_compute: 'compute left once every lease ended and the idle TTL passed: agent or Chroma processes, listening ports, rows not STOPPED or FAILED',
+  leaked_compute: 'compute left once every lease ended and the idle TTL passed: agent or Chroma processes, listening ports, rows not STOPPED or FAILED (besides at most WARM_POOL_MAX live warm agents, and only their own processes)',
   wrong_answer: 'a proxied query answered wrongly or from another session',
   unresolved_acquire: 'an acquire that became neither READY nor FAILED (with a problem) within its wait plus the margin',
   unexpected_5xx: "a 5xx outside its allowed window (see CHAOS.md, Allowed 5xx)",
@@ -134,7 +134,8 @@ export async function judge(rec: Recorder, db: pg.Pool, leftovers: string[], cra
   for (const d of rec.poolDuplicates) flag(v, 'duplicate_shared_session', `pool ${d.poolKey} had ${d.sessions.join(', ')} live at ${at(d.at)}`)
   const { rows: overlaps } = await db.query<{ a: string; b: string; pool_key: string; at: Date }>(
     `WITH live AS (
-       SELECT id, pool_key, created_at AS since, coalesce(draining_at, stopping_at, ended_at, 'infinity') AS until
+       -- a claimed warm agent joins its pool at its claim, not at its launch
+       SELECT id, pool_key, coalesce(claimed_at, created_at) AS since, coalesce(draining_at, stopping_at, ended_at, 'infinity') AS until
          FROM sessions WHERE mode = 'shared')
      SELECT x.id::text AS a, y.id::text AS b, x.pool_key, greatest(x.since, y.since) AS at
        FROM live x JOIN live y ON x.pool_key = y.pool_key AND x.id < y.id
@@ -185,25 +186,38 @@ export function allowed5xx(rec: Recorder, e: { at: number; replica: string; stat
   return null
 }
 
-/** Processes, ports and rows left behind under the sessions directory; empty when clean. */
-export async function findLeftovers(db: pg.Pool, sessionsDir: string): Promise<string[]> {
+/**
+ * Processes, ports and rows left behind under the sessions directory; empty when clean.
+ * The warm pool keeps agents running with no lease by design: live warm rows (at most
+ * `warmMax`) and the processes and ports of their own launch directories are not leftovers.
+ */
+export async function findLeftovers(db: pg.Pool, sessionsDir: string, warmMax = 0): Promise<string[]> {
   const out: string[] = []
+  const { rows: warm } = await db.query<{ id: string; generation: number }>(
+    `SELECT id::text, generation FROM sessions WHERE mode = 'warm' AND status IN ('PENDING','STARTING','READY')`,
+  )
+  if (warm.length > warmMax) out.push(`${warm.length} live warm agents, more than WARM_POOL_MAX ${warmMax}`)
+  const warmDirs = new Set(warm.map((w) => `${w.id}-g${w.generation}`))
   const root = await realpath(sessionsDir).catch(() => null)
   if (root) {
     for (const entry of await readdir('/proc')) {
       if (!/^\d+$/.test(entry)) continue
       const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => null)
       if (!cwd || !cwd.startsWith(root + '/')) continue
+      if (warmDirs.has(cwd.slice(root.length + 1).split('/')[0]!)) continue
       const cmd = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean)
       const what = cmd.some((c) => c.includes('chroma-server')) ? 'chroma' : cmd.some((c) => c.includes('agent')) ? 'agent' : 'process'
       out.push(`${what} process ${entry} in ${cwd.slice(root.length + 1)}`)
     }
     for (const dir of await readdir(root).catch(() => [] as string[])) {
+      if (warmDirs.has(dir)) continue
       const port = Number((await readFile(join(root, dir, 'port'), 'utf8').catch(() => '')).trim())
       if (port && (await listening(port))) out.push(`port ${port} of ${dir} still listening`)
     }
   }
-  const { rows } = await db.query<{ id: string; status: string }>(`SELECT id::text, status::text FROM sessions WHERE status NOT IN ('STOPPED','FAILED')`)
+  const { rows } = await db.query<{ id: string; status: string }>(
+    `SELECT id::text, status::text FROM sessions WHERE status NOT IN ('STOPPED','FAILED') AND NOT (mode = 'warm' AND status IN ('PENDING','STARTING','READY'))`,
+  )
   for (const r of rows) out.push(`session ${r.id} is ${r.status}`)
   return out
 }

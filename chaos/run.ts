@@ -24,6 +24,8 @@ export interface ChaosOptions {
   faultGapSeconds: [number, number]
   leaseTtlSeconds: number
   idleTtlSeconds: number
+  /** WARM_POOL_MIN/MAX of the replicas: warm agents are launched, claimed, faulted (agent kill and stop pick READY ones too) and counted. */
+  warmPool: { min: number; max: number }
   log?: (line: string) => void
 }
 
@@ -36,6 +38,7 @@ export const DEFAULTS: ChaosOptions = {
   faultGapSeconds: [3, 8],
   leaseTtlSeconds: 6,
   idleTtlSeconds: 2,
+  warmPool: { min: 1, max: 3 },
 }
 
 export interface ChaosResult {
@@ -106,6 +109,8 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
       LOG_LEVEL: 'warn',
       LEASE_TTL_SECONDS: String(options.leaseTtlSeconds),
       IDLE_TTL_SECONDS: String(options.idleTtlSeconds),
+      WARM_POOL_MIN: String(options.warmPool.min),
+      WARM_POOL_MAX: String(options.warmPool.max),
       SWEEP_INTERVAL_SECONDS: '2',
       RECONCILE_INTERVAL_SECONDS: '0.5',
       START_TIMEOUT_SECONDS: '60',
@@ -180,15 +185,20 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
       await sleep(500)
     }
     const computeDeadline = Date.now() + (options.idleTtlSeconds + 45) * 1000
-    let leftovers = await findLeftovers(db, sessionsDir)
+    let leftovers = await findLeftovers(db, sessionsDir, options.warmPool.max)
     while (leftovers.length && Date.now() < computeDeadline) {
       await sleep(1_000)
-      leftovers = await findLeftovers(db, sessionsDir)
+      leftovers = await findLeftovers(db, sessionsDir, options.warmPool.max)
     }
     log(`compute ${leftovers.length ? 'NOT clean' : 'clean'} ${((Date.now() - quiescedAt) / 1000).toFixed(1)} s after quiescing`)
     notes.push(`quiesced in ${((Date.now() - quiescedAt) / 1000).toFixed(1)} s (all leases ended, compute ${leftovers.length ? 'not ' : ''}gone)`)
     for (const s of rec.suspects) if (s.leaseId === '-') notes.push(`${rec.rel(s.at)}: ${s.what}`)
 
+    const { rows: starts } = await db.query<{ warm: number; cold: number; agents: number }>(
+      `SELECT count(*) FILTER (WHERE claimed_at IS NOT NULL)::int AS warm, count(*) FILTER (WHERE mode <> 'warm' AND claimed_at IS NULL)::int AS cold,
+              count(*) FILTER (WHERE mode = 'warm' OR claimed_at IS NOT NULL)::int AS agents FROM sessions`,
+    )
+    notes.push(`warm pool (min ${options.warmPool.min}, max ${options.warmPool.max}): ${starts[0]!.agents} warm agents launched; ${starts[0]!.warm} sessions started from one, ${starts[0]!.cold} cold`)
     const crashes = replicas.flatMap((r) => r.crashes.map((c) => `${r.name} exited by itself at ${rec.rel(c.at)} (code ${c.code}, signal ${c.signal}; log ${r.logPath}); near: ${rec.near(c.at)}`))
     const verdict = await judge(rec, db, leftovers, crashes)
     const times = rec.acquires.filter((a) => a.outcome === 'ready' && a.resolvedAt).map((a) => a.resolvedAt! - a.start).sort((a, b) => a - b)

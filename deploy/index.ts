@@ -38,6 +38,10 @@ const cfg: StackConfig = {
     queryLatencyP95Seconds: config.getNumber('queryLatencyP95Seconds') ?? defaults.alarms.queryLatencyP95Seconds,
     memoryPercent: config.getNumber('memoryAlarmPercent') ?? defaults.alarms.memoryPercent,
   },
+  warmPool: {
+    min: config.getNumber('warmPoolMin') ?? defaults.warmPool.min,
+    max: config.getNumber('warmPoolMax') ?? defaults.warmPool.max,
+  },
 }
 
 const stack = createStack(cfg)

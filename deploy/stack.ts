@@ -73,6 +73,8 @@ export interface StackConfig {
     queryLatencyP95Seconds: number
     memoryPercent: number
   }
+  /** WARM_POOL_MIN / WARM_POOL_MAX of the control plane (README "Warm pool"); max 0: no warm pool. */
+  warmPool: { min: number; max: number }
 }
 
 export const defaults = {
@@ -84,6 +86,7 @@ export const defaults = {
   controlPlanePort: 8080,
   session: { cpu: 1024, memory: 4096, capacityProvider: 'FARGATE_SPOT', chromaPort: 8000, containerName: 'chroma-session' },
   alarms: { queryLatencyP95Seconds: 2, memoryPercent: 85 },
+  warmPool: { min: 0, max: 0 },
 } satisfies Partial<StackConfig>
 
 const HTTPS = 443
@@ -494,6 +497,8 @@ export function createStack(cfg: StackConfig) {
               { name: 'SESSION_SECRET_PREFIX', value: sessionSecretPrefix },
               // Names the one task that may read each session secret (its aws:userid is <role id>:<task id>).
               { name: 'SESSION_TASK_ROLE_ID', value: sessionTaskRoleId },
+              { name: 'WARM_POOL_MIN', value: String(cfg.warmPool.min) },
+              { name: 'WARM_POOL_MAX', value: String(cfg.warmPool.max) },
             ],
             secrets: [
               { name: 'DATABASE_URL', valueFrom: dbSecret },
@@ -612,6 +617,14 @@ export function createStack(cfg: StackConfig) {
   })
   new aws.cloudwatch.EventTarget(`${p}-session-start-failed`, { rule: startFailures.name, arn: alarmTopic.arn })
   const alarmActions = [alarmTopic.arn]
+  // The warm pool's shortfall as a CloudWatch metric, from the control plane's own log lines.
+  const warmPoolNamespace = 'ChromaLease'
+  new aws.cloudwatch.LogMetricFilter(`${p}-warm-pool-unfilled`, {
+    name: `${p}-warm-pool-unfilled`,
+    logGroupName: controlPlaneLogs.name,
+    pattern: '{ $.msg = "warm pool pass" }',
+    metricTransformation: { name: 'WarmPoolUnfilled', namespace: warmPoolNamespace, value: '$.warmPool.unfilled' },
+  })
   const alarms = {
     sessionStartFailed: new aws.cloudwatch.MetricAlarm(`${p}-session-start-failed`, {
       name: `${p}-session-start-failed`,
@@ -665,6 +678,24 @@ export function createStack(cfg: StackConfig) {
       evaluationPeriods: 5,
       datapointsToAlarm: 3,
       threshold: cfg.alarms.memoryPercent,
+      comparisonOperator: 'GreaterThanThreshold',
+      treatMissingData: 'notBreaching',
+      alarmActions,
+      okActions: alarmActions,
+      tags,
+    }),
+    // 4. the warm pool stays short of its target for 10 minutes: refills are failing (or
+    //    WARM_POOL_MAX is too small for the demand). Each warm pool pass logs its `unfilled`.
+    warmPoolUnfilled: new aws.cloudwatch.MetricAlarm(`${p}-warm-pool-unfilled`, {
+      name: `${p}-warm-pool-unfilled`,
+      alarmDescription: 'The warm pool has had fewer READY agents than its target for 10 minutes (refills failing?)',
+      namespace: warmPoolNamespace,
+      metricName: 'WarmPoolUnfilled',
+      statistic: 'Minimum',
+      period: 60,
+      evaluationPeriods: 10,
+      datapointsToAlarm: 10,
+      threshold: 0,
       comparisonOperator: 'GreaterThanThreshold',
       treatMissingData: 'notBreaching',
       alarmActions,

@@ -16,6 +16,7 @@ import proxyRoutes from './routes/proxy.ts'
 import queryRoutes from './routes/query.ts'
 import sessionRoutes from './routes/sessions.ts'
 import costRoutes from './routes/costs.ts'
+import warmPoolRoutes from './routes/warm-pool.ts'
 import { Problem, problems } from './schemas/common.ts'
 import { ApiKey } from './schemas/key.ts'
 import { Lease } from './schemas/lease.ts'
@@ -143,6 +144,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(leaseRoutes, { services: deps.services, publicUrl: deps.publicUrl })
   await app.register(sessionRoutes, { services: deps.services, publicUrl: deps.publicUrl })
   await app.register(costRoutes, { services: deps.services })
+  await app.register(warmPoolRoutes, { services: deps.services })
   await app.register(keyRoutes, { services: deps.services })
   await app.register(preflightRoutes, { preflight: deps.preflight })
   await app.register(queryRoutes, { services: deps.services })

@@ -33,6 +33,8 @@ export const EnvSchema = Type.Object({
   MAX_IDLE_TTL_SECONDS: Type.Integer({ default: 3600, minimum: 0 }),
   MAX_SESSION_SECONDS: Type.Integer({ default: 43200, minimum: 60 }),
   START_TIMEOUT_SECONDS: Type.Integer({ default: 600, minimum: 5 }),
+  WARM_POOL_MIN: Type.Integer({ default: 0, minimum: 0, maximum: 1000 }),
+  WARM_POOL_MAX: Type.Integer({ default: 0, minimum: 0, maximum: 1000 }),
   SWEEP_INTERVAL_SECONDS: Type.Number({ default: 15, exclusiveMinimum: 0 }),
   RECONCILE_INTERVAL_SECONDS: Type.Number({ default: 1, exclusiveMinimum: 0 }),
   SESSION_DEAD_MAN_SECONDS: Type.Integer({ default: 900, minimum: 30 }),
@@ -89,6 +91,8 @@ export interface Config {
   maxIdleTtlSeconds: number
   maxSessionSeconds: number
   startTimeoutSeconds: number
+  /** The warm pool's bounds (src/services/warm-pool.ts); max 0: no pool. */
+  warmPool: { min: number; max: number }
   sweepIntervalSeconds: number
   reconcileIntervalSeconds: number
   /** Agents stop their session when the control plane has not confirmed it for this long. */
@@ -181,6 +185,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.RECONCILE_INTERVAL_SECONDS > e.AGENT_CONFIRM_INTERVAL_SECONDS) {
     throw new ConfigError('RECONCILE_INTERVAL_SECONDS must not exceed AGENT_CONFIRM_INTERVAL_SECONDS (the agent confirmer runs on its period)')
   }
+  if (e.WARM_POOL_MIN > e.WARM_POOL_MAX) throw new ConfigError('WARM_POOL_MIN exceeds WARM_POOL_MAX (WARM_POOL_MAX=0 turns the warm pool off)')
   if (e.LAUNCHER === 'fargate') {
     const missing = (['ECS_CLUSTER', 'ECS_TASK_DEFINITION', 'ECS_SUBNETS', 'SESSION_TASK_ROLE_ID'] as const).filter((k) => !e[k])
     if (missing.length) throw new ConfigError(`LAUNCHER=fargate needs ${missing.join(', ')}`)
@@ -209,6 +214,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     maxIdleTtlSeconds: e.MAX_IDLE_TTL_SECONDS,
     maxSessionSeconds: e.MAX_SESSION_SECONDS,
     startTimeoutSeconds: e.START_TIMEOUT_SECONDS,
+    warmPool: { min: e.WARM_POOL_MIN, max: e.WARM_POOL_MAX },
     sweepIntervalSeconds: e.SWEEP_INTERVAL_SECONDS,
     reconcileIntervalSeconds: e.RECONCILE_INTERVAL_SECONDS,
     sessionDeadManSeconds: e.SESSION_DEAD_MAN_SECONDS,

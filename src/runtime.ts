@@ -107,6 +107,8 @@ export async function openRuntime(config: Config, logger: Logger) {
     saveTimeoutSeconds: config.saveTimeoutSeconds,
     prices: config.prices,
     logger,
+    // A warm agent is replaced at half the sessions' max lifetime, which counts from its launch.
+    warmPool: { ...config.warmPool, maxAgeSeconds: Math.floor(config.maxSessionSeconds / 2) },
     limits: {
       leaseTtlSeconds: config.leaseTtlSeconds,
       maxLeaseTtlSeconds: config.maxLeaseTtlSeconds,

@@ -7,7 +7,8 @@ export interface AgentConfig {
   sessionId: string
   /** The launch attempt, when the launcher names it (it is in argv so /proc shows it). */
   generation: number | undefined
-  snapshot: string
+  /** null: a warm pool agent (WARM=1), which waits for POST /_agent/assign to name its snapshot. */
+  snapshot: string | null
   collection: string | null
   dataDir: string
   /** The session's address: the agent's authorising front listens here. */
@@ -53,10 +54,12 @@ export function readAgentConfig(argv: string[], env: Record<string, string | und
     throw new AgentConfigError(`--session ${values.session} and SESSION_ID=${env.SESSION_ID} disagree`)
   }
   const region = env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1'
+  const warm = flag('WARM', env.WARM)
+  if (warm && (env.SNAPSHOT_URI || env.COLLECTION)) throw new AgentConfigError('WARM=1 waits for its snapshot to be assigned: SNAPSHOT_URI and COLLECTION must not be set')
   return {
     sessionId,
     generation: values.generation === undefined ? undefined : integer('--generation', values.generation, 0),
-    snapshot: required(env, 'SNAPSHOT_URI'),
+    snapshot: warm ? null : required(env, 'SNAPSHOT_URI'),
     collection: env.COLLECTION || null,
     dataDir: resolve(required(env, 'CHROMA_DATA_DIR')),
     host: env.CHROMA_HOST || '127.0.0.1',

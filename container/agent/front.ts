@@ -17,7 +17,19 @@ export interface AgentEndpoints {
   save(): Promise<unknown>
   /** GET /_agent/health, without a token: whether the session is healthy (the image's HEALTHCHECK). */
   health(): Promise<boolean>
+  /** POST /_agent/assign {snapshot, collection?, saveOnStop?}: a warm agent's snapshot (control token only); answers the status. */
+  assign(assignment: Assignment): unknown
 }
+
+/** What a warm agent is told to serve once an acquire has claimed it. */
+export interface Assignment {
+  snapshot: string
+  collection: string | null
+  saveOnStop: boolean
+}
+
+/** The largest POST /_agent/assign body read. */
+const ASSIGN_BODY_LIMIT = 16 * 1024
 
 /** The control plane's time (ms since the epoch) on its calls: the agent compares lease expiries on that clock. */
 export const CONTROL_PLANE_TIME_HEADER = 'x-control-plane-time'
@@ -177,6 +189,7 @@ export class AgentFront {
 
   private async agentEndpoint(req: IncomingMessage, res: ServerResponse, name: string): Promise<void> {
     if (name === 'revoke' && req.method === 'POST') return this.revokeEndpoint(req, res)
+    if (name === 'assign' && req.method === 'POST') return this.assignEndpoint(req, res)
     req.resume() // the other endpoints take no body
     try {
       if (name === 'status' && req.method === 'GET') return json(res, 200, this.opts.endpoints.status())
@@ -209,6 +222,30 @@ export class AgentFront {
       return problem(res, 400, 'invalid_revocation', 'expected {"leases": [{"id": "…", "expiresAt": "ISO 8601"}]}')
     }
     return json(res, 200, { revoked: this.revoke(leases) })
+  }
+
+  /** POST /_agent/assign (the control token only: checked by handle()). */
+  private async assignEndpoint(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let raw = ''
+    for await (const chunk of req) {
+      raw += chunk
+      if (raw.length > ASSIGN_BODY_LIMIT) return problem(res, 413, 'payload_too_large', `at most ${ASSIGN_BODY_LIMIT} bytes`, true)
+    }
+    let assignment: Assignment
+    try {
+      const body = JSON.parse(raw) as { snapshot?: unknown; collection?: unknown; saveOnStop?: unknown }
+      if (typeof body.snapshot !== 'string' || body.snapshot === '') throw new Error('snapshot')
+      if (body.collection !== undefined && body.collection !== null && typeof body.collection !== 'string') throw new Error('collection')
+      assignment = { snapshot: body.snapshot, collection: (body.collection as string | null | undefined) || null, saveOnStop: body.saveOnStop === true }
+    } catch {
+      return problem(res, 400, 'invalid_assignment', 'expected {"snapshot": "file:///… or s3://…", "collection": "…" (optional), "saveOnStop": false}')
+    }
+    try {
+      return json(res, 200, this.opts.endpoints.assign(assignment))
+    } catch (err) {
+      if (err instanceof AgentHttpError) return problem(res, err.status, err.code, err.message)
+      throw err
+    }
   }
 
   /** Streams the request to Chroma and its answer back; nothing is buffered. */

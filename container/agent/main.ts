@@ -23,7 +23,12 @@
  *                    /_agent/revoke require; lease holders going to the session directly
  *                    carry their lease's token (lease-token.ts), refused once the lease
  *                    expired or was revoked. Every other request gets 401.
- *   SNAPSHOT_URI     required. file:///abs/dir, file:///abs/snap.tar|.tar.gz|.tgz|.tar.zst,
+ *   WARM             1: a warm pool agent. It starts with no snapshot (SNAPSHOT_URI and
+ *                    COLLECTION unset), reports phase `warm`, keeps its dead man's switch,
+ *                    and restores only once POST /_agent/assign {snapshot, collection?,
+ *                    saveOnStop?} (the control token) names what to serve; the same
+ *                    assignment again is answered as before, another one is refused 409.
+ *   SNAPSHOT_URI     required unless WARM=1. file:///abs/dir, file:///abs/snap.tar|.tar.gz|.tgz|.tar.zst,
  *                    s3://bucket/key.tar|.tar.gz|.tgz|.tar.zst (an archive object), or
  *                    s3://bucket/prefix: the version its `latest` pointer names when it has
  *                    one (a saved series), else every object under prefix/ is a file of
@@ -70,7 +75,7 @@ import { ChromaServer, describeExit } from './chroma-process.ts'
 import { AgentConfigError, readAgentConfig, type AgentConfig } from './config.ts'
 import { loadSessionSecrets, type SessionSecrets } from './secrets.ts'
 import { DeadMansSwitch } from './dead-man.ts'
-import { AgentFront, AgentHttpError } from './front.ts'
+import { AgentFront, AgentHttpError, type Assignment } from './front.ts'
 import { restoreSnapshot, RestoreError } from './restore.ts'
 import { saveSnapshot, SaveError, type SaveResult } from './save.ts'
 import { StatusFile, type AgentStatus } from './status.ts'
@@ -95,8 +100,12 @@ class SessionAgent {
   private readonly deadMan: DeadMansSwitch
   private chroma: ChromaServer | undefined
   private chromaPort = 0
+  /** What to serve: from the settings, or (a warm agent) from POST /_agent/assign. */
+  private assignment: Assignment | null
+  private resolveAssigned!: (a: Assignment) => void
+  private readonly assigned = new Promise<Assignment>((resolve) => (this.resolveAssigned = resolve))
   /** The snapshot actually restored: saves go to its series. */
-  private restored: string
+  private restored = ''
   private saving: Promise<SaveResult> | null = null
   /** Set once the data directory is known to be ours (it was empty), so deleting it is safe. */
   private ownsDataDir = false
@@ -105,7 +114,7 @@ class SessionAgent {
     private readonly config: AgentConfig,
     secrets: SessionSecrets,
   ) {
-    this.restored = config.snapshot
+    this.assignment = config.snapshot === null ? null : { snapshot: config.snapshot, collection: config.collection, saveOnStop: config.saveOnStop }
     this.status = new StatusFile(config.statusFile, (err) => log(`cannot write STATUS_FILE: ${err.message}`))
     this.deadMan = new DeadMansSwitch(config.deadManSeconds * 1000, (silentMs) =>
       this.requestStop(`the control plane has not confirmed the session for ${Math.round(silentMs / 1000)}s (dead man's switch)`),
@@ -125,6 +134,7 @@ class SessionAgent {
         },
         save: () => this.saveOnRequest(),
         health: () => this.healthy(),
+        assign: (a) => this.assign(a),
       },
     })
   }
@@ -132,7 +142,7 @@ class SessionAgent {
   /** The image's HEALTHCHECK: Chroma's heartbeat while serving; a restore, start, save or stop in progress is healthy too. */
   private async healthy(): Promise<boolean> {
     const { phase } = this.status.current()
-    if (phase !== 'ready') return ['restoring', 'starting', 'saving', 'stopping'].includes(phase)
+    if (phase !== 'ready') return ['warm', 'restoring', 'starting', 'saving', 'stopping'].includes(phase)
     const chroma = this.chroma
     if (!chroma || chroma.hasExited) return false
     const res = await fetch(`${chroma.url}/api/v2/heartbeat`, { signal: AbortSignal.timeout(2_000) }).catch(() => null)
@@ -145,13 +155,31 @@ class SessionAgent {
     return { ...status, usage: this.usage.read(status.chromaPid) }
   }
 
+  /**
+   * POST /_agent/assign: a warm agent learns its snapshot (once). The control plane repeats
+   * the call until it sees the restore under way, so the same assignment is answered again.
+   */
+  private assign(a: Assignment): AgentStatus {
+    const current = this.assignment
+    if (current) {
+      if (current.snapshot === a.snapshot && current.collection === a.collection && current.saveOnStop === a.saveOnStop) return this.statusWithUsage()
+      throw new AgentHttpError(409, 'already_assigned', this.config.snapshot === null ? `this agent was assigned ${current.snapshot} already` : 'this agent was started with its snapshot')
+    }
+    if (this.stopRequested.signal.aborted) throw new AgentHttpError(409, 'session_stopping', 'the agent is stopping')
+    this.assignment = a
+    log(`assigned ${a.snapshot}${a.collection ? ` (collection ${a.collection})` : ''}`)
+    this.resolveAssigned(a)
+    return this.statusWithUsage()
+  }
+
   /** Runs the session to its end and returns the process exit code. */
   async run(): Promise<number> {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       process.on(signal, () => this.requestStop(`stopped by ${signal}`))
     }
     const { config } = this
-    log(`session ${config.sessionId}${config.generation === undefined ? '' : ` generation ${config.generation}`}: restoring ${config.snapshot} into ${config.dataDir}`)
+    const session = `session ${config.sessionId}${config.generation === undefined ? '' : ` generation ${config.generation}`}`
+    log(config.snapshot === null ? `${session}: warm, waiting for an assignment` : `${session}: restoring ${config.snapshot} into ${config.dataDir}`)
     try {
       await this.front.listen()
     } catch (err) {
@@ -159,18 +187,25 @@ class SessionAgent {
     }
     // Launching the session is the control plane's first confirmation.
     this.deadMan.confirm()
+    if (this.assignment === null) {
+      this.front.pause('this warm agent has no snapshot yet')
+      await this.status.write({ phase: 'warm' })
+      const stopped = once(this.stopRequested.signal, 'abort').then(() => null)
+      if ((await Promise.race([this.assigned, stopped])) === null) return this.shutDown()
+    }
+    const work = this.assignment!
     try {
-      await this.restore()
+      await this.restore(work.snapshot)
     } catch (err) {
       if (this.stopRequested.signal.aborted) return this.shutDown()
-      return this.fail(err instanceof RestoreError ? err.message : `restoring ${config.snapshot} failed: ${(err as Error).message}`)
+      return this.fail(err instanceof RestoreError ? err.message : `restoring ${work.snapshot} failed: ${(err as Error).message}`)
     }
     if (this.stopRequested.signal.aborted) return this.shutDown()
 
     try {
       this.chromaPort = config.chromaInternalPort || (await freeLoopbackPort())
       const chroma = await this.startChroma()
-      if (config.collection !== null) await this.assertCollectionExists(chroma, config.collection)
+      if (work.collection !== null) await this.assertCollectionExists(chroma, work.collection)
     } catch (err) {
       if (this.stopRequested.signal.aborted) return this.shutDown()
       return this.fail(this.chroma ? withStderr((err as Error).message, this.chroma) : (err as Error).message)
@@ -209,19 +244,20 @@ class SessionAgent {
     this.stopRequested.abort(new Error(reason))
   }
 
-  private async restore(): Promise<void> {
+  private async restore(snapshot: string): Promise<void> {
+    this.restored = snapshot
     await this.status.write({ phase: 'restoring', bytes: 0 })
     await claimEmptyDir(this.config.dataDir)
     this.ownsDataDir = true
     this.front.markClean()
-    this.restored = await restoreSnapshot(this.config.snapshot, this.config.dataDir, {
+    this.restored = await restoreSnapshot(snapshot, this.config.dataDir, {
       snapshotRoot: this.config.snapshotRoot,
       s3: this.config.s3,
       signal: this.stopRequested.signal,
       onProgress: (bytes, totalBytes) => void this.status.progress(bytes, totalBytes),
     })
     await this.status.write({ phase: 'restoring', bytes: this.status.current().bytes, totalBytes: this.status.current().totalBytes, percent: 100 }, { restored: this.restored })
-    log(this.restored === this.config.snapshot ? 'snapshot restored' : `snapshot restored: ${this.restored}`)
+    log(this.restored === snapshot ? 'snapshot restored' : `snapshot restored: ${this.restored}`)
   }
 
   /** Starts Chroma on loopback, behind the front, and waits for its heartbeat. */
@@ -300,7 +336,7 @@ class SessionAgent {
     await this.status.write({ phase: 'stopping', chromaPid: this.chroma?.pid })
     if (this.saving) {
       await this.saving.catch(() => {})
-    } else if (this.config.saveOnStop && wasServing && this.front.forwarded > 0) {
+    } else if (this.assignment?.saveOnStop && wasServing && this.front.forwarded > 0) {
       // Only when Chroma was used since the restore or the last save: otherwise the data is already in a version.
       await this.save().catch(() => {}) // logged and in the status; a failed save leaves the previous version intact
     }

@@ -3,7 +3,7 @@ import { rename, writeFile } from 'node:fs/promises'
 import type { SaveResult } from './save.ts'
 import type { SessionUsage } from './usage.ts'
 
-export type AgentPhase = 'restoring' | 'starting' | 'ready' | 'saving' | 'stopping' | 'exited' | 'failed'
+export type AgentPhase = 'warm' | 'restoring' | 'starting' | 'ready' | 'saving' | 'stopping' | 'exited' | 'failed'
 
 /**
  * The agent's status: its STATUS_FILE (read by the process launcher's describe()) and

@@ -236,7 +236,7 @@ t.test('Step Functions: API-key connection over VPC Lattice, the rendered templa
 
 t.test('alarms: a session fails to start, query latency, memory', async (t) => {
   const alarms = resourcesOf('base', 'aws:cloudwatch/metricAlarm:MetricAlarm')
-  t.same(alarms.map((a) => a.inputs.name).sort(), ['base-control-plane-memory', 'base-query-latency-p95', 'base-session-memory', 'base-session-start-failed'])
+  t.same(alarms.map((a) => a.inputs.name).sort(), ['base-control-plane-memory', 'base-query-latency-p95', 'base-session-memory', 'base-session-start-failed', 'base-warm-pool-unfilled'])
   const topic = one('base', 'aws:sns/topic:Topic', 'alarms').state.arn
   for (const a of alarms) t.same(a.inputs.alarmActions, [topic], `${a.inputs.name} notifies`)
 
@@ -255,6 +255,13 @@ t.test('alarms: a session fails to start, query latency, memory', async (t) => {
   t.equal(latency.inputs.dimensions.TargetGroup, one('base', 'aws:lb/targetGroup:TargetGroup', 'query').state.arnSuffix, 'query latency, not the long polls')
   const queryRule = one('base', 'aws:lb/listenerRule:ListenerRule', 'query')
   t.same(queryRule.inputs.conditions[0].pathPattern.values, ['/v1/sessions/*/query', '/v1/sessions/*/chroma/*', '/api/v2/*'])
+
+  // The warm pool alarm watches the metric the control plane's "warm pool pass" log lines make.
+  const filter = one('base', 'aws:cloudwatch/logMetricFilter:LogMetricFilter', 'warm-pool-unfilled')
+  t.equal(filter.inputs.pattern, '{ $.msg = "warm pool pass" }')
+  t.same(filter.inputs.metricTransformation, { name: 'WarmPoolUnfilled', namespace: 'ChromaLease', value: '$.warmPool.unfilled' })
+  const warm = alarms.find((a) => a.inputs.name === 'base-warm-pool-unfilled')!
+  t.match(warm.inputs, { namespace: 'ChromaLease', metricName: 'WarmPoolUnfilled', statistic: 'Minimum', evaluationPeriods: 10, threshold: 0 })
 
   const memory = alarms.find((a) => a.inputs.name === 'base-session-memory')!
   const used = memory.inputs.metricQueries.find((q: Registered['inputs']) => q.id === 'used')

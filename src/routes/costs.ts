@@ -15,7 +15,12 @@ const costRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app
     },
   }, async (request) => {
     const { since, holder, limit } = request.query
-    return { workflows: await services.costs.byWorkflow(request.principal, { since: dateParam('since', since), holder, limit }) }
+    const from = dateParam('since', since)
+    const [workflows, warmPool] = await Promise.all([
+      services.costs.byWorkflow(request.principal, { since: from, holder, limit }),
+      request.principal.role === 'operator' ? services.warmPool.idleCost(from) : null,
+    ])
+    return { workflows, warmPool }
   })
 }
 

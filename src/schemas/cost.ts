@@ -1,5 +1,6 @@
 import { Type } from 'typebox'
 import { Text } from './common.ts'
+import { WarmPoolIdleCost } from './warm-pool.ts'
 
 export const CostQuery = Type.Object({
   since: Type.Optional(Type.String({ format: 'date-time', description: 'Only leases acquired at or after this time' })),
@@ -19,4 +20,7 @@ export const WorkflowCosts = Type.Object({
       lastLeaseAt: Type.String({ format: 'date-time' }),
     }),
   ),
+  warmPool: Type.Union([WarmPoolIdleCost, Type.Null()], {
+    description: "The warm pool's idle cost (agents launched since `since`): what warm agents ran before a claim, no workflow's share; null for a client, who sees only its own leases",
+  }),
 })

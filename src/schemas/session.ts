@@ -8,7 +8,7 @@ export const SessionStatus = Type.Union(
 export const Session = Type.Object(
   {
     id: Uuid,
-    mode: Type.Union([Type.Literal('shared'), Type.Literal('exclusive')]),
+    mode: Type.Union([Type.Literal('shared'), Type.Literal('exclusive'), Type.Literal('warm')], { description: 'warm: an unclaimed warm pool agent (GET /v1/warm-pool), which has no snapshot yet' }),
     status: SessionStatus,
     snapshot: Type.String(),
     collection: Type.Union([Type.String(), Type.Null()]),
@@ -37,6 +37,7 @@ export const Session = Type.Object(
     idleTtlSeconds: Type.Integer(),
     createdAt: Type.String({ format: 'date-time' }),
     readyAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    claimedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'When an acquire took this session from the warm pool (its start ran from here); null when launched for its first lease' }),
     endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     compute: Type.Union([
       Type.Object({
@@ -44,7 +45,7 @@ export const Session = Type.Object(
         memoryGb: Type.Number({ description: 'Memory of the task in GB (1024 MiB = 1)' }),
         architecture: Type.String({ description: 'x86_64 or arm64' }),
         capacityProvider: Type.Union([Type.String(), Type.Null()], { description: 'FARGATE or FARGATE_SPOT' }),
-        runSeconds: Type.Integer({ description: 'From launch to end (or now, while it runs)' }),
+        runSeconds: Type.Integer({ description: 'From launch (or its claim from the warm pool) to end, or now while it runs' }),
         hourlyUsd: Type.Number({ description: 'Price per hour of this size at the configured Fargate prices' }),
         costUsd: Type.Number({ description: 'Cost so far: per-second billing with a one-minute minimum (FARGATE_SPOT at on-demand prices, an upper bound)' }),
       }),

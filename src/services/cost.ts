@@ -12,6 +12,10 @@ import { Prisma } from '../generated/prisma/client.ts'
  * before RunTask, and a stopped session ends on the first reconcile pass that sees its
  * task STOPPED, so the figure is close rather than exact. FARGATE_SPOT is charged at the
  * on-demand prices here (Spot prices move with the market): an upper bound.
+ *
+ * A session claimed from the warm pool is billed from its claim (claimed_at): what its
+ * task ran before that, with the task's one-minute minimum, is the pool's idle cost
+ * (warmIdleCostSql), a line of its own in GET /v1/costs and GET /v1/warm-pool.
  */
 export interface FargatePrices {
   x86: { vcpuHour: number; gbHour: number }
@@ -52,6 +56,8 @@ export interface SessionCostInput {
   cpuArchitecture: string | null
   capacityProvider: string | null
   launchedAt: Date | null
+  /** Claimed from the warm pool: billed from here, with no minimum (the task's minimum is the pool's). */
+  claimedAt?: Date | null
   endedAt: Date | null
 }
 
@@ -69,7 +75,9 @@ export interface SessionCost {
 export function sessionCost(s: SessionCostInput, prices: FargatePrices, now: Date): SessionCost | null {
   if (s.cpuUnits === null || s.memoryMiB === null || s.launchedAt === null) return null
   const size = { cpuUnits: s.cpuUnits, memoryMiB: s.memoryMiB, architecture: s.cpuArchitecture ?? 'x86_64' }
-  const runSeconds = Math.max(0, ((s.endedAt ?? now).getTime() - s.launchedAt.getTime()) / 1000)
+  const from = s.claimedAt ?? s.launchedAt
+  const runSeconds = Math.max(0, ((s.endedAt ?? now).getTime() - from.getTime()) / 1000)
+  const billing = s.claimedAt ? { ...prices, minimumSeconds: 0 } : prices
   return {
     vcpu: s.cpuUnits / 1024,
     memoryGb: s.memoryMiB / 1024,
@@ -77,7 +85,7 @@ export function sessionCost(s: SessionCostInput, prices: FargatePrices, now: Dat
     capacityProvider: s.capacityProvider,
     runSeconds: Math.round(runSeconds),
     hourlyUsd: round(hourlyPrice(size, prices), 6),
-    costUsd: round(runCost(size, runSeconds, prices), 6),
+    costUsd: round(runCost(size, runSeconds, billing), 6),
   }
 }
 
@@ -88,12 +96,28 @@ export function sessionCost(s: SessionCostInput, prices: FargatePrices, now: Dat
  * test/costs.test.ts checks the two agree.
  */
 export function sessionCostSql(prices: FargatePrices, now: Prisma.Sql): Prisma.Sql {
-  const arm = Prisma.sql`s.cpu_architecture = 'arm64'`
   return Prisma.sql`(CASE WHEN s.launched_at IS NULL THEN NULL ELSE
-    greatest(${prices.minimumSeconds}::float8, ceil(greatest(0, extract(epoch FROM coalesce(s.ended_at, ${now}) - s.launched_at))::float8))
-    * (s.cpu_units / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.vcpuHour}::float8 ELSE ${prices.x86.vcpuHour}::float8 END
-       + s.memory_mib / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.gbHour}::float8 ELSE ${prices.x86.gbHour}::float8 END)
-    / 3600 END)::float8`
+    greatest(CASE WHEN s.claimed_at IS NULL THEN ${prices.minimumSeconds} ELSE 0 END::float8,
+             ceil(greatest(0, extract(epoch FROM coalesce(s.ended_at, ${now}) - coalesce(s.claimed_at, s.launched_at)))::float8))
+    * ${hourlyPriceSql(prices)} / 3600 END)::float8`
+}
+
+/**
+ * What a warm pool agent (`s`, a row of sessions that was or is mode 'warm') cost before
+ * an acquire claimed it, or until it ended unclaimed: the pool's idle cost, with the
+ * task's minimum. NULL without a size or a launch.
+ */
+export function warmIdleCostSql(prices: FargatePrices, now: Prisma.Sql): Prisma.Sql {
+  return Prisma.sql`(CASE WHEN s.launched_at IS NULL THEN NULL ELSE
+    greatest(${prices.minimumSeconds}::float8, ceil(greatest(0, extract(epoch FROM coalesce(s.claimed_at, s.ended_at, ${now}) - s.launched_at))::float8))
+    * ${hourlyPriceSql(prices)} / 3600 END)::float8`
+}
+
+/** Dollars per hour of the session row `s`'s size (NULL without one). */
+function hourlyPriceSql(prices: FargatePrices): Prisma.Sql {
+  const arm = Prisma.sql`s.cpu_architecture = 'arm64'`
+  return Prisma.sql`(s.cpu_units / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.vcpuHour}::float8 ELSE ${prices.x86.vcpuHour}::float8 END
+       + s.memory_mib / 1024.0 * CASE WHEN ${arm} THEN ${prices.arm.gbHour}::float8 ELSE ${prices.x86.gbHour}::float8 END)`
 }
 
 /**

@@ -16,6 +16,7 @@ import { SaveBackService } from './save-back.ts'
 import { SessionAgentClient } from './session-agent.ts'
 import { SessionService } from './sessions.ts'
 import { SnapshotService, type S3Sender } from './snapshots/snapshot-service.ts'
+import { WarmPoolService } from './warm-pool.ts'
 
 export interface ServiceDeps {
   db: Database
@@ -35,6 +36,8 @@ export interface ServiceDeps {
   logger?: Logger
   /** Fargate prices for session costs; none: us-east-1's. */
   prices?: FargatePrices
+  /** WARM_POOL_MIN/MAX and the age at which a warm agent is replaced; none: no warm pool. */
+  warmPool?: { min: number; max: number; maxAgeSeconds: number }
 }
 
 export type Services = ReturnType<typeof createServices>
@@ -47,14 +50,25 @@ export function createServices(deps: ServiceDeps) {
   const snapshots = new SnapshotService({ snapshotRoot: deps.snapshotRoot, s3: deps.s3 })
   const tokens = new LeaseTokens(deps.tokenSecret)
   const chroma = new ChromaClient()
-  const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, chroma, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })
-  const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
   const agents = new SessionAgentClient()
+  const warmPool = new WarmPoolService({
+    sql: deps.sql,
+    clock: deps.clock,
+    sessions,
+    agents,
+    tokens,
+    prices,
+    settings: { min: 0, max: 0, maxAgeSeconds: 21_600, ...deps.warmPool, launcher: deps.limits.launcher },
+    logger: deps.logger,
+  })
+  if (warmPool.enabled) metrics.watchWarmPool(warmPool)
+  const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, chroma, tokens, changes: deps.changes, limits: deps.limits, observer: metrics, warmPool, logger: deps.logger })
+  const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
   const query = new QueryService(router, chroma)
   const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   const costs = new CostReport(deps.sql, deps.clock, prices)
   const retention = new RetentionService(deps.sql, prices)
   const endedLeases = new EndedLeases(deps.sql, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases, warmPool }
 }

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import type { Logger } from 'pino'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
@@ -22,6 +23,7 @@ import {
   type SessionView,
 } from './sessions.ts'
 import type { SnapshotService } from './snapshots/snapshot-service.ts'
+import type { WarmPoolService } from './warm-pool.ts'
 
 export interface AcquireInput {
   snapshot: string
@@ -111,6 +113,9 @@ export class LeaseService {
       changes: ChangeFeed
       limits: LeaseLimits
       observer?: Observer
+      /** Where new sessions come from before a cold launch; none: always cold. */
+      warmPool?: WarmPoolService
+      logger?: Logger
     },
   ) {}
 
@@ -198,11 +203,15 @@ export class LeaseService {
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
           // An exclusive session waits for its collection (its agent fails at once without it); a shared one is not any acquire's to fail.
           const collection = mode === 'exclusive' ? input.collection : undefined
-          const created = await this.createWithLease({ mode, poolKey, snapshot: launchSnapshot, collection, idleTtlSeconds, saveOnRelease }, lease, token)
+          const spec = { mode, poolKey, snapshot: launchSnapshot, collection, idleTtlSeconds, saveOnRelease }
+          const claimed = this.deps.warmPool?.enabled ? await this.claimWarmWithLease(spec, lease, token) : null
+          const created = claimed ?? (await this.createWithLease(spec, lease, token))
           if (created !== null) {
             sessionId = created.sessionId
             times = created.times
-            outcome = 'created'
+            outcome = claimed ? 'warm' : 'created'
+            if (this.deps.warmPool?.enabled) this.deps.observer?.warmPoolAcquire?.(claimed ? 'hit' : 'miss')
+            if (claimed) await this.assignClaimed(claimed.sessionId)
           }
         }
       }
@@ -301,6 +310,72 @@ export class LeaseService {
     if (!created) return null
     this.deps.sessions.announce(created.events.map(eventFromRow))
     return { sessionId: id, times: created.times }
+  }
+
+  /**
+   * Takes a READY warm agent for a new session, with its first lease, in one transaction:
+   * the UPDATE locks one unclaimed agent (SKIP LOCKED: concurrent claims take different
+   * ones) and re-checks that it is still an unclaimed READY warm agent, so two replicas
+   * never claim one agent; the row becomes the session (STARTING, its snapshot and pool
+   * key, claimed_at), keeping its id and generation, which name its compute and tokens.
+   * Null when no agent is free, or when a concurrent acquire created the pool's shared
+   * session first (the partial unique index refuses a second: attach to it instead).
+   */
+  private async claimWarmWithLease(
+    s: { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number; saveOnRelease: boolean },
+    lease: NewLease,
+    token: string,
+  ): Promise<{ sessionId: string; times: LeaseTimes } | null> {
+    const { db, clock } = this.deps
+    const now = clock.sql
+    let claiming = true
+    try {
+      const claimed = await db.$transaction(async (tx) => {
+        const rows = await tx.$queryRaw<Array<{ id: string; ready_at: Date }>>`
+          UPDATE sessions SET mode = ${s.mode}::"SessionMode", pool_key = ${s.poolKey}, snapshot = ${s.snapshot}, collection = ${s.collection ?? null},
+                              status = 'STARTING', idle_ttl_seconds = ${s.idleTtlSeconds}, save_on_release = ${s.saveOnRelease},
+                              created_by = ${lease.principal}, claimed_at = ${now}, updated_at = ${now}, progress = NULL
+          WHERE id = (SELECT id FROM sessions WHERE mode = 'warm' AND status = 'READY' AND launcher = ${this.deps.limits.launcher}
+                      ORDER BY ready_at ASC LIMIT 1 FOR UPDATE SKIP LOCKED)
+            AND mode = 'warm' AND status = 'READY'
+          RETURNING id, ready_at`
+        claiming = false
+        const agent = rows[0]
+        if (!agent) return null
+        const [times] = await tx.$queryRaw<LeaseTimes[]>`
+          INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
+          VALUES (${lease.id}::uuid, ${agent.id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
+                  ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})
+          RETURNING created_at AS "createdAt", expires_at AS "expiresAt"`
+        const events = await tx.$queryRaw<Array<Record<string, unknown>>>`
+          INSERT INTO session_events (session_id, at, type, status, detail)
+          VALUES (${agent.id}::uuid, ${now}, 'claimed', 'STARTING', ${JSON.stringify({ snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode, warmSince: agent.ready_at })}::jsonb)
+          RETURNING ${EVENT_COLUMNS}`
+        events.push(
+          ...(await tx.$queryRaw<Array<Record<string, unknown>>>`
+          INSERT INTO session_events (session_id, at, type, lease_id, detail)
+          VALUES (${agent.id}::uuid, ${now}, 'lease_attached', ${lease.id}::uuid, ${JSON.stringify({ holder: lease.holder })}::jsonb)
+          RETURNING ${EVENT_COLUMNS}`),
+        )
+        return { sessionId: agent.id, times: times!, events }
+      })
+      if (!claimed) return null
+      this.deps.sessions.announce(claimed.events.map(eventFromRow))
+      return { sessionId: claimed.sessionId, times: claimed.times }
+    } catch (err) {
+      // The pool's shared session appeared while claiming: the caller's next attempt attaches to it.
+      if (claiming && isUniqueViolation(err)) return null
+      throw err
+    }
+  }
+
+  /** Names the claimed agent's snapshot now, rather than on the reconciler's next pass (which repeats it until the restore shows). */
+  private async assignClaimed(sessionId: string): Promise<void> {
+    const s = await this.deps.sessions.find(sessionId)
+    if (!s || s.status !== 'STARTING') return
+    await this.deps.warmPool!.assign(s).catch((err: Error) =>
+      this.deps.logger?.warn({ sessionId, err: err.message }, 'assigning the claimed warm agent failed; the reconciler retries'),
+    )
   }
 
   private async replay(

@@ -1,3 +1,4 @@
+import type { WarmPoolService, WarmPoolState } from './warm-pool.ts'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
@@ -18,7 +19,8 @@ export interface RecordedEvent {
 }
 
 /** How an acquire ended: attached to a running session, started one, replayed an Idempotency-Key, or failed. */
-export type AcquireOutcome = 'reused' | 'created' | 'replayed' | 'error'
+/** reused: attached to a live session; created: launched a new one; warm: claimed a warm pool agent. */
+export type AcquireOutcome = 'reused' | 'created' | 'warm' | 'replayed' | 'error'
 
 /**
  * The phases of a session's start, as the timeline records them (README, Metrics):
@@ -64,6 +66,8 @@ export interface Observer {
   sessionEvent(event: RecordedEvent): void
   acquire(a: { mode: SessionMode; outcome: AcquireOutcome; waited: boolean; seconds: number }): void
   orphanStopped(cause: OrphanCause): void
+  /** An acquire that needed a new session, with the warm pool on: it claimed a warm agent (hit) or launched cold (miss). */
+  warmPoolAcquire?(result: 'hit' | 'miss'): void
   /** A worker's scheduled pass: how long it ran, or that another replica had claimed it (skipped). */
   workerPass?(worker: string, outcome: { seconds: number } | 'skipped'): void
 }
@@ -124,6 +128,12 @@ export class Metrics implements Observer {
     name: 'chroma_lease_orphans_stopped_total',
     help: 'Compute stopped by the orphan sweeper, by cause (no_session, superseded, session_ended)',
     labelNames: ['cause'] as const,
+    registers: [this.registry],
+  })
+  readonly warmPoolAcquires = new Counter({
+    name: 'chroma_lease_warm_pool_acquires_total',
+    help: 'Acquires that needed a new session while the warm pool is on: hit (claimed a warm agent) or miss (launched cold)',
+    labelNames: ['result'] as const,
     registers: [this.registry],
   })
   readonly workerPassDuration = new Histogram({
@@ -215,7 +225,7 @@ export class Metrics implements Observer {
         // cost.ts sessionCostSql() per session, summed in the database: a scrape reads no rows.
         const rows = await db.$queryRaw<Array<{ live: boolean; usd: number }>>`
           SELECT s.ended_at IS NULL AS live, sum(${sessionCostSql(prices, clock.sql)})::float8 AS usd
-          FROM sessions s WHERE s.cpu_units IS NOT NULL AND s.memory_mib IS NOT NULL AND s.launched_at IS NOT NULL
+          FROM sessions s WHERE s.cpu_units IS NOT NULL AND s.memory_mib IS NOT NULL AND s.launched_at IS NOT NULL AND s.mode <> 'warm'
           GROUP BY 1`
         this.set({ state: 'live' }, 0)
         this.set({ state: 'ended' }, 0)
@@ -271,6 +281,58 @@ export class Metrics implements Observer {
 
   orphanStopped(cause: OrphanCause): void {
     this.orphansStopped.inc({ cause })
+  }
+
+  warmPoolAcquire(result: 'hit' | 'miss'): void {
+    this.warmPoolAcquires.inc({ result })
+  }
+
+  /**
+   * The warm pool's gauges, read from the database at scrape time (every replica reports
+   * the same fleet-wide figures): agents by status, the target, how far READY agents fall
+   * short of it (deploy/ alarms when that lasts), and the pool's idle cost.
+   */
+  watchWarmPool(pool: Pick<WarmPoolService, 'state' | 'idleCost'>): void {
+    for (const result of ['hit', 'miss'] as const) this.warmPoolAcquires.inc({ result }, 0)
+    let state: Promise<WarmPoolState> | null = null
+    // One read per scrape for the three gauges that share it.
+    const read = () => (state ??= pool.state().finally(() => setImmediate(() => (state = null))))
+    new Gauge({
+      name: 'chroma_lease_warm_pool_agents',
+      help: 'Unclaimed warm pool agents by status (PENDING, STARTING, READY)',
+      labelNames: ['status'] as const,
+      registers: [this.registry],
+      async collect() {
+        const { counts } = await read()
+        this.set({ status: 'PENDING' }, counts.pending)
+        this.set({ status: 'STARTING' }, counts.starting)
+        this.set({ status: 'READY' }, counts.ready)
+      },
+    })
+    new Gauge({
+      name: 'chroma_lease_warm_pool_target',
+      help: 'The warm pool\'s target size: WARM_POOL_MIN..WARM_POOL_MAX, adapted to recent demand',
+      registers: [this.registry],
+      async collect() {
+        this.set((await read()).target)
+      },
+    })
+    new Gauge({
+      name: 'chroma_lease_warm_pool_unfilled',
+      help: 'Target minus READY warm agents (0 when full): a value that stays above 0 means refills are failing or the pool is too small',
+      registers: [this.registry],
+      async collect() {
+        this.set((await read()).unfilled)
+      },
+    })
+    new Gauge({
+      name: 'chroma_lease_warm_pool_idle_cost_usd',
+      help: 'What warm agents cost before they were claimed (or until they ended unclaimed), at the configured Fargate prices: the pool\'s own line beside chroma_lease_session_cost_usd',
+      registers: [this.registry],
+      async collect() {
+        this.set((await pool.idleCost()).costUsd)
+      },
+    })
   }
 }
 

@@ -40,6 +40,11 @@ export class SessionAgentClient {
     return this.call('POST', `${base}/_agent/revoke`, token, this.timeoutMs, body, now) as Promise<{ revoked: number }>
   }
 
+  /** Names a warm agent's snapshot; repeating the same assignment is harmless (the reconciler does until the restore shows). */
+  assign(base: string, token: string, assignment: { snapshot: string; collection: string | null; saveOnStop: boolean }): Promise<AgentStatus> {
+    return this.call('POST', `${base}/_agent/assign`, token, this.timeoutMs, JSON.stringify(assignment), undefined, true) as Promise<AgentStatus>
+  }
+
   status(base: string, token: string): Promise<AgentStatus> {
     return this.call('GET', `${base}/_agent/status`, token, this.timeoutMs, undefined, undefined, true) as Promise<AgentStatus>
   }

@@ -44,6 +44,8 @@ export interface SessionRecord {
   /** When the launcher first reported the compute running; null (or older than launchedAt) until then. */
   runningAt: Date | null
   readyAt: Date | null
+  /** When an acquire claimed this session from the warm pool (src/services/warm-pool.ts); null for a cold launch. */
+  claimedAt: Date | null
   drainingAt: Date | null
   stoppingAt: Date | null
   endedAt: Date | null
@@ -127,6 +129,8 @@ export interface SessionView {
   idleTtlSeconds: number
   createdAt: string
   readyAt: string | null
+  /** When an acquire took this session from the warm pool; null when it was launched for its first lease. */
+  claimedAt: string | null
   endedAt: string | null
   /** Size, run time and cost at the configured Fargate prices; null when the launcher reported no size. */
   compute: SessionCost | null
@@ -252,11 +256,17 @@ export class SessionService {
     return new Map(rows.map((r) => [r.id, r]))
   }
 
+  /** Sessions, newest first; unclaimed warm pool agents are listed by WarmPoolService instead. */
   async list(filter: { status?: SessionStatus[]; limit: number; before?: Date }): Promise<SessionRecord[]> {
-    const conditions = [Prisma.sql`TRUE`]
+    const conditions = [Prisma.sql`s.mode <> 'warm'`]
     if (filter.status?.length) conditions.push(Prisma.sql`s.status::text IN (${Prisma.join(filter.status)})`)
     if (filter.before) conditions.push(Prisma.sql`s.created_at < ${filter.before}`)
     return this.select(Prisma.join(conditions, ' AND '), filter.limit)
+  }
+
+  /** Unclaimed warm pool agents of one launcher that may run compute, newest first (WarmPoolService lists them). */
+  warmAgents(launcher: string, limit: number): Promise<SessionRecord[]> {
+    return this.select(Prisma.sql`s.mode = 'warm' AND s.launcher = ${launcher} AND s.status::text IN (${Prisma.join(LIVE_STATUSES)})`, limit)
   }
 
   /**
@@ -560,6 +570,7 @@ export class SessionService {
       idleTtlSeconds: s.idleTtlSeconds,
       createdAt: s.createdAt.toISOString(),
       readyAt: s.readyAt?.toISOString() ?? null,
+      claimedAt: s.claimedAt?.toISOString() ?? null,
       endedAt: s.endedAt?.toISOString() ?? null,
       compute: sessionCost(s, this.prices, s.observedAt),
       usage: s.usage && { memoryBytes: s.usage.memoryBytes, cpuCores: s.usage.cpuCores, at: s.usage.at.toISOString() },
@@ -615,6 +626,7 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     launchedAt: asDate(r.launched_at),
     runningAt: asDate(r.running_at),
     readyAt: asDate(r.ready_at),
+    claimedAt: asDate(r.claimed_at),
     drainingAt: asDate(r.draining_at),
     stoppingAt: asDate(r.stopping_at),
     endedAt: asDate(r.ended_at),

@@ -24,6 +24,8 @@ export interface WorkerSettings {
   confirmIntervalSeconds?: number
   /** RETENTION_DAYS (default 30). */
   retentionDays?: number
+  /** How often the warm pool is brought to its target (default 5 s; only while the pool is on). */
+  warmPoolIntervalSeconds?: number
 }
 
 /** How often the retention worker looks for ended sessions past RETENTION_DAYS. */
@@ -50,7 +52,7 @@ export function createWorkers(deps: {
 }) {
   const { db, clock, services, launcher, settings, logger, sql } = deps
   const observer = deps.observer ?? services.metrics
-  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, {
+  const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, services.warmPool, {
     startTimeoutSeconds: settings.startTimeoutSeconds,
     deadManSeconds: settings.deadManSeconds ?? 900,
   }, logger)
@@ -77,6 +79,8 @@ export function createWorkers(deps: {
     loop('reaper', settings.sweepIntervalSeconds, () => reaper.reapOnce()),
     loop('orphan-sweeper', settings.sweepIntervalSeconds, () => sweeper.sweepOnce(), true),
     loop('retention', RETENTION_INTERVAL_SECONDS, () => retention.purgeOnce()),
+    // Fleet-wide: one replica sizes the pool per interval (two at once would launch twice the missing agents).
+    ...(services.warmPool.enabled ? [loop('warm-pool', settings.warmPoolIntervalSeconds ?? 5, () => services.warmPool.refill(), true)] : []),
   ]
   return {
     reconciler,

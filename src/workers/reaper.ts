@@ -65,7 +65,7 @@ export class Reaper {
   async drainPastMaxLifetime(): Promise<number> {
     const due = await this.db.$queryRaw<Array<{ id: string; generation: number }>>`
       SELECT id, generation FROM sessions
-      WHERE status = 'READY' AND created_at <= ${this.clock.sql} - make_interval(secs => ${this.opts.maxSessionSeconds})`
+      WHERE status = 'READY' AND mode <> 'warm' AND created_at <= ${this.clock.sql} - make_interval(secs => ${this.opts.maxSessionSeconds})`
     let drained = 0
     for (const s of due) {
       const ok = await this.sessions.transition(s, ['READY'], 'DRAINING', { type: 'draining', reason: 'max_lifetime' }, {
@@ -96,6 +96,8 @@ export class Reaper {
         SELECT sessions.id, sessions.generation, sessions.status, sessions.stop_reason, ${graceOver} AS forced
         FROM sessions
         WHERE sessions.status IN ('READY', 'DRAINING') AND sessions.id > ${after}::uuid
+          -- an unclaimed warm agent holds no lease by design: the warm pool sizes and recycles it
+          AND (sessions.mode <> 'warm' OR sessions.status = 'DRAINING')
           -- a saveOnRelease session is stopped by the reconciler once its save is done
           AND NOT (sessions.save_on_release AND sessions.saved_snapshot IS NULL AND sessions.stop_reason IS DISTINCT FROM 'max_lifetime')
           AND (${unleasedAndDue} OR ${graceOver})

@@ -1,10 +1,12 @@
 import type { Logger } from 'pino'
+import { Prisma } from '../generated/prisma/client.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
 import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute, type RunningCompute } from '../services/launchers/launcher.ts'
 import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
 import type { SessionStatus } from '../generated/prisma/enums.ts'
+import type { WarmPoolService } from '../services/warm-pool.ts'
 import { DB_NOW, SessionService, type SessionCursor, type SessionRecord } from '../services/sessions.ts'
 
 export interface ReconcilerOptions {
@@ -46,6 +48,7 @@ export class Reconciler {
     private readonly chroma: ChromaClient,
     private readonly saveBack: SaveBackService,
     private readonly tokens: LeaseTokens,
+    private readonly warmPool: WarmPoolService,
     private readonly opts: ReconcilerOptions,
     private readonly logger?: Logger,
   ) {}
@@ -104,13 +107,54 @@ export class Reconciler {
         if (seen && seen.state !== 'stopped' && seen.host !== undefined && seen.port !== undefined && (seen.host !== s.host || seen.port !== s.port)) {
           await this.sessions.recordEndpoint(s, seen.host, seen.port)
         }
+        if (s.mode === 'warm') return this.awaitWarm(s, seen)
         return this.awaitReady(s, seen)
       case 'READY':
       case 'DRAINING':
+        if (s.mode === 'warm') return this.watchWarm(s, seen)
         return this.watchServing(s, seen)
       case 'STOPPING':
         return this.finishStopping(s, seen)
     }
+  }
+
+  /**
+   * A starting warm pool agent is READY once its agent answers in phase `warm` (up and
+   * waiting for an assignment); no Chroma runs yet, so Chroma's readiness is not asked.
+   */
+  private async awaitWarm(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    if (!seen) return
+    if (seen.state === 'stopped') return this.fail(s, seen.reason, 'compute_stopped')
+    if (seen.state === 'running' && seen.stopping) return this.fail(s, `compute is stopping: ${seen.detail ?? 'stop requested'}`, 'compute_stopped')
+    let lastReason = seen.detail ?? 'not running yet'
+    if (seen.state === 'running') {
+      runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null, warm: true }, seen.size))
+      const waiting = await this.warmPool.isWaiting(s, seen.host, seen.port).catch((err: Error) => {
+        lastReason = `the warm agent does not answer: ${err.message}`
+        return false
+      })
+      if (waiting) {
+        const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
+          type: 'ready',
+          detail: { host: seen.host, port: seen.port, warm: true, startSeconds: secondsSince(s.launchedAt, s.observedAt) },
+        }, { host: seen.host, port: seen.port, readyAt: DB_NOW }, false, Prisma.sql`sessions.mode = 'warm'`)
+        if (ok) this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'warm agent ready')
+        return
+      }
+    }
+    if (this.pastStartDeadline(s)) await this.fail(s, `the warm agent was not ready within ${this.opts.startTimeoutSeconds}s: ${lastReason}`, 'start_timeout')
+  }
+
+  /** An unclaimed warm agent whose compute stopped failed (the pool refills); one told to stop by someone else leaves the pool. */
+  private async watchWarm(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
+    if (seen?.state === 'stopped') {
+      await this.sessions.transition(s, [s.status], 'FAILED', { type: 'failed', reason: seen.reason, detail: { cause: 'compute_lost' } }, {
+        error: `warm agent stopped unexpectedly: ${seen.reason}`,
+        endedAt: DB_NOW,
+      }, true, Prisma.sql`sessions.mode = 'warm'`)
+      return
+    }
+    if (seen?.state === 'running' && seen.stopping) await this.warmPool.stopAgent(s, 'compute_stopping')
   }
 
   /**
@@ -245,6 +289,7 @@ export class Reconciler {
       leaseKey: this.tokens.leaseKey(s.id, s.generation),
       deadManSeconds: this.opts.deadManSeconds,
       saveOnStop: s.saveOnRelease,
+      ...(s.mode === 'warm' ? { warm: true } : {}),
     }
   }
 
@@ -277,12 +322,22 @@ export class Reconciler {
     if (seen.state === 'running') {
       // The first pass to see it running marks the phase boundary (once per launch attempt).
       const runningAt = runningSince(s) ?? (await this.sessions.markRunning(s, { host: seen.host, port: seen.port, phase: seen.detail ?? null }, seen.size))
+      // A claimed warm agent is told its snapshot (again: the claimant's call may have been lost) until it restores.
+      if (s.claimedAt) {
+        await this.warmPool.assign({ ...s, host: seen.host, port: seen.port }).catch((err: Error) => (lastReason = `assigning the snapshot failed: ${err.message}`))
+      }
       const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))
       if (readiness.ready) {
         const now = s.observedAt
         const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
           type: 'ready',
-          detail: { host: seen.host, port: seen.port, startSeconds: secondsSince(s.launchedAt, now), phases: startPhases(s, runningAt ?? now, now) },
+          detail: {
+            host: seen.host,
+            port: seen.port,
+            startSeconds: secondsSince(s.claimedAt ?? s.launchedAt, now),
+            phases: startPhases(s, runningAt ?? now, now),
+            ...(s.claimedAt ? { warm: true } : {}),
+          },
         }, { host: seen.host, port: seen.port, readyAt: DB_NOW })
         if (ok) {
           await this.sessions.setProgress(s, null, 'READY')
@@ -312,10 +367,12 @@ export class Reconciler {
 
   /** FAILED keeps the reason (and its cause, for metrics); the compute is stopped here, and by the orphan sweeper should this crash. */
   private async fail(s: SessionRecord, reason: string, cause: LaunchFailureCause): Promise<void> {
+    // Judged on a warm agent unclaimed when read: a claim since then makes it another session's start.
+    const fence = s.mode === 'warm' ? Prisma.sql`sessions.mode = 'warm'` : Prisma.sql`TRUE`
     const ok = await this.sessions.transition(s, ['PENDING', 'STARTING'], 'FAILED', { type: 'failed', reason, detail: { cause } }, {
       error: reason,
       endedAt: DB_NOW,
-    })
+    }, true, fence)
     if (!ok) return
     this.logger?.warn({ sessionId: s.id, reason }, 'session failed')
     if (s.launchRef) await this.launcher.stop(targetOf(s), 'failed').catch(() => {})
@@ -323,7 +380,8 @@ export class Reconciler {
 
   /** Judged on the database's clock as of the pass's read of the session, never the host's. */
   private pastStartDeadline(s: SessionRecord): boolean {
-    const started = s.launchedAt?.getTime() ?? s.createdAt.getTime()
+    // A claimed warm agent's start runs from its claim (its launch may be hours old).
+    const started = (s.claimedAt ?? s.launchedAt)?.getTime() ?? s.createdAt.getTime()
     return s.observedAt.getTime() - started > this.opts.startTimeoutSeconds * 1000
   }
 }
@@ -342,10 +400,15 @@ function runningSince(s: SessionRecord): Date | null {
   return s.runningAt && s.launchedAt && s.runningAt >= s.launchedAt ? s.runningAt : null
 }
 
-/** The phases of the time to READY (see START_PHASES), in seconds, from the session's own timestamps. */
+/**
+ * The phases of the time to READY (see START_PHASES), in seconds, from the session's own
+ * timestamps. A claimed warm agent was launched and running before its claim: its whole
+ * start (restore and Chroma's boot) falls in chroma_boot.
+ */
 function startPhases(s: SessionRecord, runningAt: Date, readyAt: Date): StartPhases {
   const launchedAt = s.launchedAt ?? s.createdAt
   const seconds = (from: Date, to: Date) => Math.max(0, (to.getTime() - from.getTime()) / 1000)
+  if (s.claimedAt) return { launching: 0, provisioning: 0, chroma_boot: seconds(s.claimedAt, readyAt) }
   return {
     launching: seconds(s.createdAt, launchedAt),
     provisioning: seconds(launchedAt, runningAt),

@@ -66,6 +66,8 @@ export interface TestAppOptions {
   /** The worker loops' intervals (defaults 0.2 and 1 s), for tests of their scheduled passes. */
   reconcileIntervalSeconds?: number
   sweepIntervalSeconds?: number
+  /** WARM_POOL_MIN/MAX (and the age a warm agent is replaced at); none: no warm pool. */
+  warmPool?: { min: number; max: number; maxAgeSeconds?: number }
 }
 
 let topTeardownRegistered = false
@@ -95,6 +97,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     snapshotRoot,
     s3: opts.s3?.client,
     logger: opts.logger,
+    ...(opts.warmPool ? { warmPool: { maxAgeSeconds: 21_600, ...opts.warmPool } } : {}),
     limits: {
       leaseTtlSeconds: opts.leaseTtlSeconds ?? 300,
       maxLeaseTtlSeconds: 86400,

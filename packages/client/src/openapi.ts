@@ -1053,6 +1053,17 @@ export interface paths {
                                 /** Format: date-time */
                                 lastLeaseAt: string;
                             }[];
+                            /** @description The warm pool's idle cost (agents launched since `since`): what warm agents ran before a claim, no workflow's share; null for a client, who sees only its own leases */
+                            warmPool: {
+                                /** @description Warm agents launched (in the window) */
+                                agents: number;
+                                /** @description What they ran before a claim, or until they ended unclaimed */
+                                idleSeconds: number;
+                                /** @description That time at the configured Fargate prices, with each task's one-minute minimum */
+                                costUsd: number;
+                                /** @description Agents whose launcher reported no size (local processes): no price */
+                                unpricedAgents: number;
+                            } | null;
                         };
                     };
                 };
@@ -1067,6 +1078,127 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/warm-pool": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The warm pool: its target, demand, unclaimed agents and what they cost idle (WARM_POOL_MIN/WARM_POOL_MAX) */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description Agents listed at most */
+                    limit?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Default Response */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** @description WARM_POOL_MAX > 0 */
+                            enabled: boolean;
+                            /** @description WARM_POOL_MIN */
+                            min: number;
+                            /** @description WARM_POOL_MAX */
+                            max: number;
+                            /** @description The size the pool is kept at now: the Poisson 95% quantile of recent demand over one refill time, within min..max */
+                            target: number;
+                            /** @description Target minus READY agents (0 when full) */
+                            unfilled: number;
+                            /** @description Unclaimed agents by status */
+                            counts: {
+                                pending: number;
+                                starting: number;
+                                ready: number;
+                            };
+                            demand: {
+                                /** @description Acquires that needed a new session in the window (warm claims and cold launches) */
+                                arrivals: number;
+                                windowSeconds: number;
+                                /** @description How long a warm agent takes from launch to running (median of the last hour, or 60 before any) */
+                                refillSeconds: number;
+                            };
+                            idle: {
+                                /** @description Warm agents launched (in the window) */
+                                agents: number;
+                                /** @description What they ran before a claim, or until they ended unclaimed */
+                                idleSeconds: number;
+                                /** @description That time at the configured Fargate prices, with each task's one-minute minimum */
+                                costUsd: number;
+                                /** @description Agents whose launcher reported no size (local processes): no price */
+                                unpricedAgents: number;
+                            };
+                            /** @description Unclaimed agents, newest first */
+                            agents: {
+                                /** Format: uuid */
+                                id: string;
+                                status: "PENDING" | "STARTING" | "READY" | "DRAINING" | "STOPPING";
+                                generation: number;
+                                host: string | null;
+                                port: number | null;
+                                /** Format: date-time */
+                                createdAt: string;
+                                readyAt: string | null;
+                            }[];
+                        };
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                403: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2474,7 +2606,8 @@ export interface components {
         Session: {
             /** Format: uuid */
             id: string;
-            mode: "shared" | "exclusive";
+            /** @description warm: an unclaimed warm pool agent (GET /v1/warm-pool), which has no snapshot yet */
+            mode: "shared" | "exclusive" | "warm";
             status: "PENDING" | "STARTING" | "READY" | "DRAINING" | "STOPPING" | "STOPPED" | "FAILED";
             snapshot: string;
             collection: string | null;
@@ -2510,6 +2643,8 @@ export interface components {
             /** Format: date-time */
             createdAt: string;
             readyAt: string | null;
+            /** @description When an acquire took this session from the warm pool (its start ran from here); null when launched for its first lease */
+            claimedAt: string | null;
             endedAt: string | null;
             /** @description What the session runs on and what it costs; null until its launcher reports a size (never for local processes) */
             compute: {
@@ -2521,7 +2656,7 @@ export interface components {
                 architecture: string;
                 /** @description FARGATE or FARGATE_SPOT */
                 capacityProvider: string | null;
-                /** @description From launch to end (or now, while it runs) */
+                /** @description From launch (or its claim from the warm pool) to end, or now while it runs */
                 runSeconds: number;
                 /** @description Price per hour of this size at the configured Fargate prices */
                 hourlyUsd: number;

@@ -236,7 +236,7 @@ export class FargateLauncher implements Launcher {
     const environment = [
       { name: 'SESSION_ID', value: spec.sessionId },
       { name: 'SESSION_GENERATION', value: String(spec.generation) },
-      { name: 'SNAPSHOT_URI', value: spec.snapshot },
+      spec.warm ? { name: 'WARM', value: '1' } : { name: 'SNAPSHOT_URI', value: spec.snapshot },
       { name: 'SESSION_SECRET_ID', value: secretId },
       ...(spec.collection !== null ? [{ name: 'COLLECTION', value: spec.collection }] : []),
       ...(spec.deadManSeconds !== undefined ? [{ name: 'DEAD_MAN_SECONDS', value: String(spec.deadManSeconds) }] : []),

@@ -20,8 +20,10 @@ export interface LaunchSpec {
   sessionId: string
   /** The session's launch generation; (sessionId, generation) names one launch attempt. */
   generation: number
-  /** `file:///abs/path` (a tar archive or a directory) or `s3://bucket/key-or-prefix`. */
+  /** `file:///abs/path` (a tar archive or a directory) or `s3://bucket/key-or-prefix`; '' for a warm agent. */
   snapshot: string
+  /** A warm pool agent: started with no snapshot (WARM=1), assigned one when an acquire claims it (POST /_agent/assign). */
+  warm?: boolean
   collection: string | null
   /**
    * The secret the session requires on every request (the agent passes only requests

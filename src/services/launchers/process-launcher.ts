@@ -210,7 +210,7 @@ export class ProcessLauncher implements Launcher {
       SESSION_ID: spec.sessionId,
       // The launch attempt this agent belongs to, as on Fargate (its argv and launch directory name it too).
       SESSION_GENERATION: String(spec.generation),
-      SNAPSHOT_URI: spec.snapshot,
+      ...(spec.warm ? { WARM: '1' } : { SNAPSHOT_URI: spec.snapshot }),
       ...(spec.collection !== null ? { COLLECTION: spec.collection } : {}),
       CHROMA_DATA_DIR: join(dir, 'data'),
       CHROMA_HOST: AGENT_HOST,

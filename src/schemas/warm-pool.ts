@@ -1,0 +1,40 @@
+import { Type } from 'typebox'
+import { Uuid } from './common.ts'
+
+export const WarmPoolQuery = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Agents listed at most' }),
+})
+
+export const WarmPoolIdleCost = Type.Object({
+  agents: Type.Integer({ description: 'Warm agents launched (in the window)' }),
+  idleSeconds: Type.Integer({ description: 'What they ran before a claim, or until they ended unclaimed' }),
+  costUsd: Type.Number({ description: 'That time at the configured Fargate prices, with each task\'s one-minute minimum' }),
+  unpricedAgents: Type.Integer({ description: 'Agents whose launcher reported no size (local processes): no price' }),
+})
+
+export const WarmPool = Type.Object({
+  enabled: Type.Boolean({ description: 'WARM_POOL_MAX > 0' }),
+  min: Type.Integer({ description: 'WARM_POOL_MIN' }),
+  max: Type.Integer({ description: 'WARM_POOL_MAX' }),
+  target: Type.Integer({ description: 'The size the pool is kept at now: the Poisson 95% quantile of recent demand over one refill time, within min..max' }),
+  unfilled: Type.Integer({ description: 'Target minus READY agents (0 when full)' }),
+  counts: Type.Object({ pending: Type.Integer(), starting: Type.Integer(), ready: Type.Integer() }, { description: 'Unclaimed agents by status' }),
+  demand: Type.Object({
+    arrivals: Type.Integer({ description: 'Acquires that needed a new session in the window (warm claims and cold launches)' }),
+    windowSeconds: Type.Integer(),
+    refillSeconds: Type.Number({ description: 'How long a warm agent takes from launch to running (median of the last hour, or 60 before any)' }),
+  }),
+  idle: WarmPoolIdleCost,
+  agents: Type.Array(
+    Type.Object({
+      id: Uuid,
+      status: Type.Union([Type.Literal('PENDING'), Type.Literal('STARTING'), Type.Literal('READY'), Type.Literal('DRAINING'), Type.Literal('STOPPING')]),
+      generation: Type.Integer(),
+      host: Type.Union([Type.String(), Type.Null()]),
+      port: Type.Union([Type.Integer(), Type.Null()]),
+      createdAt: Type.String({ format: 'date-time' }),
+      readyAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+    }),
+    { description: 'Unclaimed agents, newest first' },
+  ),
+})
