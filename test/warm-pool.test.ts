@@ -89,6 +89,7 @@ t.test('warm agent: launched with no snapshot, claimed by an acquire, restored, 
   t.equal(lease.session.mode, 'shared')
   t.equal(lease.session.status, 'STARTING')
   t.ok(lease.session.claimedAt, 'claimedAt is set')
+  t.equal(lease.session.readyAt, null, 'not ready as a session yet (the agent was ready as a warm agent)')
   const ready = await reconcileUntilSettled(ctx, agentId)
   t.equal(ready.status, 'READY')
   const q = await ctx.inject({
@@ -102,6 +103,9 @@ t.test('warm agent: launched with no snapshot, claimed by an acquire, restored, 
   t.same(await eventTypes(ctx, agentId), ['created', 'launching', 'launched', 'running', 'ready', 'claimed', 'lease_attached', 'ready'])
   const events = (await ctx.inject({ method: 'GET', url: `/v1/sessions/${agentId}/events` })).json().events
   t.match(events.at(-1).detail, { warm: true }, 'the READY event says the start was warm')
+  const claimedEvent = events.find((e: { type: string }) => e.type === 'claimed')
+  t.match(claimedEvent.detail, { snapshot: String, mode: 'shared' })
+  t.ok(claimedEvent.detail.warmSince, 'the claimed event keeps when the agent was ready')
 
   // The assignment is the agent's once: another snapshot is refused, the same one answered again.
   const s = await ctx.services.sessions.get(agentId)

@@ -331,14 +331,16 @@ export class LeaseService {
     let claiming = true
     try {
       const claimed = await db.$transaction(async (tx) => {
+        // ready_at is the session's, set again when it serves; the agent's is kept in the event.
         const rows = await tx.$queryRaw<Array<{ id: string; ready_at: Date }>>`
+          WITH agent AS (
+            SELECT id, ready_at FROM sessions WHERE mode = 'warm' AND status = 'READY' AND launcher = ${this.deps.limits.launcher}
+            ORDER BY ready_at ASC LIMIT 1 FOR UPDATE SKIP LOCKED)
           UPDATE sessions SET mode = ${s.mode}::"SessionMode", pool_key = ${s.poolKey}, snapshot = ${s.snapshot}, collection = ${s.collection ?? null},
                               status = 'STARTING', idle_ttl_seconds = ${s.idleTtlSeconds}, save_on_release = ${s.saveOnRelease},
-                              created_by = ${lease.principal}, claimed_at = ${now}, updated_at = ${now}, progress = NULL
-          WHERE id = (SELECT id FROM sessions WHERE mode = 'warm' AND status = 'READY' AND launcher = ${this.deps.limits.launcher}
-                      ORDER BY ready_at ASC LIMIT 1 FOR UPDATE SKIP LOCKED)
-            AND mode = 'warm' AND status = 'READY'
-          RETURNING id, ready_at`
+                              created_by = ${lease.principal}, claimed_at = ${now}, ready_at = NULL, updated_at = ${now}, progress = NULL
+          FROM agent WHERE sessions.id = agent.id AND sessions.mode = 'warm' AND sessions.status = 'READY'
+          RETURNING sessions.id, agent.ready_at`
         claiming = false
         const agent = rows[0]
         if (!agent) return null
