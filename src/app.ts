@@ -17,8 +17,10 @@ import queryRoutes from './routes/query.ts'
 import sessionRoutes from './routes/sessions.ts'
 import costRoutes from './routes/costs.ts'
 import warmPoolRoutes from './routes/warm-pool.ts'
+import pinRoutes from './routes/pins.ts'
 import { Problem, problems } from './schemas/common.ts'
 import { ApiKey } from './schemas/key.ts'
+import { Pin } from './schemas/pin.ts'
 import { Lease } from './schemas/lease.ts'
 import { Session, SessionEvent } from './schemas/session.ts'
 import type { Services } from './services/index.ts'
@@ -86,7 +88,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // One registry per process: the services and workers report to it too.
   const metrics = deps.services.metrics
 
-  for (const schema of [Problem, Session, Lease, SessionEvent, ApiKey]) app.addSchema(schema)
+  for (const schema of [Problem, Session, Lease, SessionEvent, ApiKey, Pin]) app.addSchema(schema)
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -97,6 +99,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         { name: 'query', description: 'JSON queries for callers without a Chroma client' },
         { name: 'proxy', description: "Chroma's own HTTP API through the control plane" },
         { name: 'keys', description: 'Operators: create, list and revoke API keys' },
+        { name: 'pins', description: 'Operators: keep sessions of a snapshot READY with no lease' },
         { name: 'health', description: 'Liveness, readiness, metrics' },
       ],
       components: {
@@ -145,6 +148,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(sessionRoutes, { services: deps.services, publicUrl: deps.publicUrl })
   await app.register(costRoutes, { services: deps.services })
   await app.register(warmPoolRoutes, { services: deps.services })
+  await app.register(pinRoutes, { services: deps.services })
   await app.register(keyRoutes, { services: deps.services })
   await app.register(preflightRoutes, { preflight: deps.preflight })
   await app.register(queryRoutes, { services: deps.services })

@@ -104,8 +104,8 @@ t.test('warm agent: launched with no snapshot, claimed by an acquire, restored, 
   const events = (await ctx.inject({ method: 'GET', url: `/v1/sessions/${agentId}/events` })).json().events
   t.match(events.at(-1).detail, { warm: true }, 'the READY event says the start was warm')
   const claimedEvent = events.find((e: { type: string }) => e.type === 'claimed')
-  t.match(claimedEvent.detail, { snapshot: String, mode: 'shared' })
-  t.ok(claimedEvent.detail.warmSince, 'the claimed event keeps when the agent was ready')
+  t.match(claimedEvent.detail, { from: 'warm_pool', snapshot: String, mode: 'shared' })
+  t.ok(claimedEvent.detail.readySince, 'the claimed event keeps when the agent was ready')
 
   // The assignment is the agent's once: another snapshot is refused, the same one answered again.
   const s = await ctx.services.sessions.get(agentId)

@@ -16,11 +16,13 @@ const costRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app
   }, async (request) => {
     const { since, holder, limit } = request.query
     const from = dateParam('since', since)
-    const [workflows, warmPool] = await Promise.all([
+    const operator = request.principal.role === 'operator'
+    const [workflows, warmPool, pins] = await Promise.all([
       services.costs.byWorkflow(request.principal, { since: from, holder, limit }),
-      request.principal.role === 'operator' ? services.warmPool.idleCost(from) : null,
+      operator ? services.costs.idleBeforeClaim('warm_pool', from) : null,
+      operator ? services.costs.idleBeforeClaim('pins', from) : null,
     ])
-    return { workflows, warmPool }
+    return { workflows, warmPool, pins }
   })
 }
 

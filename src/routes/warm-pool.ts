@@ -14,7 +14,7 @@ const warmPoolRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async 
     },
   }, async (request) => {
     const { warmPool } = services
-    const [state, agents, idle] = await Promise.all([warmPool.state(), warmPool.list(request.query.limit), warmPool.idleCost()])
+    const [state, agents, idle] = await Promise.all([warmPool.state(), warmPool.list(request.query.limit), services.costs.idleBeforeClaim('warm_pool')])
     return { ...state, idle, agents }
   })
 }

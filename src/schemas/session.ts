@@ -37,7 +37,8 @@ export const Session = Type.Object(
     idleTtlSeconds: Type.Integer(),
     createdAt: Type.String({ format: 'date-time' }),
     readyAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
-    claimedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'When an acquire took this session from the warm pool (its start ran from here); null when launched for its first lease' }),
+    claimedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: "When an acquire took this session from the warm pool (its start ran from here) or from a pin's standbys; null when launched for its first lease" }),
+    pinId: Type.Union([Uuid, Type.Null()], { description: 'The pin this session was started for (POST /v1/pins); with claimedAt null, a standby no lease holds yet' }),
     endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     compute: Type.Union([
       Type.Object({

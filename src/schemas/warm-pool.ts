@@ -1,16 +1,11 @@
 import { Type } from 'typebox'
 import { Uuid } from './common.ts'
+import { IdleCost } from './cost.ts'
 
 export const WarmPoolQuery = Type.Object({
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Agents listed at most' }),
 })
 
-export const WarmPoolIdleCost = Type.Object({
-  agents: Type.Integer({ description: 'Warm agents launched (in the window)' }),
-  idleSeconds: Type.Integer({ description: 'What they ran before a claim, or until they ended unclaimed' }),
-  costUsd: Type.Number({ description: 'That time at the configured Fargate prices, with each task\'s one-minute minimum' }),
-  unpricedAgents: Type.Integer({ description: 'Agents whose launcher reported no size (local processes): no price' }),
-})
 
 export const WarmPool = Type.Object({
   enabled: Type.Boolean({ description: 'WARM_POOL_MAX > 0' }),
@@ -24,7 +19,7 @@ export const WarmPool = Type.Object({
     windowSeconds: Type.Integer(),
     refillSeconds: Type.Number({ description: 'How long a warm agent takes from launch to running (median of the last hour, or 60 before any)' }),
   }),
-  idle: WarmPoolIdleCost,
+  idle: IdleCost,
   agents: Type.Array(
     Type.Object({
       id: Uuid,

@@ -2,7 +2,7 @@ import { Prisma } from '../generated/prisma/client.ts'
 import type { SqlPool } from '../database/client.ts'
 import type { Principal } from './auth.ts'
 import type { Clock } from './clock.ts'
-import { sessionCostSql, type FargatePrices } from './cost.ts'
+import { idleBeforeClaimCostSql, sessionCostSql, type FargatePrices } from './cost.ts'
 
 export interface WorkflowCost {
   /** The leases' `holder` (e.g. a Step Functions execution ARN); null for leases acquired without one. */
@@ -17,6 +17,22 @@ export interface WorkflowCost {
   lastLeaseAt: string
 }
 
+/** Compute started ahead of demand, before an acquire took it: the warm pool's agents, or pins' standbys. */
+export interface IdleCost {
+  /** Agents or standbys launched (since the report's `since`). */
+  agents: number
+  idleSeconds: number
+  costUsd: number
+  /** Those whose launcher reported no size (local processes): their idle time has no price. */
+  unpricedAgents: number
+}
+
+/** Which rows were started ahead of demand, as `s`, a row of sessions. */
+const STARTED_AHEAD = {
+  warm_pool: Prisma.sql`(s.mode = 'warm' OR (s.claimed_at IS NOT NULL AND s.pin_id IS NULL))`,
+  pins: Prisma.sql`(s.pin_id IS NOT NULL AND s.mode = 'exclusive')`,
+}
+
 /**
  * Cost per workflow: each session's cost (start-up and idle time included: they are
  * what the workflows caused) is split among the leases that held it in proportion to
@@ -29,6 +45,28 @@ export class CostReport {
     private readonly clock: Clock,
     private readonly prices: FargatePrices,
   ) {}
+
+  /**
+   * What the warm pool's agents, or pins' exclusive standbys, created since `since` (all
+   * time without it) ran before a claim or until they ended unclaimed: no workflow's share.
+   */
+  async idleBeforeClaim(kind: keyof typeof STARTED_AHEAD, since?: Date): Promise<IdleCost> {
+    const now = this.clock.sql
+    const [row] = await this.sql.rows<{ agents: number; seconds: number | null; usd: number | null; unpriced: number }>(Prisma.sql`
+      SELECT count(*)::int AS agents,
+             sum(greatest(0, extract(epoch FROM coalesce(s.claimed_at, s.ended_at, ${now}) - s.launched_at)))::float8 AS seconds,
+             sum(${idleBeforeClaimCostSql(this.prices, now)})::float8 AS usd,
+             count(*) FILTER (WHERE s.cpu_units IS NULL OR s.memory_mib IS NULL)::int AS unpriced
+      FROM sessions s
+      WHERE ${STARTED_AHEAD[kind]} AND s.launched_at IS NOT NULL
+        ${since ? Prisma.sql`AND s.created_at >= ${since}` : Prisma.empty}`)
+    return {
+      agents: row?.agents ?? 0,
+      idleSeconds: Math.round(row?.seconds ?? 0),
+      costUsd: Math.round((row?.usd ?? 0) * 1e6) / 1e6,
+      unpricedAgents: row?.unpriced ?? 0,
+    }
+  }
 
   async byWorkflow(viewer: Principal, filter: { since?: Date; holder?: string; limit: number }): Promise<WorkflowCost[]> {
     const now = this.clock.sql

@@ -103,11 +103,11 @@ export function sessionCostSql(prices: FargatePrices, now: Prisma.Sql): Prisma.S
 }
 
 /**
- * What a warm pool agent (`s`, a row of sessions that was or is mode 'warm') cost before
- * an acquire claimed it, or until it ended unclaimed: the pool's idle cost, with the
- * task's minimum. NULL without a size or a launch.
+ * What a session row `s` started ahead of demand (a warm agent, a pin's standby) cost
+ * before an acquire claimed it, or until it ended unclaimed: idle cost, with the task's
+ * minimum. NULL without a size or a launch.
  */
-export function warmIdleCostSql(prices: FargatePrices, now: Prisma.Sql): Prisma.Sql {
+export function idleBeforeClaimCostSql(prices: FargatePrices, now: Prisma.Sql): Prisma.Sql {
   return Prisma.sql`(CASE WHEN s.launched_at IS NULL THEN NULL ELSE
     greatest(${prices.minimumSeconds}::float8, ceil(greatest(0, extract(epoch FROM coalesce(s.claimed_at, s.ended_at, ${now}) - s.launched_at))::float8))
     * ${hourlyPriceSql(prices)} / 3600 END)::float8`

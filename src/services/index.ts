@@ -17,6 +17,7 @@ import { SessionAgentClient } from './session-agent.ts'
 import { SessionService } from './sessions.ts'
 import { SnapshotService, type S3Sender } from './snapshots/snapshot-service.ts'
 import { WarmPoolService } from './warm-pool.ts'
+import { PinService } from './pins.ts'
 
 export interface ServiceDeps {
   db: Database
@@ -57,18 +58,18 @@ export function createServices(deps: ServiceDeps) {
     sessions,
     agents,
     tokens,
-    prices,
     settings: { min: 0, max: 0, maxAgeSeconds: 21_600, ...deps.warmPool, launcher: deps.limits.launcher },
     logger: deps.logger,
   })
-  if (warmPool.enabled) metrics.watchWarmPool(warmPool)
+  const costs = new CostReport(deps.sql, deps.clock, prices)
+  if (warmPool.enabled) metrics.watchWarmPool(warmPool, () => costs.idleBeforeClaim('warm_pool'))
   const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, chroma, tokens, changes: deps.changes, limits: deps.limits, observer: metrics, warmPool, logger: deps.logger })
   const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
+  const pins = new PinService({ sql: deps.sql, clock: deps.clock, sessions, snapshots, idleTtlSeconds: deps.limits.idleTtlSeconds, launcher: deps.limits.launcher, logger: deps.logger })
   const query = new QueryService(router, chroma)
   const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
-  const costs = new CostReport(deps.sql, deps.clock, prices)
   const retention = new RetentionService(deps.sql, prices)
   const endedLeases = new EndedLeases(deps.sql, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases, warmPool }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases, warmPool, pins }
 }

@@ -203,15 +203,18 @@ export class LeaseService {
           launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
           // An exclusive session waits for its collection (its agent fails at once without it); a shared one is not any acquire's to fail.
           const collection = mode === 'exclusive' ? input.collection : undefined
-          const spec = { mode, poolKey, snapshot: launchSnapshot, collection, idleTtlSeconds, saveOnRelease }
-          const claimed = this.deps.warmPool?.enabled ? await this.claimWarmWithLease(spec, lease, token) : null
-          const created = claimed ?? (await this.createWithLease(spec, lease, token))
+          const spec: NewSession = { mode, poolKey, snapshot: launchSnapshot, collection, idleTtlSeconds, saveOnRelease }
+          // A pinned standby serves already; a warm agent only needs its restore; else a cold launch.
+          // (A saveOnRelease session's agent learns SAVE_ON_STOP at launch or assignment, never a standby's.)
+          const pinned = mode === 'exclusive' && !saveOnRelease ? await this.claimPinnedWithLease(snapshot, spec, lease, token) : null
+          const warm = pinned === null && this.deps.warmPool?.enabled ? await this.claimWarmWithLease(spec, lease, token) : null
+          const created = pinned ?? warm ?? (await this.createWithLease(spec, lease, token))
           if (created !== null) {
             sessionId = created.sessionId
             times = created.times
-            outcome = claimed ? 'warm' : 'created'
-            if (this.deps.warmPool?.enabled) this.deps.observer?.warmPoolAcquire?.(claimed ? 'hit' : 'miss')
-            if (claimed) await this.assignClaimed(claimed.sessionId)
+            outcome = pinned ? 'pinned' : warm ? 'warm' : 'created'
+            if (pinned === null && this.deps.warmPool?.enabled) this.deps.observer?.warmPoolAcquire?.(warm ? 'hit' : 'miss')
+            if (warm) await this.assignClaimed(warm.sessionId)
           }
         }
       }
@@ -313,16 +316,57 @@ export class LeaseService {
   }
 
   /**
-   * Takes a READY warm agent for a new session, with its first lease, in one transaction:
-   * the UPDATE locks one unclaimed agent (SKIP LOCKED: concurrent claims take different
-   * ones) and re-checks that it is still an unclaimed READY warm agent, so two replicas
-   * never claim one agent; the row becomes the session (STARTING, its snapshot and pool
-   * key, claimed_at), keeping its id and generation, which name its compute and tokens.
-   * Null when no agent is free, or when a concurrent acquire created the pool's shared
-   * session first (the partial unique index refuses a second: attach to it instead).
+   * Takes a READY warm agent for a new session, with its first lease: the agent's row
+   * becomes the session (STARTING, its snapshot, collection and pool key), keeping its id
+   * and generation, which name its compute and tokens. See claimWithLease.
    */
-  private async claimWarmWithLease(
-    s: { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number; saveOnRelease: boolean },
+  private claimWarmWithLease(s: NewSession, lease: NewLease, token: string) {
+    // ready_at is the session's, set again when it serves; the agent's is kept in the event.
+    return this.claimWithLease(
+      'warm_pool',
+      Prisma.sql`mode = 'warm' AND status = 'READY' AND launcher = ${this.deps.limits.launcher}`,
+      Prisma.sql`mode = ${s.mode}::"SessionMode", pool_key = ${s.poolKey}, snapshot = ${s.snapshot}, collection = ${s.collection ?? null},
+                 status = 'STARTING', idle_ttl_seconds = ${s.idleTtlSeconds}, save_on_release = ${s.saveOnRelease}, ready_at = NULL, progress = NULL`,
+      s,
+      lease,
+      token,
+    )
+  }
+
+  /**
+   * Takes a READY standby of an exclusive pin of this snapshot (POST /v1/pins) with its
+   * first lease: the session serves already, so the acquire answers READY at once.
+   * A standby restored with a collection serves an acquire naming that collection or none.
+   */
+  private claimPinnedWithLease(canonical: string, s: NewSession, lease: NewLease, token: string) {
+    const collection = s.collection ?? null
+    return this.claimWithLease(
+      'pin',
+      Prisma.sql`mode = 'exclusive' AND status = 'READY' AND claimed_at IS NULL AND launcher = ${this.deps.limits.launcher}
+                 AND pin_id IN (SELECT id FROM pins WHERE snapshot = ${canonical} AND mode = 'exclusive')
+                 AND (${collection}::text IS NULL OR collection IS NULL OR collection = ${collection})
+                 AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.session_id = sessions.id AND l.ended_at IS NULL)`,
+      Prisma.sql`idle_ttl_seconds = ${s.idleTtlSeconds}`,
+      s,
+      lease,
+      token,
+    )
+  }
+
+  /**
+   * Claims one session row that `candidates` selects (a warm agent, a pinned standby) for
+   * a new lease, in one transaction: the UPDATE locks one candidate (SKIP LOCKED:
+   * concurrent claims take different ones) and re-checks `candidates` on the locked row, so
+   * two replicas never claim one; `set` turns it into the lease's session, with claimed_at
+   * and created_by. Null when no candidate is free, or when a concurrent acquire created the
+   * pool's shared session first (the partial unique index refuses a second: the caller's
+   * next attempt attaches to it).
+   */
+  private async claimWithLease(
+    from: 'warm_pool' | 'pin',
+    candidates: Prisma.Sql,
+    set: Prisma.Sql,
+    s: NewSession,
     lease: NewLease,
     token: string,
   ): Promise<{ sessionId: string; times: LeaseTimes } | null> {
@@ -331,41 +375,38 @@ export class LeaseService {
     let claiming = true
     try {
       const claimed = await db.$transaction(async (tx) => {
-        // ready_at is the session's, set again when it serves; the agent's is kept in the event.
-        const rows = await tx.$queryRaw<Array<{ id: string; ready_at: Date }>>`
-          WITH agent AS (
-            SELECT id, ready_at FROM sessions WHERE mode = 'warm' AND status = 'READY' AND launcher = ${this.deps.limits.launcher}
+        const rows = await tx.$queryRaw<Array<{ id: string; status: SessionStatus; ready_at: Date | null }>>`
+          WITH candidate AS (
+            SELECT id, ready_at FROM sessions WHERE ${candidates}
             ORDER BY ready_at ASC LIMIT 1 FOR UPDATE SKIP LOCKED)
-          UPDATE sessions SET mode = ${s.mode}::"SessionMode", pool_key = ${s.poolKey}, snapshot = ${s.snapshot}, collection = ${s.collection ?? null},
-                              status = 'STARTING', idle_ttl_seconds = ${s.idleTtlSeconds}, save_on_release = ${s.saveOnRelease},
-                              created_by = ${lease.principal}, claimed_at = ${now}, ready_at = NULL, updated_at = ${now}, progress = NULL
-          FROM agent WHERE sessions.id = agent.id AND sessions.mode = 'warm' AND sessions.status = 'READY'
-          RETURNING sessions.id, agent.ready_at`
+          UPDATE sessions SET ${set}, created_by = ${lease.principal}, claimed_at = ${now}, updated_at = ${now}
+          FROM candidate WHERE sessions.id = candidate.id AND ${candidates}
+          RETURNING sessions.id, sessions.status, candidate.ready_at`
         claiming = false
-        const agent = rows[0]
-        if (!agent) return null
+        const row = rows[0]
+        if (!row) return null
         const [times] = await tx.$queryRaw<LeaseTimes[]>`
           INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
-          VALUES (${lease.id}::uuid, ${agent.id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
+          VALUES (${lease.id}::uuid, ${row.id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
                   ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})
           RETURNING created_at AS "createdAt", expires_at AS "expiresAt"`
         const events = await tx.$queryRaw<Array<Record<string, unknown>>>`
           INSERT INTO session_events (session_id, at, type, status, detail)
-          VALUES (${agent.id}::uuid, ${now}, 'claimed', 'STARTING', ${JSON.stringify({ snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode, warmSince: agent.ready_at })}::jsonb)
+          VALUES (${row.id}::uuid, ${now}, 'claimed', ${row.status}::"SessionStatus",
+                  ${JSON.stringify({ from, snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode, readySince: row.ready_at })}::jsonb)
           RETURNING ${EVENT_COLUMNS}`
         events.push(
           ...(await tx.$queryRaw<Array<Record<string, unknown>>>`
           INSERT INTO session_events (session_id, at, type, lease_id, detail)
-          VALUES (${agent.id}::uuid, ${now}, 'lease_attached', ${lease.id}::uuid, ${JSON.stringify({ holder: lease.holder })}::jsonb)
+          VALUES (${row.id}::uuid, ${now}, 'lease_attached', ${lease.id}::uuid, ${JSON.stringify({ holder: lease.holder })}::jsonb)
           RETURNING ${EVENT_COLUMNS}`),
         )
-        return { sessionId: agent.id, times: times!, events }
+        return { sessionId: row.id, times: times!, events }
       })
       if (!claimed) return null
       this.deps.sessions.announce(claimed.events.map(eventFromRow))
       return { sessionId: claimed.sessionId, times: claimed.times }
     } catch (err) {
-      // The pool's shared session appeared while claiming: the caller's next attempt attaches to it.
       if (claiming && isUniqueViolation(err)) return null
       throw err
     }
@@ -597,6 +638,8 @@ export class LeaseService {
 type NewLease = Pick<LeaseRow, 'id' | 'principal' | 'holder' | 'idempotencyKey' | 'requestHash' | 'ttlSeconds'>
 
 type LeaseTimes = Pick<LeaseRow, 'createdAt' | 'expiresAt'>
+/** A session an acquire starts (or claims): what createWithLease and the claims set on it. */
+type NewSession = { mode: SessionMode; poolKey: string | null; snapshot: string; collection?: string; idleTtlSeconds: number; saveOnRelease: boolean }
 
 const collectionNotFound = (collection: string, leaseId: string, snapshot?: string, sessionId?: string) =>
   notFound(

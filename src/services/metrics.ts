@@ -19,8 +19,8 @@ export interface RecordedEvent {
 }
 
 /** How an acquire ended: attached to a running session, started one, replayed an Idempotency-Key, or failed. */
-/** reused: attached to a live session; created: launched a new one; warm: claimed a warm pool agent. */
-export type AcquireOutcome = 'reused' | 'created' | 'warm' | 'replayed' | 'error'
+/** reused: attached to a live session; created: launched a new one; warm: claimed a warm pool agent; pinned: took a pin's standby. */
+export type AcquireOutcome = 'reused' | 'created' | 'warm' | 'pinned' | 'replayed' | 'error'
 
 /**
  * The phases of a session's start, as the timeline records them (README, Metrics):
@@ -292,7 +292,7 @@ export class Metrics implements Observer {
    * the same fleet-wide figures): agents by status, the target, how far READY agents fall
    * short of it (deploy/ alarms when that lasts), and the pool's idle cost.
    */
-  watchWarmPool(pool: Pick<WarmPoolService, 'state' | 'idleCost'>): void {
+  watchWarmPool(pool: Pick<WarmPoolService, 'state'>, idleCost: () => Promise<{ costUsd: number }>): void {
     for (const result of ['hit', 'miss'] as const) this.warmPoolAcquires.inc({ result }, 0)
     let state: Promise<WarmPoolState> | null = null
     // One read per scrape for the three gauges that share it.
@@ -330,7 +330,7 @@ export class Metrics implements Observer {
       help: 'What warm agents cost before they were claimed (or until they ended unclaimed), at the configured Fargate prices: the pool\'s own line beside chroma_lease_session_cost_usd',
       registers: [this.registry],
       async collect() {
-        this.set((await pool.idleCost()).costUsd)
+        this.set((await idleCost()).costUsd)
       },
     })
   }

@@ -6,6 +6,7 @@
  */
 export const PROBLEM_CODES = {
   validation_failed: { status: [400], meaning: 'the request does not match the route schema; the detail names the field' },
+  invalid_pin: { status: [400], meaning: 'a pin asks for what a pin cannot keep (a shared pin keeps 1 session; an exclusive one 1 to 50)' },
   invalid_json: { status: [400], meaning: 'the body is not JSON (the detail says where it broke) or is empty' },
   invalid_content_length: { status: [400], meaning: 'Content-Length does not match the body' },
   bad_url: { status: [400], meaning: 'the URL cannot be decoded' },
@@ -25,6 +26,7 @@ export const PROBLEM_CODES = {
   lease_not_found: { status: [404], meaning: "no such lease (or another client's)" },
   session_not_found: { status: [404], meaning: 'no such session' },
   api_key_not_found: { status: [404], meaning: 'no such API key' },
+  pin_not_found: { status: [404], meaning: 'no such pin' },
   collection_not_found: { status: [404], meaning: 'the collection is not in the snapshot (acquire, lease long-poll, JSON query)' },
   route_not_found: { status: [404], meaning: 'no such route' },
   session_not_ready: { status: [409], meaning: 'the session is not serving (starting, draining, stopped); sessionStatus says which' },
@@ -35,6 +37,7 @@ export const PROBLEM_CODES = {
   pool_contended: { status: [409], meaning: 'the pool kept changing under an acquire; retry' },
   operator_key_required: { status: [409], meaning: 'the first API key must be an operator key' },
   last_operator_key: { status: [409], meaning: 'the last operator key cannot be revoked' },
+  pin_exists: { status: [409], meaning: 'the snapshot (and collection) is pinned in that mode already: pinId names the pin' },
   payload_too_large: { status: [413], meaning: 'the body exceeds BODY_LIMIT_BYTES (API) or PROXY_BODY_LIMIT_BYTES (proxy)' },
   unsupported_media_type: { status: [415], meaning: 'a body that is not content-type: application/json' },
   invalid_snapshot: { status: [422], meaning: 'not a snapshot URI, not a directory or archive, not a Chroma persist directory, or it does not match its manifest' },

@@ -46,6 +46,8 @@ export interface SessionRecord {
   readyAt: Date | null
   /** When an acquire claimed this session from the warm pool (src/services/warm-pool.ts); null for a cold launch. */
   claimedAt: Date | null
+  /** The pin this session was started for (src/services/pins.ts): a standby while claimedAt is null. */
+  pinId: string | null
   drainingAt: Date | null
   stoppingAt: Date | null
   endedAt: Date | null
@@ -131,6 +133,8 @@ export interface SessionView {
   readyAt: string | null
   /** When an acquire took this session from the warm pool; null when it was launched for its first lease. */
   claimedAt: string | null
+  /** The pin this session was started for; with claimedAt null, an unleased standby of that pin. */
+  pinId: string | null
   endedAt: string | null
   /** Size, run time and cost at the configured Fargate prices; null when the launcher reported no size. */
   compute: SessionCost | null
@@ -571,6 +575,7 @@ export class SessionService {
       createdAt: s.createdAt.toISOString(),
       readyAt: s.readyAt?.toISOString() ?? null,
       claimedAt: s.claimedAt?.toISOString() ?? null,
+      pinId: s.pinId,
       endedAt: s.endedAt?.toISOString() ?? null,
       compute: sessionCost(s, this.prices, s.observedAt),
       usage: s.usage && { memoryBytes: s.usage.memoryBytes, cpuCores: s.usage.cpuCores, at: s.usage.at.toISOString() },
@@ -627,6 +632,7 @@ export function toRecord(r: Record<string, unknown>): SessionRecord {
     runningAt: asDate(r.running_at),
     readyAt: asDate(r.ready_at),
     claimedAt: asDate(r.claimed_at),
+    pinId: (r.pin_id as string | null) ?? null,
     drainingAt: asDate(r.draining_at),
     stoppingAt: asDate(r.stopping_at),
     endedAt: asDate(r.ended_at),

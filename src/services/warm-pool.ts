@@ -5,7 +5,6 @@ import type { SessionStatus } from '../generated/prisma/enums.ts'
 import type { SqlPool } from '../database/client.ts'
 import type { LeaseTokens } from './auth.ts'
 import type { Clock } from './clock.ts'
-import { warmIdleCostSql, type FargatePrices } from './cost.ts'
 import type { SessionAgentClient } from './session-agent.ts'
 import { DB_NOW, EVENT_COLUMNS, eventFromRow, SessionService, type SessionRecord } from './sessions.ts'
 
@@ -133,15 +132,6 @@ export interface WarmAgentView {
   readyAt: string | null
 }
 
-/** The pool's idle cost: what warm agents ran before a claim (or until they ended unclaimed). */
-export interface WarmPoolIdleCost {
-  agents: number
-  idleSeconds: number
-  costUsd: number
-  /** Agents whose launcher reported no size (local processes): their idle time has no price. */
-  unpricedAgents: number
-}
-
 /** Fences every step on an unclaimed warm row: a claim changes the mode, so a stale pass cannot stop a claimed session. */
 const STILL_WARM = Prisma.sql`sessions.mode = 'warm'`
 
@@ -153,7 +143,6 @@ export class WarmPoolService {
       sessions: SessionService
       agents: SessionAgentClient
       tokens: LeaseTokens
-      prices: FargatePrices
       settings: WarmPoolSettings
       logger?: Logger
     },
@@ -254,25 +243,6 @@ export class WarmPoolService {
       createdAt: s.createdAt.toISOString(),
       readyAt: s.readyAt?.toISOString() ?? null,
     }))
-  }
-
-  /** What warm agents created since `since` (all time without it) ran unclaimed, at the configured prices. */
-  async idleCost(since?: Date): Promise<WarmPoolIdleCost> {
-    const now = this.deps.clock.sql
-    const [row] = await this.deps.sql.rows<{ agents: number; seconds: number | null; usd: number | null; unpriced: number }>(Prisma.sql`
-      SELECT count(*)::int AS agents,
-             sum(greatest(0, extract(epoch FROM coalesce(s.claimed_at, s.ended_at, ${now}) - s.launched_at)))::float8 AS seconds,
-             sum(${warmIdleCostSql(this.deps.prices, now)})::float8 AS usd,
-             count(*) FILTER (WHERE s.cpu_units IS NULL OR s.memory_mib IS NULL)::int AS unpriced
-      FROM sessions s
-      WHERE (s.mode = 'warm' OR s.claimed_at IS NOT NULL) AND s.launched_at IS NOT NULL
-        ${since ? Prisma.sql`AND s.created_at >= ${since}` : Prisma.empty}`)
-    return {
-      agents: row?.agents ?? 0,
-      idleSeconds: Math.round(row?.seconds ?? 0),
-      costUsd: Math.round((row?.usd ?? 0) * 1e6) / 1e6,
-      unpricedAgents: row?.unpriced ?? 0,
-    }
   }
 
   /** A READY warm agent leaves the pool (no lease can hold it: claiming it changes its mode, which the fence checks). */

@@ -24,7 +24,7 @@ export interface WorkerSettings {
   confirmIntervalSeconds?: number
   /** RETENTION_DAYS (default 30). */
   retentionDays?: number
-  /** How often the warm pool is brought to its target (default 5 s; only while the pool is on). */
+  /** How often the warm pool is brought to its target and pins to their counts (default 5 s). */
   warmPoolIntervalSeconds?: number
 }
 
@@ -81,6 +81,8 @@ export function createWorkers(deps: {
     loop('retention', RETENTION_INTERVAL_SECONDS, () => retention.purgeOnce()),
     // Fleet-wide: one replica sizes the pool per interval (two at once would launch twice the missing agents).
     ...(services.warmPool.enabled ? [loop('warm-pool', settings.warmPoolIntervalSeconds ?? 5, () => services.warmPool.refill(), true)] : []),
+    // Fleet-wide too: one replica starts what pins are missing per interval.
+    loop('pins', settings.warmPoolIntervalSeconds ?? 5, () => services.pins.keepOnce(), true),
   ]
   return {
     reconciler,

@@ -133,10 +133,16 @@ function noLiveLease(now: Prisma.Sql): Prisma.Sql {
   return Prisma.sql`NOT EXISTS (SELECT 1 FROM leases l WHERE l.session_id = sessions.id AND l.ended_at IS NULL AND l.expires_at > ${now})`
 }
 
-/** True when the session (aliased `sessions`) has had no live lease for its idle TTL. */
+/**
+ * True when the session (aliased `sessions`) has had no live lease for its idle TTL, and
+ * no pin keeps it (POST /v1/pins: a shared pin keeps its snapshot's shared session, an
+ * exclusive pin its unclaimed standbys).
+ */
 function idleSince(now: Prisma.Sql): Prisma.Sql {
   return Prisma.sql`(
     ${noLiveLease(now)}
+    AND NOT EXISTS (SELECT 1 FROM pins p WHERE (p.mode = 'shared' AND sessions.mode = 'shared' AND p.snapshot = sessions.pool_key)
+                                            OR (p.id = sessions.pin_id AND sessions.claimed_at IS NULL))
     AND GREATEST(sessions.ready_at,
                  (SELECT max(LEAST(COALESCE(l.ended_at, l.expires_at), l.expires_at)) FROM leases l WHERE l.session_id = sessions.id))
         + make_interval(secs => sessions.idle_ttl_seconds) <= ${now})`

@@ -1055,7 +1055,18 @@ export interface paths {
                             }[];
                             /** @description The warm pool's idle cost (agents launched since `since`): what warm agents ran before a claim, no workflow's share; null for a client, who sees only its own leases */
                             warmPool: {
-                                /** @description Warm agents launched (in the window) */
+                                /** @description Agents (warm pool) or standbys (pins) launched, since `since` when given */
+                                agents: number;
+                                /** @description What they ran before a claim, or until they ended unclaimed */
+                                idleSeconds: number;
+                                /** @description That time at the configured Fargate prices, with each task's one-minute minimum */
+                                costUsd: number;
+                                /** @description Agents whose launcher reported no size (local processes): no price */
+                                unpricedAgents: number;
+                            } | null;
+                            /** @description What exclusive pins' standbys (started since `since`) ran before an acquire took them: no workflow's share; null for a client */
+                            pins: {
+                                /** @description Agents (warm pool) or standbys (pins) launched, since `since` when given */
                                 agents: number;
                                 /** @description What they ran before a claim, or until they ended unclaimed */
                                 idleSeconds: number;
@@ -1155,7 +1166,7 @@ export interface paths {
                                 refillSeconds: number;
                             };
                             idle: {
-                                /** @description Warm agents launched (in the window) */
+                                /** @description Agents (warm pool) or standbys (pins) launched, since `since` when given */
                                 agents: number;
                                 /** @description What they ran before a claim, or until they ended unclaimed */
                                 idleSeconds: number;
@@ -1220,6 +1231,259 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pins": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List pins with the sessions each keeps READY now */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Default Response */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            pins: components["schemas"]["Pin"][];
+                        };
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        /**
+         * Pin a snapshot: keep its shared session READY, or `sessions` exclusive standbys
+         * @description The sessions start within a few seconds (the pins pass) and are kept until the pin is removed. One pin per snapshot, collection and mode: 409 pin_exists names the existing one.
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        /** @description As for POST /v1/leases: s3://bucket/key-or-prefix or file:///abs/path under SNAPSHOT_ROOT */
+                        snapshot: string;
+                        /** @description A collection that must be in the snapshot: the pinned sessions are READY only once they have it */
+                        collection?: string;
+                        /**
+                         * @description shared: keep the snapshot's shared session READY; exclusive: keep `sessions` standbys that exclusive acquires take
+                         * @default shared
+                         */
+                        mode?: "shared" | "exclusive";
+                        /**
+                         * @description Sessions kept READY with no lease (1 for a shared pin)
+                         * @default 1
+                         */
+                        sessions?: number;
+                    };
+                };
+            };
+            responses: {
+                /** @description Default Response */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Pin"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                502: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pins/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a pin: its unclaimed standbys stop, its shared session idles out like any other */
+        delete: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Default Response */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Pin"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
         options?: never;
         head?: never;
         patch?: never;
@@ -2598,7 +2862,7 @@ export interface components {
              * @description Stable machine-readable error code (README.md, "Errors", says what each means)
              * @enum {string}
              */
-            code: "validation_failed" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "database_unavailable" | "session_timeout";
+            code: "validation_failed" | "invalid_pin" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "pin_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "pin_exists" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "database_unavailable" | "session_timeout";
             instance?: string;
         } & {
             [key: string]: unknown;
@@ -2643,8 +2907,10 @@ export interface components {
             /** Format: date-time */
             createdAt: string;
             readyAt: string | null;
-            /** @description When an acquire took this session from the warm pool (its start ran from here); null when launched for its first lease */
+            /** @description When an acquire took this session from the warm pool (its start ran from here) or from a pin's standbys; null when launched for its first lease */
             claimedAt: string | null;
+            /** @description The pin this session was started for (POST /v1/pins); with claimedAt null, a standby no lease holds yet */
+            pinId: string | null;
             endedAt: string | null;
             /** @description What the session runs on and what it costs; null until its launcher reports a size (never for local processes) */
             compute: {
@@ -2718,6 +2984,22 @@ export interface components {
             /** Format: date-time */
             createdAt: string;
             revokedAt: string | null;
+        };
+        Pin: {
+            /** Format: uuid */
+            id: string;
+            /** @description The canonical snapshot URI */
+            snapshot: string;
+            collection: string | null;
+            mode: "shared" | "exclusive";
+            sessions: number;
+            /** @description Of the sessions the pin keeps, how many are READY now */
+            ready: number;
+            /** @description … and how many are PENDING or STARTING */
+            starting: number;
+            createdBy: string;
+            /** Format: date-time */
+            createdAt: string;
         };
     };
     responses: never;
