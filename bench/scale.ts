@@ -13,9 +13,10 @@
  *
  * Options: --sizes=500,2000,5000 --seconds=30 (the window at each size: two orphan sweeps),
  * --replica-node-options='…' (NODE_OPTIONS for the replicas, e.g. a heap limit), --no-write
- * (print only), --heap-snapshot=DIR (after each size's window, a heap snapshot of the first
- * replica into DIR, `<size>.heapsnapshot`; read them with bench/heap-summary.ts; the snapshot's
- * full GC changes the next size's memory figures, so runs for the table go without it).
+ * (print only), --heap-snapshot=DIR (after the last size's window, a heap snapshot of the first
+ * replica into DIR, `<size>.heapsnapshot`; read it with bench/heap-summary.ts), with
+ * --heap-snapshot-sizes=500,5000 after those sizes' windows instead (to compare them; the
+ * snapshot's full GC then changes the next size's memory figures).
  * Writes the `scale` section of BENCHMARKS.md.
  */
 import { chmod, copyFile, mkdtemp, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises'
@@ -35,6 +36,7 @@ const WINDOW_SECONDS = Number(arg('seconds') ?? 30)
 const ACQUIRE_RATE = 20
 const REPLICA_NODE_OPTIONS = process.argv.find((a) => a.startsWith('--replica-node-options='))?.slice('--replica-node-options='.length)
 const HEAP_SNAPSHOT_DIR = arg('heap-snapshot')
+const HEAP_SNAPSHOT_SIZES = (arg('heap-snapshot-sizes') ?? String(SIZES.at(-1))).split(',').map(Number)
 const WRITE = !process.argv.includes('--no-write')
 const REPLICAS = 3
 const RECONCILE_INTERVAL_SECONDS = 1 // the default
@@ -120,7 +122,7 @@ try {
     console.log(`measuring ${WINDOW_SECONDS}s at ${size}`)
     rows.push(await measure(size))
     console.log(JSON.stringify(rows.at(-1)))
-    if (HEAP_SNAPSHOT_DIR) await heapSnapshot(size)
+    if (HEAP_SNAPSHOT_DIR && HEAP_SNAPSHOT_SIZES.includes(size)) await heapSnapshot(size)
   }
 } finally {
   await Promise.all(pools.map((p) => p.close()))

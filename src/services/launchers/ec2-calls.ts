@@ -22,7 +22,7 @@ export type Ec2Action = keyof Ec2Actions
  * operation's schema: loaded, it keeps ~9 MB of V8 heap and ~18 MB of RSS (~38 MB right
  * after the calls) in a process for good, measured on Node 20 (BENCHMARKS.md). Without
  * public IPs the launcher only needs it for the preflight's two lookups, so those run in a
- * short-lived process instead (see ec2Calls).
+ * short-lived process instead (see oneShotEc2).
  */
 export interface Ec2Calls {
   call<A extends Ec2Action>(action: A, input: Ec2Actions[A][0]): Promise<Ec2Actions[A][1]>
