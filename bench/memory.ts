@@ -9,6 +9,8 @@
  * 2. The server itself as `npm start` runs it (process launcher, embedded Postgres), idle for
  *    40 s (RSS each second: V8 compacts the start's garbage only after some idle time), then: RSS and how /proc splits it (file-backed: the node binary's code; anonymous: heaps),
  *    V8's heap and external memory, and a heap snapshot summed by what V8 calls each object.
+ * 3. A Fargate replica (LAUNCHER=fargate against the ECS fake) idle for as long: its RSS each
+ *    second and its V8 heap.
  *
  * Writes the `memory` section of BENCHMARKS.md.
  */
@@ -18,6 +20,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { build } from 'esbuild'
+import { EcsFake } from '../test/helpers/ecs-fake.ts'
 import { sample } from '../test/helpers/fake-session.ts'
 import { startControlPlane } from './control-plane.ts'
 import { provenance, writeSection } from './report.ts'
@@ -34,8 +37,9 @@ await mkdir(diagnostics)
 
 const cp = await startControlPlane(join(dir, 'data'), {
   SNAPSHOT_ROOT: snapshots,
-  // A heap snapshot on SIGUSR2, written where this benchmark reads it.
-  NODE_OPTIONS: `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${diagnostics}`,
+  // A heap snapshot on SIGWINCH, written where this benchmark reads it (not SIGUSR2, on which
+  // close-with-grace shuts the server down; SIGUSR1 is Node's inspector's).
+  NODE_OPTIONS: `--heapsnapshot-signal=SIGWINCH --diagnostic-dir=${diagnostics}`,
 })
 
 /** Entry code per group: what the server does with the module at start. */
@@ -57,8 +61,12 @@ const GROUPS: Array<{ name: string; code: string }> = [
   { name: 'pg (node-postgres) alone, one query run', code: `import pg from 'pg'; const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL }); await pool.query('SELECT 1')` },
   { name: '@aws-sdk/client-s3 (S3Client constructed)', code: `import { S3Client } from '@aws-sdk/client-s3'; new S3Client({ region: 'us-east-1' })` },
   {
-    name: '@aws-sdk/client-ecs and client-ec2 (LAUNCHER=fargate only)',
-    code: `import { ECSClient } from '@aws-sdk/client-ecs'; import { EC2Client } from '@aws-sdk/client-ec2'; new ECSClient({ region: 'us-east-1' }); new EC2Client({ region: 'us-east-1' })`,
+    name: '@aws-sdk/client-ecs and client-secrets-manager (LAUNCHER=fargate only)',
+    code: `import { ECSClient } from '@aws-sdk/client-ecs'; import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager'; new ECSClient({ region: 'us-east-1' }); new SecretsManagerClient({ region: 'us-east-1' })`,
+  },
+  {
+    name: '@aws-sdk/client-ec2 (with LAUNCHER=fargate, only with ECS_ASSIGN_PUBLIC_IP; else in a short-lived child)',
+    code: `import { EC2Client } from '@aws-sdk/client-ec2'; new EC2Client({ region: 'us-east-1' })`,
   },
   { name: 'prom-client with its default metrics', code: `import { collectDefaultMetrics, Registry } from 'prom-client'; const r = new Registry(); collectDefaultMetrics({ register: r }); await r.metrics()` },
   { name: 'undici and @fastify/reply-from (the proxy)', code: `import 'undici'; import '@fastify/reply-from'` },
@@ -66,6 +74,7 @@ const GROUPS: Array<{ name: string; code: string }> = [
 
 const groups: Array<{ name: string; rssMb: number; heapMb: number; externalMb: number }> = []
 let server: Awaited<ReturnType<typeof idleServer>>
+let fargate: Awaited<ReturnType<typeof idleFargateReplica>>
 try {
   const entries = join(repo, 'dist', 'memory')
   await mkdir(entries, { recursive: true })
@@ -94,11 +103,59 @@ try {
   }
   await rm(entries, { recursive: true, force: true })
   server = await idleServer()
+  fargate = await idleFargateReplica()
 } finally {
   await cp.stop()
   await rm(dir, { recursive: true, force: true })
 }
 await report()
+
+/**
+ * A Fargate replica idle (no session) against the ECS fake, on the same Postgres: what
+ * the ECS and Secrets Manager SDKs, the preflight at start and the workers' passes cost.
+ */
+async function idleFargateReplica() {
+  console.log(`a Fargate replica, idle ${IDLE_SECONDS} s`)
+  const fake = await EcsFake.start({ stubAgents: true })
+  try {
+    const replica = await startControlPlane(join(dir, 'fargate'), {
+      LAUNCHER: 'fargate',
+      DATABASE_URL: cp.databaseUrl,
+      SNAPSHOT_ROOT: snapshots,
+      ECS_ENDPOINT: fake.endpoint,
+      EC2_ENDPOINT: fake.endpoint,
+      ECS_CLUSTER: fake.cluster,
+      ECS_TASK_DEFINITION: 'chroma-session:3',
+      ECS_SUBNETS: 'subnet-a',
+      ECS_SECURITY_GROUPS: 'sg-sessions',
+      ECS_CHROMA_PORT: String(fake.chromaPort),
+      SESSION_TASK_ROLE_ID: fake.secrets.taskRoleId,
+      SECRETS_MANAGER_ENDPOINT: fake.secrets.endpoint,
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'bench',
+      AWS_SECRET_ACCESS_KEY: 'bench',
+    })
+    try {
+      const timeline: number[] = []
+      for (let i = 0; i < IDLE_SECONDS; i++) {
+        await sleep(1000)
+        timeline.push(Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${replica.pid}/status`, 'utf8'))?.[1]) / 1024)
+      }
+      const metrics = await (await fetch(`${replica.url}/metrics`)).text()
+      return {
+        timeline,
+        heapUsedMb: (sample(metrics, 'chroma_lease_nodejs_heap_size_used_bytes') ?? NaN) / 2 ** 20,
+        heapTotalMb: (sample(metrics, 'chroma_lease_nodejs_heap_size_total_bytes') ?? NaN) / 2 ** 20,
+        // The preflight's lookups, made from a short-lived child process: the fake counts them all the same.
+        ec2Calls: fake.count('DescribeSubnets') + fake.count('DescribeSecurityGroups'),
+      }
+    } finally {
+      await replica.stop()
+    }
+  } finally {
+    await fake.close()
+  }
+}
 
 async function idleServer() {
   console.log(`the server, idle ${IDLE_SECONDS} s`)
@@ -115,7 +172,7 @@ async function idleServer() {
   const bytes = (name: string, labels: Record<string, string> = {}) => (sample(metrics, name, labels) ?? NaN) / 2 ** 20
   const spaces = ['new_space', 'old_space', 'code_space', 'map_space', 'large_object_space'].map((space) => ({ space, usedMb: bytes('chroma_lease_nodejs_heap_space_size_used_bytes', { space }) }))
   // A heap snapshot, summed by node type and constructor name.
-  process.kill(cp.pid, 'SIGUSR2')
+  process.kill(cp.pid, 'SIGWINCH')
   let file: string | undefined
   for (let i = 0; i < 300 && !file; i++) {
     await sleep(200)
@@ -196,6 +253,8 @@ async function report() {
     ...groups.map((g) => `| ${g.name} | ${f(g.rssMb)} MB | ${g === base ? '–' : `${f(g.rssMb - base.rssMb)} MB`} | ${f(g.heapMb)} MB | ${f(g.externalMb)} MB |`),
     '',
     `**The server idle** (\`npm start\`'s bundle, LAUNCHER=process, no session), VmRSS each second from ready: ${server.timeline.map((m) => f(m, 0)).join(' ')} MB. At ${IDLE_SECONDS} s: RSS ${f(server.rssMb)} MB, of which ${f(server.fileMb)} MB file-backed (the node binary's and modules' mapped code) and ${f(server.anonMb)} MB anonymous; V8 heap ${f(server.heapUsedMb)} MB used of ${f(server.heapTotalMb)} MB reserved (${server.spaces.map((s) => `${s.space} ${f(s.usedMb)}`).join(', ')}), external ${f(server.externalMb)} MB.`,
+    '',
+    `**A Fargate replica idle** (the same bundle, LAUNCHER=fargate against the ECS fake, no ECS_ASSIGN_PUBLIC_IP, no session; its preflight's ${fargate.ec2Calls} EC2 lookups made from a short-lived child process), VmRSS each second from ready: ${fargate.timeline.map((m) => f(m, 0)).join(' ')} MB; V8 heap ${f(fargate.heapUsedMb)} MB used of ${f(fargate.heapTotalMb)} MB reserved at ${IDLE_SECONDS} s.`,
     '',
     'Heap snapshot of that idle server, the largest kinds by self size:',
     '',

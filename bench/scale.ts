@@ -13,9 +13,13 @@
  *
  * Options: --sizes=500,2000,5000 --seconds=30 (the window at each size: two orphan sweeps),
  * --replica-node-options='…' (NODE_OPTIONS for the replicas, e.g. a heap limit), --no-write
- * (print only). Writes the `scale` section of BENCHMARKS.md.
+ * (print only), --heap-snapshot=DIR (after the last size's window, a heap snapshot of the first
+ * replica into DIR, `<size>.heapsnapshot`; read it with bench/heap-summary.ts), with
+ * --heap-snapshot-sizes=500,5000 after those sizes' windows instead (to compare them; the
+ * snapshot's full GC then changes the next size's memory figures).
+ * Writes the `scale` section of BENCHMARKS.md.
  */
-import { chmod, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdtemp, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
@@ -31,6 +35,8 @@ const WINDOW_SECONDS = Number(arg('seconds') ?? 30)
 /** Acquires per second on the shared session during each window (each released right after). */
 const ACQUIRE_RATE = 20
 const REPLICA_NODE_OPTIONS = process.argv.find((a) => a.startsWith('--replica-node-options='))?.slice('--replica-node-options='.length)
+const HEAP_SNAPSHOT_DIR = arg('heap-snapshot')
+const HEAP_SNAPSHOT_SIZES = (arg('heap-snapshot-sizes') ?? String(SIZES.at(-1))).split(',').map(Number)
 const WRITE = !process.argv.includes('--no-write')
 const REPLICAS = 3
 const RECONCILE_INTERVAL_SECONDS = 1 // the default
@@ -65,8 +71,15 @@ const env = {
   IDLE_TTL_SECONDS: '3600',
   RECONCILE_INTERVAL_SECONDS: String(RECONCILE_INTERVAL_SECONDS),
   SWEEP_INTERVAL_SECONDS: String(SWEEP_INTERVAL_SECONDS),
+  SESSION_TASK_ROLE_ID: fake.secrets.taskRoleId,
+  SECRETS_MANAGER_ENDPOINT: fake.secrets.endpoint,
   ...(REPLICA_NODE_OPTIONS ? { NODE_OPTIONS: REPLICA_NODE_OPTIONS } : {}),
 }
+if (HEAP_SNAPSHOT_DIR) await mkdir(HEAP_SNAPSHOT_DIR, { recursive: true })
+/** The first replica writes a heap snapshot on SIGWINCH (the others run as they would; not SIGUSR2, on which close-with-grace shuts the server down). */
+const firstReplicaEnv = HEAP_SNAPSHOT_DIR
+  ? { ...env, NODE_OPTIONS: `${env.NODE_OPTIONS ?? ''} --heapsnapshot-signal=SIGWINCH --diagnostic-dir=${join(dir, 'diagnostics')}`.trim() }
+  : env
 const replicas: RunningControlPlane[] = []
 const pools: Pool[] = []
 const rows: Row[] = []
@@ -91,7 +104,8 @@ interface Row {
 
 try {
   console.log(`starting ${REPLICAS} replicas (LAUNCHER=fargate, the ECS fake at ${fake.endpoint})`)
-  replicas.push(await startControlPlane(join(dir, 'r0'), env))
+  await mkdir(join(dir, 'diagnostics'))
+  replicas.push(await startControlPlane(join(dir, 'r0'), firstReplicaEnv))
   for (let i = 1; i < REPLICAS; i++) replicas.push(await startControlPlane(join(dir, `r${i}`), { ...env, DATABASE_URL: replicas[0]!.databaseUrl }))
   for (const r of replicas) pools.push(new Pool(r.url, { connections: 16 }))
 
@@ -108,6 +122,7 @@ try {
     console.log(`measuring ${WINDOW_SECONDS}s at ${size}`)
     rows.push(await measure(size))
     console.log(JSON.stringify(rows.at(-1)))
+    if (HEAP_SNAPSHOT_DIR && HEAP_SNAPSHOT_SIZES.includes(size)) await heapSnapshot(size)
   }
 } finally {
   await Promise.all(pools.map((p) => p.close()))
@@ -118,6 +133,29 @@ try {
   await rm(dir, { recursive: true, force: true })
 }
 await report()
+
+/** SIGWINCH to the first replica, then waits until its snapshot file stops growing, and moves it to HEAP_SNAPSHOT_DIR. */
+async function heapSnapshot(size: number) {
+  const diagnostics = join(dir, 'diagnostics')
+  process.kill(replicas[0]!.pid, 'SIGWINCH')
+  const deadline = Date.now() + 300_000
+  let last = -1
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 2_000))
+    const name = (await readdir(diagnostics)).find((n) => n.endsWith('.heapsnapshot'))
+    const bytes = name ? (await stat(join(diagnostics, name))).size : -1
+    // Node writes the snapshot synchronously: the replica answers again once it is complete.
+    if (name && bytes === last && bytes > 0 && (await metrics(0).then(() => true, () => false))) {
+      const to = join(HEAP_SNAPSHOT_DIR!, `${size}.heapsnapshot`)
+      await copyFile(join(diagnostics, name), to)
+      await rm(join(diagnostics, name))
+      console.log(`heap snapshot of replica 0 at ${size} sessions: ${to} (${(bytes / 2 ** 20).toFixed(0)} MB)`)
+      return
+    }
+    if (Date.now() > deadline) throw new Error('no heap snapshot within 5 minutes')
+    last = bytes
+  }
+}
 
 async function post(replica: number, body: unknown): Promise<any> {
   const res = await pools[replica]!.request({ method: 'POST', path: '/v1/leases', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })

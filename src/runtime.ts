@@ -33,20 +33,23 @@ export function createS3(config: Config): S3Sender {
 
 export async function createLauncher(config: Config, logger: Logger, clock: Clock, sql: SqlPool): Promise<Launcher> {
   if (config.launcher === 'fargate') {
-    // Loaded only when used: the ECS and EC2 SDKs cost the process launcher's users ~25 MB of RSS.
-    const [{ ECSClient }, { EC2Client }, { SecretsManagerClient }, { FargateLauncher }, { SessionSecretStore }] = await Promise.all([
+    // Loaded only when used: the ECS SDK costs the process launcher's users ~22 MB of RSS.
+    const [{ ECSClient }, { SecretsManagerClient }, { FargateLauncher }, { SessionSecretStore }, { inProcessEc2, oneShotEc2 }] = await Promise.all([
       import('@aws-sdk/client-ecs'),
-      import('@aws-sdk/client-ec2'),
       import('@aws-sdk/client-secrets-manager'),
       import('./services/launchers/fargate-launcher.ts'),
       import('./services/launchers/session-secrets.ts'),
+      import('./services/launchers/ec2-calls.ts'),
     ])
     const { ecs } = config
+    const ec2Config = { region: config.awsRegion, ...(ecs.ec2Endpoint ? { endpoint: ecs.ec2Endpoint } : {}) }
     const secretsManager = new SecretsManagerClient({ region: config.awsRegion, ...(ecs.secretsManagerEndpoint ? { endpoint: ecs.secretsManagerEndpoint } : {}) })
     return new FargateLauncher({
       secrets: new SessionSecretStore(secretsManager, { prefix: ecs.secretPrefix, taskRoleId: ecs.taskRoleId! }),
       ecs: new ECSClient({ region: config.awsRegion, ...(ecs.endpoint ? { endpoint: ecs.endpoint } : {}) }),
-      ec2: new EC2Client({ region: config.awsRegion, ...(ecs.ec2Endpoint ? { endpoint: ecs.ec2Endpoint } : {}) }),
+      // Public IPs are looked up every pass: the SDK is worth keeping. Without them only the
+      // preflight uses EC2, from a short-lived process (ec2-calls.ts).
+      ec2: ecs.assignPublicIp ? inProcessEc2(ec2Config) : oneShotEc2(ec2Config),
       settings: {
         cluster: ecs.cluster!,
         taskDefinition: ecs.taskDefinition!,

@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
+import { Agent, getGlobalDispatcher, setGlobalDispatcher, type Dispatcher } from 'undici'
 import { ChromaClient } from '../src/services/chroma.ts'
 import { SessionAgentClient } from '../src/services/session-agent.ts'
 
@@ -44,4 +45,31 @@ t.test('a readiness check leaves no connection to the session open', async (t) =
   const readiness = await new ChromaClient().readiness(base, null, 'cls_token')
   t.equal(readiness.ready, true)
   t.equal(await connectionsAfter(server), 0, 'closed once answered')
+})
+
+t.test("confirmations, status reads and readiness checks leave nothing in undici's shared pools", async (t) => {
+  // undici's global Agent keeps a pool per origin; with `reset` alone a replica at 5,000
+  // sessions still held 5,000 of them, 112 MB (BENCHMARKS.md, At scale). These calls must
+  // not go through it at all.
+  const origins: string[] = []
+  class Recording extends Agent {
+    override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+      origins.push(String(opts.origin))
+      return super.dispatch(opts, handler)
+    }
+  }
+  const previous = getGlobalDispatcher()
+  const recording = new Recording()
+  setGlobalDispatcher(recording)
+  t.teardown(async () => {
+    setGlobalDispatcher(previous)
+    await recording.close()
+  })
+  const agents = await Promise.all(Array.from({ length: 5 }, () => agent(t)))
+  const client = new SessionAgentClient()
+  const chroma = new ChromaClient()
+  // As the workers call them: the confirmer, the reconciler and status reads at once, per agent.
+  await Promise.all(agents.flatMap(({ base }) => [client.confirm(base, 'clc_token'), client.status(base, 'clc_token'), chroma.readiness(base, null, 'cls_token')]))
+  t.same(origins, [], 'no request went through the global dispatcher')
+  for (const { server } of agents) t.equal(await connectionsAfter(server), 0, 'and no connection stays open')
 })

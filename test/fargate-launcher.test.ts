@@ -42,7 +42,7 @@ function settingsOf(fake: EcsFake): FargateSettings {
   }
 }
 
-async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake; limiter?: RateLimiter; deadManSeconds?: number; confirmIntervalSeconds?: number } = {}) {
+async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<FargateSettings>; startTimeoutSeconds?: number; s3?: S3Fake; limiter?: RateLimiter; deadManSeconds?: number; confirmIntervalSeconds?: number; ec2?: 'in-process' | 'one-shot' } = {}) {
   const fake = await EcsFake.start({ snapshotRoot: root, ...opts })
   t.teardown(() => fake.close())
   const clock = new ManualClock()
@@ -51,7 +51,7 @@ async function setup(t: Test, opts: EcsFakeOptions & { settings?: Partial<Fargat
   // Read by the launcher on every call: a test changes it to stand for a deploy.
   const settings = { ...settingsOf(fake), ...opts.settings }
   const launcher = new FargateLauncher({
-    ...fake.clients(),
+    ...fake.clients(opts.ec2),
     settings,
     wait: async (ms) => {
       waits.push(ms)
@@ -739,7 +739,8 @@ t.test("a task that does not report its architecture takes its task definition's
 })
 
 t.test('preflight names every problem with the launch setup; GET /v1/preflight shows it to operators', async (t) => {
-  const good = await setup(t)
+  // Without public IPs the server makes the preflight's EC2 calls from a short-lived process (ec2-calls.ts).
+  const good = await setup(t, { ec2: 'one-shot' })
   const ok = await good.ctx.app.inject({ method: 'GET', url: '/v1/preflight' })
   t.equal(ok.statusCode, 200)
   t.match(ok.json(), { ok: true, launcher: 'fargate' })
@@ -751,6 +752,7 @@ t.test('preflight names every problem with the launch setup; GET /v1/preflight s
     subnets: ['subnet-a'],
     securityGroups: [],
     settings: { cluster: 'nope' },
+    ec2: 'one-shot',
   })
   const report = (await bad.ctx.app.inject({ method: 'GET', url: '/v1/preflight' })).json()
   t.equal(report.ok, false)

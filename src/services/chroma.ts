@@ -1,4 +1,5 @@
 import { request } from 'undici'
+import { requestOnce } from './session-http.ts'
 
 /**
  * The control plane's own calls to a session's Chroma server (API v2): readiness
@@ -37,7 +38,7 @@ export interface QueryResult {
   embeddings?: (number[] | null)[][] | null
 }
 
-/** `reset`: the connection closes after the answer (see readiness). */
+/** On a connection of its own, closed with the answer (see readiness and session-http.ts). */
 const ONCE = true
 
 export class ChromaClient {
@@ -50,7 +51,7 @@ export class ChromaClient {
   async readiness(base: string, collection: string | null, token: string): Promise<Readiness> {
     try {
       // Asked once a pass per starting session, of thousands of sessions: no kept-alive
-      // connection (and undici pool, ~30 KB each) is left behind per session (BENCHMARKS.md, At scale).
+      // connection nor undici pool is left behind per session (session-http.ts).
       const heartbeat = await this.call('GET', `${base}/api/v2/heartbeat`, token, undefined, ONCE)
       if (heartbeat.status !== 200) return { ready: false, reason: `heartbeat answered ${heartbeat.status}` }
       const health = await this.call('GET', `${base}/api/v2/healthcheck`, token, undefined, ONCE)
@@ -86,15 +87,18 @@ export class ChromaClient {
   }
 
   private async call(method: 'GET' | 'POST', url: string, token: string, body?: unknown, once = false): Promise<{ status: number; body: unknown }> {
-    const res = await request(url, {
+    const opts = {
       method,
-      reset: once,
       headers: { 'x-chroma-token': token, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
-      headersTimeout: this.timeoutMs,
-      bodyTimeout: this.timeoutMs,
-    })
-    const text = await res.body.text()
+    }
+    let res: { statusCode: number; text: string }
+    if (once) res = await requestOnce(url, { ...opts, timeoutMs: this.timeoutMs })
+    else {
+      const answer = await request(url, { ...opts, headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs })
+      res = { statusCode: answer.statusCode, text: await answer.body.text() }
+    }
+    const text = res.text
     let parsed: unknown = text
     try {
       parsed = text ? JSON.parse(text) : null

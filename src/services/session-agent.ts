@@ -1,4 +1,5 @@
 import { request } from 'undici'
+import { requestOnce } from './session-http.ts'
 import type { AgentStatus } from '../../container/agent/status.ts'
 import type { SaveResult } from '../../container/agent/save.ts'
 import { CONTROL_PLANE_TIME_HEADER } from '../../container/agent/front.ts'
@@ -26,9 +27,8 @@ export class SessionAgentClient {
   /**
    * Resets the session's dead man's switch; answers the agent's status (restore progress
    * included). `now`: the control plane's time, on which the agent judges lease expiries.
-   * Once a minute per session, of thousands: the connection closes after the answer, so no
-   * kept-alive connection (and undici pool, ~30 KB each) is left behind per session; a
-   * replica confirming thousands of new sessions at once held them all (BENCHMARKS.md, At scale).
+   * Once a minute per session, of thousands: on a connection of its own, closed with the
+   * answer, so no connection nor undici pool is left behind per session (session-http.ts).
    */
   confirm(base: string, token: string, now?: Date): Promise<AgentStatus> {
     return this.call('POST', `${base}/_agent/confirm`, token, this.timeoutMs, undefined, now, true) as Promise<AgentStatus>
@@ -58,8 +58,13 @@ export class SessionAgentClient {
     const headers: Record<string, string> = { 'x-chroma-token': token }
     if (body !== undefined) headers['content-type'] = 'application/json'
     if (now) headers[CONTROL_PLANE_TIME_HEADER] = String(now.getTime())
-    const res = await request(url, { method, reset: closeAfter, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
-    const text = await res.body.text()
+    let res: { statusCode: number; text: string }
+    if (closeAfter) res = await requestOnce(url, { method, headers, body, timeoutMs })
+    else {
+      const answer = await request(url, { method, headers, body, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+      res = { statusCode: answer.statusCode, text: await answer.body.text() }
+    }
+    const text = res.text
     let answer = null as { detail?: string; code?: string } | null
     try {
       answer = text ? (JSON.parse(text) as typeof answer) : null

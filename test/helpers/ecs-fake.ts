@@ -5,9 +5,9 @@ import { createServer, type IncomingMessage, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ECSClient } from '@aws-sdk/client-ecs'
-import { EC2Client } from '@aws-sdk/client-ec2'
 import { freeLoopbackPort } from '../../src/free-port.ts'
 import { projectPath } from '../../src/paths.ts'
+import { inProcessEc2, oneShotEc2, type Ec2Calls } from '../../src/services/launchers/ec2-calls.ts'
 import { SessionSecretStore } from '../../src/services/launchers/session-secrets.ts'
 import { parseCapacityProviders } from '../../src/services/launchers/capacity-providers.ts'
 import type { FargateSettings } from '../../src/services/launchers/fargate-launcher.ts'
@@ -212,7 +212,6 @@ export class EcsFake {
     return `http://127.0.0.1:${this.port}`
   }
 
-  /** Real SDK clients pointed at the fake, and the session secret store on its Secrets Manager fake. */
   /** FargateLauncher settings for this fake's cluster, as the tests deploy it (no launch throttling). */
   launcherSettings(over: Partial<FargateSettings> = {}): FargateSettings {
     return {
@@ -231,11 +230,12 @@ export class EcsFake {
     }
   }
 
-  clients(): { ecs: ECSClient; ec2: EC2Client; secrets: SessionSecretStore } {
+  /** Real SDK clients pointed at the fake (EC2 through either of the launcher's ways), and the session secret store on its Secrets Manager fake. */
+  clients(ec2: 'in-process' | 'one-shot' = 'in-process'): { ecs: ECSClient; ec2: Ec2Calls; secrets: SessionSecretStore } {
     const common = { endpoint: this.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } }
     return {
       ecs: new ECSClient({ ...common, maxAttempts: 3 }),
-      ec2: new EC2Client(common),
+      ec2: ec2 === 'one-shot' ? oneShotEc2(common) : inProcessEc2(common),
       secrets: new SessionSecretStore(this.secrets.client(), { prefix: 'chroma-lease/sessions', taskRoleId: this.secrets.taskRoleId }),
     }
   }

@@ -14,11 +14,11 @@ import {
   type RunTaskCommandOutput,
   type Task,
 } from '@aws-sdk/client-ecs'
-import { DescribeNetworkInterfacesCommand, DescribeSecurityGroupsCommand, DescribeSubnetsCommand, type EC2Client } from '@aws-sdk/client-ec2'
 import type { Logger } from 'pino'
 import { systemClock, type Clock } from '../clock.ts'
 import { LaunchDeferred, type ComputeSize, type LaunchSpec, type LaunchTarget, type Launcher, type ObservedCompute, type PreflightCheck, type RunningCompute } from './launcher.ts'
 import { TokenBucket, type RateLimiter } from './token-bucket.ts'
+import type { Ec2Calls } from './ec2-calls.ts'
 import type { SessionSecretStore } from './session-secrets.ts'
 
 export interface FargateSettings {
@@ -41,7 +41,8 @@ export interface FargateSettings {
 
 export interface FargateLauncherDeps {
   ecs: ECSClient
-  ec2: EC2Client
+  /** Subnets and security groups for the preflight, ENIs for public IPs; see ec2-calls.ts for why not an EC2Client. */
+  ec2: Ec2Calls
   /** Where each launch attempt's tokens go (Secrets Manager): the task gets the secret's name only. */
   secrets: SessionSecretStore
   settings: FargateSettings
@@ -292,12 +293,12 @@ export class FargateLauncher implements Launcher {
       }),
       check('subnets', async () => {
         if (s.subnets.length === 0) throw new Error('no subnets configured (ECS_SUBNETS)')
-        const reply = await this.deps.ec2.send(new DescribeSubnetsCommand({ SubnetIds: s.subnets }))
+        const reply = await this.deps.ec2.call('DescribeSubnets', { SubnetIds: s.subnets })
         return `${reply.Subnets?.length ?? 0} subnets in ${[...new Set(reply.Subnets?.map((x) => x.VpcId))].join(', ')}`
       }),
       check('security groups', async () => {
         if (s.securityGroups.length === 0) return 'none configured: the VPC default security group applies'
-        const reply = await this.deps.ec2.send(new DescribeSecurityGroupsCommand({ GroupIds: s.securityGroups }))
+        const reply = await this.deps.ec2.call('DescribeSecurityGroups', { GroupIds: s.securityGroups })
         return `${reply.SecurityGroups?.length ?? 0} security groups: ${reply.SecurityGroups?.map((g) => g.GroupName).join(', ')}`
       }),
     ])
@@ -436,9 +437,11 @@ export class FargateLauncher implements Launcher {
     for (let i = 0; i < ids.length; i += FILTER_VALUES_PER_CALL) {
       let nextToken: string | undefined
       do {
-        const reply = await this.deps.ec2.send(
-          new DescribeNetworkInterfacesCommand({ Filters: [{ Name: 'network-interface-id', Values: ids.slice(i, i + FILTER_VALUES_PER_CALL) }], MaxResults: 1000, NextToken: nextToken }),
-        )
+        const reply = await this.deps.ec2.call('DescribeNetworkInterfaces', {
+          Filters: [{ Name: 'network-interface-id', Values: ids.slice(i, i + FILTER_VALUES_PER_CALL) }],
+          MaxResults: 1000,
+          NextToken: nextToken,
+        })
         for (const n of reply.NetworkInterfaces ?? []) if (n.NetworkInterfaceId && n.Association?.PublicIp) publicIps.set(n.NetworkInterfaceId, n.Association.PublicIp)
         nextToken = reply.NextToken
       } while (nextToken)
