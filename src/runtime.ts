@@ -106,6 +106,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     s3: createS3(config),
     saveTimeoutSeconds: config.saveTimeoutSeconds,
     prices: config.prices,
+    hold: config.proxyHold,
     logger,
     limits: {
       leaseTtlSeconds: config.leaseTtlSeconds,

@@ -11,6 +11,7 @@ import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
 import { Metrics } from './metrics.ts'
 import { QueryService } from './query.ts'
+import { DEFAULT_HOLD_SETTINGS, RequestHold, type HoldSettings } from './request-hold.ts'
 import { RetentionService } from './retention.ts'
 import { SaveBackService } from './save-back.ts'
 import { SessionAgentClient } from './session-agent.ts'
@@ -35,6 +36,8 @@ export interface ServiceDeps {
   logger?: Logger
   /** Fargate prices for session costs; none: us-east-1's. */
   prices?: FargatePrices
+  /** How proxied requests and queries wait for a starting session; none: DEFAULT_HOLD_SETTINGS. */
+  hold?: HoldSettings
 }
 
 export type Services = ReturnType<typeof createServices>
@@ -50,11 +53,12 @@ export function createServices(deps: ServiceDeps) {
   const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, chroma, tokens, changes: deps.changes, limits: deps.limits, observer: metrics })
   const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
   const agents = new SessionAgentClient()
-  const query = new QueryService(router, chroma)
+  const holds = new RequestHold({ router, sessions, changes: deps.changes, settings: deps.hold ?? DEFAULT_HOLD_SETTINGS, observer: metrics })
+  const query = new QueryService(holds, chroma)
   const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   const costs = new CostReport(deps.sql, deps.clock, prices)
   const retention = new RetentionService(deps.sql, prices)
   const endedLeases = new EndedLeases(deps.sql, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, holds, query, apiKeys, costs, retention, endedLeases }
 }

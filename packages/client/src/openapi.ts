@@ -1539,6 +1539,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 502: {
                     headers: {
                         [name: string]: unknown;
@@ -1611,6 +1620,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -1621,6 +1639,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1697,6 +1724,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -1707,6 +1743,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1783,6 +1828,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -1793,6 +1847,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1869,6 +1932,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -1879,6 +1951,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1957,6 +2038,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -1967,6 +2057,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2053,6 +2152,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2063,6 +2171,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2140,6 +2257,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2150,6 +2276,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2227,6 +2362,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2237,6 +2381,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2314,6 +2467,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2324,6 +2486,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2403,6 +2574,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2413,6 +2593,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2466,7 +2655,7 @@ export interface components {
              * @description Stable machine-readable error code (README.md, "Errors", says what each means)
              * @enum {string}
              */
-            code: "validation_failed" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "database_unavailable" | "session_timeout";
+            code: "validation_failed" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "session_starting" | "too_many_held_requests" | "database_unavailable" | "session_timeout";
             instance?: string;
         } & {
             [key: string]: unknown;
