@@ -133,8 +133,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(authPlugin, { apiKeys: deps.services.apiKeys })
   // A connection busy when shutdown began is not idle when Fastify closes idle ones, and
   // keep-alive would hold the close open for its timeout: ask the client to close it.
+  let closing = false
   app.addHook('onSend', async (_request, reply) => {
-    if (deps.isShuttingDown?.()) reply.header('connection', 'close')
+    if (closing || deps.isShuttingDown?.()) reply.header('connection', 'close')
+  })
+  // Requests held for a starting session would keep close() waiting for up to
+  // PROXY_HOLD_SECONDS: they are let go first, with a 503 that says to retry.
+  app.addHook('preClose', async () => {
+    closing = true
+    deps.services.holds.close()
   })
   app.addHook('onResponse', async (request, reply) => {
     metrics.httpDuration.observe(

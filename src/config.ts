@@ -1,6 +1,7 @@
 import type { CapacityProviderStrategyItem } from '@aws-sdk/client-ecs'
 import { DEFAULT_FARGATE_PRICES, type FargatePrices } from './services/cost.ts'
 import { parseCapacityProviders } from './services/launchers/capacity-providers.ts'
+import type { HoldSettings } from './services/request-hold.ts'
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { envSchema } from 'env-schema'
@@ -44,6 +45,8 @@ export const EnvSchema = Type.Object({
   BODY_LIMIT_BYTES: Type.Integer({ default: 1048576, minimum: 1024 }),
   PROXY_BODY_LIMIT_BYTES: Type.Integer({ default: 33554432, minimum: 1024 }),
   PROXY_TIMEOUT_SECONDS: Type.Number({ default: 120, exclusiveMinimum: 0, maximum: 3600 }),
+  PROXY_HOLD_SECONDS: Type.Number({ default: 50, minimum: 0, maximum: 600 }),
+  PROXY_HOLD_MAX_PER_SESSION: Type.Integer({ default: 64, minimum: 1, maximum: 10000 }),
   ECS_CLUSTER: Type.Optional(Type.String({ minLength: 1 })),
   ECS_TASK_DEFINITION: Type.Optional(Type.String({ minLength: 1 })),
   ECS_SUBNETS: Type.Optional(Type.String({ minLength: 1 })),
@@ -105,6 +108,8 @@ export interface Config {
   proxyBodyLimitBytes: number
   /** How long the proxy waits for a session's answer to start, and between its parts. */
   proxyTimeoutSeconds: number
+  /** How long a proxied request or query waits for a starting session (0: 409 at once), and how many of a session's wait at once. */
+  proxyHold: HoldSettings
   ecs: {
     cluster: string | undefined
     taskDefinition: string | undefined
@@ -224,6 +229,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     proxyBodyLimitBytes: e.PROXY_BODY_LIMIT_BYTES,
     proxyTimeoutSeconds: e.PROXY_TIMEOUT_SECONDS,
+    proxyHold: { holdSeconds: e.PROXY_HOLD_SECONDS, maxPerSession: e.PROXY_HOLD_MAX_PER_SESSION },
     ecs: {
       cluster: e.ECS_CLUSTER,
       taskDefinition: e.ECS_TASK_DEFINITION,

@@ -109,6 +109,7 @@ export async function openRuntime(config: Config, logger: Logger) {
     s3: createS3(config),
     saveTimeoutSeconds: config.saveTimeoutSeconds,
     prices: config.prices,
+    hold: config.proxyHold,
     logger,
     // A warm agent is replaced at half the sessions' max lifetime, which counts from its launch.
     warmPool: { ...config.warmPool, maxAgeSeconds: Math.floor(config.maxSessionSeconds / 2) },

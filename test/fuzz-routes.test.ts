@@ -34,6 +34,9 @@ t.test('every route answers generated and mutated requests with no 5xx and no ch
     snapshotRoot: root,
     launcher: new ScriptedLauncher(),
     apiKeys: [{ role: 'operator', key: OPERATOR }, { role: 'client', key: CLIENT }],
+    // Its sessions never start: proxied requests are refused at once (409) rather than held
+    // for PROXY_HOLD_SECONDS each (holding is test/request-hold.test.ts's).
+    hold: { holdSeconds: 0, maxPerSession: 64 },
   })
   const { app } = ctx
 

@@ -18,7 +18,9 @@ async function setup(tt: Parameters<typeof buildTestApp>[0]) {
   const launcher = new ScriptedLauncher()
   const chroma = await new FakeChroma().start()
   tt.teardown(() => chroma.close())
-  const ctx = await buildTestApp(tt, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: 60, idleTtlSeconds: 30 })
+  // Holding off: a starting session's queries are refused at once (409), the outcome this
+  // counts as not_ready; held ones are counted in test/request-hold.test.ts.
+  const ctx = await buildTestApp(tt, { snapshotRoot: root, clock, launcher, startTimeoutSeconds: 60, idleTtlSeconds: 30, hold: { holdSeconds: 0, maxPerSession: 64 } })
   const inject = ctx.app.inject.bind(ctx.app)
   const acquire = async (body: Record<string, unknown>, headers: Record<string, string> = {}) =>
     inject({ method: 'POST', url: '/v1/leases', payload: body, headers })

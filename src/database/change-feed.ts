@@ -86,3 +86,26 @@ export class PostgresChangeFeed implements ChangeFeed {
 
 /** A feed that never reports: for tools that build the app without a database (the OpenAPI writer). */
 export const noChanges: ChangeFeed = { on: () => () => {}, close: async () => {} }
+
+/**
+ * Resolves on the next change to a session, after `timeoutMs`, or once any of `signals`
+ * aborts, whichever comes first; never rejects. What every wait for a session's status
+ * uses (the acquire long-poll, held proxy requests): callers re-read the database after
+ * it, since a notification can be missed.
+ */
+export function nextSessionChange(changes: ChangeFeed, sessionId: string, timeoutMs: number, signals: AbortSignal[] = []): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signals.some((s) => s.aborted)) return resolve()
+    const done = () => {
+      off()
+      clearTimeout(timer)
+      for (const s of signals) s.removeEventListener('abort', done)
+      resolve()
+    }
+    const off = changes.on((c) => {
+      if (c.kind === 'session' && c.sessionId === sessionId) done()
+    })
+    const timer = setTimeout(done, timeoutMs)
+    for (const s of signals) s.addEventListener('abort', done, { once: true })
+  })
+}

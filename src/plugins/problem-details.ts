@@ -53,6 +53,7 @@ export default fp(async function problemDetails(app: FastifyInstance) {
     // A body too large was not read: read and drop the rest first, so that a client
     // still sending it gets this answer instead of a broken pipe.
     if (p.status === 413 && !(await discardRequestBody(request.raw))) reply.header('connection', 'close')
+    if (err instanceof ProblemError && err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds))
     return sendProblem(reply, p.status, p.code, p.title, p.detail, p.extra)
   })
   app.setNotFoundHandler((request, reply) =>

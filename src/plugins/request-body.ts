@@ -41,12 +41,24 @@ export function discardRequestBody(raw: IncomingMessage, maxBytes = DISCARD_MAX_
 /**
  * Passes a streamed body through, counting it: past `limit` bytes it fails, so a body
  * sent without Content-Length (chunked) is held to the same limit as one sent with it.
+ * Given its `source`, it reads nothing of it until `start()`: a request that waits
+ * before it is forwarded leaves its body on the socket (TCP flow control holds the rest).
  */
 export class BodyLimit extends Transform {
   bytes = 0
   exceeded = false
-  constructor(readonly limit: number) {
+  constructor(
+    readonly limit: number,
+    private source?: NodeJS.ReadableStream,
+  ) {
     super()
+  }
+
+  /** Starts reading the source through this stream (once). */
+  start(): this {
+    this.source?.pipe(this)
+    this.source = undefined
+    return this
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {

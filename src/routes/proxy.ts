@@ -7,6 +7,7 @@ import type { Services } from '../services/index.ts'
 import { leaseTokenFrom } from '../services/lease-routes.ts'
 import { sendProblem } from '../plugins/problem-details.ts'
 import { BodyLimit } from '../plugins/request-body.ts'
+import { clientGone } from './client-gone.ts'
 import { instrumentQueries, noteSessionStatus } from './query-metrics.ts'
 
 /** Credentials meant for the control plane; a session never sees them (it gets its own token instead). */
@@ -63,13 +64,12 @@ export default async function proxyRoutes(
 ) {
   const tooLarge = () => new ProblemError(413, 'payload_too_large', 'Content Too Large', `proxied bodies are limited to ${bodyLimit} bytes`)
   // Bodies pass through as streams: no parsing, no re-encoding, no buffering; counted
-  // as they pass, since a chunked body declares no length.
+  // as they pass, since a chunked body declares no length. Nothing is read before the
+  // request is forwarded, so one held for a starting session holds no body in memory.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', (request, payload, done) => {
     if (Number(request.headers['content-length'] ?? 0) > bodyLimit) return done(tooLarge(), undefined)
-    const counted = new BodyLimit(bodyLimit)
-    payload.pipe(counted)
-    done(null, counted)
+    done(null, new BodyLimit(bodyLimit, payload))
   })
   instrumentQueries(app, services.metrics, 'proxy')
   await app.register(replyFrom, {
@@ -82,8 +82,9 @@ export default async function proxyRoutes(
 
   const forward = async (request: FastifyRequest, reply: FastifyReply, sessionId: string | undefined, prefixLength: number) => {
     const path = upstreamPath(request.url, prefixLength)
-    const route = await services.router.resolve(leaseTokenFrom(request.headers), sessionId)
+    const route = await services.holds.route(leaseTokenFrom(request.headers), sessionId, 'proxy', clientGone(reply))
     noteSessionStatus(request, route.sessionStatus)
+    if (request.body instanceof BodyLimit) request.body.start()
     return reply.from(`${route.base}${path}`, {
       rewriteRequestHeaders: (_req, headers) => {
         const out = endToEnd(headers)
@@ -108,7 +109,7 @@ export default async function proxyRoutes(
   const common = () => ({
     tags: ['proxy'],
     security: [{ chromaToken: [] }, { bearer: [] }] as Array<Record<string, string[]>>,
-    response: problems(400, 401, 403, 409, 413, 502, 504),
+    response: problems(400, 401, 403, 404, 409, 413, 422, 502, 503, 504),
   })
   app.route({
     method: [...METHODS],

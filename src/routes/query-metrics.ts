@@ -9,10 +9,12 @@ export function noteSessionStatus(request: FastifyRequest, status: string): void
   sessionStatusOf.set(request, status)
 }
 
-export function queryOutcome(statusCode: number): QueryOutcome {
+export function queryOutcome(statusCode: number, sessionStatus?: string): QueryOutcome {
   if (statusCode < 400) return 'ok'
   if (statusCode === 401 || statusCode === 403) return 'denied'
   if (statusCode === 409) return 'not_ready'
+  // A hold that ran out or was full (503 session_starting, too_many_held_requests).
+  if (statusCode === 503 && (sessionStatus === 'PENDING' || sessionStatus === 'STARTING')) return 'not_ready'
   if (statusCode >= 500) return 'upstream_error'
   return 'client_error'
 }
@@ -34,13 +36,14 @@ export function instrumentQueries(app: FastifyInstance, metrics: Metrics, kind: 
     })
     reply.raw.once('close', () => {
       metrics.queriesInFlight.dec({ kind })
+      const sessionStatus = sessionStatusOf.get(request) ?? 'unknown'
       metrics.queryDuration.observe(
-        { kind, session_status: sessionStatusOf.get(request) ?? 'unknown', outcome: finished ? queryOutcome(reply.statusCode) : 'aborted' },
+        { kind, session_status: sessionStatus, outcome: finished ? queryOutcome(reply.statusCode, sessionStatus) : 'aborted' },
         (performance.now() - started) / 1000,
       )
     })
   })
-  // A session that is not serving is refused with its status in the problem (409 session_not_ready).
+  // A session that is not serving is refused with its status in the problem (409 session_not_ready, 503 session_starting).
   app.addHook('onError', async (request, _reply, error) => {
     const status = error instanceof ProblemError ? error.extra.sessionStatus : undefined
     if (typeof status === 'string' && !sessionStatusOf.has(request)) sessionStatusOf.set(request, status)

@@ -3,6 +3,7 @@ import { IdParams, problems } from '../schemas/common.ts'
 import { QueryAnswer, QueryBody } from '../schemas/query.ts'
 import type { Services } from '../services/index.ts'
 import { leaseTokenFrom } from '../services/lease-routes.ts'
+import { clientGone } from './client-gone.ts'
 import { instrumentQueries, noteSessionStatus } from './query-metrics.ts'
 
 const queryRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (app, { services }) => {
@@ -15,12 +16,17 @@ const queryRoutes: FastifyPluginAsyncTypebox<{ services: Services }> = async (ap
       security: [{ chromaToken: [] }, { bearer: [] }],
       params: IdParams,
       body: QueryBody,
-      response: { 200: QueryAnswer, ...problems(400, 401, 403, 404, 409, 502) },
+      response: { 200: QueryAnswer, ...problems(400, 401, 403, 404, 409, 422, 502, 503) },
     },
-  }, async (request) => {
+  }, async (request, reply) => {
     const { maxResultBytes, ...q } = request.body
-    return services.query.query(leaseTokenFrom(request.headers), request.params.id, q, maxResultBytes, (route) =>
-      noteSessionStatus(request, route.sessionStatus),
+    return services.query.query(
+      leaseTokenFrom(request.headers),
+      request.params.id,
+      q,
+      maxResultBytes,
+      (route) => noteSessionStatus(request, route.sessionStatus),
+      clientGone(reply),
     )
   })
 }

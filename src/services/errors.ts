@@ -10,6 +10,8 @@ export class ProblemError extends Error {
     readonly title: string,
     detail: string,
     readonly extra: Record<string, unknown> = {},
+    /** Sent as the Retry-After header: when a retry may succeed (503s that are worth retrying). */
+    readonly retryAfterSeconds?: number,
   ) {
     super(detail)
   }

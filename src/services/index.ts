@@ -11,6 +11,7 @@ import { LeaseRouter } from './lease-routes.ts'
 import { LeaseService, type LeaseLimits } from './leases.ts'
 import { Metrics } from './metrics.ts'
 import { QueryService } from './query.ts'
+import { DEFAULT_HOLD_SETTINGS, RequestHold, type HoldSettings } from './request-hold.ts'
 import { RetentionService } from './retention.ts'
 import { SaveBackService } from './save-back.ts'
 import { SessionAgentClient } from './session-agent.ts'
@@ -39,6 +40,8 @@ export interface ServiceDeps {
   prices?: FargatePrices
   /** WARM_POOL_MIN/MAX and the age at which a warm agent is replaced; none: no warm pool. */
   warmPool?: { min: number; max: number; maxAgeSeconds: number }
+  /** How proxied requests and queries wait for a starting session; none: DEFAULT_HOLD_SETTINGS. */
+  hold?: HoldSettings
 }
 
 export type Services = ReturnType<typeof createServices>
@@ -66,10 +69,11 @@ export function createServices(deps: ServiceDeps) {
   const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, chroma, tokens, changes: deps.changes, limits: deps.limits, observer: metrics, warmPool, logger: deps.logger })
   const router = new LeaseRouter(deps.sql, deps.clock, deps.changes, tokens)
   const pins = new PinService({ sql: deps.sql, clock: deps.clock, sessions, snapshots, idleTtlSeconds: deps.limits.idleTtlSeconds, launcher: deps.limits.launcher, logger: deps.logger })
-  const query = new QueryService(router, chroma)
+  const holds = new RequestHold({ router, sessions, changes: deps.changes, settings: deps.hold ?? DEFAULT_HOLD_SETTINGS, observer: metrics })
+  const query = new QueryService(holds, chroma)
   const saveBack = new SaveBackService(sessions, agents, tokens, snapshots, { saveTimeoutSeconds: deps.saveTimeoutSeconds ?? 900 }, deps.logger)
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   const retention = new RetentionService(deps.sql, prices)
   const endedLeases = new EndedLeases(deps.sql, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, query, apiKeys, costs, retention, endedLeases, warmPool, pins }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, holds, query, apiKeys, costs, retention, endedLeases, warmPool, pins }
 }

@@ -5,6 +5,7 @@ import type { SessionStatus } from '../generated/prisma/enums.ts'
 import { LeaseTokens } from './auth.ts'
 import type { Clock } from './clock.ts'
 import { conflict, forbidden, unauthorized } from './errors.ts'
+import { STARTING_STATUSES } from './sessions.ts'
 
 /** Where a lease token's requests go, as the proxy and the query route need it. */
 export interface LeaseRoute {
@@ -83,6 +84,18 @@ export class LeaseRouter {
    * session, and 409 when the session is not serving.
    */
   async resolve(token: string | undefined, sessionId?: string): Promise<LeaseRoute> {
+    const route = await this.resolveOrStarting(token, sessionId)
+    if (isStarting(route)) throw notReady(route)
+    return route
+  }
+
+  /**
+   * As resolve, except that a session still starting (PENDING, STARTING) is not refused:
+   * its route is returned, for a caller that waits for it (RequestHold), and the lease
+   * is kept alive as by proxied use. Such a route is never served from the cache, so a
+   * caller that asks again sees the session's status as the database has it now.
+   */
+  async resolveOrStarting(token: string | undefined, sessionId?: string): Promise<LeaseRoute> {
     if (!token) throw unauthorized('lease_token_required', 'send the lease token as x-chroma-token or Authorization: Bearer')
     const hash = LeaseTokens.hash(token)
     let route = this.routes.get(hash)
@@ -90,7 +103,9 @@ export class LeaseRouter {
     // An expiry seen only in the cache is checked against the database before it is
     // refused: another replica may have renewed the lease (renewals send no notification).
     const expiredUnconfirmed = route !== undefined && !route.ended && route.expiresAt <= now && route.checkedAt < route.expiresAt
-    if (!route || Date.now() - route.cachedAt > MAX_ROUTE_AGE_MS || expiredUnconfirmed) {
+    // A cached status that is not serving is read again: the notification of its READY may
+    // not have arrived yet, and a caller waiting for READY must not be told it still is not.
+    if (!route || Date.now() - route.cachedAt > MAX_ROUTE_AGE_MS || expiredUnconfirmed || !isServing(route)) {
       const cached = route
       try {
         route = await this.load(hash)
@@ -109,9 +124,7 @@ export class LeaseRouter {
     if (sessionId !== undefined && route.sessionId !== sessionId) {
       throw forbidden('wrong_session', 'this lease token does not open that session')
     }
-    if ((route.sessionStatus !== 'READY' && route.sessionStatus !== 'DRAINING') || route.base === null) {
-      throw conflict('session_not_ready', `session ${route.sessionId} is ${route.sessionStatus}`, { sessionStatus: route.sessionStatus })
-    }
+    if (!isServing(route) && !isStarting(route)) throw notReady(route)
     this.keepAlive(route, now)
     return route
   }
@@ -221,6 +234,19 @@ export class LeaseRouter {
     this.bySession.clear()
   }
 }
+
+/** A route the proxy can forward to: its session serves and has an address. */
+function isServing(route: LeaseRoute): boolean {
+  return (route.sessionStatus === 'READY' || route.sessionStatus === 'DRAINING') && route.base !== null
+}
+
+/** A route whose session is on its way to READY. */
+export function isStarting(route: LeaseRoute): boolean {
+  return STARTING_STATUSES.includes(route.sessionStatus)
+}
+
+const notReady = (route: LeaseRoute) =>
+  conflict('session_not_ready', `session ${route.sessionId} is ${route.sessionStatus}`, { sessionStatus: route.sessionStatus })
 
 /** The lease token from `x-chroma-token` (Chroma's own clients) or `Authorization: Bearer`. */
 export function leaseTokenFrom(headers: Record<string, string | string[] | undefined>): string | undefined {

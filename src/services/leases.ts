@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import type { Logger } from 'pino'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { Prisma } from '../generated/prisma/client.ts'
 import type { SessionMode, SessionStatus } from '../generated/prisma/enums.ts'
 import type { Database, SqlPool } from '../database/client.ts'
-import type { ChangeFeed } from '../database/change-feed.ts'
+import { nextSessionChange, type ChangeFeed } from '../database/change-feed.ts'
 import { LeaseTokens, sha256, type Principal } from './auth.ts'
 import { ChromaError, type ChromaClient } from './chroma.ts'
 import type { Clock } from './clock.ts'
@@ -87,6 +86,9 @@ const leaseColumns = (now: Prisma.Sql) => Prisma.sql`lease.id, lease.session_id 
   lease.idempotency_key AS "idempotencyKey", lease.request_hash AS "requestHash", lease.ttl_seconds AS "ttlSeconds",
   lease.created_at AS "createdAt", lease.expires_at AS "expiresAt", lease.ended_at AS "endedAt", lease.end_reason AS "endReason",
   lease.expires_at <= ${now} AS lapsed`
+
+/** How often a wait for a starting session re-reads it, in case a change notification was missed. */
+export const SETTLE_RECHECK_MS = 1_000
 
 /** Attach or create takes a few tries only when a session stops between the two. */
 const MAX_ATTACH_ATTEMPTS = 5
@@ -594,23 +596,8 @@ export class LeaseService {
       const session = await this.deps.sessions.get(sessionId)
       const remaining = deadline - Date.now()
       if (!STARTING_STATUSES.includes(session.status) || remaining <= 0) return session
-      await this.changeOf(sessionId, Math.min(remaining, 1000))
+      await nextSessionChange(this.deps.changes, sessionId, Math.min(remaining, SETTLE_RECHECK_MS))
     }
-  }
-
-  private changeOf(sessionId: string, timeoutMs: number): Promise<void> {
-    const ac = new AbortController()
-    return new Promise<void>((resolve) => {
-      const off = this.deps.changes.on((c) => {
-        if (c.kind === 'session' && c.sessionId === sessionId) done()
-      })
-      const done = () => {
-        off()
-        ac.abort()
-        resolve()
-      }
-      sleep(timeoutMs, undefined, { signal: ac.signal }).then(done, () => {})
-    })
   }
 
   /** A lease as `viewer` sees it: the session token only for the lease's own principal, only while it is active. */

@@ -58,6 +58,16 @@ export type QueryKind = 'proxy' | 'query'
 export type QueryOutcome = 'ok' | 'client_error' | 'denied' | 'not_ready' | 'upstream_error' | 'aborted'
 
 /**
+ * How a proxied request or query held for a starting session ended: `served` (the session
+ * turned READY and the request went on), `failed` (the session failed), `timeout`
+ * (PROXY_HOLD_SECONDS passed), `rejected` (PROXY_HOLD_MAX_PER_SESSION already held; not
+ * held at all), `ended` (its lease ended, or the session stopped, while held),
+ * `abandoned` (the client hung up) and `closing` (this replica shut down).
+ */
+export const HOLD_OUTCOMES = ['served', 'failed', 'timeout', 'rejected', 'ended', 'abandoned', 'closing'] as const
+export type HoldOutcome = (typeof HOLD_OUTCOMES)[number]
+
+/**
  * What services and workers report, handed to them through their constructors
  * (createServices / createWorkers). Metrics implements it; `noObserver` ignores it all.
  */
@@ -68,6 +78,10 @@ export interface Observer {
   orphanStopped(cause: OrphanCause): void
   /** An acquire that needed a new session, with the warm pool on: it claimed a warm agent (hit) or launched cold (miss). */
   warmPoolAcquire?(result: 'hit' | 'miss'): void
+  /** A request starts being held for a starting session (RequestHold). */
+  holdStarted?(kind: QueryKind): void
+  /** A held request is let go, or one is refused a hold (`rejected`, never started): how long it was held and why it ended. */
+  holdEnded?(h: { kind: QueryKind; outcome: HoldOutcome; seconds: number }): void
   /** A worker's scheduled pass: how long it ran, or that another replica had claimed it (skipped). */
   workerPass?(worker: string, outcome: { seconds: number } | 'skipped'): void
 }
@@ -169,13 +183,30 @@ export class Metrics implements Observer {
     registers: [this.registry],
   })
 
+  readonly requestsHeld = new Gauge({
+    name: 'chroma_lease_held_requests',
+    help: 'Proxied requests and queries held right now for a session that is still starting, by kind',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  })
+  readonly holdDuration = new Histogram({
+    name: 'chroma_lease_request_hold_seconds',
+    help: 'How long proxied requests and queries were held for a starting session, by kind and outcome (served, failed, timeout, rejected, ended, abandoned, closing)',
+    labelNames: ['kind', 'outcome'] as const,
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 40, 50, 60],
+    registers: [this.registry],
+  })
+
   constructor(db: Database, clock: Clock, prices: FargatePrices) {
     collectDefaultMetrics({ register: this.registry, prefix: 'chroma_lease_' })
     // Known label values start at zero, so rates and alerts work before the first event.
     for (const cause of LAUNCH_FAILURE_CAUSES) this.launchFailures.inc({ cause }, 0)
     for (const cause of REAP_CAUSES) this.sessionsReaped.inc({ cause }, 0)
     for (const cause of ORPHAN_CAUSES) this.orphansStopped.inc({ cause }, 0)
-    for (const kind of ['proxy', 'query'] as const) this.queriesInFlight.set({ kind }, 0)
+    for (const kind of ['proxy', 'query'] as const) {
+      this.queriesInFlight.set({ kind }, 0)
+      this.requestsHeld.set({ kind }, 0)
+    }
     new Gauge({
       name: 'chroma_lease_sessions',
       help: 'Sessions by status',
@@ -277,6 +308,15 @@ export class Metrics implements Observer {
   workerPass(worker: string, outcome: { seconds: number } | 'skipped'): void {
     if (outcome === 'skipped') this.workerPassesSkipped.inc({ worker })
     else this.workerPassDuration.observe({ worker }, outcome.seconds)
+  }
+
+  holdStarted(kind: QueryKind): void {
+    this.requestsHeld.inc({ kind })
+  }
+
+  holdEnded(h: { kind: QueryKind; outcome: HoldOutcome; seconds: number }): void {
+    if (h.outcome !== 'rejected') this.requestsHeld.dec({ kind: h.kind }) // a rejected one was never held
+    this.holdDuration.observe({ kind: h.kind, outcome: h.outcome }, h.seconds)
   }
 
   orphanStopped(cause: OrphanCause): void {

@@ -1,6 +1,7 @@
 import { badGateway, notFound, ProblemError } from './errors.ts'
 import { ChromaError, type ChromaClient, type QueryRequest, type QueryResult } from './chroma.ts'
-import type { LeaseRoute, LeaseRouter } from './lease-routes.ts'
+import type { LeaseRoute } from './lease-routes.ts'
+import type { RequestHold } from './request-hold.ts'
 
 /** Step Functions fails an execution whose state exceeds 256 KB; stay well under it. */
 export const DEFAULT_MAX_RESULT_BYTES = 200 * 1024
@@ -19,19 +20,24 @@ export interface QueryAnswer extends QueryResult {
  */
 export class QueryService {
   constructor(
-    private readonly router: LeaseRouter,
+    private readonly holds: RequestHold,
     private readonly chroma: ChromaClient,
   ) {}
 
-  /** `onRoute` learns which session (and in which status) the token opened, e.g. for metrics. */
+  /**
+   * `onRoute` learns which session (and in which status) the token opened, e.g. for
+   * metrics. A session still starting holds the query (RequestHold) until it serves;
+   * `signal` ends that wait (the client went away).
+   */
   async query(
     token: string | undefined,
     sessionId: string,
     q: QueryRequest,
     maxBytes = DEFAULT_MAX_RESULT_BYTES,
     onRoute?: (route: LeaseRoute) => void,
+    signal?: AbortSignal,
   ): Promise<QueryAnswer> {
-    const route = await this.router.resolve(token, sessionId)
+    const route = await this.holds.route(token, sessionId, 'query', signal)
     onRoute?.(route)
     let result: QueryResult
     try {

@@ -11,6 +11,7 @@ import { openDatabase, type Database, type SqlPool } from '../../src/database/cl
 import { loadLeaseTokenSecret } from '../../src/services/auth.ts'
 import { ManualClock, type Clock } from '../../src/services/clock.ts'
 import { createServices, type Services } from '../../src/services/index.ts'
+import type { HoldSettings } from '../../src/services/request-hold.ts'
 import { PreflightService } from '../../src/services/preflight.ts'
 import type { Launcher } from '../../src/services/launchers/launcher.ts'
 import { ProcessLauncher } from '../../src/services/launchers/process-launcher.ts'
@@ -63,6 +64,8 @@ export interface TestAppOptions {
   bodyLimitBytes?: number
   proxyBodyLimitBytes?: number
   proxyTimeoutSeconds?: number
+  /** How proxied requests and queries wait for a starting session (createServices' default: 50 s, 64 per session). */
+  hold?: HoldSettings
   /** The worker loops' intervals (defaults 0.2 and 1 s), for tests of their scheduled passes. */
   reconcileIntervalSeconds?: number
   sweepIntervalSeconds?: number
@@ -98,6 +101,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     s3: opts.s3?.client,
     logger: opts.logger,
     ...(opts.warmPool ? { warmPool: { maxAgeSeconds: 21_600, ...opts.warmPool } } : {}),
+    hold: opts.hold,
     limits: {
       leaseTtlSeconds: opts.leaseTtlSeconds ?? 300,
       maxLeaseTtlSeconds: 86400,

@@ -1935,6 +1935,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 502: {
                     headers: {
                         [name: string]: unknown;
@@ -2007,6 +2016,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2017,6 +2035,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2093,6 +2120,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2103,6 +2139,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2179,6 +2224,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2189,6 +2243,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2265,6 +2328,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2275,6 +2347,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2353,6 +2434,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2363,6 +2453,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2449,6 +2548,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2459,6 +2567,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2536,6 +2653,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2546,6 +2672,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2623,6 +2758,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2633,6 +2777,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2710,6 +2863,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2720,6 +2882,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2799,6 +2970,15 @@ export interface paths {
                     };
                 };
                 /** @description Problem details (RFC 9457) */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
                 409: {
                     headers: {
                         [name: string]: unknown;
@@ -2809,6 +2989,15 @@ export interface paths {
                 };
                 /** @description Problem details (RFC 9457) */
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description Problem details (RFC 9457) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -2862,7 +3051,7 @@ export interface components {
              * @description Stable machine-readable error code (README.md, "Errors", says what each means)
              * @enum {string}
              */
-            code: "validation_failed" | "invalid_pin" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "pin_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "pin_exists" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "database_unavailable" | "session_timeout";
+            code: "validation_failed" | "invalid_pin" | "invalid_json" | "invalid_content_length" | "bad_url" | "uri_too_long" | "bad_request" | "ttl_out_of_range" | "save_needs_exclusive" | "invalid_query" | "bad_proxy_path" | "api_key_required" | "invalid_api_key" | "lease_token_required" | "invalid_lease_token" | "lease_ended" | "operator_role_required" | "wrong_session" | "lease_not_found" | "session_not_found" | "api_key_not_found" | "pin_not_found" | "collection_not_found" | "route_not_found" | "session_not_ready" | "session_not_serving" | "session_stopping" | "agent_error" | "save_unsupported" | "pool_contended" | "operator_key_required" | "last_operator_key" | "pin_exists" | "payload_too_large" | "unsupported_media_type" | "invalid_snapshot" | "snapshot_not_found" | "snapshot_forbidden" | "idempotency_key_reused" | "internal_error" | "session_failed" | "session_unreachable" | "chroma_error" | "save_failed" | "snapshot_store_unavailable" | "session_starting" | "too_many_held_requests" | "database_unavailable" | "session_timeout";
             instance?: string;
         } & {
             [key: string]: unknown;
