@@ -52,14 +52,15 @@ export interface DayWorkload {
 /**
  * One day: a Poisson base rate that varies by hour (a working day's shape), plus a few
  * bursts (a Step Functions Map state fanning out: `count` acquires within `spreadS`);
+ * rateFactor multiplies the base rate (not the bursts);
  * session holds lognormal (median 10 min); Fargate starts 45 s plus an exponential tail
  * (mean 15 s), about a minute as REALISTIC_STATUS_MS has it.
  */
-export function generateDay(seed: number): DayWorkload {
+export function generateDay(seed: number, rateFactor = 1): DayWorkload {
   const random = seededRandom(seed)
   const exponential = (mean: number) => -Math.log(1 - random()) * mean
   const normal = () => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random())
-  const hourlyRate = [3, 2, 2, 2, 3, 5, 10, 20, 35, 45, 45, 40, 35, 40, 45, 45, 40, 30, 20, 12, 8, 6, 4, 3]
+  const hourlyRate = [3, 2, 2, 2, 3, 5, 10, 20, 35, 45, 45, 40, 35, 40, 45, 45, 40, 30, 20, 12, 8, 6, 4, 3].map((r) => r * rateFactor)
   const duration = () => Math.min(4 * 3600, 600 * Math.exp(1.0 * normal()))
   const arrivals: Arrival[] = []
   for (let h = 0; h < 24; h++) {
