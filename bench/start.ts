@@ -84,8 +84,8 @@ const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-bench-start-'))
 await chmod(dir, 0o755) // embedded Postgres runs as the postgres user, which must reach it
 const results: { process?: KindResult[]; fargate?: KindResult[]; fargateRestoreS?: number; replay?: ReplayReport } = {}
 try {
-  const archives = await snapshotArchives(COUNT, DIM)
-  const snapshot = `file://${archives.tar.path}`
+  // The replay alone needs no snapshot.
+  const snapshot = ONLY === 'replay' ? '' : `file://${(await snapshotArchives(COUNT, DIM)).tar.path}`
   if (!ONLY || ONLY === 'process') results.process = await processLauncher(snapshot)
   if (!ONLY || ONLY === 'fargate') {
     const warm = results.process?.find((r) => r.kind === 'warm')?.rounds
