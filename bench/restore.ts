@@ -19,16 +19,14 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { GetObjectCommand } from '@aws-sdk/client-s3'
-import { ChromaClient } from 'chromadb'
-import * as tar from 'tar'
-import { ChromaServer } from '../container/agent/chroma-process.ts'
 import type { AgentStatus } from '../container/agent/status.ts'
+import { FORMATS, snapshotArchives, type Format } from './snapshot-archive.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
 import { startS3Fake } from '../test/helpers/s3-fake.ts'
 
@@ -44,11 +42,8 @@ const repo = fileURLToPath(new URL('..', import.meta.url))
 // from node_modules, as it does from the image's own install.
 const AGENT_BUNDLE_DIR = join(repo, 'dist/bench-agent')
 const AGENT_BUNDLE = join(AGENT_BUNDLE_DIR, 'agent.mjs')
-const cache = join(repo, 'bench/results', `restore-snapshot-${COUNT}x${DIM}`)
 const work = await mkdtemp(join(tmpdir(), 'chroma-lease-bench-restore-'))
 
-type Format = 'tar' | 'tar.gz' | 'tar.zst'
-const FORMATS: Format[] = ['tar', 'tar.gz', 'tar.zst']
 const TAR_FLAGS: Record<Format, string[]> = { tar: ['-x'], 'tar.gz': ['-xz'], 'tar.zst': ['--zstd', '-x'] }
 
 const HAS_CURL = spawnSync('curl', ['--version'], { stdio: 'ignore' }).status === 0
@@ -64,7 +59,7 @@ interface AgentRun {
 
 try {
   await run(process.execPath, [join(repo, 'scripts/build-agent.mjs'), AGENT_BUNDLE_DIR])
-  const archives = await snapshotArchives()
+  const archives = await snapshotArchives(COUNT, DIM)
   const s3 = await startS3Fake(join(work, 's3'))
   try {
     for (const f of FORMATS) {
@@ -94,46 +89,6 @@ try {
   }
 } finally {
   await rm(work, { recursive: true, force: true })
-}
-
-/** The snapshot and its archives, built once and cached. */
-async function snapshotArchives(): Promise<Record<Format, { path: string; bytes: number }>> {
-  const persist = join(cache, 'persist')
-  if (!existsSync(join(cache, 'snapshot.tar.zst'))) {
-    await rm(cache, { recursive: true, force: true })
-    await mkdir(persist, { recursive: true })
-    console.log(`building a ${COUNT} x ${DIM} snapshot with the real Chroma server (cached in ${cache})`)
-    const server = ChromaServer.start({ dataDir: persist, host: '127.0.0.1', port: await freeLoopbackPort(), stdout: 'ignore' })
-    try {
-      await server.waitForHeartbeat(30_000)
-      const { hostname, port } = new URL(server.url)
-      const client = new ChromaClient({ host: hostname, port: Number(port), ssl: false })
-      const col = await client.createCollection({ name: 'bench', embeddingFunction: null })
-      let seed = 1
-      const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1
-      const BATCH = 2_000
-      for (let start = 0; start < COUNT; start += BATCH) {
-        const n = Math.min(BATCH, COUNT - start)
-        const ids = Array.from({ length: n }, (_, i) => `r-${start + i}`)
-        await col.add({
-          ids,
-          embeddings: ids.map(() => Array.from({ length: DIM }, random)),
-          documents: ids.map((id) => `receipt ${id}`),
-        })
-        if ((start / BATCH) % 10 === 0) console.log(`  ${start + n} / ${COUNT}`)
-      }
-    } finally {
-      await server.stop(60_000)
-    }
-    await tar.c({ cwd: persist, file: join(cache, 'snapshot.tar'), portable: true }, ['.'])
-    await run('gzip', ['-k', '-6', '-f', join(cache, 'snapshot.tar')])
-    await run('zstd', ['-q', '-f', '-3', '-T0', join(cache, 'snapshot.tar'), '-o', join(cache, 'snapshot.tar.zst')])
-  }
-  const entry = async (f: Format) => {
-    const path = join(cache, `snapshot.${f}`)
-    return { path, bytes: (await stat(path)).size }
-  }
-  return { tar: await entry('tar'), 'tar.gz': await entry('tar.gz'), 'tar.zst': await entry('tar.zst') }
 }
 
 /** The baseline: the object streamed from the same store with the same SDK into GNU tar. */

@@ -171,3 +171,28 @@ t.test('a session on the realistic profile (scaled): READY, then stopped; its se
   t.equal(fake.tasks.get(s.launchRef!)!.lastStatus, 'STOPPED')
   t.equal(fake.secrets.valueOf(secretName), undefined, 'its secret deleted at stop')
 })
+
+t.test('stub agents speak the warm protocol: WARM=1 waits in phase warm, restores once assigned, then serves; a second snapshot is refused', async (t) => {
+  const fake = await start({ stubAgents: true, stubRestoreMs: 300 })
+  const launcher = new FargateLauncher({ ...fake.clients(), settings: settingsOf(fake), wait: async () => {} })
+  const ctx = await buildTestApp(t, { snapshotRoot: root, launcher, warmPool: { min: 1, max: 1 } })
+  t.equal((await ctx.services.warmPool.refill()).launched, 1)
+  const [pending] = await ctx.services.warmPool.list(10)
+  const warm = await reconcileUntilSettled(ctx, pending!.id)
+  t.equal(warm.status, 'READY', 'READY as a warm agent: its stub answered phase warm')
+  const task = fake.tasks.get(warm.launchRef!)!
+  t.equal(task.env.WARM, '1', 'launched with WARM=1')
+  const agentStatus = () => ctx.services.warmPool.isWaiting(warm, warm.host!, warm.port!)
+  t.equal(await agentStatus(), true, 'phase warm until assigned')
+  const heartbeat = await fetch(`http://${warm.host}:${warm.port}/api/v2/heartbeat`, { headers: { 'x-chroma-token': ctx.services.tokens.sessionToken(warm.id, warm.generation) } })
+  t.equal(heartbeat.status, 503, 'no Chroma answers before an assignment')
+
+  const lease = (await ctx.app.inject({ method: 'POST', url: '/v1/leases', payload: { snapshot: `file://${fixture.tarPath}` } })).json()
+  t.equal(lease.session.id, warm.id, 'the acquire claimed the warm agent')
+  const ready = await reconcileUntilSettled(ctx, warm.id)
+  t.equal(ready.status, 'READY', 'READY as a session once the stub finished its restore')
+  t.equal(await agentStatus(), false, 'no longer waiting')
+  const refused = await ctx.services.warmPool.assign({ ...ready, snapshot: 'file:///elsewhere.tar' }).catch((err: unknown) => err)
+  t.match(refused, { status: 409, code: 'already_assigned' }, 'another snapshot is refused')
+  await t.resolves(ctx.services.warmPool.assign(ready), 'the same assignment is answered again')
+})

@@ -113,6 +113,8 @@ export interface EcsFakeOptions {
    * tests with hundreds of tasks that need them READY, not serving data.
    */
   stubAgents?: boolean
+  /** Stub agents: how long a warm one (WARM=1) stays `restoring` after its assignment, in ms (not scaled). Default 0. */
+  stubRestoreMs?: number
   snapshotRoot?: string
   /** More environment for every agent: what a task role and VPC endpoints give a real task (S3_ENDPOINT and credentials for s3rver). */
   agentEnv?: Record<string, string>
@@ -654,6 +656,11 @@ export class EcsFake {
   }
 
   private startStubAgent(task: FakeTask) {
+    // WARM=1 (a warm pool agent): phase `warm` until POST /_agent/assign, then `restoring`
+    // for `stubRestoreMs`, then `ready`; Chroma's endpoints answer 503 until then, as the
+    // real agent's front does while it has no Chroma (container/agent/main.ts).
+    let phase: 'warm' | 'restoring' | 'ready' = task.env.WARM === '1' ? 'warm' : 'ready'
+    let assigned: string | null = null
     task.stub = createServer((req, res) => {
       const send = (status: number, body: unknown) => {
         res.writeHead(status, { 'content-type': 'application/json' })
@@ -665,14 +672,41 @@ export class EcsFake {
       const token = req.headers['x-chroma-token']
       const control = token === task.secretRead?.controlToken
       if (!control && (!task.secretRead || token !== task.secretRead.sessionToken)) return send(401, { code: 'session_token_required' })
-      const status = { phase: 'ready', pid: 0, at: new Date().toISOString() }
+      const status = () => ({ phase, pid: 0, at: new Date().toISOString(), ...(assigned ? { restored: assigned } : {}) })
+      if (req.url === '/_agent/assign' && req.method === 'POST' && control) return void this.stubAssign(req, task, assigned, (snapshot) => {
+        if (assigned === null) {
+          assigned = snapshot
+          phase = 'restoring'
+          setTimeout(() => (phase = 'ready'), this.opts.stubRestoreMs ?? 0).unref()
+        }
+        return status()
+      }, send)
+      if (req.url === '/_agent/status') return send(200, status())
+      if (req.url === '/_agent/confirm' && control) return send(200, status())
+      if (phase !== 'ready') return send(503, { code: 'session_unavailable' })
       if (req.url === '/api/v2/heartbeat') return send(200, { 'nanosecond heartbeat': Date.now() * 1e6 })
       if (req.url === '/api/v2/healthcheck') return send(200, { is_executor_ready: true })
-      if (req.url === '/_agent/status') return send(200, status)
-      if (req.url === '/_agent/confirm' && control) return send(200, status)
       send(404, { error: 'NotFound' })
     })
     task.stub.listen(this.chromaPort, task.ip)
+  }
+
+  /** A stub agent's POST /_agent/assign: once (the same snapshot again is answered as before, another one 409); only a WARM=1 agent takes one. */
+  private stubAssign(req: IncomingMessage, task: FakeTask, assigned: string | null, accept: (snapshot: string) => unknown, send: (status: number, body: unknown) => void) {
+    let body = ''
+    req.on('data', (c: Buffer) => (body += c))
+    req.on('end', () => {
+      let snapshot: unknown
+      try {
+        snapshot = (JSON.parse(body || '{}') as { snapshot?: unknown }).snapshot
+      } catch {
+        return send(400, { code: 'invalid_json' })
+      }
+      if (typeof snapshot !== 'string' || !snapshot) return send(400, { code: 'invalid_assignment' })
+      if (task.env.WARM !== '1') return send(409, { code: 'already_assigned' })
+      if (assigned !== null && assigned !== snapshot) return send(409, { code: 'already_assigned' })
+      send(200, accept(snapshot))
+    })
   }
 
   /** EC2's query protocol, for DescribeNetworkInterfaces (public addresses). */
