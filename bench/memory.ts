@@ -119,21 +119,9 @@ async function idleFargateReplica() {
   const fake = await EcsFake.start({ stubAgents: true })
   try {
     const replica = await startControlPlane(join(dir, 'fargate'), {
-      LAUNCHER: 'fargate',
+      ...fake.controlPlaneEnv(),
       DATABASE_URL: cp.databaseUrl,
       SNAPSHOT_ROOT: snapshots,
-      ECS_ENDPOINT: fake.endpoint,
-      EC2_ENDPOINT: fake.endpoint,
-      ECS_CLUSTER: fake.cluster,
-      ECS_TASK_DEFINITION: 'chroma-session:3',
-      ECS_SUBNETS: 'subnet-a',
-      ECS_SECURITY_GROUPS: 'sg-sessions',
-      ECS_CHROMA_PORT: String(fake.chromaPort),
-      SESSION_TASK_ROLE_ID: fake.secrets.taskRoleId,
-      SECRETS_MANAGER_ENDPOINT: fake.secrets.endpoint,
-      AWS_REGION: 'us-east-1',
-      AWS_ACCESS_KEY_ID: 'bench',
-      AWS_SECRET_ACCESS_KEY: 'bench',
     })
     try {
       const timeline: number[] = []

@@ -52,21 +52,11 @@ await writeFile(join(snapshots, 'shared.tar'), '')
 
 const fake = await EcsFake.start({ stubAgents: true })
 const env = {
-  LAUNCHER: 'fargate',
+  ...fake.controlPlaneEnv(),
   SNAPSHOT_ROOT: snapshots,
-  ECS_ENDPOINT: fake.endpoint,
-  EC2_ENDPOINT: fake.endpoint,
-  ECS_CLUSTER: fake.cluster,
-  ECS_TASK_DEFINITION: 'chroma-session:3',
-  ECS_SUBNETS: 'subnet-a',
-  ECS_SECURITY_GROUPS: 'sg-sessions',
-  ECS_CHROMA_PORT: String(fake.chromaPort),
   // The fake has no launch limit; ECS's real one (20/s) would make 5,000 launches take 4 minutes.
   ECS_LAUNCH_RATE: '1000',
   ECS_LAUNCH_BURST: '1000',
-  AWS_REGION: 'us-east-1',
-  AWS_ACCESS_KEY_ID: 'bench',
-  AWS_SECRET_ACCESS_KEY: 'bench',
   LEASE_TTL_SECONDS: '86400',
   IDLE_TTL_SECONDS: '3600',
   RECONCILE_INTERVAL_SECONDS: String(RECONCILE_INTERVAL_SECONDS),

@@ -171,20 +171,8 @@ async function agentLogPhases(path: string, requestedAt: number, readySeenAt: nu
 async function fargateLauncher(snapshot: string, restoreS: number): Promise<KindResult[]> {
   const fake = await EcsFake.start({ stubAgents: true, timing: 'realistic', timeScale: TIME_SCALE, stubRestoreMs: restoreS * 1000 * TIME_SCALE })
   const env = {
-    LAUNCHER: 'fargate',
+    ...fake.controlPlaneEnv(),
     SNAPSHOT_ROOT: snapshotCacheDir(COUNT, DIM),
-    ECS_ENDPOINT: fake.endpoint,
-    EC2_ENDPOINT: fake.endpoint,
-    SECRETS_MANAGER_ENDPOINT: fake.secrets.endpoint,
-    SESSION_TASK_ROLE_ID: fake.secrets.taskRoleId,
-    ECS_CLUSTER: fake.cluster,
-    ECS_TASK_DEFINITION: 'chroma-session:3',
-    ECS_SUBNETS: 'subnet-a',
-    ECS_SECURITY_GROUPS: 'sg-sessions',
-    ECS_CHROMA_PORT: String(fake.chromaPort),
-    AWS_REGION: 'us-east-1',
-    AWS_ACCESS_KEY_ID: 'control-plane',
-    AWS_SECRET_ACCESS_KEY: 'bench',
     LEASE_TTL_SECONDS: '600',
     IDLE_TTL_SECONDS: '600',
     // The control plane's polling runs on the same scaled clock as the fake's statuses (default 1 s).

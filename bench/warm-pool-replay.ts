@@ -14,22 +14,17 @@
  * - an acquire claims the oldest-ready READY agent (a hit) or launches cold (a miss).
  */
 import { DEMAND_WINDOW_SECONDS, MAX_REFILLS_PER_PASS, warmPoolTarget, type WarmPoolDemand } from '../src/services/warm-pool.ts'
+import { Rng } from '../chaos/rng.ts'
 
 /** The worker loop's period for refill() (src/workers/index.ts). */
 export const WARM_POOL_PASS_SECONDS = 5
 const DEFAULT_REFILL_SECONDS = 60
 const DAY = 86_400
 
-/** Deterministic PRNG (mulberry32): the same seed gives the same day. */
+/** Deterministic (the chaos suite's mulberry32): the same seed gives the same day. */
 export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
+  const rng = new Rng(seed)
+  return () => rng.next()
 }
 
 export interface Arrival {

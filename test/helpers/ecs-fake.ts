@@ -232,6 +232,25 @@ export class EcsFake {
     }
   }
 
+  /** The environment a control plane process (`npm start`) needs to launch sessions into this fake: what the benches start replicas with. */
+  controlPlaneEnv(): Record<string, string> {
+    return {
+      LAUNCHER: 'fargate',
+      ECS_ENDPOINT: this.endpoint,
+      EC2_ENDPOINT: this.endpoint,
+      SECRETS_MANAGER_ENDPOINT: this.secrets.endpoint,
+      SESSION_TASK_ROLE_ID: this.secrets.taskRoleId,
+      ECS_CLUSTER: this.cluster,
+      ECS_TASK_DEFINITION: 'chroma-session:3',
+      ECS_SUBNETS: 'subnet-a',
+      ECS_SECURITY_GROUPS: 'sg-sessions',
+      ECS_CHROMA_PORT: String(this.chromaPort),
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'bench',
+      AWS_SECRET_ACCESS_KEY: 'bench',
+    }
+  }
+
   /** Real SDK clients pointed at the fake (EC2 through either of the launcher's ways), and the session secret store on its Secrets Manager fake. */
   clients(ec2: 'in-process' | 'one-shot' = 'in-process'): { ecs: ECSClient; ec2: Ec2Calls; secrets: SessionSecretStore } {
     const common = { endpoint: this.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } }
