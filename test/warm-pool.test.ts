@@ -5,7 +5,7 @@ import t from 'tap'
 import { ManualClock } from '../src/services/clock.ts'
 import { sessionCost, DEFAULT_FARGATE_PRICES } from '../src/services/cost.ts'
 import { SessionAgentError } from '../src/services/session-agent.ts'
-import { poissonQuantile, warmPoolTarget, DEMAND_WINDOW_SECONDS } from '../src/services/warm-pool.ts'
+import { poissonQuantile, warmPoolTarget, DEMAND_WINDOW_SECONDS, TARGET_QUANTILE, WARM_POOL_PASS_SECONDS } from '../src/services/warm-pool.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { sample } from './helpers/fake-session.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
@@ -44,7 +44,7 @@ async function untilWarmReady(ctx: TestApp, ready: number, timeoutMs = 60_000) {
 const eventTypes = async (ctx: TestApp, id: string) =>
   (await ctx.app.inject({ method: 'GET', url: `/v1/sessions/${id}/events?limit=1000` })).json().events.map((e: { type: string }) => e.type)
 
-t.test('the target: the Poisson quantile of demand over one refill time, within min..max', async (t) => {
+t.test('the target: one more than the Poisson quantile of demand over one replacement, within min..max', async (t) => {
   t.equal(poissonQuantile(0, 0.95), 0, 'no demand needs no agent')
   t.equal(poissonQuantile(1, 0.95), 3, 'P(X<=3) = 0.981 >= 0.95 > P(X<=2) = 0.920')
   t.equal(poissonQuantile(10, 0.95), 15)
@@ -52,9 +52,33 @@ t.test('the target: the Poisson quantile of demand over one refill time, within 
   t.ok(big >= 10_160 && big <= 10_170, `the normal approximation past 500: ${big} (exact: 10165)`)
   const demand = (arrivals: number, refillSeconds = 60) => ({ arrivals, windowSeconds: DEMAND_WINDOW_SECONDS, refillSeconds })
   t.equal(warmPoolTarget(demand(0), 2, 10), 2, 'quiet: the minimum')
-  t.equal(warmPoolTarget(demand(15), 0, 10), 3, '15 in 15 minutes with a minute to refill: lambda 1, quantile 3')
-  t.equal(warmPoolTarget(demand(15, 1), 0, 10), 0, 'the same demand with one-second refills: P(no arrival in a refill) > 0.95, no agent')
+  t.equal(warmPoolTarget(demand(15), 0, 10), 4, '15 in 15 minutes, a minute to start and 5 s to the pass: lambda 1.08, quantile 3, plus the agent the acquire takes')
+  t.equal(warmPoolTarget(demand(15, 1), 0, 10), 2, 'the same demand with one-second starts: lambda 0.1, quantile 1 (P(0) = 0.905 < 0.95), plus one')
+  t.equal(warmPoolTarget(demand(1), 0, 10), 2, 'a single arrival in the window keeps the pool up')
   t.equal(warmPoolTarget(demand(9000), 0, 10), 10, 'never above the maximum')
+})
+
+t.test('the target leaves an acquire without an agent in at most 1 - q of cases (Poisson arrivals)', async (t) => {
+  // Each claim's replacement is ready one lead time later (the next pass, then the start),
+  // so an acquire finds no READY agent exactly when `target` claims came in the lead time
+  // before it: P(N >= target), N ~ Poisson(rate x lead). Computed here independently.
+  const tail = (lambda: number, k: number) => {
+    let term = Math.exp(-lambda)
+    let below = 0
+    for (let i = 0; i < k; i++) {
+      below += term
+      term *= lambda / (i + 1)
+    }
+    return 1 - below
+  }
+  for (const arrivals of [1, 5, 15, 45, 150, 450, 2000]) {
+    for (const refillSeconds of [30, 60, 120]) {
+      const target = warmPoolTarget({ arrivals, windowSeconds: DEMAND_WINDOW_SECONDS, refillSeconds }, 0, 10_000)
+      const lambda = (arrivals / DEMAND_WINDOW_SECONDS) * (refillSeconds + WARM_POOL_PASS_SECONDS)
+      const miss = tail(lambda, target)
+      t.ok(miss <= 1 - TARGET_QUANTILE + 1e-9, `${arrivals} arrivals in ${DEMAND_WINDOW_SECONDS} s, ${refillSeconds} s refill: target ${target}, an acquire misses with P = ${miss.toFixed(3)}`)
+    }
+  }
 })
 
 t.test('a claimed session is billed from its claim; what ran before is the pool\'s', async (t) => {

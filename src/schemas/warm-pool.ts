@@ -11,7 +11,7 @@ export const WarmPool = Type.Object({
   enabled: Type.Boolean({ description: 'WARM_POOL_MAX > 0' }),
   min: Type.Integer({ description: 'WARM_POOL_MIN' }),
   max: Type.Integer({ description: 'WARM_POOL_MAX' }),
-  target: Type.Integer({ description: 'The size the pool is kept at now: the Poisson 95% quantile of recent demand over one refill time, within min..max' }),
+  target: Type.Integer({ description: 'The size the pool is kept at now: one more than the Poisson 95% quantile of recent demand over one replacement (a pass and a refill), within min..max' }),
   unfilled: Type.Integer({ description: 'Target minus READY agents (0 when full)' }),
   counts: Type.Object({ pending: Type.Integer(), starting: Type.Integer(), ready: Type.Integer() }, { description: 'Unclaimed agents by status' }),
   demand: Type.Object({

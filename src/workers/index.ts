@@ -5,6 +5,7 @@ import type { Launcher } from '../services/launchers/launcher.ts'
 import type { Database, SqlPool } from '../database/client.ts'
 import { WorkerPassClaim } from '../database/worker-pass-claim.ts'
 import type { Observer } from '../services/metrics.ts'
+import { WARM_POOL_PASS_SECONDS } from '../services/warm-pool.ts'
 import { AgentConfirmer } from './agent-confirmer.ts'
 import { LeaseRevoker } from './lease-revoker.ts'
 import { WorkerLoop } from './loop.ts'
@@ -24,7 +25,7 @@ export interface WorkerSettings {
   confirmIntervalSeconds?: number
   /** RETENTION_DAYS (default 30). */
   retentionDays?: number
-  /** How often the warm pool is brought to its target and pins to their counts (default 5 s). */
+  /** How often the warm pool is brought to its target and pins to their counts (default WARM_POOL_PASS_SECONDS, 5 s). */
   warmPoolIntervalSeconds?: number
 }
 
@@ -80,9 +81,9 @@ export function createWorkers(deps: {
     loop('orphan-sweeper', settings.sweepIntervalSeconds, () => sweeper.sweepOnce(), true),
     loop('retention', RETENTION_INTERVAL_SECONDS, () => retention.purgeOnce()),
     // Fleet-wide: one replica sizes the pool per interval (two at once would launch twice the missing agents).
-    ...(services.warmPool.enabled ? [loop('warm-pool', settings.warmPoolIntervalSeconds ?? 5, () => services.warmPool.refill(), true)] : []),
+    ...(services.warmPool.enabled ? [loop('warm-pool', settings.warmPoolIntervalSeconds ?? WARM_POOL_PASS_SECONDS, () => services.warmPool.refill(), true)] : []),
     // Fleet-wide too: one replica starts what pins are missing per interval.
-    loop('pins', settings.warmPoolIntervalSeconds ?? 5, () => services.pins.keepOnce(), true),
+    loop('pins', settings.warmPoolIntervalSeconds ?? WARM_POOL_PASS_SECONDS, () => services.pins.keepOnce(), true),
   ]
   return {
     reconciler,

@@ -1148,7 +1148,7 @@ export interface paths {
                             min: number;
                             /** @description WARM_POOL_MAX */
                             max: number;
-                            /** @description The size the pool is kept at now: the Poisson 95% quantile of recent demand over one refill time, within min..max */
+                            /** @description The size the pool is kept at now: one more than the Poisson 95% quantile of recent demand over one replacement (a pass and a refill), within min..max */
                             target: number;
                             /** @description Target minus READY agents (0 when full) */
                             unfilled: number;
