@@ -8,16 +8,18 @@
  * - a pass every WARM_POOL_PASS_SECONDS (the worker's loop, 5 s): recycle READY agents
  *   past maxAgeSeconds, launch min(MAX_REFILLS_PER_PASS, target - live) where live counts
  *   pending, starting and ready agents, stop the oldest-ready READY agents beyond target;
- * - demand = acquires that needed a new session (claims and cold launches) over the last
- *   DEMAND_WINDOW_SECONDS; refillSeconds = the median launch-to-running time of agents
+ * - demand = acquires that needed a new session (claims and cold launches), at the higher
+ *   rate of the last DEMAND_WINDOW_SECONDS and DEMAND_LONG_WINDOW_SECONDS; refillSeconds = the median launch-to-running time of agents
  *   seen running over the last hour, DEFAULT 60 s before any;
- * - an acquire claims the oldest-ready READY agent (a hit) or launches cold (a miss).
+ * - an acquire claims the oldest-ready READY agent (a hit) or launches cold (a miss);
+ * - hints (POST /v1/warm-pool/hints): while a hint is active the target is the demand's
+ *   plus hinted = max(0, the active hints' counts - warm claims since the earliest of them),
+ *   within min..max.
  */
-import { DEMAND_WINDOW_SECONDS, MAX_REFILLS_PER_PASS, warmPoolTarget, type WarmPoolDemand } from '../src/services/warm-pool.ts'
+import { demandRate, DEMAND_LONG_WINDOW_SECONDS, DEMAND_WINDOW_SECONDS, MAX_REFILLS_PER_PASS, WARM_POOL_PASS_SECONDS, warmPoolTarget, type WarmPoolDemand } from '../src/services/warm-pool.ts'
 import { Rng } from '../chaos/rng.ts'
 
-/** The worker loop's period for refill() (src/workers/index.ts). */
-export const WARM_POOL_PASS_SECONDS = 5
+export { WARM_POOL_PASS_SECONDS }
 const DEFAULT_REFILL_SECONDS = 60
 const DAY = 86_400
 
@@ -52,10 +54,18 @@ export interface DayWorkload {
  * (mean 15 s), about a minute as REALISTIC_STATUS_MS has it.
  */
 export function generateDay(seed: number, rateFactor = 1): DayWorkload {
+  return generate(seed, [3, 2, 2, 2, 3, 5, 10, 20, 35, 45, 45, 40, 35, 40, 45, 45, 40, 30, 20, 12, 8, 6, 4, 3].map((r) => r * rateFactor), 4)
+}
+
+/** A day at one constant Poisson rate and no bursts: what the policy does where its model holds. */
+export function generateSteadyDay(seed: number, perHour: number): DayWorkload {
+  return generate(seed, Array.from({ length: 24 }, () => perHour), 0)
+}
+
+function generate(seed: number, hourlyRate: number[], burstCount: number): DayWorkload {
   const random = seededRandom(seed)
   const exponential = (mean: number) => -Math.log(1 - random()) * mean
   const normal = () => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random())
-  const hourlyRate = [3, 2, 2, 2, 3, 5, 10, 20, 35, 45, 45, 40, 35, 40, 45, 45, 40, 30, 20, 12, 8, 6, 4, 3].map((r) => r * rateFactor)
   const duration = () => Math.min(4 * 3600, 600 * Math.exp(1.0 * normal()))
   const arrivals: Arrival[] = []
   for (let h = 0; h < 24; h++) {
@@ -63,7 +73,7 @@ export function generateDay(seed: number, rateFactor = 1): DayWorkload {
       arrivals.push({ at: t, durationS: duration(), burst: false })
     }
   }
-  const bursts = Array.from({ length: 4 }, () => ({ at: Math.round((8 + random() * 10) * 3600), count: 15 + Math.floor(random() * 20), spreadS: 120 }))
+  const bursts = Array.from({ length: burstCount }, () => ({ at: Math.round((8 + random() * 10) * 3600), count: 15 + Math.floor(random() * 20), spreadS: 120 }))
   for (const b of bursts) {
     for (let i = 0; i < b.count; i++) arrivals.push({ at: b.at + random() * b.spreadS, durationS: duration(), burst: true })
   }
@@ -74,8 +84,31 @@ export function generateDay(seed: number, rateFactor = 1): DayWorkload {
   return { arrivals, refillS, hourlyRate, bursts }
 }
 
-/** How the target is chosen; the real policy is warmPoolTarget. */
-export type TargetPolicy = (demand: WarmPoolDemand, min: number, max: number) => number
+/** What a pass knows when it sizes the pool. */
+export interface PolicyContext {
+  /** As WarmPoolService.state() reads it: arrivals in the window of the higher rate, the refill median. */
+  demand: WarmPoolDemand
+  /** Simulated seconds since the day began. */
+  now: number
+  /** Arrivals over another window (for variants of the policy). */
+  arrivalsIn(windowSeconds: number): number
+}
+
+/** How the pool's size is chosen from demand, before hints; the real policy is warmPoolTarget. */
+export type TargetPolicy = (context: PolicyContext, min: number, max: number) => number
+export const shippedPolicy: TargetPolicy = ({ demand }, min, max) => warmPoolTarget(demand, min, max)
+
+/** A hint as POST /v1/warm-pool/hints makes one: `count` more agents for `seconds` from `at`. */
+export interface Hint {
+  at: number
+  count: number
+  seconds: number
+}
+
+/** A hint for each burst, `leadSeconds` before it, of its size (at most `max`, as the API allows), lasting `seconds`. */
+export function burstHints(day: DayWorkload, leadSeconds: number, max: number, seconds = 600): Hint[] {
+  return day.bursts.map((b) => ({ at: b.at - leadSeconds, count: Math.min(b.count, max), seconds }))
+}
 
 export interface ReplayResult {
   min: number
@@ -102,9 +135,11 @@ interface Agent {
 }
 
 /** Replays the day against one (min, max). maxAgeSeconds: MAX_SESSION_SECONDS / 2 by default (src/runtime.ts). */
-export function replay(day: DayWorkload, min: number, max: number, policy: TargetPolicy = warmPoolTarget, maxAgeSeconds = 21_600): ReplayResult {
+export function replay(day: DayWorkload, min: number, max: number, options: { policy?: TargetPolicy; hints?: Hint[]; maxAgeSeconds?: number } = {}): ReplayResult {
+  const { policy = shippedPolicy, hints = [], maxAgeSeconds = 21_600 } = options
   const agents: Agent[] = []
   const demandTimes: number[] = []
+  const claimTimes: number[] = []
   const starts: Array<{ at: number; seconds: number }> = []
   let idleS = 0
   let sessionS = 0
@@ -129,10 +164,14 @@ export function replay(day: DayWorkload, min: number, max: number, policy: Targe
     advance(now)
     const live = agents.filter((a) => a.state !== 'gone')
     for (const a of live) if (a.state === 'ready' && now - a.launchedAt >= maxAgeSeconds) end(a, now, false)
-    const window = demandTimes.filter((t) => t > now - DEMAND_WINDOW_SECONDS).length
+    const arrivalsIn = (windowSeconds: number) => demandTimes.filter((t) => t > now - windowSeconds).length
     const recentStarts = starts.filter((s) => s.at > now - 3600).map((s) => s.seconds).sort((x, y) => x - y)
     const refillSeconds = recentStarts.length ? medianOfSorted(recentStarts) : DEFAULT_REFILL_SECONDS
-    const target = max > 0 ? policy({ arrivals: window, windowSeconds: DEMAND_WINDOW_SECONDS, refillSeconds }, min, max) : 0
+    const demand = { ...demandRate(arrivalsIn(DEMAND_WINDOW_SECONDS), arrivalsIn(DEMAND_LONG_WINDOW_SECONDS)), refillSeconds }
+    const active = hints.filter((h) => h.at <= now && now < h.at + h.seconds)
+    const since = Math.min(...active.map((h) => h.at))
+    const hinted = active.length ? Math.max(0, active.reduce((n, h) => n + h.count, 0) - claimTimes.filter((t) => t >= since).length) : 0
+    const target = max > 0 ? Math.min(max, Math.max(min, policy({ demand, now, arrivalsIn }, 0, max) + hinted)) : 0
     peakTarget = Math.max(peakTarget, target)
     const alive = agents.filter((a) => a.state !== 'gone')
     const missing = Math.min(MAX_REFILLS_PER_PASS, target - alive.length)
@@ -159,6 +198,7 @@ export function replay(day: DayWorkload, min: number, max: number, policy: Targe
       const ready = agents.filter((a) => a.state === 'ready').sort((x, y) => x.readyAt - y.readyAt)[0]
       if (ready) {
         hits++
+        claimTimes.push(arrival.at)
         if (!arrival.burst) baseHits++
         end(ready, arrival.at, true)
         sessionS += arrival.durationS

@@ -5,7 +5,7 @@ import t from 'tap'
 import { ManualClock } from '../src/services/clock.ts'
 import { sessionCost, DEFAULT_FARGATE_PRICES } from '../src/services/cost.ts'
 import { SessionAgentError } from '../src/services/session-agent.ts'
-import { poissonQuantile, warmPoolTarget, DEMAND_WINDOW_SECONDS, TARGET_QUANTILE, WARM_POOL_PASS_SECONDS } from '../src/services/warm-pool.ts'
+import { demandRate, poissonQuantile, warmPoolTarget, DEMAND_LONG_WINDOW_SECONDS, DEMAND_WINDOW_SECONDS, TARGET_QUANTILE, WARM_POOL_PASS_SECONDS } from '../src/services/warm-pool.ts'
 import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
 import { sample } from './helpers/fake-session.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
@@ -56,6 +56,8 @@ t.test('the target: one more than the Poisson quantile of demand over one replac
   t.equal(warmPoolTarget(demand(15, 1), 0, 10), 2, 'the same demand with one-second starts: lambda 0.1, quantile 1 (P(0) = 0.905 < 0.95), plus one')
   t.equal(warmPoolTarget(demand(1), 0, 10), 2, 'a single arrival in the window keeps the pool up')
   t.equal(warmPoolTarget(demand(9000), 0, 10), 10, 'never above the maximum')
+  t.same(demandRate(3, 40), { arrivals: 40, windowSeconds: DEMAND_LONG_WINDOW_SECONDS }, 'a lull: the hour\'s rate')
+  t.same(demandRate(20, 40), { arrivals: 20, windowSeconds: DEMAND_WINDOW_SECONDS }, 'a rise: the quarter hour\'s rate')
 })
 
 t.test('the target leaves an acquire without an agent in at most 1 - q of cases (Poisson arrivals)', async (t) => {
@@ -180,7 +182,7 @@ t.test('a stale pool pass cannot stop an agent claimed since it read it (the fen
   t.equal(ready.status, 'READY', 'and it starts serving')
 })
 
-t.test('demand raises the target; a quiet window brings it back to the minimum, and surplus agents stop', async (t) => {
+t.test('demand raises the target; a quiet quarter hour keeps the hour\'s rate, a quiet hour brings it back to the minimum, and surplus agents stop', async (t) => {
   const ctx = await setup(t, { warmPool: { min: 0, max: 3 } })
   t.equal((await ctx.services.warmPool.state()).target, 0)
   // 40 new sessions in the window, refills of 60 s (none measured yet): lambda = 40/900*60 = 2.7, quantile 6, capped at 3.
@@ -189,7 +191,10 @@ t.test('demand raises the target; a quiet window brings it back to the minimum, 
   const pass = await ctx.services.warmPool.refill()
   t.equal(pass.launched, 3)
   ctx.clock.advance(DEMAND_WINDOW_SECONDS + 1)
-  t.equal((await ctx.services.warmPool.state()).target, 0, 'no arrivals in the window: the minimum')
+  const afterQuarter = await ctx.services.warmPool.state()
+  t.same([afterQuarter.demand.windowSeconds, afterQuarter.demand.arrivals, afterQuarter.target], [DEMAND_LONG_WINDOW_SECONDS, 40, 3], 'a quiet quarter hour: the last hour\'s rate (40/3600*65 = 0.72: quantile 2, plus one) keeps it')
+  ctx.clock.advance(DEMAND_LONG_WINDOW_SECONDS - DEMAND_WINDOW_SECONDS)
+  t.equal((await ctx.services.warmPool.state()).target, 0, 'no arrivals in the last hour: the minimum')
   await untilWarmReady(ctx, 3)
   const shrink = await ctx.services.warmPool.refill()
   t.equal(shrink.stopped, 3, 'READY agents beyond the target are stopped')

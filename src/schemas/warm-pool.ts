@@ -16,7 +16,7 @@ export const WarmPool = Type.Object({
   counts: Type.Object({ pending: Type.Integer(), starting: Type.Integer(), ready: Type.Integer() }, { description: 'Unclaimed agents by status' }),
   demand: Type.Object({
     arrivals: Type.Integer({ description: 'Acquires that needed a new session in the window (warm claims and cold launches)' }),
-    windowSeconds: Type.Integer(),
+    windowSeconds: Type.Integer({ description: 'The window whose rate is the higher, and so sizes the pool: the last 900 s or the last 3600 s' }),
     refillSeconds: Type.Number({ description: 'How long a warm agent takes from launch to running (median of the last hour, or 60 before any)' }),
   }),
   idle: IdleCost,

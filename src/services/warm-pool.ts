@@ -27,9 +27,9 @@ import { DB_NOW, EVENT_COLUMNS, eventFromRow, SessionService, type SessionRecord
  * between claim and assignment loses nothing.
  *
  * refill() keeps the pool at its target: WARM_POOL_MIN..WARM_POOL_MAX, adapted to demand
- * (one more than the Poisson quantile of the arrivals, at the rate of the last
- * DEMAND_WINDOW_SECONDS, in the time a replacement takes: a pass plus a warm agent's start),
- * falling back to the minimum once demand is quiet.
+ * (one more than the Poisson quantile of the arrivals, at the higher rate of the last
+ * quarter hour and the last hour, in the time a replacement takes: a pass plus a warm
+ * agent's start), falling back to the minimum after an hour without demand.
  * It runs once per interval for the whole fleet; every step is a fenced statement, so a
  * crashed or repeated pass does no harm.
  */
@@ -42,8 +42,15 @@ export interface WarmPoolSettings {
   maxAgeSeconds: number
 }
 
-/** Demand is the acquires that needed a new session (claims and cold launches) over this window. */
+/**
+ * Demand is the acquires that needed a new session (claims and cold launches), at the higher
+ * rate of two windows: the short one raises the pool within minutes of a rise, the long one
+ * keeps it through the gaps of a low rate (at 10 an hour a quarter hour has no arrival one
+ * time in twelve, and the pool emptied: 91 % hits where 95 % was promised) and brings it
+ * back to the minimum only after an hour without demand.
+ */
 export const DEMAND_WINDOW_SECONDS = 900
+export const DEMAND_LONG_WINDOW_SECONDS = 3600
 /** The target leaves an acquire without a READY agent in at most 1 - q of cases: misses rarer than 1 in 20. */
 export const TARGET_QUANTILE = 0.95
 /** What a warm start is assumed to take before the pool has seen one (a Fargate task: about a minute). */
@@ -63,6 +70,7 @@ export interface WarmPoolCounts {
 export interface WarmPoolDemand {
   /** Acquires that needed a new session over the window: warm claims plus cold launches. */
   arrivals: number
+  /** The window of the higher rate (demandRate). */
   windowSeconds: number
   /** How long a warm agent took from launch to running (median over the last hour), or the default. */
   refillSeconds: number
@@ -130,6 +138,13 @@ export function warmPoolTarget(demand: WarmPoolDemand, min: number, max: number)
   return Math.min(max, Math.max(min, needed))
 }
 
+/** The window whose rate is higher (DEMAND_WINDOW_SECONDS or DEMAND_LONG_WINDOW_SECONDS), with its arrivals. */
+export function demandRate(shortArrivals: number, longArrivals: number): Pick<WarmPoolDemand, 'arrivals' | 'windowSeconds'> {
+  return longArrivals / DEMAND_LONG_WINDOW_SECONDS > shortArrivals / DEMAND_WINDOW_SECONDS
+    ? { arrivals: longArrivals, windowSeconds: DEMAND_LONG_WINDOW_SECONDS }
+    : { arrivals: shortArrivals, windowSeconds: DEMAND_WINDOW_SECONDS }
+}
+
 /** An unclaimed warm agent, as GET /v1/warm-pool lists it. */
 export interface WarmAgentView {
   id: string
@@ -171,19 +186,20 @@ export class WarmPoolService {
   async state(): Promise<WarmPoolState> {
     const { min, max, launcher } = this.deps.settings
     const now = this.deps.clock.sql
-    const [row] = await this.deps.sql.rows<{ pending: number; starting: number; ready: number; arrivals: number; refill: number | null }>(Prisma.sql`
+    const [row] = await this.deps.sql.rows<{ pending: number; starting: number; ready: number; arrivals: number; long_arrivals: number; refill: number | null }>(Prisma.sql`
       SELECT
         count(*) FILTER (WHERE mode = 'warm' AND status = 'PENDING')::int AS pending,
         count(*) FILTER (WHERE mode = 'warm' AND status = 'STARTING')::int AS starting,
         count(*) FILTER (WHERE mode = 'warm' AND status = 'READY')::int AS ready,
         count(*) FILTER (WHERE mode <> 'warm' AND coalesce(claimed_at, created_at) > ${now} - make_interval(secs => ${DEMAND_WINDOW_SECONDS}))::int AS arrivals,
+        count(*) FILTER (WHERE mode <> 'warm' AND coalesce(claimed_at, created_at) > ${now} - make_interval(secs => ${DEMAND_LONG_WINDOW_SECONDS}))::int AS long_arrivals,
         percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM running_at - launched_at)) FILTER (
           WHERE (mode = 'warm' OR claimed_at IS NOT NULL) AND running_at >= launched_at AND running_at > ${now} - interval '1 hour')::float8 AS refill
       FROM sessions
       WHERE launcher = ${launcher}
-        AND (status::text IN ('PENDING', 'STARTING', 'READY') OR created_at > ${now} - interval '1 hour' OR claimed_at > ${now} - make_interval(secs => ${DEMAND_WINDOW_SECONDS}))`)
+        AND (status::text IN ('PENDING', 'STARTING', 'READY') OR created_at > ${now} - make_interval(secs => ${Math.max(3600, DEMAND_LONG_WINDOW_SECONDS)}) OR claimed_at > ${now} - make_interval(secs => ${DEMAND_LONG_WINDOW_SECONDS}))`)
     const counts = { pending: row?.pending ?? 0, starting: row?.starting ?? 0, ready: row?.ready ?? 0 }
-    const demand = { arrivals: row?.arrivals ?? 0, windowSeconds: DEMAND_WINDOW_SECONDS, refillSeconds: row?.refill ?? DEFAULT_REFILL_SECONDS }
+    const demand = { ...demandRate(row?.arrivals ?? 0, row?.long_arrivals ?? 0), refillSeconds: row?.refill ?? DEFAULT_REFILL_SECONDS }
     const target = this.enabled ? warmPoolTarget(demand, min, max) : 0
     return { enabled: this.enabled, min, max, target, counts, demand, unfilled: Math.max(0, target - counts.ready) }
   }

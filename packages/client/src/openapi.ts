@@ -1161,6 +1161,7 @@ export interface paths {
                             demand: {
                                 /** @description Acquires that needed a new session in the window (warm claims and cold launches) */
                                 arrivals: number;
+                                /** @description The window whose rate is the higher, and so sizes the pool: the last 900 s or the last 3600 s */
                                 windowSeconds: number;
                                 /** @description How long a warm agent takes from launch to running (median of the last hour, or 60 before any) */
                                 refillSeconds: number;
