@@ -156,6 +156,34 @@ t.test('warm agent: launched with no snapshot, claimed by an acquire, restored, 
   t.ok(costs.warmPool.idleSeconds >= 0)
 })
 
+t.test('a claimed agent turns READY when its restore ends, between reconcile passes (the warm-starts loop)', async (t) => {
+  const ctx = await setup(t, { warmPool: { min: 1, max: 1 } })
+  await ctx.services.warmPool.refill()
+  await untilWarmReady(ctx, 1)
+  const lease = await ctx.acquire({ mode: 'exclusive' })
+  t.ok(lease.session.claimedAt, 'claimed from the pool')
+  // No reconcile pass from here: only the loop that follows claimed restores.
+  const deadline = Date.now() + 60_000
+  let s = await ctx.services.sessions.get(lease.session.id)
+  while (s.status === 'STARTING' && Date.now() < deadline) {
+    await ctx.workers.tick('warm-starts')
+    s = await ctx.services.sessions.get(lease.session.id)
+    if (s.status === 'STARTING') await new Promise((r) => setTimeout(r, 100))
+  }
+  t.equal(s.status, 'READY', 'READY without a reconcile pass')
+  const events = (await ctx.inject({ method: 'GET', url: `/v1/sessions/${s.id}/events` })).json().events
+  t.match(events.at(-1), { type: 'ready', detail: { warm: true, startSeconds: Number, phases: { launching: 0, provisioning: 0 } } }, 'the same READY event as a pass records')
+  const q = await ctx.inject({
+    method: 'POST',
+    url: `/v1/sessions/${s.id}/query`,
+    headers: { 'x-chroma-token': lease.token },
+    payload: { collection: fixture.collection, queryEmbeddings: [fixture.vector(3)], nResults: 1 },
+  })
+  t.equal(q.json().ids[0][0], 'r-3', 'and it serves its snapshot')
+  await ctx.workers.tick('warm-starts')
+  t.equal((await eventTypes(ctx, s.id)).filter((e: string) => e === 'ready').length, 2, 'a later tick records nothing more (one READY as an agent, one as the session)')
+})
+
 t.test('one warm agent, concurrent acquires: exactly one claims it, the rest launch cold', async (t) => {
   const ctx = await setup(t, { warmPool: { min: 1, max: 1 } })
   await ctx.services.warmPool.refill()

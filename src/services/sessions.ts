@@ -284,6 +284,15 @@ export class SessionService {
     return this.select(Prisma.join(where, ' AND '), limit, Prisma.sql`s.created_at ASC, s.id ASC`)
   }
 
+  /** Claimed warm agents still restoring, with their agent's endpoint (recorded when the agent came up): a handful at a time. */
+  claimedStarting(launcher: string, limit = 500): Promise<SessionRecord[]> {
+    return this.select(
+      Prisma.sql`s.status = 'STARTING' AND s.claimed_at IS NOT NULL AND s.launcher = ${launcher} AND s.host IS NOT NULL AND s.port IS NOT NULL`,
+      limit,
+      Prisma.sql`s.claimed_at ASC`,
+    )
+  }
+
   private async select(where: Prisma.Sql, limit = 1000, order = Prisma.sql`s.created_at DESC`): Promise<SessionRecord[]> {
     const rows = await this.sql.rows<Record<string, unknown>>(Prisma.sql`
       SELECT s.*, ${liveLeaseCount(this.clock.sql)} AS lease_count, ${this.clock.sql} AS observed_at

@@ -14,6 +14,9 @@ import { Reaper } from './reaper.ts'
 import { Reconciler } from './reconciler.ts'
 import { Retention } from './retention.ts'
 
+/** How often claimed warm agents' restores are checked for readiness (s). */
+const CLAIMED_START_POLL_SECONDS = 0.2
+
 export interface WorkerSettings {
   startTimeoutSeconds: number
   maxSessionSeconds: number
@@ -80,6 +83,9 @@ export function createWorkers(deps: {
     loop('reaper', settings.sweepIntervalSeconds, () => reaper.reapOnce()),
     loop('orphan-sweeper', settings.sweepIntervalSeconds, () => sweeper.sweepOnce(), true),
     loop('retention', RETENTION_INTERVAL_SECONDS, () => retention.purgeOnce()),
+    // Per replica, five times a second: only claimed warm agents still restoring are read (a handful), and a
+    // warm start is a restore of a second or so that a 1 s pass would lengthen by half a second on average.
+    ...(services.warmPool.enabled ? [loop('warm-starts', Math.min(CLAIMED_START_POLL_SECONDS, settings.reconcileIntervalSeconds), () => reconciler.finishClaimedStarts())] : []),
     // Fleet-wide: one replica sizes the pool per interval (two at once would launch twice the missing agents).
     ...(services.warmPool.enabled ? [loop('warm-pool', settings.warmPoolIntervalSeconds ?? WARM_POOL_PASS_SECONDS, () => services.warmPool.refill(), true)] : []),
     // Fleet-wide too: one replica starts what pins are missing per interval.

@@ -326,30 +326,53 @@ export class Reconciler {
       if (s.claimedAt) {
         await this.warmPool.assign({ ...s, host: seen.host, port: seen.port }).catch((err: Error) => (lastReason = `assigning the snapshot failed: ${err.message}`))
       }
-      const readiness = await this.chroma.readiness(`http://${seen.host}:${seen.port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))
-      if (readiness.ready) {
-        const now = s.observedAt
-        const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
-          type: 'ready',
-          detail: {
-            host: seen.host,
-            port: seen.port,
-            startSeconds: secondsSince(s.claimedAt ?? s.launchedAt, now),
-            phases: startPhases(s, runningAt ?? now, now),
-            ...(s.claimedAt ? { warm: true } : {}),
-          },
-        }, { host: seen.host, port: seen.port, readyAt: DB_NOW })
-        if (ok) {
-          await this.sessions.setProgress(s, null, 'READY')
-          this.logger?.info({ sessionId: s.id, host: seen.host, port: seen.port }, 'session ready')
-        }
-        return
-      }
+      const readiness = await this.readyIfServing(s, seen.host, seen.port, runningAt)
+      if (readiness.ready) return
       lastReason = readiness.reason
     }
     if (this.pastStartDeadline(s)) {
       await this.fail(s, `not ready within ${this.opts.startTimeoutSeconds}s: ${lastReason}`, 'start_timeout')
     }
+  }
+
+  /** Asks the session's Chroma whether it serves (its collection, if it names one); if so, moves it STARTING → READY. */
+  private async readyIfServing(s: SessionRecord, host: string, port: number, runningAt: Date | null): Promise<{ ready: boolean; reason: string }> {
+    const readiness = await this.chroma.readiness(`http://${host}:${port}`, s.collection, this.tokens.sessionToken(s.id, s.generation))
+    if (!readiness.ready) return { ready: false, reason: readiness.reason }
+    const now = s.observedAt
+    const ok = await this.sessions.transition(s, ['STARTING'], 'READY', {
+      type: 'ready',
+      detail: {
+        host,
+        port,
+        startSeconds: secondsSince(s.claimedAt ?? s.launchedAt, now),
+        phases: startPhases(s, runningAt ?? now, now),
+        ...(s.claimedAt ? { warm: true } : {}),
+      },
+    }, { host, port, readyAt: DB_NOW })
+    if (ok) {
+      await this.sessions.setProgress(s, null, 'READY')
+      this.logger?.info({ sessionId: s.id, host, port }, 'session ready')
+    }
+    return { ready: true, reason: 'ready' }
+  }
+
+  /**
+   * The claimed warm agents' restores, followed more often than a pass: a warm start is a
+   * restore of a second or so, and a pass every second would add half a second to it.
+   * Readiness only, at the endpoint the agent answered from while warm (no launcher call);
+   * everything else about these sessions (a stopped task, the deadline, the assignment
+   * repeated) stays with the pass. Idempotent: the READY transition is fenced on STARTING.
+   */
+  async finishClaimedStarts(): Promise<void> {
+    const starting = await this.sessions.claimedStarting(this.launcher.kind)
+    await Promise.all(
+      starting.map((s) =>
+        this.readyIfServing(s, s.host!, s.port!, runningSince(s)).catch((err: Error) =>
+          this.logger?.debug({ sessionId: s.id, err: err.message }, 'claimed warm agent not answering yet'),
+        ),
+      ),
+    )
   }
 
   private async finishStopping(s: SessionRecord, seen: ObservedCompute | undefined): Promise<void> {
