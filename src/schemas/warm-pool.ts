@@ -38,7 +38,7 @@ export const WarmPool = Type.Object({
 export const CreateWarmPoolHintBody = Type.Object(
   {
     count: Type.Integer({ minimum: 1, maximum: 1000, description: 'Acquires needing a new session that are coming (e.g. a Map state\'s fan-out): the pool adds this many agents to its target, at most WARM_POOL_MAX (400 warm_pool_hint_above_max beyond it)' }),
-    seconds: Type.Optional(Type.Integer({ minimum: 30, maximum: 3600, default: 600, description: 'How long the hint lasts: it ends then, or once as many warm claims came, or on DELETE' })),
+    seconds: Type.Optional(Type.Integer({ minimum: 30, maximum: 3600, default: 600, description: 'How long the hint lasts (DELETE ends it earlier); it adds no agent once as many warm claims came since' })),
   },
   { additionalProperties: false },
 )

@@ -1305,7 +1305,7 @@ export interface paths {
                         /** @description Acquires needing a new session that are coming (e.g. a Map state's fan-out): the pool adds this many agents to its target, at most WARM_POOL_MAX (400 warm_pool_hint_above_max beyond it) */
                         count: number;
                         /**
-                         * @description How long the hint lasts: it ends then, or once as many warm claims came, or on DELETE
+                         * @description How long the hint lasts (DELETE ends it earlier); it adds no agent once as many warm claims came since
                          * @default 600
                          */
                         seconds?: number;
