@@ -21,6 +21,7 @@ import pinRoutes from './routes/pins.ts'
 import { Problem, problems } from './schemas/common.ts'
 import { ApiKey } from './schemas/key.ts'
 import { Pin } from './schemas/pin.ts'
+import { WarmPoolHint } from './schemas/warm-pool.ts'
 import { Lease } from './schemas/lease.ts'
 import { Session, SessionEvent } from './schemas/session.ts'
 import type { Services } from './services/index.ts'
@@ -88,7 +89,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // One registry per process: the services and workers report to it too.
   const metrics = deps.services.metrics
 
-  for (const schema of [Problem, Session, Lease, SessionEvent, ApiKey, Pin]) app.addSchema(schema)
+  for (const schema of [Problem, Session, Lease, SessionEvent, ApiKey, Pin, WarmPoolHint]) app.addSchema(schema)
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -100,6 +101,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         { name: 'proxy', description: "Chroma's own HTTP API through the control plane" },
         { name: 'keys', description: 'Operators: create, list and revoke API keys' },
         { name: 'pins', description: 'Operators: keep sessions of a snapshot READY with no lease' },
+        { name: 'warm-pool', description: 'Hints: tell the warm pool ahead about a burst of acquires' },
         { name: 'health', description: 'Liveness, readiness, metrics' },
       ],
       components: {

@@ -50,6 +50,8 @@ const SERVER_BLOCK = 'npm start'
 const EXPECTED_OUTPUT: Array<{ match: string; output: RegExp }> = [
   { match: 'npm run snapshot:example', output: /"ids":\[\["r-3"[\s\S]*"status":"released"/ },
   { match: "import { ChromaClient } from 'chromadb'", output: /r-3/ },
+  // The Run it server's warm pool is off (WARM_POOL_MAX=0), so the hint example shows the refusal.
+  { match: 'curl -sS http://127.0.0.1:8080/v1/warm-pool/hints', output: /"code":"warm_pool_disabled"/ },
 ]
 
 const blocks = blocksOf(readme)

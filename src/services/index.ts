@@ -18,6 +18,7 @@ import { SessionAgentClient } from './session-agent.ts'
 import { SessionService } from './sessions.ts'
 import { SnapshotService, type S3Sender } from './snapshots/snapshot-service.ts'
 import { WarmPoolService } from './warm-pool.ts'
+import { WarmPoolHintService } from './warm-pool-hints.ts'
 import { PinService } from './pins.ts'
 
 export interface ServiceDeps {
@@ -64,6 +65,7 @@ export function createServices(deps: ServiceDeps) {
     settings: { min: 0, max: 0, maxAgeSeconds: 21_600, ...deps.warmPool, launcher: deps.limits.launcher },
     logger: deps.logger,
   })
+  const warmPoolHints = new WarmPoolHintService({ sql: deps.sql, clock: deps.clock, max: deps.warmPool?.max ?? 0 })
   const costs = new CostReport(deps.sql, deps.clock, prices)
   if (warmPool.enabled) metrics.watchWarmPool(warmPool, () => costs.idleBeforeClaim('warm_pool'))
   const leases = new LeaseService({ db: deps.db, sql: deps.sql, clock: deps.clock, sessions, snapshots, chroma, tokens, changes: deps.changes, limits: deps.limits, observer: metrics, warmPool, logger: deps.logger })
@@ -75,5 +77,5 @@ export function createServices(deps: ServiceDeps) {
   const apiKeys = new ApiKeyService(deps.db, deps.clock)
   const retention = new RetentionService(deps.sql, prices)
   const endedLeases = new EndedLeases(deps.sql, deps.clock)
-  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, holds, query, apiKeys, costs, retention, endedLeases, warmPool, pins }
+  return { metrics, sessions, snapshots, tokens, leases, chroma, agents, saveBack, router, holds, query, apiKeys, costs, retention, endedLeases, warmPool, warmPoolHints, pins }
 }

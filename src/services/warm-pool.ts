@@ -29,7 +29,8 @@ import { DB_NOW, EVENT_COLUMNS, eventFromRow, SessionService, type SessionRecord
  * refill() keeps the pool at its target: WARM_POOL_MIN..WARM_POOL_MAX, adapted to demand
  * (one more than the Poisson quantile of the arrivals, at the higher rate of the last
  * quarter hour and the last hour, in the time a replacement takes: a pass plus a warm
- * agent's start), falling back to the minimum after an hour without demand.
+ * agent's start), falling back to the minimum after an hour without demand. Active hints
+ * (src/services/warm-pool-hints.ts) add agents on top of that, within the maximum.
  * It runs once per interval for the whole fleet; every step is a fenced statement, so a
  * crashed or repeated pass does no harm.
  */
@@ -85,6 +86,8 @@ export interface WarmPoolState {
   demand: WarmPoolDemand
   /** Target minus ready agents, never negative: what an acquire burst would miss right now. */
   unfilled: number
+  /** Agents added for active hints (POST /v1/warm-pool/hints): their counts less the warm claims since the earliest. */
+  hinted: number
 }
 
 export interface WarmPoolPass extends WarmPoolState {
@@ -186,8 +189,13 @@ export class WarmPoolService {
   async state(): Promise<WarmPoolState> {
     const { min, max, launcher } = this.deps.settings
     const now = this.deps.clock.sql
-    const [row] = await this.deps.sql.rows<{ pending: number; starting: number; ready: number; arrivals: number; long_arrivals: number; refill: number | null }>(Prisma.sql`
+    const [row] = await this.deps.sql.rows<{ pending: number; starting: number; ready: number; arrivals: number; long_arrivals: number; refill: number | null; hinted: number }>(Prisma.sql`
+      WITH hints AS (SELECT sum(count)::int AS total, min(created_at) AS since FROM warm_pool_hints WHERE expires_at > ${now})
       SELECT
+        -- A hint adds its count; each warm claim (not a pin's standby) since the earliest active hint uses one up.
+        greatest(0, coalesce((SELECT total FROM hints), 0) - (
+          SELECT count(*) FROM sessions
+          WHERE claimed_at >= (SELECT since FROM hints) AND pin_id IS NULL AND launcher = ${launcher}))::int AS hinted,
         count(*) FILTER (WHERE mode = 'warm' AND status = 'PENDING')::int AS pending,
         count(*) FILTER (WHERE mode = 'warm' AND status = 'STARTING')::int AS starting,
         count(*) FILTER (WHERE mode = 'warm' AND status = 'READY')::int AS ready,
@@ -200,8 +208,10 @@ export class WarmPoolService {
         AND (status::text IN ('PENDING', 'STARTING', 'READY') OR created_at > ${now} - make_interval(secs => ${Math.max(3600, DEMAND_LONG_WINDOW_SECONDS)}) OR claimed_at > ${now} - make_interval(secs => ${DEMAND_LONG_WINDOW_SECONDS}))`)
     const counts = { pending: row?.pending ?? 0, starting: row?.starting ?? 0, ready: row?.ready ?? 0 }
     const demand = { ...demandRate(row?.arrivals ?? 0, row?.long_arrivals ?? 0), refillSeconds: row?.refill ?? DEFAULT_REFILL_SECONDS }
-    const target = this.enabled ? warmPoolTarget(demand, min, max) : 0
-    return { enabled: this.enabled, min, max, target, counts, demand, unfilled: Math.max(0, target - counts.ready) }
+    const hinted = row?.hinted ?? 0
+    // Hints come on top of what demand asks for (adaptive: the formula without the minimum), all within min..max.
+    const target = this.enabled ? Math.min(max, Math.max(min, warmPoolTarget(demand, 0, max) + hinted)) : 0
+    return { enabled: this.enabled, min, max, target, counts, demand, unfilled: Math.max(0, target - counts.ready), hinted }
   }
 
   /**
@@ -211,6 +221,7 @@ export class WarmPoolService {
    * toward the target, so a slow start is not launched twice.
    */
   async refill(): Promise<WarmPoolPass> {
+    await this.purgeExpiredHints()
     const before = await this.state()
     let stopped = 0
     for (const s of await this.readyPastAge()) {
@@ -231,7 +242,7 @@ export class WarmPoolService {
     }
     const pass = { ...before, launched, stopped }
     this.deps.logger?.info(
-      { warmPool: { target: pass.target, ready: pass.counts.ready, starting: pass.counts.starting, pending: pass.counts.pending, unfilled: pass.unfilled, launched, stopped, arrivals: pass.demand.arrivals, refillSeconds: pass.demand.refillSeconds } },
+      { warmPool: { target: pass.target, ready: pass.counts.ready, starting: pass.counts.starting, pending: pass.counts.pending, unfilled: pass.unfilled, launched, stopped, arrivals: pass.demand.arrivals, refillSeconds: pass.demand.refillSeconds, hinted: pass.hinted } },
       'warm pool pass',
     )
     return pass
@@ -289,6 +300,11 @@ export class WarmPoolService {
       SELECT id, ${now}, 'created', 'PENDING', '{"warm": true}'::jsonb FROM s
       RETURNING ${EVENT_COLUMNS}`)
     sessions.announce(rows.map(eventFromRow))
+  }
+
+  /** Expired hints count for nothing; their rows go a day later (kept that long for whoever looks into a burst). */
+  private async purgeExpiredHints(): Promise<void> {
+    await this.deps.sql.execute(Prisma.sql`DELETE FROM warm_pool_hints WHERE expires_at < ${this.deps.clock.sql} - interval '1 day'`)
   }
 
   private readyAgents(limit: number): Promise<Array<{ id: string; generation: number }>> {
