@@ -84,7 +84,8 @@ export class ChromaServer {
       signal?.throwIfAborted()
       if (exited) throw new Error(`chroma exited before answering its heartbeat (${describeExit(exited)})`)
       if (await this.heartbeatAnswers()) return
-      await sleep(100)
+      // Every poll is a refused loopback connect until it listens: cheap, and the session's start waits on it.
+      await sleep(25)
     }
     throw new Error(`chroma did not answer GET /api/v2/heartbeat within ${timeoutMs} ms`)
   }

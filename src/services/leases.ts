@@ -564,6 +564,9 @@ export class LeaseService {
    */
   private async checkCollection(session: SessionRecord, collection: string, leaseId: string): Promise<void> {
     if ((session.status !== 'READY' && session.status !== 'DRAINING') || session.host === null || session.port === null) return
+    // A session started for this collection was READY only once Chroma showed it (the
+    // readiness check names it): a pinned standby's acquire asks Chroma nothing more.
+    if (session.collection === collection) return
     const key = `${session.id}/${session.generation}/${collection}`
     if (this.foundCollections.has(key)) return
     try {
