@@ -21,12 +21,15 @@
  *     policy in simulated time, not of the control plane.
  *
  * Options: --count=N (100000), --dim=N (384), --rounds=N (5 per kind and launcher),
- * --time-scale=X (0.1), --seed=N (14), --only=process|fargate|replay, --no-write.
+ * --time-scale=X (0.1), --seed=N (14), --only=process|fargate|replay, --no-write,
+ * --baseline=REF (a git ref: its build's cold starts alternate with this one's, round by
+ * round, so "cold unchanged" is judged in one run; a worktree of REF sharing node_modules).
  * Writes the `start` section of BENCHMARKS.md.
  */
-import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { execFileSync } from 'node:child_process'
+import { chmod, mkdtemp, readFile, rm, symlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { DEFAULT_FARGATE_PRICES } from '../src/services/cost.ts'
 import { poissonQuantile, warmPoolTarget, TARGET_QUANTILE, DEMAND_LONG_WINDOW_SECONDS, DEMAND_WINDOW_SECONDS } from '../src/services/warm-pool.ts'
@@ -45,15 +48,17 @@ const ROUNDS = Number(arg('rounds') ?? 5)
 const TIME_SCALE = Number(arg('time-scale') ?? 0.1)
 const SEED = Number(arg('seed') ?? 14)
 const ONLY = arg('only')
+/** A git ref to measure cold starts against in the same run (the process launcher's cold rounds alternate between the two). */
+const BASELINE = arg('baseline')
 const WRITE = !process.argv.includes('--no-write')
 /** The deploy default session size (deploy/stack.ts): 1 vCPU, 4 GB, x86. */
 const TASK = { vcpu: 1, gb: 4 }
 const TASK_USD_PER_HOUR = TASK.vcpu * DEFAULT_FARGATE_PRICES.x86.vcpuHour + TASK.gb * DEFAULT_FARGATE_PRICES.x86.gbHour
-const GOALS = { warmOverRestoreS: 0.5, pinnedP50S: 0.05, hitRate: 0.95, idleShare: 0.15 }
+const GOALS = { warmOverRestoreS: 0.5, pinnedP50S: 0.05, hitRate: 0.95, idleShare: 0.15, coldRatio: 1.1 }
 /** How long before a burst its workflow sends the hint, in the replay's hint rows (s). */
 const HINT_LEADS = [0, 60, 120]
 
-type Kind = 'cold' | 'warm' | 'pinned'
+type Kind = 'cold' | 'warm' | 'pinned' | `cold at ${string}`
 
 /** One acquire, timed from the request until its session is READY. */
 interface Round {
@@ -128,7 +133,8 @@ async function processLauncher(snapshot: string): Promise<KindResult[]> {
     SWEEP_INTERVAL_SECONDS: '1',
   }
   const out: KindResult[] = []
-  for (const kind of ['cold', 'warm', 'pinned'] as const) {
+  if (BASELINE) out.push(...(await coldAgainstBaseline(snapshot, env, BASELINE)))
+  for (const kind of [...(BASELINE ? [] : ['cold' as const]), 'warm', 'pinned'] as const) {
     const data = join(dir, `process-${kind}`)
     const cp = await startControlPlane(data, { ...env, WARM_POOL_MIN: kind === 'warm' ? '1' : '0', WARM_POOL_MAX: kind === 'warm' ? '1' : '0' })
     const sessions = join(data, 'sessions')
@@ -152,6 +158,41 @@ async function processLauncher(snapshot: string): Promise<KindResult[]> {
     }
   }
   return out
+}
+
+/**
+ * Cold starts of this build and of `ref`'s, alternating round by round (so both see the
+ * same machine): two control planes, each on its own embedded Postgres, the pool off.
+ */
+async function coldAgainstBaseline(snapshot: string, env: Record<string, string>, ref: string): Promise<KindResult[]> {
+  const checkout = join(dir, 'baseline')
+  execFileSync('git', ['worktree', 'add', '--detach', checkout, ref], { stdio: 'ignore' })
+  try {
+    await symlink(resolve('node_modules'), join(checkout, 'node_modules'))
+    execFileSync(process.execPath, ['scripts/prisma-generate.mjs'], { cwd: checkout, stdio: 'ignore' })
+    const label = `cold at ${execFileSync('git', ['rev-parse', '--short', ref]).toString().trim()}` as const
+    const sides = [
+      { kind: 'cold' as Kind, data: join(dir, 'process-cold'), cwd: process.cwd(), rounds: [] as Round[] },
+      { kind: label as Kind, data: join(dir, 'process-baseline'), cwd: checkout, rounds: [] as Round[] },
+    ]
+    const planes = await Promise.all(sides.map((side) => startControlPlane(side.data, { ...env, WARM_POOL_MIN: '0', WARM_POOL_MAX: '0' }, side.cwd)))
+    try {
+      for (let i = 0; i < ROUNDS; i++) {
+        for (const [k, side] of sides.entries()) {
+          const sessions = join(side.data, 'sessions')
+          const round = await acquireToReady(planes[k]!, snapshot, SNAPSHOT_COLLECTION, (id, generation, requestedAt, readySeenAt) => agentLogPhases(join(sessions, `${id}-g${generation}`, 'agent.log'), requestedAt, readySeenAt))
+          side.rounds.push(round)
+          console.log(`process ${side.kind} ${i + 1}/${ROUNDS}: acquire -> READY ${round.acquireToReadyS.toFixed(2)} s`)
+        }
+      }
+    } finally {
+      await Promise.all(planes.map((cp) => cp.stop()))
+      await Promise.all(sides.map((side) => stopAll(new ProcessLauncher({ rootDir: join(side.data, 'sessions') }))))
+    }
+    return sides.map((side) => ({ kind: side.kind, rounds: side.rounds }))
+  } finally {
+    execFileSync('git', ['worktree', 'remove', '--force', checkout], { stdio: 'ignore' })
+  }
 }
 
 /** The agent's restore and Chroma's start, from its log lines' timestamps (as bench:restore reads them). */
@@ -419,6 +460,16 @@ function goalLines(rows: KindResult[]): string[] {
   return lines
 }
 
+/** Cold against the baseline's cold, p50 over p50 of rounds that alternated. */
+function coldLine(rows: KindResult[]): string {
+  const cold = rows.find((r) => r.kind === 'cold')?.rounds
+  const base = rows.find((r) => r.kind.startsWith('cold at '))
+  if (!cold || !base?.rounds) return '- Cold unchanged: not judged by this run (run with --baseline=REF to measure a build before the warm pool beside this one).'
+  const now = p(cold.map((r) => r.acquireToReadyS), 0.5)
+  const before = p(base.rounds.map((r) => r.acquireToReadyS), 0.5)
+  return `- Cold unchanged (p50 within ${((GOALS.coldRatio - 1) * 100).toFixed(0)} % of ${base.kind.slice('cold at '.length)}'s, rounds alternating): ${now.toFixed(2)} s against ${before.toFixed(2)} s, ×${(now / before).toFixed(2)}: ${mark(now / before <= GOALS.coldRatio)}.`
+}
+
 function report(): string {
   const s2 = (x: number) => `${x.toFixed(2)} s`
   const s1 = (x: number) => `${x.toFixed(1)} s`
@@ -432,12 +483,12 @@ function report(): string {
     lines.push(
       `### (a) Process launcher, ${COUNT.toLocaleString('en-US')} × ${DIM} snapshot`,
       '',
-      `The control plane as \`npm start\` runs it (its bundle, embedded Postgres, default reconcile interval 1 s), the real session agent and Chroma, the snapshot bench:restore builds (written by the real Chroma server; here its plain .tar, file://). ${ROUNDS} exclusive acquires per kind, one at a time: acquire → READY (the client's view: POST /v1/leases, then GET /v1/leases/{id}?waitSeconds= until READY), release, wait until STOPPED. Cold: WARM_POOL_MAX=0. Warm: WARM_POOL_MIN=MAX=1, each acquire once the pool shows a READY agent, so it claims one. p99 of ${ROUNDS} rounds is their maximum.`,
+      `The control plane as \`npm start\` runs it (its bundle, embedded Postgres, default reconcile interval 1 s), the real session agent and Chroma, the snapshot bench:restore builds (written by the real Chroma server; here its plain .tar, file://). ${ROUNDS} exclusive acquires per kind, one at a time: acquire → READY (the client's view: POST /v1/leases, then GET /v1/leases/{id}?waitSeconds= until READY), release, wait until STOPPED. Cold: WARM_POOL_MAX=0${BASELINE ? `, its rounds alternating with those of the build at \`${BASELINE}\` (a worktree of it on the same node_modules, its own embedded Postgres)` : ''}. Warm: WARM_POOL_MIN=MAX=1, each acquire once the pool shows a READY agent, so it claims one. p99 of ${ROUNDS} rounds is their maximum.`,
       '',
       ...startTable(results.process, s2, true),
       '',
       ...goalLines(results.process),
-      '- Cold unchanged: not judged by this run (that needs main\'s build measured beside this one); the cold row is this branch with the pool off, the baseline for later runs.',
+      coldLine(results.process),
       '',
     )
   }
