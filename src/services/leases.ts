@@ -201,14 +201,15 @@ export class LeaseService {
         times = a?.times ?? null
         sessionId = attached?.id ?? null
         if (sessionId === null) {
-          // Only a new session needs the snapshot checked (and pinned) in its store.
-          launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
           // An exclusive session waits for its collection (its agent fails at once without it); a shared one is not any acquire's to fail.
           const collection = mode === 'exclusive' ? input.collection : undefined
-          const spec: NewSession = { mode, poolKey, snapshot: launchSnapshot, collection, idleTtlSeconds, saveOnRelease }
-          // A pinned standby serves already; a warm agent only needs its restore; else a cold launch.
+          // A pinned standby serves already, restored from the pin's snapshot: one statement, no store check.
           // (A saveOnRelease session's agent learns SAVE_ON_STOP at launch or assignment, never a standby's.)
-          const pinned = mode === 'exclusive' && !saveOnRelease ? await this.claimPinnedWithLease(snapshot, spec, lease, token) : null
+          const pinned = mode === 'exclusive' && !saveOnRelease ? await this.claimPinnedWithLease(snapshot, { mode, collection, idleTtlSeconds }, lease, token) : null
+          // Only a new session needs the snapshot checked (and pinned to a version) in its store.
+          if (pinned === null) launchSnapshot ??= await this.deps.snapshots.forLaunch(snapshot)
+          const spec: NewSession = { mode, poolKey, snapshot: launchSnapshot ?? snapshot, collection, idleTtlSeconds, saveOnRelease }
+          // A warm agent only needs its restore; else a cold launch.
           const warm = pinned === null && this.deps.warmPool?.enabled ? await this.claimWarmWithLease(spec, lease, token) : null
           const created = pinned ?? warm ?? (await this.createWithLease(spec, lease, token))
           if (created !== null) {
@@ -340,7 +341,7 @@ export class LeaseService {
    * first lease: the session serves already, so the acquire answers READY at once.
    * A standby restored with a collection serves an acquire naming that collection or none.
    */
-  private claimPinnedWithLease(canonical: string, s: NewSession, lease: NewLease, token: string) {
+  private claimPinnedWithLease(canonical: string, s: Pick<NewSession, 'mode' | 'collection' | 'idleTtlSeconds'>, lease: NewLease, token: string) {
     const collection = s.collection ?? null
     return this.claimWithLease(
       'pin',
@@ -357,59 +358,54 @@ export class LeaseService {
 
   /**
    * Claims one session row that `candidates` selects (a warm agent, a pinned standby) for
-   * a new lease, in one transaction: the UPDATE locks one candidate (SKIP LOCKED:
-   * concurrent claims take different ones) and re-checks `candidates` on the locked row, so
-   * two replicas never claim one; `set` turns it into the lease's session, with claimed_at
-   * and created_by. Null when no candidate is free, or when a concurrent acquire created the
-   * pool's shared session first (the partial unique index refuses a second: the caller's
-   * next attempt attaches to it).
+   * a new lease, in one statement: the row is locked (SKIP LOCKED: concurrent claims take
+   * different ones) and `candidates` re-checked on the locked row by the UPDATE, so two
+   * replicas never claim one; `set` turns it into the lease's session, with claimed_at and
+   * created_by; the lease and the two events are inserted in the same statement. Null when
+   * no candidate is free, or when a concurrent acquire created the pool's shared session
+   * first (the partial unique index refuses a second: the caller's next attempt attaches).
    */
   private async claimWithLease(
     from: 'warm_pool' | 'pin',
     candidates: Prisma.Sql,
     set: Prisma.Sql,
-    s: NewSession,
+    s: Pick<NewSession, 'mode' | 'collection'>,
     lease: NewLease,
     token: string,
   ): Promise<{ sessionId: string; times: LeaseTimes } | null> {
-    const { db, clock } = this.deps
-    const now = clock.sql
-    let claiming = true
+    const now = this.deps.clock.sql
     try {
-      const claimed = await db.$transaction(async (tx) => {
-        const rows = await tx.$queryRaw<Array<{ id: string; status: SessionStatus; ready_at: Date | null }>>`
-          WITH candidate AS (
-            SELECT id, ready_at FROM sessions WHERE ${candidates}
-            ORDER BY ready_at ASC LIMIT 1 FOR UPDATE SKIP LOCKED)
+      const [row] = await this.deps.sql.rows<{ id: string; created_at: Date; expires_at: Date; claimed_event: Record<string, unknown>; attached_event: Record<string, unknown> }>(Prisma.sql`
+        WITH candidate AS (
+          SELECT id, ready_at FROM sessions WHERE ${candidates}
+          ORDER BY ready_at ASC LIMIT 1 FOR UPDATE SKIP LOCKED
+        ), claimed AS (
           UPDATE sessions SET ${set}, created_by = ${lease.principal}, claimed_at = ${now}, updated_at = ${now}
           FROM candidate WHERE sessions.id = candidate.id AND ${candidates}
-          RETURNING sessions.id, sessions.status, candidate.ready_at`
-        claiming = false
-        const row = rows[0]
-        if (!row) return null
-        const [times] = await tx.$queryRaw<LeaseTimes[]>`
+          RETURNING sessions.id, sessions.status, sessions.snapshot, candidate.ready_at
+        ), l AS (
           INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
-          VALUES (${lease.id}::uuid, ${row.id}::uuid, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
-                  ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now})
-          RETURNING created_at AS "createdAt", expires_at AS "expiresAt"`
-        const events = await tx.$queryRaw<Array<Record<string, unknown>>>`
+          SELECT ${lease.id}::uuid, claimed.id, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
+                 ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now}
+          FROM claimed RETURNING id, session_id, created_at, expires_at
+        ), claimed_event AS (
+          -- The snapshot as the row has it: a pinned standby keeps the version it restored.
           INSERT INTO session_events (session_id, at, type, status, detail)
-          VALUES (${row.id}::uuid, ${now}, 'claimed', ${row.status}::"SessionStatus",
-                  ${JSON.stringify({ from, snapshot: s.snapshot, collection: s.collection ?? null, mode: s.mode, readySince: row.ready_at })}::jsonb)
-          RETURNING ${EVENT_COLUMNS}`
-        events.push(
-          ...(await tx.$queryRaw<Array<Record<string, unknown>>>`
+          SELECT claimed.id, ${now}, 'claimed', claimed.status,
+                 jsonb_build_object('from', ${from}::text, 'snapshot', claimed.snapshot, 'collection', ${s.collection ?? null}::text, 'mode', ${s.mode}::text, 'readySince', claimed.ready_at)
+          FROM claimed RETURNING ${EVENT_COLUMNS}
+        ), attached_event AS (
           INSERT INTO session_events (session_id, at, type, lease_id, detail)
-          VALUES (${row.id}::uuid, ${now}, 'lease_attached', ${lease.id}::uuid, ${JSON.stringify({ holder: lease.holder })}::jsonb)
-          RETURNING ${EVENT_COLUMNS}`),
+          SELECT l.session_id, ${now}, 'lease_attached', l.id, ${JSON.stringify({ holder: lease.holder })}::jsonb
+          FROM l RETURNING ${EVENT_COLUMNS}
         )
-        return { sessionId: row.id, times: times!, events }
-      })
-      if (!claimed) return null
-      this.deps.sessions.announce(claimed.events.map(eventFromRow))
-      return { sessionId: claimed.sessionId, times: claimed.times }
+        SELECT l.session_id AS id, l.created_at, l.expires_at, to_jsonb(c) AS claimed_event, to_jsonb(a) AS attached_event
+        FROM l, claimed_event c, attached_event a`)
+      if (!row) return null
+      this.deps.sessions.announce([eventFromRow(row.claimed_event), eventFromRow(row.attached_event)])
+      return { sessionId: row.id, times: { createdAt: row.created_at, expiresAt: row.expires_at } }
     } catch (err) {
-      if (claiming && isUniqueViolation(err)) return null
+      if ((err as { constraint?: string }).constraint === 'sessions_one_live_per_pool') return null
       throw err
     }
   }
