@@ -14,6 +14,8 @@ export type Change =
 
 export interface ChangeFeed {
   on(listener: (change: Change) => void): () => void
+  /** Listeners now: each is a long-poll or a held request waiting on a session. */
+  listenerCount(): number
   close(): Promise<void>
 }
 
@@ -39,6 +41,10 @@ export class PostgresChangeFeed implements ChangeFeed {
   on(listener: (change: Change) => void): () => void {
     this.emitter.on('change', listener)
     return () => this.emitter.off('change', listener)
+  }
+
+  listenerCount(): number {
+    return this.emitter.listenerCount('change')
   }
 
   async close(): Promise<void> {
@@ -85,7 +91,7 @@ export class PostgresChangeFeed implements ChangeFeed {
 }
 
 /** A feed that never reports: for tools that build the app without a database (the OpenAPI writer). */
-export const noChanges: ChangeFeed = { on: () => () => {}, close: async () => {} }
+export const noChanges: ChangeFeed = { on: () => () => {}, listenerCount: () => 0, close: async () => {} }
 
 /**
  * Resolves on the next change to a session, after `timeoutMs`, or once any of `signals`

@@ -3,6 +3,7 @@ import { IdParams, problems } from '../schemas/common.ts'
 import { AcquireBody, GetLeaseQuery, IdempotencyHeaders, LeaseList, LeaseListQuery, RenewBody } from '../schemas/lease.ts'
 import type { Services } from '../services/index.ts'
 import { baseUrlOf } from './base-url.ts'
+import { clientGone } from './client-gone.ts'
 
 const Lease = { $ref: 'Lease' } as const
 
@@ -19,7 +20,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
       response: { 200: Lease, 201: Lease, ...problems(400, 401, 403, 404, 409, 422, 502) },
     },
   }, async (request, reply) => {
-    const { lease, created } = await leases.acquire(request.principal, request.body, request.headers['idempotency-key'], baseUrlOf(request, publicUrl))
+    const { lease, created } = await leases.acquire(request.principal, request.body, request.headers['idempotency-key'], baseUrlOf(request, publicUrl), request.body.waitSeconds ? clientGone(reply) : undefined)
     return reply.code(created ? 201 : 200).send(lease)
   })
 
@@ -35,7 +36,7 @@ const leaseRoutes: FastifyPluginAsyncTypebox<{ services: Services; publicUrl?: s
       querystring: GetLeaseQuery,
       response: { 200: Lease, ...problems(400, 401, 404, 422, 502) },
     },
-  }, async (request) => leases.get(request.principal, request.params.id, request.query.waitSeconds, baseUrlOf(request, publicUrl)))
+  }, async (request, reply) => leases.get(request.principal, request.params.id, request.query.waitSeconds, baseUrlOf(request, publicUrl), request.query.waitSeconds ? clientGone(reply) : undefined))
 
   app.post('/v1/leases/:id/renew', {
     schema: {

@@ -122,11 +122,13 @@ export class LeaseService {
   ) {}
 
   /** Acquires a lease (below), timed for the observer by its outcome. */
+  /** `clientGone` ends a waitSeconds wait early (the caller hung up); the lease stands. */
   async acquire(
     principal: Principal,
     input: AcquireInput,
     idempotencyKey: string | undefined,
     baseUrl: string,
+    clientGone?: AbortSignal,
   ): Promise<{ lease: LeaseView; created: boolean }> {
     const started = performance.now()
     const observe = (outcome: AcquireOutcome) =>
@@ -137,7 +139,7 @@ export class LeaseService {
         seconds: (performance.now() - started) / 1000,
       })
     try {
-      const { lease, created, outcome } = await this.acquireLease(principal, input, idempotencyKey, baseUrl)
+      const { lease, created, outcome } = await this.acquireLease(principal, input, idempotencyKey, baseUrl, clientGone)
       observe(outcome)
       return { lease, created }
     } catch (err) {
@@ -151,6 +153,7 @@ export class LeaseService {
     input: AcquireInput,
     idempotencyKey: string | undefined,
     baseUrl: string,
+    clientGone: AbortSignal | undefined,
   ): Promise<{ lease: LeaseView; created: boolean; outcome: AcquireOutcome }> {
     const { limits, tokens, clock } = this.deps
     const ttlSeconds = input.ttlSeconds ?? limits.leaseTtlSeconds
@@ -170,7 +173,7 @@ export class LeaseService {
       JSON.stringify([input.snapshot, input.collection ?? null, mode, ttlSeconds, idleTtlSeconds, input.holder ?? null, ...(saveOnRelease ? [true] : [])]),
     )
     if (idempotencyKey !== undefined) {
-      const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl, input.collection)
+      const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl, input.collection, clientGone)
       if (replay) return { lease: replay, created: false, outcome: 'replayed' }
     }
 
@@ -224,7 +227,7 @@ export class LeaseService {
     } catch (err) {
       // Two retries with one Idempotency-Key raced: the loser answers with the winner's lease.
       if (idempotencyKey !== undefined && isUniqueViolation(err)) {
-        const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl, input.collection)
+        const replay = await this.replay(principal, idempotencyKey, requestHash, input.waitSeconds, baseUrl, input.collection, clientGone)
         if (replay) return { lease: replay, created: false, outcome: 'replayed' }
       }
       throw err
@@ -233,7 +236,7 @@ export class LeaseService {
 
     const waitSeconds = input.waitSeconds ?? 0
     // A READY session attached to needs no second read; a starting one may be waited for.
-    const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds)
+    const session = attached && (waitSeconds <= 0 || !STARTING_STATUSES.includes(attached.status)) ? attached : await this.settle(sessionId, waitSeconds, clientGone)
     this.refuseFailed(lease.id, session)
     if (input.collection !== undefined) await this.checkCollection(session, input.collection, lease.id)
     const row: LeaseRow = { ...lease, sessionId, ...times!, endedAt: null, endReason: null, lapsed: false }
@@ -426,6 +429,7 @@ export class LeaseService {
     waitSeconds: number | undefined,
     baseUrl: string,
     collection: string | undefined,
+    clientGone: AbortSignal | undefined,
   ): Promise<LeaseView | null> {
     const [row] = await this.deps.sql.rows<LeaseRow>(Prisma.sql`
       SELECT ${leaseColumns(this.deps.clock.sql)} FROM leases lease
@@ -436,14 +440,14 @@ export class LeaseService {
     }
     // The same request (the hash says so) gets the same answer: a lease ended for its collection stays a 404.
     if (row.endReason === 'collection_not_found') throw collectionNotFound(collection ?? '', row.id, undefined, row.sessionId)
-    const session = await this.settle(row.sessionId, waitSeconds ?? 0)
+    const session = await this.settle(row.sessionId, waitSeconds ?? 0, clientGone)
     this.refuseFailed(row.id, session)
     return { ...this.view(principal, row, session, baseUrl), token: this.deps.tokens.mint(row.id) }
   }
 
-  async get(principal: Principal, id: string, waitSeconds: number, baseUrl: string): Promise<LeaseView> {
+  async get(principal: Principal, id: string, waitSeconds: number, baseUrl: string, clientGone?: AbortSignal): Promise<LeaseView> {
     const row = await this.find(principal, id)
-    const session = await this.settle(row.sessionId, waitSeconds)
+    const session = await this.settle(row.sessionId, waitSeconds, clientGone)
     // A long-poll waits for a usable session: FAILED is its answer as a problem. A plain read shows the lease.
     if (waitSeconds > 0) this.refuseFailed(row.id, session)
     return this.view(principal, row, session, baseUrl)
@@ -586,16 +590,18 @@ export class LeaseService {
   }
 
   /**
-   * Reads the session, holding the answer up to waitSeconds while it is still starting.
-   * Woken by the change feed; the 1 s re-read covers a missed notification.
+   * Reads the session, holding the answer up to waitSeconds while it is still starting,
+   * or until `clientGone` aborts. Woken by the change feed; the 1 s re-read covers a
+   * missed notification.
    */
-  async settle(sessionId: string, waitSeconds: number): Promise<SessionRecord> {
+  async settle(sessionId: string, waitSeconds: number, clientGone?: AbortSignal): Promise<SessionRecord> {
     const deadline = Date.now() + waitSeconds * 1000
     for (;;) {
       const session = await this.deps.sessions.get(sessionId)
       const remaining = deadline - Date.now()
-      if (!STARTING_STATUSES.includes(session.status) || remaining <= 0) return session
-      await nextSessionChange(this.deps.changes, sessionId, Math.min(remaining, SETTLE_RECHECK_MS))
+      // A client that hung up gets no answer: stop waiting for it.
+      if (!STARTING_STATUSES.includes(session.status) || remaining <= 0 || clientGone?.aborted) return session
+      await nextSessionChange(this.deps.changes, sessionId, Math.min(remaining, SETTLE_RECHECK_MS), clientGone ? [clientGone] : [])
     }
   }
 

@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { buildApp } from '../../src/app.ts'
 import type { ApiKeySeed } from '../../src/config.ts'
-import { PostgresChangeFeed } from '../../src/database/change-feed.ts'
+import { PostgresChangeFeed, type ChangeFeed } from '../../src/database/change-feed.ts'
 import { openDatabase, type Database, type SqlPool } from '../../src/database/client.ts'
 import { loadLeaseTokenSecret } from '../../src/services/auth.ts'
 import { ManualClock, type Clock } from '../../src/services/clock.ts'
@@ -31,6 +31,8 @@ export interface TestApp {
   databaseUrl: string
   /** The base URL when built with `listen: true`. */
   url: string
+  /** The change feed long-polls and held requests wait on. */
+  changes: ChangeFeed
 }
 
 export interface TestAppOptions {
@@ -155,7 +157,7 @@ export async function buildTestApp(t: Test, opts: TestAppOptions = {}): Promise<
     await db.$disconnect()
     if (sessionsDir && !opts.sessionsDir && !opts.keepSessions) await rm(sessionsDir, { recursive: true, force: true })
   })
-  return { app, db, sql, clock, services, workers, launcher, databaseUrl, url }
+  return { app, db, sql, clock, services, workers, launcher, databaseUrl, url, changes }
 }
 
 /** Stops every session process a launcher started and waits for them to go. */
