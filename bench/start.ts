@@ -37,7 +37,7 @@ import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
 import { stopAll } from '../test/helpers/app.ts'
 import { EcsFake, REALISTIC_STATUS_MS } from '../test/helpers/ecs-fake.ts'
 import { startControlPlane, type RunningControlPlane } from './control-plane.ts'
-import { provenance, writeSection } from './report.ts'
+import { provenance, sourceState, writeSection } from './report.ts'
 import { SNAPSHOT_COLLECTION, snapshotArchives, snapshotCacheDir } from './snapshot-archive.ts'
 import { burstHints, generateDay, generateSteadyDay, replay, WARM_POOL_PASS_SECONDS, type ReplayResult, type TargetPolicy } from './warm-pool-replay.ts'
 
@@ -102,6 +102,8 @@ async function measurePinned(cp: RunningControlPlane, snapshot: string, collecti
   return rounds
 }
 
+// What is measured is built from the checkout as it is now (bench/control-plane.ts).
+const SOURCE = sourceState()
 const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-bench-start-'))
 await chmod(dir, 0o755) // embedded Postgres runs as the postgres user, which must reach it
 const results: { process?: KindResult[]; fargate?: KindResult[]; fargateRestoreS?: number; replay?: ReplayReport } = {}
@@ -476,7 +478,7 @@ function report(): string {
   const lines = [
     '## Session start',
     '',
-    `\`npm run bench:start\` (bench/start.ts). ${provenance()}`,
+    `\`npm run bench:start\` (bench/start.ts). ${provenance(SOURCE)}`,
     '',
   ]
   if (results.process) {
