@@ -107,6 +107,9 @@ t.test('warm agent: launched with no snapshot, claimed by an acquire, restored, 
   const agentId = pool.agents[0].id
   t.equal(pool.agents[0].status, 'READY')
   t.same((await ctx.inject({ method: 'GET', url: '/v1/sessions' })).json().sessions, [], 'unclaimed agents are not sessions')
+  const before = (await ctx.inject({ method: 'GET', url: '/metrics' })).body
+  t.equal(sample(before, 'chroma_lease_sessions', { status: 'READY' }), undefined, 'nor in the sessions gauge')
+  t.equal(sample(before, 'chroma_lease_warm_pool_agents', { status: 'READY' }), 1, 'but in the pool\'s')
   // The dead man's switch runs while warm: the confirmer confirms the agent like any session.
   t.equal(await ctx.workers.confirmer.confirmSessions(), 1, 'the warm agent is confirmed')
 

@@ -209,11 +209,11 @@ export class Metrics implements Observer {
     }
     new Gauge({
       name: 'chroma_lease_sessions',
-      help: 'Sessions by status',
+      help: 'Sessions by status (unclaimed warm pool agents are not sessions: chroma_lease_warm_pool_agents)',
       labelNames: ['status'] as const,
       registers: [this.registry],
       async collect() {
-        const rows = await db.session.groupBy({ by: ['status'], _count: { _all: true }, where: { status: { notIn: ['STOPPED'] } } })
+        const rows = await db.session.groupBy({ by: ['status'], _count: { _all: true }, where: { status: { notIn: ['STOPPED'] }, mode: { not: 'warm' } } })
         this.reset()
         for (const r of rows) this.set({ status: r.status }, r._count._all)
       },
