@@ -56,7 +56,7 @@ export function createWorkers(deps: {
   const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, services.warmPool, {
     startTimeoutSeconds: settings.startTimeoutSeconds,
     deadManSeconds: settings.deadManSeconds ?? 900,
-  }, logger)
+  }, logger, observer)
   const confirmer = new AgentConfirmer(services.sessions, services.agents, services.tokens, launcher.kind, clock, {
     confirmIntervalSeconds: settings.confirmIntervalSeconds ?? 60,
   }, logger)
