@@ -75,6 +75,7 @@ const GROUPS: Array<{ name: string; code: string }> = [
 const groups: Array<{ name: string; rssMb: number; heapMb: number; externalMb: number }> = []
 let server: Awaited<ReturnType<typeof idleServer>>
 let fargate: Awaited<ReturnType<typeof idleFargateReplica>>
+let allocator: Awaited<ReturnType<typeof allocatorComparison>>
 try {
   const entries = join(repo, 'dist', 'memory')
   await mkdir(entries, { recursive: true })
@@ -104,6 +105,7 @@ try {
   await rm(entries, { recursive: true, force: true })
   server = await idleServer()
   fargate = await idleFargateReplica()
+  allocator = await allocatorComparison()
 } finally {
   await cp.stop()
   await rm(dir, { recursive: true, force: true })
@@ -142,6 +144,27 @@ async function idleFargateReplica() {
     }
   } finally {
     await fake.close()
+  }
+}
+
+/**
+ * glibc's malloc arenas: two servers idle side by side (so the machine's load is the same
+ * for both), on the same Postgres, one as `npm start` runs it and one with MALLOC_ARENA_MAX=2
+ * (glibc's default allows 8 per core; Node's threads each may take one). RSS each second.
+ */
+async function allocatorComparison() {
+  console.log(`two servers idle ${IDLE_SECONDS} s side by side: default malloc arenas, MALLOC_ARENA_MAX=2`)
+  const variants: Array<{ name: string; env: Record<string, string> }> = [{ name: 'default', env: {} }, { name: 'MALLOC_ARENA_MAX=2', env: { MALLOC_ARENA_MAX: '2' } }]
+  const servers = await Promise.all(variants.map((v, i) => startControlPlane(join(dir, `allocator-${i}`), { DATABASE_URL: cp.databaseUrl, SNAPSHOT_ROOT: snapshots, ...v.env })))
+  try {
+    const timelines: number[][] = variants.map(() => [])
+    for (let i = 0; i < IDLE_SECONDS; i++) {
+      await sleep(1000)
+      for (const [j, server] of servers.entries()) timelines[j]!.push(Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${server.pid}/status`, 'utf8'))?.[1]) / 1024)
+    }
+    return variants.map((v, j) => ({ name: v.name, timeline: timelines[j]! }))
+  } finally {
+    await Promise.all(servers.map((s) => s.stop()))
   }
 }
 
@@ -243,6 +266,8 @@ async function report() {
     `**The server idle** (\`npm start\`'s bundle, LAUNCHER=process, no session), VmRSS each second from ready: ${server.timeline.map((m) => f(m, 0)).join(' ')} MB. At ${IDLE_SECONDS} s: RSS ${f(server.rssMb)} MB, of which ${f(server.fileMb)} MB file-backed (the node binary's and modules' mapped code) and ${f(server.anonMb)} MB anonymous; V8 heap ${f(server.heapUsedMb)} MB used of ${f(server.heapTotalMb)} MB reserved (${server.spaces.map((s) => `${s.space} ${f(s.usedMb)}`).join(', ')}), external ${f(server.externalMb)} MB.`,
     '',
     `**A Fargate replica idle** (the same bundle, LAUNCHER=fargate against the ECS fake, no ECS_ASSIGN_PUBLIC_IP, no session; its preflight's ${fargate.ec2Calls} EC2 lookups made from a short-lived child process), VmRSS each second from ready: ${fargate.timeline.map((m) => f(m, 0)).join(' ')} MB; V8 heap ${f(fargate.heapUsedMb)} MB used of ${f(fargate.heapTotalMb)} MB reserved at ${IDLE_SECONDS} s.`,
+    '',
+    `**Malloc arenas**: two more servers idle side by side (LAUNCHER=process, the same Postgres), VmRSS each second from ready: ${allocator.map((a) => `${a.name}: ${a.timeline.map((m) => f(m, 0)).join(' ')} MB`).join('; ')}. Over the last 10 s: ${allocator.map((a) => `${a.name} ${f(a.timeline.slice(-10).reduce((x, y) => x + y, 0) / 10)} MB`).join(', ')}.`,
     '',
     'Heap snapshot of that idle server, the largest kinds by self size:',
     '',
