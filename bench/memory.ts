@@ -19,7 +19,9 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { build } from 'esbuild'
+import { build, type Plugin } from 'esbuild'
+// @ts-expect-error: a plain .mjs script, without types
+import { prismaWasmFromFile, queryCompilerWasm, QUERY_COMPILER_WASM } from '../scripts/prisma-wasm.mjs'
 import { EcsFake } from '../test/helpers/ecs-fake.ts'
 import { sample } from '../test/helpers/fake-session.ts'
 import { startControlPlane } from './control-plane.ts'
@@ -27,6 +29,8 @@ import { provenance, writeSection } from './report.ts'
 
 /** Idle long enough for V8's memory reducer to compact the heap after start (it ran after about 20 s here). */
 const IDLE_SECONDS = 40
+/** Two servers side by side take longer to settle (each one's memory reducer waits for idle time, which the other's start takes). */
+const ALLOCATOR_IDLE_SECONDS = 90
 const repo = new URL('..', import.meta.url).pathname
 const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-memory-'))
 await chmod(dir, 0o755)
@@ -79,6 +83,7 @@ let allocator: Awaited<ReturnType<typeof allocatorComparison>>
 try {
   const entries = join(repo, 'dist', 'memory')
   await mkdir(entries, { recursive: true })
+  await writeFile(join(entries, QUERY_COMPILER_WASM), await queryCompilerWasm())
   for (const [i, group] of GROUPS.entries()) {
     const source = join(entries, `group-${i}.ts`)
     await writeFile(
@@ -94,7 +99,8 @@ try {
       format: 'esm',
       target: 'node20',
       conditions: ['chroma-lease-source'],
-      plugins: [{ name: 'external', setup: (b) => b.onResolve({ filter: /^[^./]/ }, (a) => ({ path: a.path, external: true })) }],
+      // As scripts/build.mjs bundles the server: Prisma's query compiler from its .wasm file.
+      plugins: [prismaWasmFromFile as Plugin, { name: 'external', setup: (b) => b.onResolve({ filter: /^[^./]/ }, (a) => ({ path: a.path, external: true })) }],
       logLevel: 'warning',
     })
     const out = execFileSync(process.execPath, ['--expose-gc', outfile], { env: { ...process.env, DATABASE_URL: cp.databaseUrl }, encoding: 'utf8' })
@@ -153,12 +159,12 @@ async function idleFargateReplica() {
  * (glibc's default allows 8 per core; Node's threads each may take one). RSS each second.
  */
 async function allocatorComparison() {
-  console.log(`two servers idle ${IDLE_SECONDS} s side by side: default malloc arenas, MALLOC_ARENA_MAX=2`)
+  console.log(`two servers idle ${ALLOCATOR_IDLE_SECONDS} s side by side: default malloc arenas, MALLOC_ARENA_MAX=2`)
   const variants: Array<{ name: string; env: Record<string, string> }> = [{ name: 'default', env: {} }, { name: 'MALLOC_ARENA_MAX=2', env: { MALLOC_ARENA_MAX: '2' } }]
   const servers = await Promise.all(variants.map((v, i) => startControlPlane(join(dir, `allocator-${i}`), { DATABASE_URL: cp.databaseUrl, SNAPSHOT_ROOT: snapshots, ...v.env })))
   try {
     const timelines: number[][] = variants.map(() => [])
-    for (let i = 0; i < IDLE_SECONDS; i++) {
+    for (let i = 0; i < ALLOCATOR_IDLE_SECONDS; i++) {
       await sleep(1000)
       for (const [j, server] of servers.entries()) timelines[j]!.push(Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${server.pid}/status`, 'utf8'))?.[1]) / 1024)
     }

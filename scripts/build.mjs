@@ -5,9 +5,10 @@
 // Dependencies stay in node_modules, except @chroma-lease/client (packages/client), which
 // the command bundles from its TypeScript source. dist/inputs.json lists the sources, so
 // bin/chroma-lease.js can tell a bundle older than them.
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { mkdir, rename, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { build } from 'esbuild'
+import { prismaWasmFromFile, queryCompilerWasm, QUERY_COMPILER_WASM } from './prisma-wasm.mjs'
 
 /** Every bare import stays external but the client package's, bundled from its source. */
 const externalPackages = {
@@ -16,31 +17,6 @@ const externalPackages = {
     b.onResolve({ filter: /^[^./]/ }, (args) => (args.path.startsWith('@chroma-lease/client') ? undefined : { path: args.path, external: true }))
   },
 }
-
-/**
- * Prisma's query compiler is WebAssembly that the generated client imports as one 2.2 MB
- * base64 string in a JavaScript module, and V8 then holds it twice for the life of the
- * process (the module's source text and the string itself: 4.4 MB of the idle heap). The
- * bundle instead compiles it from dist/prisma-query-compiler.wasm, written here from that
- * same module, and holds neither. The build fails if the generated client changes its form.
- */
-const QUERY_COMPILER_BASE64 = 'node_modules/@prisma/client/runtime/query_compiler_small_bg.postgresql.wasm-base64.mjs'
-const QUERY_COMPILER_WASM = 'prisma-query-compiler.wasm'
-const prismaWasmFromFile = {
-  name: 'prisma-wasm-from-file',
-  setup(b) {
-    b.onLoad({ filter: /src\/generated\/prisma\/internal\/class\.ts$/ }, async (args) => {
-      const source = await readFile(args.path, 'utf8')
-      const inlined = /const \{ wasm \} = await import\("@prisma\/client\/runtime\/query_compiler_small_bg\.postgresql\.wasm-base64\.mjs"\)\s*return await decodeBase64AsWasm\(wasm\)/
-      if (!inlined.test(source)) throw new Error(`${args.path} no longer loads the query compiler as ${QUERY_COMPILER_BASE64}: update scripts/build.mjs`)
-      const fromFile = `const { readFile } = await import('node:fs/promises')\n    return new WebAssembly.Module(await readFile(new URL('./${QUERY_COMPILER_WASM}', import.meta.url)))`
-      return { contents: source.replace(inlined, fromFile), loader: 'ts', resolveDir: dirname(args.path) }
-    })
-  },
-}
-const base64Module = await readFile(QUERY_COMPILER_BASE64, 'utf8')
-const base64 = /^const wasm = "([A-Za-z0-9+/=]+)"/.exec(base64Module)?.[1]
-if (!base64) throw new Error(`${QUERY_COMPILER_BASE64} does not start with the base64 string this build expects`)
 
 const result = await build({
   entryPoints: { server: 'src/server.ts', cli: 'src/cli/bin.ts' },
@@ -69,7 +45,7 @@ const replace = async (path, contents) => {
   await rename(temporary, path)
 }
 // Chunks first (and the query compiler they load), then the entries that import them.
-await replace(`dist/${QUERY_COMPILER_WASM}`, Buffer.from(base64, 'base64'))
+await replace(`dist/${QUERY_COMPILER_WASM}`, await queryCompilerWasm())
 const isEntry = (file) => /\/(server|cli)\.js(\.map)?$/.test(file.path)
 await Promise.all(result.outputFiles.filter((f) => !isEntry(f)).map((file) => replace(file.path, file.contents)))
 await Promise.all(result.outputFiles.filter(isEntry).map((file) => replace(file.path, file.contents)))
