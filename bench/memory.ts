@@ -19,7 +19,9 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { build } from 'esbuild'
+import { build, type Plugin } from 'esbuild'
+// @ts-expect-error: a plain .mjs script, without types
+import { prismaWasmFromFile, queryCompilerWasm, QUERY_COMPILER_WASM } from '../scripts/prisma-wasm.mjs'
 import { EcsFake } from '../test/helpers/ecs-fake.ts'
 import { sample } from '../test/helpers/fake-session.ts'
 import { startControlPlane } from './control-plane.ts'
@@ -27,6 +29,8 @@ import { provenance, writeSection } from './report.ts'
 
 /** Idle long enough for V8's memory reducer to compact the heap after start (it ran after about 20 s here). */
 const IDLE_SECONDS = 40
+/** Two servers side by side take longer to settle (each one's memory reducer waits for idle time, which the other's start takes). */
+const ALLOCATOR_IDLE_SECONDS = 90
 const repo = new URL('..', import.meta.url).pathname
 const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-memory-'))
 await chmod(dir, 0o755)
@@ -75,9 +79,11 @@ const GROUPS: Array<{ name: string; code: string }> = [
 const groups: Array<{ name: string; rssMb: number; heapMb: number; externalMb: number }> = []
 let server: Awaited<ReturnType<typeof idleServer>>
 let fargate: Awaited<ReturnType<typeof idleFargateReplica>>
+let allocator: Awaited<ReturnType<typeof allocatorComparison>>
 try {
   const entries = join(repo, 'dist', 'memory')
   await mkdir(entries, { recursive: true })
+  await writeFile(join(entries, QUERY_COMPILER_WASM), await queryCompilerWasm())
   for (const [i, group] of GROUPS.entries()) {
     const source = join(entries, `group-${i}.ts`)
     await writeFile(
@@ -93,7 +99,8 @@ try {
       format: 'esm',
       target: 'node20',
       conditions: ['chroma-lease-source'],
-      plugins: [{ name: 'external', setup: (b) => b.onResolve({ filter: /^[^./]/ }, (a) => ({ path: a.path, external: true })) }],
+      // As scripts/build.mjs bundles the server: Prisma's query compiler from its .wasm file.
+      plugins: [prismaWasmFromFile as Plugin, { name: 'external', setup: (b) => b.onResolve({ filter: /^[^./]/ }, (a) => ({ path: a.path, external: true })) }],
       logLevel: 'warning',
     })
     const out = execFileSync(process.execPath, ['--expose-gc', outfile], { env: { ...process.env, DATABASE_URL: cp.databaseUrl }, encoding: 'utf8' })
@@ -104,6 +111,7 @@ try {
   await rm(entries, { recursive: true, force: true })
   server = await idleServer()
   fargate = await idleFargateReplica()
+  allocator = await allocatorComparison()
 } finally {
   await cp.stop()
   await rm(dir, { recursive: true, force: true })
@@ -142,6 +150,27 @@ async function idleFargateReplica() {
     }
   } finally {
     await fake.close()
+  }
+}
+
+/**
+ * glibc's malloc arenas: two servers idle side by side (so the machine's load is the same
+ * for both), on the same Postgres, one as `npm start` runs it and one with MALLOC_ARENA_MAX=2
+ * (glibc's default allows 8 per core; Node's threads each may take one). RSS each second.
+ */
+async function allocatorComparison() {
+  console.log(`two servers idle ${ALLOCATOR_IDLE_SECONDS} s side by side: default malloc arenas, MALLOC_ARENA_MAX=2`)
+  const variants: Array<{ name: string; env: Record<string, string> }> = [{ name: 'default', env: {} }, { name: 'MALLOC_ARENA_MAX=2', env: { MALLOC_ARENA_MAX: '2' } }]
+  const servers = await Promise.all(variants.map((v, i) => startControlPlane(join(dir, `allocator-${i}`), { DATABASE_URL: cp.databaseUrl, SNAPSHOT_ROOT: snapshots, ...v.env })))
+  try {
+    const timelines: number[][] = variants.map(() => [])
+    for (let i = 0; i < ALLOCATOR_IDLE_SECONDS; i++) {
+      await sleep(1000)
+      for (const [j, server] of servers.entries()) timelines[j]!.push(Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${server.pid}/status`, 'utf8'))?.[1]) / 1024)
+    }
+    return variants.map((v, j) => ({ name: v.name, timeline: timelines[j]! }))
+  } finally {
+    await Promise.all(servers.map((s) => s.stop()))
   }
 }
 
@@ -243,6 +272,8 @@ async function report() {
     `**The server idle** (\`npm start\`'s bundle, LAUNCHER=process, no session), VmRSS each second from ready: ${server.timeline.map((m) => f(m, 0)).join(' ')} MB. At ${IDLE_SECONDS} s: RSS ${f(server.rssMb)} MB, of which ${f(server.fileMb)} MB file-backed (the node binary's and modules' mapped code) and ${f(server.anonMb)} MB anonymous; V8 heap ${f(server.heapUsedMb)} MB used of ${f(server.heapTotalMb)} MB reserved (${server.spaces.map((s) => `${s.space} ${f(s.usedMb)}`).join(', ')}), external ${f(server.externalMb)} MB.`,
     '',
     `**A Fargate replica idle** (the same bundle, LAUNCHER=fargate against the ECS fake, no ECS_ASSIGN_PUBLIC_IP, no session; its preflight's ${fargate.ec2Calls} EC2 lookups made from a short-lived child process), VmRSS each second from ready: ${fargate.timeline.map((m) => f(m, 0)).join(' ')} MB; V8 heap ${f(fargate.heapUsedMb)} MB used of ${f(fargate.heapTotalMb)} MB reserved at ${IDLE_SECONDS} s.`,
+    '',
+    `**Malloc arenas**: two more servers idle side by side (LAUNCHER=process, the same Postgres), VmRSS each second from ready: ${allocator.map((a) => `${a.name}: ${a.timeline.map((m) => f(m, 0)).join(' ')} MB`).join('; ')}. Over the last 10 s: ${allocator.map((a) => `${a.name} ${f(a.timeline.slice(-10).reduce((x, y) => x + y, 0) / 10)} MB`).join(', ')}.`,
     '',
     'Heap snapshot of that idle server, the largest kinds by self size:',
     '',

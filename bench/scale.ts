@@ -22,6 +22,7 @@
 import { chmod, copyFile, mkdtemp, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import pg from 'pg'
 import { Pool } from 'undici'
 import { EcsFake } from '../test/helpers/ecs-fake.ts'
 import { sample } from '../test/helpers/fake-session.ts'
@@ -41,6 +42,8 @@ const WRITE = !process.argv.includes('--no-write')
 const REPLICAS = 3
 const RECONCILE_INTERVAL_SECONDS = 1 // the default
 const SWEEP_INTERVAL_SECONDS = 15 // the default
+/** The fleet-wide workers whose ECS calls and durations a window counts (their worker_passes rows). */
+const FLEET_PASSES = ['reconciler:fargate', 'orphan-sweeper:fargate']
 
 const dir = await mkdtemp(join(tmpdir(), 'chroma-lease-scale-'))
 await chmod(dir, 0o755) // embedded Postgres runs as the postgres user, which must reach it
@@ -72,6 +75,8 @@ const firstReplicaEnv = HEAP_SNAPSHOT_DIR
   : env
 const replicas: RunningControlPlane[] = []
 const pools: Pool[] = []
+/** Reads worker_passes, to start and end each window between passes (see atPassBoundary). */
+let passDb: pg.Client | undefined
 const rows: Row[] = []
 
 interface Row {
@@ -81,6 +86,8 @@ interface Row {
   reconcileSkipped: number
   reconcileMeanSeconds: number
   reconcileOver2s: number
+  /** Seconds the window's reconcile passes spent per phase (chroma_lease_reconcile_phase_seconds_total, fleet). */
+  reconcilePhases: Record<'read' | 'describe' | 'step', number>
   sweeps: number
   sweepMeanSeconds: number
   calls: Record<string, number>
@@ -98,6 +105,8 @@ try {
   replicas.push(await startControlPlane(join(dir, 'r0'), firstReplicaEnv))
   for (let i = 1; i < REPLICAS; i++) replicas.push(await startControlPlane(join(dir, `r${i}`), { ...env, DATABASE_URL: replicas[0]!.databaseUrl }))
   for (const r of replicas) pools.push(new Pool(r.url, { connections: 16 }))
+  passDb = new pg.Client({ connectionString: replicas[0]!.databaseUrl })
+  await passDb.connect()
 
   // The shared session the acquires of every window attach to.
   await post(0, { snapshot: `file://${join(snapshots, 'shared.tar')}`, waitSeconds: 50, holder: 'scale-shared' })
@@ -116,6 +125,7 @@ try {
   }
 } finally {
   await Promise.all(pools.map((p) => p.close()))
+  await passDb?.end()
   // The first replica runs the embedded Postgres the others use: it stops last.
   for (const r of replicas.slice(1)) await r.stop()
   await replicas[0]?.stop()
@@ -197,13 +207,47 @@ async function postgresCpu(): Promise<number> {
   return times.reduce((a, b) => a + b, 0)
 }
 
+/**
+ * Runs `read` at a moment when neither a reconcile pass nor an orphan sweep runs anywhere in
+ * the fleet, and answers what it read: so a window's ECS calls and the passes /metrics counts
+ * in it are the same passes. A window opened or closed mid-pass counts a pass (at its end)
+ * without all its calls, or calls without their pass, and a pass begun before the window (the
+ * one still bringing the last sessions to READY) adds its whole duration to the window's mean:
+ * the 2026-12-06 01:27 run's 46.9 DescribeTasks per pass where every pass makes 51, 26 ListTasks
+ * pages per sweep where every sweep makes 51, and its 7.9 s mean pass. worker_passes unchanged
+ * from before `read` to after it (nothing claimed, nothing finished) means no pass ran meanwhile.
+ */
+async function atPassBoundary<T>(read: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 300_000
+  for (;;) {
+    const before = await passState()
+    if (before !== undefined) {
+      const value = await read()
+      if ((await passState()) === before) return value
+    }
+    if (Date.now() > deadline) throw new Error('no moment without a reconcile pass or an orphan sweep running within 5 minutes')
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+/** The fleet-wide workers' worker_passes rows as text, or undefined while a pass of either runs. */
+async function passState(): Promise<string | undefined> {
+  const { rows } = await passDb!.query<{ name: string; next_at: string; running_until: Date | null }>(
+    'SELECT name, next_at::text AS next_at, running_until FROM worker_passes WHERE name = ANY($1) ORDER BY name',
+    [FLEET_PASSES],
+  )
+  if (rows.length < FLEET_PASSES.length || rows.some((r) => r.running_until !== null)) return undefined
+  return rows.map((r) => `${r.name}@${r.next_at}`).join(',')
+}
+
 async function measure(size: number): Promise<Row> {
-  const before = await Promise.all(replicas.map((_, i) => metrics(i)))
   const cpuBefore = await Promise.all(replicas.map((r) => cpuSeconds(r.pid)))
   const pgBefore = await postgresCpu()
-  fake.resetCounts()
   const rss = replicas.map((r) => sampleRss(r.pid))
-  const started = performance.now()
+  const { before, started } = await atPassBoundary(async () => {
+    fake.resetCounts()
+    return { before: await Promise.all(replicas.map((_, i) => metrics(i))), started: performance.now() }
+  })
   const acquire = new Latencies()
   const releases: Promise<unknown>[] = []
   const shared = `file://${join(snapshots, 'shared.tar')}`
@@ -212,12 +256,13 @@ async function measure(size: number): Promise<Row> {
     releases.push(pools[i % REPLICAS]!.request({ method: 'DELETE', path: `/v1/leases/${lease.id}` }).then((r) => r.body.dump()))
   }, acquire)
   await Promise.all(releases)
-  const windowSeconds = (performance.now() - started) / 1000
-  const calls: Record<string, number> = { ...Object.fromEntries(fake.calls), 'DescribeTasks+TAGS': fake.taggedDescribes }
+  const { calls, after, windowSeconds } = await atPassBoundary(async () => {
+    const calls: Record<string, number> = { ...Object.fromEntries(fake.calls), 'DescribeTasks+TAGS': fake.taggedDescribes }
+    return { calls, after: await Promise.all(replicas.map((_, i) => metrics(i))), windowSeconds: (performance.now() - started) / 1000 }
+  })
   const pgAfter = await postgresCpu()
   const cpuAfter = await Promise.all(replicas.map((r) => cpuSeconds(r.pid)))
   const memory = await Promise.all(rss.map((s) => s.stop()))
-  const after = await Promise.all(replicas.map((_, i) => metrics(i)))
   const delta = (worker: string) =>
     replicas.reduce(
       (acc, _, i) => {
@@ -228,6 +273,8 @@ async function measure(size: number): Promise<Row> {
       { count: 0, sum: 0, over2s: 0, skipped: 0 },
     )
   const reconcile = delta('reconciler')
+  const phase = (name: string) =>
+    replicas.reduce((acc, _, i) => acc + (sample(after[i]!, 'chroma_lease_reconcile_phase_seconds_total', { phase: name }) ?? 0) - (sample(before[i]!, 'chroma_lease_reconcile_phase_seconds_total', { phase: name }) ?? 0), 0)
   const sweep = delta('orphan-sweeper')
   return {
     sessions: size,
@@ -236,6 +283,7 @@ async function measure(size: number): Promise<Row> {
     reconcileSkipped: reconcile.skipped,
     reconcileMeanSeconds: reconcile.sum / Math.max(1, reconcile.count),
     reconcileOver2s: reconcile.over2s,
+    reconcilePhases: { read: phase('read'), describe: phase('describe'), step: phase('step') },
     sweeps: sweep.count,
     sweepMeanSeconds: sweep.sum / Math.max(1, sweep.count),
     calls,
@@ -258,22 +306,27 @@ async function report() {
   const lines = [
     `${provenance()} ${REPLICAS} replicas (the \`npm start\` bundle, LAUNCHER=fargate, RECONCILE_INTERVAL_SECONDS=${RECONCILE_INTERVAL_SECONDS}, SWEEP_INTERVAL_SECONDS=${SWEEP_INTERVAL_SECONDS}${REPLICA_NODE_OPTIONS ? `, NODE_OPTIONS=${REPLICA_NODE_OPTIONS}` : ''}) on one embedded Postgres, the ECS fake and its ${SIZES.at(-1)} stub agents in the benchmark's own process: all on the same 2 cores. ${WINDOW_SECONDS}s window per size; acquires at ${ACQUIRE_RATE}/s on a READY shared session during it.`,
     '',
-    '| live sessions | reconcile passes (fleet; skipped by replicas) | DescribeTasks per pass | mean pass / passes over 2 s | sweeps: ListTasks + DescribeTasks per sweep | other ECS calls | Postgres CPU | replica CPU (each) | replica RSS peak (each) | V8 heap used / reserved at the end (each) | acquire p50 / p99 |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '| live sessions | reconcile passes (fleet; skipped by replicas) | DescribeTasks per pass | mean pass / passes over 2 s | a mean pass: read / describe / step | sweeps: ListTasks + DescribeTasks per sweep | other ECS calls | Postgres CPU | replica CPU (each) | replica RSS peak (each) | V8 heap used / reserved at the end (each) | acquire p50 / p99 |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map((r) => {
       const other = Object.entries(r.calls).filter(([k]) => !['DescribeTasks', 'DescribeTasks+TAGS', 'ListTasks'].includes(k)).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'
-      return `| ${r.sessions + 1} | ${r.reconcilePasses} in ${f(r.windowSeconds, 0)} s (${r.reconcileSkipped}) | ${f(per(describe(r), r.reconcilePasses), 1)} | ${f(r.reconcileMeanSeconds * 1000, 0)} ms / ${r.reconcileOver2s} | ${r.sweeps}: ${f(per(r.calls.ListTasks ?? 0, r.sweeps), 0)} + ${f(per(r.calls['DescribeTasks+TAGS'] ?? 0, r.sweeps), 0)} | ${other} | ${f((r.postgresCpuSeconds / r.windowSeconds) * 100, 0)} % of a core | ${r.replicaCpuPercent.map((c) => f(c, 0)).join(' / ')} % | ${r.replicaRssPeakMb.map((m) => f(m, 0)).join(' / ')} MB | ${r.replicaHeapMb.map((h) => `${f(h.used, 0)}/${f(h.total, 0)}`).join(', ')} MB | ${f(r.acquire.p50, 1)} / ${f(r.acquire.p99, 1)} ms${r.acquire.failed ? ` (${r.acquire.failed} failed)` : ''} |`
+      return `| ${r.sessions + 1} | ${r.reconcilePasses} in ${f(r.windowSeconds, 0)} s (${r.reconcileSkipped}) | ${f(per(describe(r), r.reconcilePasses), 1)} | ${f(r.reconcileMeanSeconds * 1000, 0)} ms / ${r.reconcileOver2s} | ${(['read', 'describe', 'step'] as const).map((p) => f((r.reconcilePhases[p] / Math.max(1, r.reconcilePasses)) * 1000, 0)).join(' / ')} ms | ${r.sweeps}: ${f(per(r.calls.ListTasks ?? 0, r.sweeps), 0)} + ${f(per(r.calls['DescribeTasks+TAGS'] ?? 0, r.sweeps), 0)} | ${other} | ${f((r.postgresCpuSeconds / r.windowSeconds) * 100, 0)} % of a core | ${r.replicaCpuPercent.map((c) => f(c, 0)).join(' / ')} % | ${r.replicaRssPeakMb.map((m) => f(m, 0)).join(' / ')} MB | ${r.replicaHeapMb.map((h) => `${f(h.used, 0)}/${f(h.total, 0)}`).join(', ')} MB | ${f(r.acquire.p50, 1)} / ${f(r.acquire.p99, 1)} ms${r.acquire.failed ? ` (${r.acquire.failed} failed)` : ''} |`
     }),
     '',
   ]
   const last = rows.at(-1)
   if (last) {
+    // Every live session is READY and launched: a pass reads them in pages of 500 (whole
+    // batches of 100) and describes each page's launched sessions, ⌈N/100⌉ DescribeTasks; a
+    // sweep lists the N running tasks in ListTasks pages of 100 and describes them with their
+    // tags, ⌈N/100⌉ + ⌈N/100⌉. Exact, as each window opens and closes between passes.
     const batches = Math.ceil((last.sessions + 1) / 100)
     const callsPerPass = per(describe(last), last.reconcilePasses)
+    const sweepCalls = [per(last.calls.ListTasks ?? 0, last.sweeps), per(last.calls['DescribeTasks+TAGS'] ?? 0, last.sweeps)]
     const fleetOnce = last.reconcilePasses <= (last.windowSeconds / RECONCILE_INTERVAL_SECONDS) * 1.1 + 1
     const rss = Math.max(...rows.flatMap((r) => r.replicaRssPeakMb))
     lines.push(
-      `- AWS calls per pass grow as N/100 plus a constant: ${pass(Math.abs(callsPerPass - batches) <= 1)} (${f(callsPerPass, 1)} DescribeTasks per reconcile pass at ${last.sessions + 1} sessions; ⌈N/100⌉ = ${batches}).`,
+      `- AWS calls per pass grow as N/100 plus a constant: ${pass(callsPerPass === batches && sweepCalls.every((c) => c === batches))} (at ${last.sessions + 1} sessions, ${f(callsPerPass, 1)} DescribeTasks per reconcile pass and ${f(sweepCalls[0]!, 1)} ListTasks + ${f(sweepCalls[1]!, 1)} DescribeTasks per sweep; ⌈N/100⌉ = ${batches} each).`,
       `- Once per pass for the fleet, not per replica: ${pass(fleetOnce)} (${last.reconcilePasses} passes in ${f(last.windowSeconds, 0)} s across ${REPLICAS} replicas at a ${RECONCILE_INTERVAL_SECONDS} s interval; ${last.reconcileSkipped} ticks skipped as claimed elsewhere).`,
       `- No pass longer than 2 s at ${last.sessions + 1}: ${pass(last.reconcileOver2s === 0)} (mean ${f(last.reconcileMeanSeconds, 2)} s; the histogram's buckets say over or under 2 s, not the maximum).`,
       `- RSS under 250 MB: ${pass(rss < 250)} (peak ${f(rss, 0)} MB over every replica and size).`,

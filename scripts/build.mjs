@@ -8,6 +8,7 @@
 import { mkdir, rename, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { build } from 'esbuild'
+import { prismaWasmFromFile, queryCompilerWasm, QUERY_COMPILER_WASM } from './prisma-wasm.mjs'
 
 /** Every bare import stays external but the client package's, bundled from its source. */
 const externalPackages = {
@@ -28,7 +29,7 @@ const result = await build({
   format: 'esm',
   target: 'node20',
   conditions: ['chroma-lease-source'],
-  plugins: [externalPackages],
+  plugins: [externalPackages, prismaWasmFromFile],
   sourcemap: true,
   metafile: true,
   write: false,
@@ -43,7 +44,8 @@ const replace = async (path, contents) => {
   await writeFile(temporary, contents)
   await rename(temporary, path)
 }
-// Chunks first, then the entries that import them.
+// Chunks first (and the query compiler they load), then the entries that import them.
+await replace(`dist/${QUERY_COMPILER_WASM}`, await queryCompilerWasm())
 const isEntry = (file) => /\/(server|cli)\.js(\.map)?$/.test(file.path)
 await Promise.all(result.outputFiles.filter((f) => !isEntry(f)).map((file) => replace(file.path, file.contents)))
 await Promise.all(result.outputFiles.filter(isEntry).map((file) => replace(file.path, file.contents)))

@@ -84,7 +84,13 @@ export interface Observer {
   holdEnded?(h: { kind: QueryKind; outcome: HoldOutcome; seconds: number }): void
   /** A worker's scheduled pass: how long it ran, or that another replica had claimed it (skipped). */
   workerPass?(worker: string, outcome: { seconds: number } | 'skipped'): void
+  /** Where a reconcile pass's time went: reading sessions, describing their compute, stepping them (RECONCILE_PHASES). */
+  reconcilePhase?(phase: ReconcilePhase, seconds: number): void
 }
+
+/** The parts of a reconcile pass: `read` (the pages of sessions from Postgres), `describe` (the launcher's describe calls), `step` (each session's step: its SQL, HTTP and JavaScript). */
+export const RECONCILE_PHASES = ['read', 'describe', 'step'] as const
+export type ReconcilePhase = (typeof RECONCILE_PHASES)[number]
 
 export const noObserver: Observer = { sessionEvent() {}, acquire() {}, orphanStopped() {} }
 
@@ -155,6 +161,12 @@ export class Metrics implements Observer {
     help: 'Duration of the worker passes this replica ran, by worker (reconciler, orphan-sweeper, ...)',
     labelNames: ['worker'] as const,
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+    registers: [this.registry],
+  })
+  readonly reconcilePhaseSeconds = new Counter({
+    name: 'chroma_lease_reconcile_phase_seconds_total',
+    help: 'Time the reconcile passes this replica ran spent reading sessions (read), describing their compute (describe) and stepping them (step)',
+    labelNames: ['phase'] as const,
     registers: [this.registry],
   })
   readonly workerPassesSkipped = new Counter({
@@ -308,6 +320,10 @@ export class Metrics implements Observer {
   workerPass(worker: string, outcome: { seconds: number } | 'skipped'): void {
     if (outcome === 'skipped') this.workerPassesSkipped.inc({ worker })
     else this.workerPassDuration.observe({ worker }, outcome.seconds)
+  }
+
+  reconcilePhase(phase: ReconcilePhase, seconds: number): void {
+    this.reconcilePhaseSeconds.inc({ phase }, seconds)
   }
 
   holdStarted(kind: QueryKind): void {

@@ -59,11 +59,11 @@ export function createWorkers(deps: {
   const reconciler = new Reconciler(services.sessions, launcher, services.chroma, services.saveBack, services.tokens, services.warmPool, {
     startTimeoutSeconds: settings.startTimeoutSeconds,
     deadManSeconds: settings.deadManSeconds ?? 900,
-  }, logger)
+  }, logger, observer)
   const confirmer = new AgentConfirmer(services.sessions, services.agents, services.tokens, launcher.kind, clock, {
     confirmIntervalSeconds: settings.confirmIntervalSeconds ?? 60,
   }, logger)
-  const revoker = new LeaseRevoker(services.sessions, services.endedLeases, services.agents, services.tokens, launcher.kind, clock, logger)
+  const revoker = new LeaseRevoker(services.endedLeases, services.agents, services.tokens, launcher.kind, clock, logger)
   const reaper = new Reaper(db, clock, services.sessions, { maxSessionSeconds: settings.maxSessionSeconds, drainGraceSeconds: settings.drainGraceSeconds }, logger)
   const sweeper = new OrphanSweeper(db, launcher, services.sessions, logger, observer)
   const retention = new Retention(clock, services.retention, { retentionDays: settings.retentionDays ?? 30 }, logger)

@@ -3,7 +3,6 @@ import type { LeaseTokens } from '../services/auth.ts'
 import type { Clock } from '../services/clock.ts'
 import type { EndedLeases } from '../services/ended-leases.ts'
 import type { SessionAgentClient } from '../services/session-agent.ts'
-import type { SessionService } from '../services/sessions.ts'
 
 /** Revocations in flight at once (each call is one small POST to one agent). */
 const CONCURRENCY = 16
@@ -21,7 +20,6 @@ export class LeaseRevoker {
   private readonly told = new Map<string, Set<string>>()
 
   constructor(
-    private readonly sessions: SessionService,
     private readonly ended: EndedLeases,
     private readonly agents: SessionAgentClient,
     private readonly tokens: LeaseTokens,
@@ -32,14 +30,15 @@ export class LeaseRevoker {
 
   /** One pass; answers how many leases were newly revoked at their agents. */
   async revokeOnce(): Promise<number> {
-    const reachable = await this.sessions.reachable(this.launcherKind)
-    const live = new Set(reachable.map((s) => `${s.id}:${s.generation}`))
+    const pending = await this.ended.atReachableAgents(this.launcherKind)
+    // An attempt with no unexpired ended lease left has nothing more to be told (a lease
+    // that ends later is new to it anyway): what was told of it is forgotten.
+    const live = new Set(pending.map(({ session: s }) => `${s.id}:${s.generation}`))
     for (const key of this.told.keys()) if (!live.has(key)) this.told.delete(key)
-    const ended = await this.ended.bySession(reachable.map((s) => s.id))
-    const due = reachable.flatMap((s) => {
+    const due = pending.flatMap(({ session: s, leases }) => {
       const key = `${s.id}:${s.generation}`
       const told = this.told.get(key)
-      const fresh = (ended.get(s.id) ?? []).filter((l) => !told?.has(l.id))
+      const fresh = leases.filter((l) => !told?.has(l.id))
       return fresh.length ? [{ s, key, fresh }] : []
     })
     let revoked = 0

@@ -3,7 +3,7 @@ import { Prisma } from '../generated/prisma/client.ts'
 import type { LeaseTokens } from '../services/auth.ts'
 import type { ChromaClient } from '../services/chroma.ts'
 import { LaunchDeferred, type Launcher, type LaunchSpec, type LaunchTarget, type ObservedCompute, type RunningCompute } from '../services/launchers/launcher.ts'
-import type { LaunchFailureCause, StartPhases } from '../services/metrics.ts'
+import { noObserver, type LaunchFailureCause, type Observer, type ReconcilePhase, type StartPhases } from '../services/metrics.ts'
 import type { SaveBackService } from '../services/save-back.ts'
 import type { SessionStatus } from '../generated/prisma/enums.ts'
 import type { WarmPoolService } from '../services/warm-pool.ts'
@@ -51,7 +51,18 @@ export class Reconciler {
     private readonly warmPool: WarmPoolService,
     private readonly opts: ReconcilerOptions,
     private readonly logger?: Logger,
+    private readonly observer: Observer = noObserver,
   ) {}
+
+  /** Runs one part of a pass and reports its wall time (RECONCILE_PHASES): where a long pass's time goes. */
+  private async timed<T>(phase: ReconcilePhase, part: () => Promise<T>): Promise<T> {
+    const started = performance.now()
+    try {
+      return await part()
+    } finally {
+      this.observer.reconcilePhase?.(phase, (performance.now() - started) / 1000)
+    }
+  }
 
   /**
    * One pass over every live session, however many: page by page (keyset), the most
@@ -59,13 +70,18 @@ export class Reconciler {
    * or stopped in this pass.
    */
   async reconcileOnce(): Promise<void> {
+    const read = (statuses: SessionStatus[], after?: SessionCursor) => this.timed('read', () => this.sessions.inStatus(statuses, PAGE_SIZE, after))
     for (const statuses of PASS_ORDER) {
-      let after: SessionCursor | undefined
+      let page = await read(statuses)
       for (;;) {
-        const page = await this.sessions.inStatus(statuses, PAGE_SIZE, after)
+        // The next page is read while this one is described and stepped (keyset pages are
+        // disjoint): at thousands of sessions, reading them one page after another was
+        // nearly half of a pass.
+        const next = page.length < PAGE_SIZE ? undefined : read(statuses, page[page.length - 1])
+        next?.catch(() => {}) // awaited below; this only keeps a failure from going unhandled meanwhile
         if (page.length > 0) await this.reconcilePage(page)
-        if (page.length < PAGE_SIZE) break
-        after = page[page.length - 1]
+        if (!next) break
+        page = await next
       }
     }
   }
@@ -75,7 +91,7 @@ export class Reconciler {
     // A launcher that cannot answer (throttling beyond the SDK's retries) leaves its sessions
     // unobserved for this pass; launches and everything else still go ahead.
     const observed = launched.length
-      ? await this.launcher.describe(launched.map(targetOf)).catch((err: Error) => {
+      ? await this.timed('describe', () => this.launcher.describe(launched.map(targetOf))).catch((err: Error) => {
           this.logger?.warn({ err, sessions: launched.length }, 'describing the launched compute failed; those sessions wait for the next pass')
           return new Map<string, ObservedCompute>()
         })
@@ -93,7 +109,7 @@ export class Reconciler {
         )
       }
     }
-    await Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker))
+    await this.timed('step', () => Promise.all(Array.from({ length: STEP_CONCURRENCY }, worker)))
   }
 
   private async step(s: SessionRecord, seen: ObservedCompute | undefined, running: () => Promise<RunningCompute[]>): Promise<void> {

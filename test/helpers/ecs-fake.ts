@@ -170,6 +170,8 @@ export class EcsFake {
   private capacityFailuresThrown = false
   secrets!: SecretsManagerFake
   private readonly behaviours: TaskBehaviour[] = []
+  /** DescribeTasks calls left to answer ThrottlingException, by a task they ask for (throttleDescribesOf). */
+  private readonly describesThrottledFor = new Map<string, number>()
   /** Requests left to answer ThrottlingException, for every action (key '*') or one. */
   private readonly throttled = new Map<string, number>()
   private repliesToLose = 0
@@ -285,6 +287,11 @@ export class EcsFake {
     this.throttled.set(action, n)
   }
 
+  /** The next `n` DescribeTasks calls that ask for this task answer ThrottlingException, whatever else they ask for (a fault for one batch of many, in whatever order they go). */
+  throttleDescribesOf(arn: string, n: number) {
+    this.describesThrottledFor.set(arn, n)
+  }
+
   /** The next `n` RunTask calls do their work but their replies are lost (the connection drops). */
   loseRunTaskReplies(n: number) {
     this.repliesToLose = n
@@ -354,6 +361,13 @@ export class EcsFake {
       return error('ThrottlingException', 'Rate exceeded')
     }
     const input = JSON.parse(raw || '{}')
+    if (action === 'DescribeTasks') {
+      const arn = (input.tasks as string[] | undefined)?.find((a) => (this.describesThrottledFor.get(a) ?? 0) > 0)
+      if (arn) {
+        this.describesThrottledFor.set(arn, this.describesThrottledFor.get(arn)! - 1)
+        return error('ThrottlingException', 'Rate exceeded')
+      }
+    }
     if (action === 'DescribeTasks' && input.include?.includes('TAGS')) this.taggedDescribes++
     if (input.cluster && input.cluster !== this.cluster) return error('ClusterNotFoundException', 'Cluster not found.')
     switch (action) {

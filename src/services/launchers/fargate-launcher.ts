@@ -67,6 +67,12 @@ const CAPACITY_ATTEMPTS = 4
 const UNLISTED_GRACE_MS = 30_000
 /** ECS accepts at most 100 tasks per DescribeTasks call. */
 const DESCRIBE_BATCH = 100
+/**
+ * DescribeTasks calls in flight at once: at thousands of tasks a pass makes dozens, and one
+ * after another their round trips alone would outlast the pass interval. As many calls as
+ * before, in bursts of this many (ECS's read bucket holds far more; the SDK retries a throttle).
+ */
+const DESCRIBE_CONCURRENCY = 5
 /** EC2 accepts at most 200 filter values per call (FilterLimitExceeded beyond). */
 const FILTER_VALUES_PER_CALL = 200
 /** lastStatus of a task whose container has exited: nothing left to reach. */
@@ -312,16 +318,14 @@ export class FargateLauncher implements Launcher {
   async describe(targets: LaunchTarget[]): Promise<Map<string, ObservedCompute>> {
     const unanswered = new Set<string>()
     const tasks = new Map<string, Task>()
-    const refs = targets.map((t) => t.ref)
-    for (let i = 0; i < refs.length; i += DESCRIBE_BATCH) {
-      const batch = refs.slice(i, i + DESCRIBE_BATCH)
+    await inBatches(targets.map((t) => t.ref), async (batch) => {
       try {
         for (const task of await this.describeBatch(batch)) tasks.set(task.taskArn!, task)
       } catch (err) {
         this.deps.logger?.warn({ err, tasks: batch.length }, 'DescribeTasks failed; these sessions are looked at again next pass')
         for (const ref of batch) unanswered.add(ref)
       }
-    }
+    })
     let publicIps = new Map<string, string>()
     if (this.deps.settings.assignPublicIp) {
       try {
@@ -413,9 +417,9 @@ export class FargateLauncher implements Launcher {
   /** DescribeTasks in batches of 100: one call per sweep for up to 100 sessions. */
   private async describeTasks(arns: string[], include?: Array<'TAGS'>): Promise<Map<string, Task>> {
     const tasks = new Map<string, Task>()
-    for (let i = 0; i < arns.length; i += DESCRIBE_BATCH) {
-      for (const task of await this.describeBatch(arns.slice(i, i + DESCRIBE_BATCH), include)) tasks.set(task.taskArn!, task)
-    }
+    await inBatches(arns, async (batch) => {
+      for (const task of await this.describeBatch(batch, include)) tasks.set(task.taskArn!, task)
+    })
     return tasks
   }
 
@@ -492,6 +496,18 @@ export class FargateLauncher implements Launcher {
     }
     return running
   }
+}
+
+/** Runs `call` on each DESCRIBE_BATCH of `refs`, DESCRIBE_CONCURRENCY at a time; rejects with the first failure, after the calls in flight settle. */
+async function inBatches(refs: string[], call: (batch: string[]) => Promise<void>): Promise<void> {
+  const batches: string[][] = []
+  for (let i = 0; i < refs.length; i += DESCRIBE_BATCH) batches.push(refs.slice(i, i + DESCRIBE_BATCH))
+  let failure: unknown
+  const worker = async () => {
+    for (let batch = batches.shift(); batch && failure === undefined; batch = batches.shift()) await call(batch).catch((err: unknown) => (failure ??= err))
+  }
+  await Promise.all(Array.from({ length: Math.min(DESCRIBE_CONCURRENCY, batches.length) }, worker))
+  if (failure !== undefined) throw failure
 }
 
 /**
