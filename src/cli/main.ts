@@ -286,7 +286,7 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
     }
     case 'pins create': {
       if (!flags.snapshot) throw new UsageError('pins create needs --snapshot (s3://bucket/key or file:///path)')
-      const mode = PIN_MODES.find((m) => m === flags.mode)
+      const mode = PIN_MODES.find((m) => m === flags.mode) // the flag typed as the API's union
       if (mode !== flags.mode) throw new UsageError('--mode is shared or exclusive')
       const body = {
         snapshot: flags.snapshot,
