@@ -9,6 +9,7 @@ import t from 'tap'
 import { main, type Io } from '../src/cli/main.ts'
 import { shortenMiddle } from '../src/cli/table.ts'
 import { freeLoopbackPort } from '../src/free-port.ts'
+import { ManualClock } from '../src/services/clock.ts'
 import { buildTestApp } from './helpers/app.ts'
 import { freshDatabaseUrl } from './helpers/database.ts'
 
@@ -19,18 +20,20 @@ const root = await mkdtemp(join(tmpdir(), 'chroma-lease-cli-'))
 t.teardown(() => rm(root, { recursive: true, force: true }))
 const ctx = await buildTestApp(t, { snapshotRoot: root, listen: true, apiKeys: [{ role: 'operator', key: OPERATOR }] })
 
-/** Runs the CLI in this process with the environment a user would set. */
-async function cli(...argv: string[]): Promise<{ code: number | null; out: string; err: string }> {
+/** Runs the CLI in this process with the environment a user would set, against `server` with `key`. */
+async function cliAt(server: { url: string }, key: string, ...argv: string[]): Promise<{ code: number | null; out: string; err: string }> {
   let out = ''
   let err = ''
   const io: Io = {
-    env: { CHROMA_LEASE_URL: ctx.url, CHROMA_LEASE_API_KEY: OPERATOR },
+    env: { CHROMA_LEASE_URL: server.url, CHROMA_LEASE_API_KEY: key },
     out: (s) => (out += s),
     err: (s) => (err += s),
   }
   const code = await main(argv, io)
   return { code, out, err }
 }
+/** The CLI against this file's control plane with the operator key. */
+const cli = (...argv: string[]) => cliAt(ctx, OPERATOR, ...argv)
 
 // Each test leases its own snapshot (a directory under the root), so their sessions stay apart.
 const acquire = async (key: string, snapshot: string) => {
@@ -205,8 +208,137 @@ t.test('costs: per workflow, as a table or JSON, filtered by holder', async (t) 
   t.match(bad.err, /400 validation_failed/)
 })
 
+const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+
+t.test('warm-pool: off on this server, it says so, and a hint is refused with the 409', async (t) => {
+  const table = await cli('warm-pool')
+  t.equal(table.code, 0, table.err)
+  t.match(table.out, /^enabled\s+false \(WARM_POOL_MAX=0/)
+  t.match(table.out, /\nmax\s+0\n/)
+  t.match(table.out, /\nUnclaimed agents\n\(none\)\n$/)
+  t.match(JSON.parse((await cli('warm-pool', '--json')).out), { enabled: false, target: 0, hinted: 0, agents: [] }, '--json prints the API\'s JSON')
+  const refused = await cli('warm-pool', 'hint', '--count', '3')
+  t.equal(refused.code, 1)
+  t.match(refused.err, /^chroma-lease: 409 warm_pool_disabled: the warm pool is off on this server \(WARM_POOL_MAX=0\)/, 'the problem, plainly')
+  t.equal(refused.out, '')
+  t.equal((await cli('warm-pool', 'hints')).out, '(none)\n', 'and nothing was recorded')
+})
+
+t.test('warm-pool with a pool: its state and agents, hint, hints, unhint', async (t) => {
+  const CLIENT = 'client-key-warm-pool-0123'
+  const clock = new ManualClock()
+  const pool = await buildTestApp(t, { clock, snapshotRoot: root, listen: true, warmPool: { min: 0, max: 5 }, apiKeys: [{ role: 'operator', key: OPERATOR }, { role: 'client', key: CLIENT }] })
+  const op = (...argv: string[]) => cliAt(pool, OPERATOR, ...argv)
+  const state = async () => JSON.parse((await op('warm-pool', '--json')).out)
+  t.match(await state(), { enabled: true, min: 0, max: 5, target: 0, hinted: 0 })
+
+  const made = await op('warm-pool', 'hint', '--count', '3', '--seconds', '120', '--json')
+  t.equal(made.code, 0, made.err)
+  const hint = JSON.parse(made.out)
+  t.match(hint, { id: String, count: 3 })
+  t.equal(Date.parse(hint.expiresAt) - Date.parse(hint.createdAt), 120_000, '--seconds is how long it lasts')
+  clock.advance(1)
+  const printed = await cliAt(pool, CLIENT, 'warm-pool', 'hint', '--count', '1')
+  t.equal(printed.code, 0, 'a client key will do: the key a workflow acquires with')
+  t.match(printed.out, new RegExp(`^ID\\s+COUNT\\s+AGE\\s+EXPIRES\n${UUID}\\s+1\\s+\\S+\\s+\\d{4}-\\d\\d-\\d\\dT`), 'the hint, as a table')
+  const clientHint = printed.out.split('\n')[1]!.split(/\s+/)[0]!
+
+  // The pass (not run by a worker here) launches the hinted agents: PENDING rows, listed unclaimed.
+  t.match(await pool.services.warmPool.refill(), { launched: 4, target: 4 })
+  const table = await op('warm-pool')
+  t.equal(table.code, 0, table.err)
+  t.match(table.out, /^enabled\s+true\nmin\s+0\nmax\s+5\ntarget\s+4\nhinted\s+4\nunfilled\s+4\n/, 'the size: bounds, target, hinted, unfilled')
+  t.match(table.out, /\nagents\s+0 READY, 0 STARTING, 4 PENDING \(unclaimed\)\n/)
+  t.match(table.out, /\ndemand\s+0 acquires needed a new session in the last \d+s; a refill takes \d+(\.\d+)?s\n/)
+  t.match(table.out, /\nidle cost\s+\$0\.000000 for \d+s of \d+ agents before their claim/)
+  const agents = table.out.split('Unclaimed agents\n')[1]!.trim().split('\n')
+  t.match(agents[0], /^ID\s+STATUS\s+GENERATION\s+ENDPOINT\s+AGE\s+READY FOR$/)
+  t.equal(agents.length, 5, 'a row per unclaimed agent')
+  for (const row of agents.slice(1)) t.match(row, new RegExp(`^${UUID}\\s+PENDING\\s+1\\s+-\\s+\\S+\\s+-$`))
+  t.equal(JSON.parse((await op('warm-pool', '--limit', '2', '--json')).out).agents.length, 2, '--limit bounds the agents listed')
+
+  const hints = await op('warm-pool', 'hints')
+  t.match(hints.out, new RegExp(`^ID\\s+COUNT\\s+AGE\\s+EXPIRES\n${hint.id}\\s+3\\s[^\n]*\n${clientHint}\\s+1\\s`), 'an operator sees every active hint, oldest first')
+  t.same(JSON.parse((await cliAt(pool, CLIENT, 'warm-pool', 'hints', '--json')).out).hints.map((h: { id: string }) => h.id), [clientHint], 'a client key its own')
+  const forbidden = await cliAt(pool, CLIENT, 'warm-pool')
+  t.equal(forbidden.code, 1)
+  t.match(forbidden.err, /^chroma-lease: 403 /, "the pool's state is for operators")
+
+  const ended = await op('warm-pool', 'unhint', hint.id.slice(0, 8))
+  t.equal(ended.code, 0, ended.err)
+  t.match(ended.out, new RegExp(`^ID\\s+COUNT[^\n]*\n${hint.id}\\s+3\\s[^\n]*\nEnded: the pool's target no longer counts hint ${hint.id}\\.\n$`), 'unhint takes a prefix and shows what ended')
+  t.match(await state(), { hinted: 1, target: 1 }, 'the target drops by its count')
+  t.same(JSON.parse((await op('warm-pool', 'hints', '--json')).out).hints.map((h: { id: string }) => h.id), [clientHint])
+
+  // Bad input: the API's problem, printed plainly, exit 1, nothing changed.
+  const aboveMax = await op('warm-pool', 'hint', '--count', '6')
+  t.equal(aboveMax.code, 1)
+  t.match(aboveMax.err, /^chroma-lease: 400 warm_pool_hint_above_max: count 6 is above WARM_POOL_MAX \(5\)/)
+  const tooShort = await op('warm-pool', 'hint', '--count', '2', '--seconds', '5')
+  t.equal(tooShort.code, 1)
+  t.match(tooShort.err, /^chroma-lease: 400 validation_failed: .*seconds/)
+  const gone = await op('warm-pool', 'unhint', hint.id)
+  t.equal(gone.code, 1, 'an ended hint cannot end again')
+  t.match(gone.err, /^chroma-lease: 404 warm_pool_hint_not_found: /)
+  const noPrefix = await op('warm-pool', 'unhint', 'ffff0000')
+  t.equal(noPrefix.code, 1)
+  t.match(noPrefix.err, /^chroma-lease: no hint id starts with ffff0000 among the active hints\n$/)
+  t.match(await state(), { hinted: 1, target: 1 }, 'the refusals changed nothing')
+  t.equal(JSON.parse((await op('warm-pool', 'hints', '--json')).out).hints.length, 1)
+})
+
+t.test('pins: create, list with what each keeps READY, remove', async (t) => {
+  await mkdir(join(root, 'pinned'), { recursive: true })
+  const snapshot = `file://${root}/pinned`
+  t.equal((await cli('pins', 'list')).out, '(none)\n')
+
+  const shared = await cli('pins', 'create', '--snapshot', snapshot, '--collection', 'receipts', '--json')
+  t.equal(shared.code, 0, shared.err)
+  const pin = JSON.parse(shared.out)
+  // No pins pass runs here (workers are not started), so nothing is starting yet.
+  t.match(pin, { id: String, snapshot, collection: 'receipts', mode: 'shared', sessions: 1, ready: 0, starting: 0 })
+  const exclusive = await cli('pins', 'create', '--snapshot', snapshot, '--mode', 'exclusive', '--sessions', '2')
+  t.equal(exclusive.code, 0, exclusive.err)
+  t.match(exclusive.out, new RegExp(`^ID\\s+MODE\\s+SESSIONS\\s+READY\\s+STARTING\\s+SNAPSHOT\\s+COLLECTION\\s+AGE\n${UUID}\\s+exclusive\\s+2\\s+0\\s+0\\s+file://\\S+\\s+-\\s+\\S+\n`))
+  t.match(exclusive.out, /pins list' shows them READY/)
+  const standbys = exclusive.out.split('\n')[1]!.split(/\s+/)[0]!
+
+  const list = await cli('pins', 'list')
+  t.equal(list.code, 0, list.err)
+  t.match(list.out, new RegExp(`\n${pin.id}\\s+shared\\s+1\\s+0\\s+0\\s+file://\\S+\\s+receipts\\s`))
+  t.match(list.out, new RegExp(`\n${standbys}\\s+exclusive\\s+2\\s+0\\s+0\\s`))
+  t.same(JSON.parse((await cli('pins', 'list', '--json')).out).pins.map((p: { id: string }) => p.id).sort(), [pin.id, standbys].sort())
+
+  // Bad input: the API's problem, printed plainly, exit 1, no pin made.
+  for (const [argv, problem] of [
+    [['--snapshot', 'file:///nowhere/at/all.tar'], /^chroma-lease: 422 snapshot_not_found: /],
+    [['--snapshot', snapshot, '--sessions', '2'], /^chroma-lease: 400 invalid_pin: a shared pin keeps the snapshot's one shared session/],
+    [['--snapshot', snapshot, '--mode', 'exclusive', '--sessions', '51'], /^chroma-lease: 400 validation_failed: /],
+    [['--snapshot', snapshot, '--collection', 'receipts'], new RegExp(`^chroma-lease: 409 pin_exists: .*removing pin ${pin.id} first`)],
+  ] as const) {
+    const r = await cli('pins', 'create', ...argv)
+    t.equal(r.code, 1, argv.join(' '))
+    t.match(r.err, problem)
+  }
+  t.equal(JSON.parse((await cli('pins', 'list', '--json')).out).pins.length, 2, 'the refusals made no pin')
+
+  const removed = await cli('pins', 'remove', standbys.slice(0, 8), '--json')
+  t.equal(removed.code, 0, removed.err)
+  t.match(JSON.parse(removed.out), { id: standbys, mode: 'exclusive' }, 'remove takes a prefix and prints the pin as it was')
+  t.same(JSON.parse((await cli('pins', 'list', '--json')).out).pins.map((p: { id: string }) => p.id), [pin.id])
+  const again = await cli('pins', 'remove', standbys)
+  t.equal(again.code, 1)
+  t.match(again.err, /^chroma-lease: 404 pin_not_found: /)
+  const none = await cli('pins', 'remove', 'ffff0000')
+  t.match(none.err, /^chroma-lease: no pin id starts with ffff0000\n$/)
+})
+
 t.test('bad usage exits 2 with a hint; an unreachable server exits 1', async (t) => {
-  for (const argv of [['frobnicate'], ['sessions'], ['sessions', 'show'], ['keys', 'list', '--limit', '3'], ['keys', 'create'], ['keys', 'create', '--name', 'x', '--role', 'admin'], ['--bogus']]) {
+  for (const argv of [
+    ['frobnicate'], ['sessions'], ['sessions', 'show'], ['keys', 'list', '--limit', '3'], ['keys', 'create'], ['keys', 'create', '--name', 'x', '--role', 'admin'], ['--bogus'],
+    ['warm-pool', 'hint'], ['warm-pool', 'hint', '--count', 'many'], ['warm-pool', '--count', '3'], ['warm-pool', 'unhint'], ['warm-pool', 'frobnicate'],
+    ['pins'], ['pins', 'create'], ['pins', 'create', '--snapshot', 'file:///x', '--mode', 'both'], ['pins', 'remove'], ['pins', 'remove', 'abc'],
+  ]) {
     const r = await cli(...argv)
     t.equal(r.code, 2, argv.join(' '))
     t.match(r.err, /^chroma-lease: .+\nRun 'chroma-lease --help' for usage\.\n$/)

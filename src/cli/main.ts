@@ -30,10 +30,20 @@ Talk to a running control plane (--url, --api-key):
   leases release ID                  release a lease (idempotent)
   costs [--holder H] [--since TIME] [--limit N]
                                      cost per workflow (lease holder) at Fargate prices
+  warm-pool [--limit N]              the warm pool: its size, demand and idle cost, and its unclaimed agents
+  warm-pool hint --count N [--seconds S]
+                                     announce a burst: N more warm agents for S seconds (default 600)
+  warm-pool hints                    active hints (a client key's own; all for an operator)
+  warm-pool unhint ID                end a hint early
+  pins list                          pinned snapshots, with the sessions each keeps READY
+  pins create --snapshot URI [--collection NAME] [--mode shared|exclusive] [--sessions N]
+                                     keep a snapshot's shared session READY, or N exclusive standbys
+  pins remove ID                     unpin: unclaimed standbys stop, a shared session idles out
 
 Options:
   --url URL          the control plane (env CHROMA_LEASE_URL; default http://127.0.0.1:8080)
-  --api-key KEY      an API key, operator for keys and sessions (env CHROMA_LEASE_API_KEY)
+  --api-key KEY      an API key (env CHROMA_LEASE_API_KEY): operator for keys, sessions, pins and
+                     warm-pool; a client key sees its own leases, costs and hints
   --json             print the API's JSON instead of tables
   -h, --help         this help
 
@@ -54,6 +64,12 @@ const OPTIONS = {
   active: { type: 'boolean' },
   holder: { type: 'string' },
   since: { type: 'string' },
+  count: { type: 'string' },
+  seconds: { type: 'string' },
+  snapshot: { type: 'string' },
+  collection: { type: 'string' },
+  mode: { type: 'string' },
+  sessions: { type: 'string' },
 } as const
 
 type Flags = {
@@ -70,6 +86,12 @@ type Flags = {
   active?: boolean
   holder?: string
   since?: string
+  count?: string
+  seconds?: string
+  snapshot?: string
+  collection?: string
+  mode?: string
+  sessions?: string
 }
 
 /** Options each command takes besides the common ones. */
@@ -84,9 +106,16 @@ const COMMAND_OPTIONS: Record<string, Array<keyof Flags>> = {
   'leases list': ['session', 'active', 'limit'],
   'leases release': [],
   costs: ['holder', 'since', 'limit'],
+  'warm-pool': ['limit'],
+  'warm-pool hint': ['count', 'seconds'],
+  'warm-pool hints': [],
+  'warm-pool unhint': [],
+  'pins list': [],
+  'pins create': ['snapshot', 'collection', 'mode', 'sessions'],
+  'pins remove': [],
 }
 const COMMON: Array<keyof Flags> = ['url', 'api-key', 'json', 'help']
-const WITH_ID = new Set(['keys revoke', 'sessions show', 'sessions drain', 'sessions stop', 'leases release'])
+const WITH_ID = new Set(['keys revoke', 'sessions show', 'sessions drain', 'sessions stop', 'leases release', 'warm-pool unhint', 'pins remove'])
 
 export interface Io {
   env: Record<string, string | undefined>
@@ -224,6 +253,57 @@ async function dispatch(argv: string[], io: Io): Promise<number | null> {
       print({ workflows }, () => costsTable(workflows))
       return 0
     }
+    case 'warm-pool': {
+      const pool = await unwrap(api.GET('/v1/warm-pool', { params: { query: { ...(flags.limit !== undefined ? { limit: wholeNumber('limit', flags.limit) } : {}) } } }))
+      print(pool, () => warmPoolDetail(pool) + '\nUnclaimed agents\n' + warmAgentsTable(pool.agents))
+      return 0
+    }
+    case 'warm-pool hint': {
+      if (flags.count === undefined) throw new UsageError('warm-pool hint needs --count (the acquires coming)')
+      const body = { count: wholeNumber('count', flags.count), ...(flags.seconds !== undefined ? { seconds: wholeNumber('seconds', flags.seconds) } : {}) }
+      const hint = await unwrap(api.POST('/v1/warm-pool/hints', { body }))
+      print(hint, () => hintsTable([hint]))
+      return 0
+    }
+    case 'warm-pool hints': {
+      const { hints } = await unwrap(api.GET('/v1/warm-pool/hints'))
+      print({ hints }, () => hintsTable(hints))
+      return 0
+    }
+    case 'warm-pool unhint': {
+      const id = await resolveId(client, 'hint', given!)
+      // The API answers 204; the hint as it was is read first so that the user sees what ended.
+      const { hints } = await unwrap(api.GET('/v1/warm-pool/hints'))
+      await unwrap(api.DELETE('/v1/warm-pool/hints/{id}', { params: { path: { id } } }))
+      const hint = hints.find((h) => h.id === id) ?? { id }
+      print(hint, () => ('count' in hint ? hintsTable([hint]) : '') + `Ended: the pool's target no longer counts hint ${id}.\n`)
+      return 0
+    }
+    case 'pins list': {
+      const { pins } = await unwrap(api.GET('/v1/pins'))
+      print({ pins }, () => pinsTable(pins))
+      return 0
+    }
+    case 'pins create': {
+      if (!flags.snapshot) throw new UsageError('pins create needs --snapshot (s3://bucket/key or file:///path)')
+      const mode = PIN_MODES.find((m) => m === flags.mode) // the flag typed as the API's union
+      if (mode !== flags.mode) throw new UsageError('--mode is shared or exclusive')
+      const body = {
+        snapshot: flags.snapshot,
+        ...(flags.collection !== undefined ? { collection: flags.collection } : {}),
+        ...(mode ? { mode } : {}),
+        ...(flags.sessions !== undefined ? { sessions: wholeNumber('sessions', flags.sessions) } : {}),
+      }
+      const pin = await unwrap(api.POST('/v1/pins', { body }))
+      print(pin, () => pinsTable([pin]) + `Its sessions start within a few seconds; 'chroma-lease pins list' shows them READY.\n`)
+      return 0
+    }
+    case 'pins remove': {
+      const id = await resolveId(client, 'pin', given!)
+      const pin = await unwrap(api.DELETE('/v1/pins/{id}', { params: { path: { id } } }))
+      print(pin, () => pinsTable([pin]))
+      return 0
+    }
   }
   throw new UsageError(`unknown command: ${command}`)
 }
@@ -233,6 +313,14 @@ function subcommands(group: string): string {
     .filter((c) => c.startsWith(`${group} `))
     .map((c) => c.slice(group.length + 1))
     .join(', ') || 'see --help'
+}
+
+const PIN_MODES = ['shared', 'exclusive'] as const
+
+/** A flag's value as an integer (its range is the API's to check, so its 400 names the bound). */
+function wholeNumber(flag: keyof Flags, value: string): number {
+  if (!/^-?\d+$/.test(value.trim())) throw new UsageError(`--${flag} takes a whole number, got ${JSON.stringify(value)}`)
+  return Number(value)
 }
 
 async function serve(): Promise<null> {
@@ -245,6 +333,9 @@ async function migrate(): Promise<number> {
   return 0
 }
 
+/** The kinds of id a prefix may name, with the problem code the API gives an unknown one. */
+const NOT_FOUND_CODE = { session: 'session_not_found', lease: 'lease_not_found', key: 'api_key_not_found', pin: 'pin_not_found', hint: 'warm_pool_hint_not_found' } as const
+
 const FULL_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const MIN_PREFIX = 4
 /** Sessions are paged through by creation time; this bounds a prefix lookup to 100 pages. */
@@ -255,7 +346,7 @@ const MAX_SESSION_PAGES = 100
  * starting with it (as git and docker take unique prefixes). None: exit 1; several: a
  * usage error (exit 2) that lists them.
  */
-async function resolveId(client: ChromaLeaseClient, kind: 'session' | 'lease' | 'key', given: string): Promise<string> {
+async function resolveId(client: ChromaLeaseClient, kind: keyof typeof NOT_FOUND_CODE, given: string): Promise<string> {
   if (FULL_ID.test(given)) return given
   const prefix = given.toLowerCase()
   if (!/^[0-9a-f-]+$/.test(prefix)) throw new UsageError(`${JSON.stringify(given)} is not a ${kind} id or id prefix (hex digits and dashes)`)
@@ -265,6 +356,14 @@ async function resolveId(client: ChromaLeaseClient, kind: 'session' | 'lease' | 
   if (kind === 'key') {
     const { keys } = await unwrap(client.api.GET('/v1/keys'))
     matches = keys.filter((k) => k.id.startsWith(prefix)).map((k) => ({ id: k.id, what: `${k.name}, ${k.role}${k.revokedAt ? ', revoked' : ''}` }))
+  } else if (kind === 'pin') {
+    const { pins } = await unwrap(client.api.GET('/v1/pins'))
+    matches = pins.filter((p) => p.id.startsWith(prefix)).map((p) => ({ id: p.id, what: `${p.mode}, ${p.snapshot}${p.collection ? ` (${p.collection})` : ''}` }))
+  } else if (kind === 'hint') {
+    // Active hints only (a client key's own): an ended or expired hint cannot be ended again.
+    const { hints } = await unwrap(client.api.GET('/v1/warm-pool/hints'))
+    matches = hints.filter((h) => h.id.startsWith(prefix)).map((h) => ({ id: h.id, what: `count ${h.count}, expires ${h.expiresAt}` }))
+    scope = ' among the active hints'
   } else if (kind === 'lease') {
     // The lease list has no paging: the newest 1000 are what a prefix can name.
     const { leases } = await unwrap(client.api.GET('/v1/leases', { params: { query: { limit: 1000 } } }))
@@ -281,7 +380,7 @@ async function resolveId(client: ChromaLeaseClient, kind: 'session' | 'lease' | 
     }
   }
   if (matches.length === 1) return matches[0]!.id
-  if (matches.length === 0) throw new ChromaLeaseError(null, `${kind === 'key' ? 'api_key' : kind}_not_found`, `no ${kind} id starts with ${given}${scope}`)
+  if (matches.length === 0) throw new ChromaLeaseError(null, NOT_FOUND_CODE[kind], `no ${kind} id starts with ${given}${scope}`)
   throw new UsageError(`${given} is ambiguous: ${matches.length} ${kind}s start with it:\n${matches.map((m) => `  ${m.id}  (${m.what})`).join('\n')}\ngive more of the id`)
 }
 
@@ -295,6 +394,10 @@ type SessionRow = components['schemas']['Session']
 type EventRow = components['schemas']['SessionEvent']
 type LeaseRow = components['schemas']['Lease']
 type WorkflowCostRow = paths['/v1/costs']['get']['responses'][200]['content']['application/json']['workflows'][number]
+type WarmPoolState = paths['/v1/warm-pool']['get']['responses'][200]['content']['application/json']
+type WarmAgentRow = WarmPoolState['agents'][number]
+type HintRow = components['schemas']['WarmPoolHint']
+type PinRow = components['schemas']['Pin']
 
 function keysTable(keys: Array<Omit<ApiKeyRow, 'revokedAt'> & { revokedAt?: string | null }>): string {
   return formatTable(
@@ -363,5 +466,43 @@ function costsTable(workflows: WorkflowCostRow[]): string {
   return formatTable(
     ['HOLDER', 'LEASES', 'SESSIONS', 'COST (USD)', 'UNPRICED', 'LAST LEASE'],
     workflows.map((w) => [shorten(w.holder ?? '-', 60, 'start'), String(w.leases), String(w.sessions), w.costUsd.toFixed(6), String(w.unpricedLeases), age(w.lastLeaseAt)]),
+  )
+}
+
+function warmPoolDetail(p: WarmPoolState): string {
+  const { idle } = p
+  const rows: Array<[string, string]> = [
+    ['enabled', p.enabled ? 'true' : 'false (WARM_POOL_MAX=0: acquires launch cold, hints are refused)'],
+    ['min', String(p.min)],
+    ['max', String(p.max)],
+    ['target', String(p.target)],
+    ['hinted', String(p.hinted)],
+    ['unfilled', String(p.unfilled)],
+    ['agents', `${p.counts.ready} READY, ${p.counts.starting} STARTING, ${p.counts.pending} PENDING (unclaimed)`],
+    ['demand', `${p.demand.arrivals} acquires needed a new session in the last ${p.demand.windowSeconds}s; a refill takes ${p.demand.refillSeconds}s`],
+    ['idle cost', `$${idle.costUsd.toFixed(6)} for ${idle.idleSeconds}s of ${idle.agents} agents before their claim${idle.unpricedAgents ? ` (${idle.unpricedAgents} unpriced: no size reported)` : ''}`],
+  ]
+  const width = Math.max(...rows.map(([k]) => k.length))
+  return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n') + '\n'
+}
+
+function warmAgentsTable(agents: WarmAgentRow[]): string {
+  return formatTable(
+    ['ID', 'STATUS', 'GENERATION', 'ENDPOINT', 'AGE', 'READY FOR'],
+    agents.map((a) => [a.id, a.status, String(a.generation), a.host ? `${a.host}:${a.port ?? '-'}` : '-', age(a.createdAt), a.readyAt ? age(a.readyAt) : '-']),
+  )
+}
+
+function hintsTable(hints: HintRow[]): string {
+  return formatTable(
+    ['ID', 'COUNT', 'AGE', 'EXPIRES'],
+    hints.map((h) => [h.id, String(h.count), age(h.createdAt), h.expiresAt]),
+  )
+}
+
+function pinsTable(pins: PinRow[]): string {
+  return formatTable(
+    ['ID', 'MODE', 'SESSIONS', 'READY', 'STARTING', 'SNAPSHOT', 'COLLECTION', 'AGE'],
+    pins.map((p) => [p.id, p.mode, String(p.sessions), String(p.ready), String(p.starting), shortenMiddle(p.snapshot, 60), p.collection ?? '-', age(p.createdAt)]),
   )
 }
