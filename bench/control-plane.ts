@@ -19,15 +19,18 @@ export interface RunningControlPlane {
 /** Checkouts whose bundle this run has built. */
 const built = new Set<string>()
 
-/** `cwd`: another checkout of the service (a baseline) whose bundle to run; this one by default. */
-export async function startControlPlane(dataDir: string, env: Record<string, string>, cwd = process.cwd()): Promise<RunningControlPlane> {
+/**
+ * `cwd`: another checkout of the service (a baseline) whose bundle to run; this one by default.
+ * `nodeFlags`: given to node before the bundle (V8 heap flags that NODE_OPTIONS refuses, e.g. --optimize-for-size).
+ */
+export async function startControlPlane(dataDir: string, env: Record<string, string>, cwd = process.cwd(), nodeFlags: string[] = []): Promise<RunningControlPlane> {
   const port = await freeLoopbackPort()
   // BENCH_CPU_PROFILE_DIR=dir writes a V8 CPU profile of the control plane there (open it in Chrome DevTools).
   const profile = process.env.BENCH_CPU_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE_DIR}`] : []
   // As `npm start` runs it: the esbuild bundle under plain Node (built once per bench run).
   if (!built.has(cwd)) execFileSync(process.execPath, ['scripts/build.mjs'], { cwd })
   built.add(cwd)
-  const child: ChildProcess = spawn(process.execPath, [...profile, '--enable-source-maps', 'dist/server.js'], {
+  const child: ChildProcess = spawn(process.execPath, [...nodeFlags, ...profile, '--enable-source-maps', 'dist/server.js'], {
     cwd,
     env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'inherit', 'inherit'],
