@@ -12,7 +12,9 @@
  * session, latency from each request's intended send time) while the passes run.
  *
  * Options: --sizes=500,2000,5000 --seconds=30 (the window at each size: two orphan sweeps),
- * --replica-node-options='…' (NODE_OPTIONS for the replicas, e.g. a heap limit), --no-write
+ * --replica-node-options='…' (NODE_OPTIONS for the replicas, e.g. a heap limit), --replica-node-flags='…'
+ * (node's own arguments for the replicas, after `npm start`'s and before the bundle: V8 flags NODE_OPTIONS
+ * refuses, such as --optimize-for-size, or --heap-growing-percent=0 for V8's default), --no-write
  * (print only), --heap-snapshot=DIR (after the last size's window, a heap snapshot of the first
  * replica into DIR, `<size>.heapsnapshot`; read it with bench/heap-summary.ts), with
  * --heap-snapshot-sizes=500,5000 after those sizes' windows instead (to compare them; the
@@ -26,6 +28,7 @@ import pg from 'pg'
 import { Pool } from 'undici'
 import { EcsFake } from '../test/helpers/ecs-fake.ts'
 import { sample } from '../test/helpers/fake-session.ts'
+import { npmStartNodeArgs } from '../test/helpers/npm-start.ts'
 import { startControlPlane, type RunningControlPlane } from './control-plane.ts'
 import { cpuSeconds, Latencies, openLoop, sampleRss, withChildren } from './load.ts'
 import { provenance, writeSection } from './report.ts'
@@ -36,6 +39,7 @@ const WINDOW_SECONDS = Number(arg('seconds') ?? 30)
 /** Acquires per second on the shared session during each window (each released right after). */
 const ACQUIRE_RATE = 20
 const REPLICA_NODE_OPTIONS = process.argv.find((a) => a.startsWith('--replica-node-options='))?.slice('--replica-node-options='.length)
+const REPLICA_NODE_FLAGS = (process.argv.find((a) => a.startsWith('--replica-node-flags='))?.slice('--replica-node-flags='.length) ?? '').split(/\s+/).filter(Boolean)
 const HEAP_SNAPSHOT_DIR = arg('heap-snapshot')
 const HEAP_SNAPSHOT_SIZES = (arg('heap-snapshot-sizes') ?? String(SIZES.at(-1))).split(',').map(Number)
 const WRITE = !process.argv.includes('--no-write')
@@ -102,8 +106,8 @@ interface Row {
 try {
   console.log(`starting ${REPLICAS} replicas (LAUNCHER=fargate, the ECS fake at ${fake.endpoint})`)
   await mkdir(join(dir, 'diagnostics'))
-  replicas.push(await startControlPlane(join(dir, 'r0'), firstReplicaEnv))
-  for (let i = 1; i < REPLICAS; i++) replicas.push(await startControlPlane(join(dir, `r${i}`), { ...env, DATABASE_URL: replicas[0]!.databaseUrl }))
+  replicas.push(await startControlPlane(join(dir, 'r0'), firstReplicaEnv, undefined, REPLICA_NODE_FLAGS))
+  for (let i = 1; i < REPLICAS; i++) replicas.push(await startControlPlane(join(dir, `r${i}`), { ...env, DATABASE_URL: replicas[0]!.databaseUrl }, undefined, REPLICA_NODE_FLAGS))
   for (const r of replicas) pools.push(new Pool(r.url, { connections: 16 }))
   passDb = new pg.Client({ connectionString: replicas[0]!.databaseUrl })
   await passDb.connect()
@@ -304,7 +308,7 @@ async function report() {
   const per = (n: number, d: number) => (d > 0 ? n / d : NaN)
   const describe = (r: Row) => (r.calls.DescribeTasks ?? 0) - (r.calls['DescribeTasks+TAGS'] ?? 0)
   const lines = [
-    `${provenance()} ${REPLICAS} replicas (the \`npm start\` bundle, LAUNCHER=fargate, RECONCILE_INTERVAL_SECONDS=${RECONCILE_INTERVAL_SECONDS}, SWEEP_INTERVAL_SECONDS=${SWEEP_INTERVAL_SECONDS}${REPLICA_NODE_OPTIONS ? `, NODE_OPTIONS=${REPLICA_NODE_OPTIONS}` : ''}) on one embedded Postgres, the ECS fake and its ${SIZES.at(-1)} stub agents in the benchmark's own process: all on the same 2 cores. ${WINDOW_SECONDS}s window per size; acquires at ${ACQUIRE_RATE}/s on a READY shared session during it.`,
+    `${provenance()} ${REPLICAS} replicas (the \`npm start\` bundle, \`node ${npmStartNodeArgs().slice(0, -1).join(' ')}\`, LAUNCHER=fargate, RECONCILE_INTERVAL_SECONDS=${RECONCILE_INTERVAL_SECONDS}, SWEEP_INTERVAL_SECONDS=${SWEEP_INTERVAL_SECONDS}${REPLICA_NODE_OPTIONS ? `, NODE_OPTIONS=${REPLICA_NODE_OPTIONS}` : ''}${REPLICA_NODE_FLAGS.length ? `, then \`${REPLICA_NODE_FLAGS.join(' ')}\`` : ''}) on one embedded Postgres, the ECS fake and its ${SIZES.at(-1)} stub agents in the benchmark's own process: all on the same 2 cores. ${WINDOW_SECONDS}s window per size; acquires at ${ACQUIRE_RATE}/s on a READY shared session during it.`,
     '',
     '| live sessions | reconcile passes (fleet; skipped by replicas) | DescribeTasks per pass | mean pass / passes over 2 s | a mean pass: read / describe / step | sweeps: ListTasks + DescribeTasks per sweep | other ECS calls | Postgres CPU | replica CPU (each) | replica RSS peak (each) | V8 heap used / reserved at the end (each) | acquire p50 / p99 |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|',

@@ -8,6 +8,7 @@ import { request } from 'undici'
 import { freeLoopbackPort } from '../src/free-port.ts'
 import { ProcessLauncher } from '../src/services/launchers/process-launcher.ts'
 import { stopAll } from './helpers/app.ts'
+import { npmStartNodeArgs } from './helpers/npm-start.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 // `npm start` as a user runs it: the real process on embedded defaults, a graceful
@@ -37,7 +38,7 @@ t.teardown(async () => {
 
 // What `npm start` runs once it has built the bundle (package.json scripts.start).
 execFileSync(process.execPath, ['scripts/build.mjs'])
-const SERVER_ARGS = ['--enable-source-maps', 'dist/server.js']
+const SERVER_ARGS = npmStartNodeArgs()
 
 function start(): { child: ChildProcess; output: () => string } {
   const child = spawn(process.execPath, SERVER_ARGS, { env, stdio: ['ignore', 'pipe', 'pipe'] })
