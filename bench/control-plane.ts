@@ -27,6 +27,8 @@ const built = new Set<string>()
  */
 export async function startControlPlane(dataDir: string, env: Record<string, string>, cwd = process.cwd(), nodeFlags: string[] = []): Promise<RunningControlPlane> {
   const port = await freeLoopbackPort()
+  // BENCH_NODE_FLAGS="--heap-growing-percent=0" adds node flags for every control plane a bench starts (an A/B of npm start's own).
+  nodeFlags = [...(process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? []), ...nodeFlags]
   // BENCH_CPU_PROFILE_DIR=dir writes a V8 CPU profile of the control plane there (open it in Chrome DevTools).
   const profile = process.env.BENCH_CPU_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROFILE_DIR}`] : []
   // As `npm start` runs it: the esbuild bundle under plain Node (built once per bench run), with its node flags.
