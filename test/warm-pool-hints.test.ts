@@ -7,7 +7,7 @@ import t from 'tap'
 import { Prisma } from '../src/generated/prisma/client.ts'
 import { ManualClock } from '../src/services/clock.ts'
 import { DEMAND_WINDOW_SECONDS, warmPoolTarget } from '../src/services/warm-pool.ts'
-import { buildTestApp, type TestApp } from './helpers/app.ts'
+import { buildTestApp, untilWarmReady } from './helpers/app.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
 // Warm pool hints (POST /v1/warm-pool/hints) on the real app, a real Postgres and the real
@@ -46,18 +46,6 @@ async function setup(tt: Parameters<typeof buildTestApp>[0], opts: Parameters<ty
   }
   const hintRows = async () => (await ctx.sql.rows<{ n: number }>(Prisma.sql`SELECT count(*)::int AS n FROM warm_pool_hints`))[0]!.n
   return { ...ctx, clock, inject, pool, hint, acquire, hintRows, lines }
-}
-
-/** Reconciler passes (real time: agents really start) until `ready` warm agents are READY. */
-async function untilWarmReady(ctx: TestApp, ready: number, timeoutMs = 90_000) {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    await ctx.workers.reconciler.reconcileOnce()
-    const state = await ctx.services.warmPool.state()
-    if (state.counts.ready >= ready) return state
-    if (Date.now() > deadline) throw new Error(`warm pool: ${JSON.stringify(state.counts)} after ${timeoutMs} ms, wanted ${ready} READY`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
 }
 
 t.test('a hint raises the target by its count and the pass launches that many agents; it expires on the clock', async (t) => {
@@ -118,7 +106,7 @@ t.test('warm claims use a hint up: the target falls back as agents are claimed',
   const ctx = await setup(t, { warmPool: { min: 0, max: 10 } })
   t.equal((await ctx.hint({ count: 2, seconds: 3600 })).statusCode, 201)
   t.equal((await ctx.services.warmPool.refill()).launched, 2)
-  await untilWarmReady(ctx, 2)
+  await untilWarmReady(ctx, 2, 90_000)
 
   const first = await ctx.acquire()
   t.ok(first.session.claimedAt, 'the acquire claimed a warm agent')

@@ -6,7 +6,7 @@ import { ManualClock } from '../src/services/clock.ts'
 import { sessionCost, DEFAULT_FARGATE_PRICES } from '../src/services/cost.ts'
 import { SessionAgentError } from '../src/services/session-agent.ts'
 import { demandRate, poissonQuantile, warmPoolTarget, DEMAND_LONG_WINDOW_SECONDS, DEMAND_WINDOW_SECONDS, TARGET_QUANTILE, WARM_POOL_PASS_SECONDS } from '../src/services/warm-pool.ts'
-import { buildTestApp, reconcileUntilSettled, type TestApp } from './helpers/app.ts'
+import { buildTestApp, reconcileUntilSettled, untilWarmReady, type TestApp } from './helpers/app.ts'
 import { sample } from './helpers/fake-session.ts'
 import { buildSnapshotFixture } from './helpers/snapshot-fixture.ts'
 
@@ -27,18 +27,6 @@ async function setup(tt: Parameters<typeof buildTestApp>[0], opts: Parameters<ty
     return res.json()
   }
   return { ...ctx, clock, inject, acquire }
-}
-
-/** Reconciler passes (real time: agents really start) until `ready` warm agents are READY. */
-async function untilWarmReady(ctx: TestApp, ready: number, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    await ctx.workers.reconciler.reconcileOnce()
-    const state = await ctx.services.warmPool.state()
-    if (state.counts.ready >= ready) return state
-    if (Date.now() > deadline) throw new Error(`warm pool: ${JSON.stringify(state.counts)} after ${timeoutMs} ms, wanted ${ready} READY`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
 }
 
 const eventTypes = async (ctx: TestApp, id: string) =>

@@ -257,10 +257,7 @@ export class LeaseService {
         WHERE pool_key = ${poolKey} AND status::text IN (${Prisma.join(ATTACHABLE_STATUSES)})
         FOR SHARE
       ), l AS (
-        INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
-        SELECT ${lease.id}::uuid, s.id, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
-               ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now}
-        FROM s RETURNING id, session_id, created_at, expires_at
+        ${insertLeaseOn(Prisma.raw('s'), lease, token, now)}
       ), e AS (
         INSERT INTO session_events (session_id, at, type, lease_id, detail)
         SELECT session_id, ${now}, 'lease_attached', id, ${JSON.stringify({ holder: lease.holder })}::jsonb FROM l
@@ -387,10 +384,7 @@ export class LeaseService {
           FROM candidate WHERE sessions.id = candidate.id AND ${candidates}
           RETURNING sessions.id, sessions.status, sessions.snapshot, candidate.ready_at
         ), l AS (
-          INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
-          SELECT ${lease.id}::uuid, claimed.id, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
-                 ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now}
-          FROM claimed RETURNING id, session_id, created_at, expires_at
+          ${insertLeaseOn(Prisma.raw('claimed'), lease, token, now)}
         ), claimed_event AS (
           -- The snapshot as the row has it: a pinned standby keeps the version it restored.
           INSERT INTO session_events (session_id, at, type, status, detail)
@@ -662,6 +656,17 @@ function endReasonOf(row: Pick<LeaseRow, 'endedAt' | 'endReason'>): LeaseEndReas
 }
 
 /** A unique_violation (23505), raised by node-postgres (SqlPool) or by Prisma's driver adapter. */
+/**
+ * The INSERT of a lease on the session row `source` (a CTE of the same statement, with an
+ * id column) yields, if it yields one: attach and claim each make their lease this way.
+ */
+function insertLeaseOn(source: Prisma.Sql, lease: NewLease, token: string, now: Prisma.Sql): Prisma.Sql {
+  return Prisma.sql`INSERT INTO leases (id, session_id, token_hash, holder, principal, idempotency_key, request_hash, ttl_seconds, expires_at, created_at)
+        SELECT ${lease.id}::uuid, ${source}.id, ${LeaseTokens.hash(token)}, ${lease.holder}, ${lease.principal}, ${lease.idempotencyKey},
+               ${lease.requestHash}, ${lease.ttlSeconds}, ${expiry(now, lease.ttlSeconds)}, ${now}
+        FROM ${source} RETURNING id, session_id, created_at, expires_at`
+}
+
 function isUniqueViolation(err: unknown): boolean {
   const e = err as { code?: string; meta?: { code?: string; driverAdapterError?: { cause?: { kind?: string; originalCode?: string } } } }
   return (

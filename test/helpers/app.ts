@@ -171,6 +171,18 @@ export async function stopAll(launcher: Launcher, timeoutMs = 15_000): Promise<v
   }
 }
 
+/** Reconciler passes (real time: agents really start) until `ready` warm agents are READY; the pool's state then. */
+export async function untilWarmReady(t: TestApp, ready: number, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    await t.workers.reconciler.reconcileOnce()
+    const state = await t.services.warmPool.state()
+    if (state.counts.ready >= ready) return state
+    if (Date.now() > deadline) throw new Error(`warm pool: ${JSON.stringify(state.counts)} after ${timeoutMs} ms, wanted ${ready} READY`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
 /** Runs reconciler passes until the session leaves PENDING/STARTING (real time: Chroma is really starting). */
 export async function reconcileUntilSettled(t: TestApp, sessionId: string, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs
